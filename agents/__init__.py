@@ -1,0 +1,1 @@
+"""budgetpilot: agents."""

@@ -1,0 +1,34 @@
+"""The ``budgetpilot`` console command.
+
+Each package contributes its subcommands through a ``register(app, perf)`` function in its own
+``cli`` module. Those modules import only typer at module level and defer heavy imports (numba,
+torch, ray) to the command bodies, so that ``budgetpilot sidecar`` starts without loading them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from envs import cli as envs_cli
+from slo import cli as slo_cli
+
+app = typer.Typer(
+    name="budgetpilot",
+    help="Learned governance of multi-dimensional error budgets for LLM inference fleets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+perf = typer.Typer(help="Performance benchmarks: each prints its figures (--json for JSON).")
+app.add_typer(perf, name="perf")
+
+for module in (envs_cli, slo_cli):
+    module.register(app, perf)
+
+
+def main() -> None:
+    """Entry point of the ``budgetpilot`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
