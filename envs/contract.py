@@ -1,0 +1,312 @@
+"""The observation and action contract of environments, exported policies and the sidecar.
+
+A policy trained in the simulator is only safe to run beside a real fleet if the sidecar builds
+*exactly* the observation vector the policy saw in training and reads its actions the same way.
+This module is that agreement, as plain data: which features, in which order, how each is scaled,
+and which knobs, with which ranges. It depends on numpy only, so the sidecar can import it without
+the simulator.
+
+The contract is versioned: :attr:`ObservationContract.version` and :attr:`ActionContract.version`
+change whenever a feature or knob changes meaning, and an exported policy carries both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+OBSERVATION_VERSION = "budgetpilot.observation/v1"
+ACTION_VERSION = "budgetpilot.action/v1"
+
+#: Burn rates are observed as log2(1 + burn rate), clipped here: 2**8 - 1 = 255x burn.
+MAX_LOG_BURN = 8.0
+#: Alert states as numbers: no alert, ticket, page.
+ALERT_LEVELS = {"none": 0.0, "ticket": 0.5, "page": 1.0}
+
+
+@dataclass(frozen=True)
+class KnobSpec:
+    """One control knob: its range, how the policy's [-1, 1] maps onto it, and its real counterpart.
+
+    Parameters
+    ----------
+    name:
+        Knob name, as in :class:`envs.sim.knobs.Knobs` and the sidecar's decisions.
+    low, high:
+        The range of the knob in its own unit.
+    scale:
+        ``"linear"`` or ``"log"`` (geometric between ``low`` and ``high``, for knobs spanning
+        orders of magnitude).
+    counterpart:
+        The real-world setting an operator changes for it.
+    integer:
+        Whether the knob takes whole values (rounded after mapping).
+    """
+
+    name: str
+    low: float
+    high: float
+    scale: Literal["linear", "log"] = "linear"
+    counterpart: str = ""
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(
+                f"knob {self.name!r}: low ({self.low}) must be below high ({self.high})"
+            )
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(f"knob {self.name!r}: a log-scaled knob needs low > 0, got {self.low}")
+
+    def from_unit(self, unit: float) -> float:
+        """Map a policy output in [-1, 1] (clipped; NaN is the midpoint) to the knob's range."""
+        u = 0.0 if math.isnan(unit) else min(1.0, max(-1.0, float(unit)))
+        frac = (u + 1.0) / 2.0
+        if self.scale == "log":
+            value = math.exp(math.log(self.low) + frac * (math.log(self.high) - math.log(self.low)))
+        else:
+            value = self.low + frac * (self.high - self.low)
+        value = min(self.high, max(self.low, value))
+        return float(round(value)) if self.integer else value
+
+    def to_unit(self, value: float) -> float:
+        """Map a knob value back to [-1, 1] (clipped to the range first)."""
+        v = min(self.high, max(self.low, float(value)))
+        if self.scale == "log":
+            frac = (math.log(v) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
+        else:
+            frac = (v - self.low) / (self.high - self.low)
+        return 2.0 * frac - 1.0
+
+
+#: The knobs of the v1 action contract, in action-vector order.
+DEFAULT_KNOBS: tuple[KnobSpec, ...] = (
+    KnobSpec(
+        "cheap_tier_share", 0.0, 0.8,
+        counterpart="router weights to the cheap model (llm-d InferenceModelRewrite, RouteLLM "
+        "threshold)",
+    ),
+    KnobSpec(
+        "offload_fraction", 0.0, 0.5,
+        counterpart="share of decode KV cache and attention moved to host memory (NEO-style CPU "
+        "offload; vLLM KV offloading)",
+    ),
+    KnobSpec(
+        "admission_limit", 0.3, 3.0, scale="log",
+        counterpart="gateway rate limit as a multiple of the fleet's nominal capacity (flow "
+        "control token bucket); the top of the range leaves admission effectively open",
+    ),
+    KnobSpec(
+        "shed_priority_below", 0.0, 2.0, integer=True,
+        counterpart="shed requests whose InferenceObjective priority is below this level "
+        "(0 sheds nobody)",
+    ),
+    KnobSpec(
+        "max_context_tokens", 1024.0, 16384.0, scale="log",
+        counterpart="prompt truncation limit (vLLM truncate_prompt_tokens)",
+    ),
+    KnobSpec(
+        "max_num_seqs_scale", 0.25, 1.0,
+        counterpart="batch limit as a fraction of the engine's max_num_seqs (vLLM --max-num-seqs)",
+    ),
+    KnobSpec(
+        "low_priority_weight", 0.05, 1.0, scale="log",
+        counterpart="queue weight of the lowest-priority tenant against the others (QLM-style "
+        "weighted fair queueing; InferenceObjective priority)",
+    ),
+)  # fmt: skip
+
+
+#: The knob settings of an untouched vLLM fleet: no routing, no offload, open admission, no
+#: shedding, no truncation below the model's context, full batches, equal tenant weights.
+NEUTRAL_KNOB_VALUES: dict[str, float] = {
+    "cheap_tier_share": 0.0,
+    "offload_fraction": 0.0,
+    "admission_limit": 3.0,
+    "shed_priority_below": 0.0,
+    "max_context_tokens": 16384.0,
+    "max_num_seqs_scale": 1.0,
+    "low_priority_weight": 1.0,
+}
+
+
+def _digest(payload: Mapping) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ActionContract:
+    """The action vector: one entry per knob, each in [-1, 1]."""
+
+    knobs: tuple[KnobSpec, ...] = DEFAULT_KNOBS
+    version: str = ACTION_VERSION
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.knobs)
+
+    def decode(self, action: Sequence[float] | np.ndarray) -> dict[str, float]:
+        """Map a policy's action vector to knob values (always within the knobs' ranges)."""
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape[0] != len(self.knobs):
+            raise ValueError(
+                f"action has {action.shape[0]} entries, the contract {len(self.knobs)}"
+            )
+        return {k.name: k.from_unit(a) for k, a in zip(self.knobs, action, strict=True)}
+
+    def encode(self, values: Mapping[str, float]) -> np.ndarray:
+        """Map knob values to the action vector that decodes to them."""
+        missing = [k.name for k in self.knobs if k.name not in values]
+        if missing:
+            raise KeyError(f"knob values missing for {missing}")
+        return np.array([k.to_unit(values[k.name]) for k in self.knobs], dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "knobs": [asdict(k) for k in self.knobs]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ActionContract:
+        return cls(knobs=tuple(KnobSpec(**k) for k in data["knobs"]), version=data["version"])
+
+    @property
+    def digest(self) -> str:
+        return _digest(self.to_dict())
+
+
+#: Per-pool fleet signals, each readable from real engines' metrics (vLLM gauges and counters).
+POOL_FEATURES: tuple[str, ...] = (
+    "kv_usage_mean",  # mean of vllm:kv_cache_usage_perc over the pool's healthy replicas
+    "kv_usage_max",
+    "waiting_per_replica",  # log1p of vllm:num_requests_waiting per healthy replica
+    "running_per_replica",  # vllm:num_requests_running per replica / max_num_seqs
+    "healthy_fraction",  # replicas answering their scrape / replicas configured
+)
+#: Fleet-wide signals.
+FLEET_FEATURES: tuple[str, ...] = (
+    "arrival_rate_trend",  # log2(arrivals in the last interval / mean over the last hour), clipped
+    "load_per_capacity",  # arrivals per second / the fleet's nominal capacity
+    "preemptions_per_replica_s",  # log1p of vllm:num_preemptions_total rate per replica
+)
+
+
+@dataclass(frozen=True)
+class FleetSignals:
+    """The non-budget part of an observation, produced by the simulator or by scraped metrics.
+
+    ``pools`` maps each pool name to its :data:`POOL_FEATURES` values (already in the scale the
+    comments above give); ``fleet`` maps :data:`FLEET_FEATURES` to values.
+    """
+
+    pools: Mapping[str, Mapping[str, float]]
+    fleet: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class ObservationContract:
+    """The observation vector, feature by feature.
+
+    Parameters
+    ----------
+    slo_names:
+        The SLOs of the spec the policy governs, in order.
+    windows:
+        Burn-rate windows observed for each SLO (names such as ``"5m"``), in order.
+    pools:
+        Replica pools whose signals are observed (``"strong"``, ``"cheap"``).
+    knob_names:
+        Knobs whose current setting is part of the observation (in [-1, 1]).
+    spec_digest:
+        Hash of the SLO spec the contract was built for: a policy refuses another spec.
+    """
+
+    slo_names: tuple[str, ...]
+    windows: tuple[str, ...] = ("5m", "30m", "1h", "6h", "1d")
+    pools: tuple[str, ...] = ("strong", "cheap")
+    knob_names: tuple[str, ...] = tuple(k.name for k in DEFAULT_KNOBS)
+    spec_digest: str = ""
+    version: str = OBSERVATION_VERSION
+    feature_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names: list[str] = []
+        for slo in self.slo_names:
+            names += [f"slo.{slo}.log_burn_rate.{w}" for w in self.windows]
+            names += [f"slo.{slo}.budget_remaining", f"slo.{slo}.alert"]
+        names += [f"pool.{p}.{f}" for p in self.pools for f in POOL_FEATURES]
+        names += [f"fleet.{f}" for f in FLEET_FEATURES]
+        names += [f"knob.{k}" for k in self.knob_names]
+        object.__setattr__(self, "feature_names", tuple(names))
+
+    @property
+    def size(self) -> int:
+        return len(self.feature_names)
+
+    def build(
+        self,
+        burn_rates: np.ndarray,
+        budget_remaining: np.ndarray,
+        alert_levels: np.ndarray,
+        signals: FleetSignals,
+        knob_units: Mapping[str, float],
+    ) -> np.ndarray:
+        """Assemble the float32 observation.
+
+        Parameters
+        ----------
+        burn_rates:
+            ``[n_slo, n_windows]`` burn rates in the contract's SLO and window order (NaN, when a
+            window saw no request, is observed as 0: nothing was spent).
+        budget_remaining:
+            ``[n_slo]`` fraction of the period's budget left (may be negative when overspent).
+        alert_levels:
+            ``[n_slo]`` values of :data:`ALERT_LEVELS`.
+        signals:
+            Fleet signals for every pool of the contract.
+        knob_units:
+            The knobs in force, each in [-1, 1].
+        """
+        burn = np.nan_to_num(np.asarray(burn_rates, dtype=np.float64), nan=0.0, posinf=1e9)
+        log_burn = np.clip(np.log2(1.0 + np.maximum(burn, 0.0)), 0.0, MAX_LOG_BURN)
+        remaining = np.clip(np.nan_to_num(np.asarray(budget_remaining, float), nan=1.0), -1.0, 1.0)
+        alerts = np.nan_to_num(np.asarray(alert_levels, dtype=np.float64), nan=0.0)
+        per_slo = np.column_stack([log_burn, remaining, alerts]).reshape(-1)
+        pools = [float(signals.pools[p][f]) for p in self.pools for f in POOL_FEATURES]
+        fleet = [float(signals.fleet[f]) for f in FLEET_FEATURES]
+        knobs = [float(knob_units[k]) for k in self.knob_names]
+        obs = np.concatenate([per_slo, pools, fleet, knobs]).astype(np.float32)
+        return np.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "slo_names": list(self.slo_names),
+            "windows": list(self.windows),
+            "pools": list(self.pools),
+            "knob_names": list(self.knob_names),
+            "spec_digest": self.spec_digest,
+            "feature_names": list(self.feature_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ObservationContract:
+        contract = cls(
+            slo_names=tuple(data["slo_names"]),
+            windows=tuple(data["windows"]),
+            pools=tuple(data["pools"]),
+            knob_names=tuple(data["knob_names"]),
+            spec_digest=data.get("spec_digest", ""),
+            version=data["version"],
+        )
+        if "feature_names" in data and list(data["feature_names"]) != list(contract.feature_names):
+            raise ValueError("observation contract: feature_names do not match its definition")
+        return contract
+
+    @property
+    def digest(self) -> str:
+        return _digest(self.to_dict())

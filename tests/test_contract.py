@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pytest
+
+from envs.contract import (
+    DEFAULT_KNOBS,
+    NEUTRAL_KNOB_VALUES,
+    ActionContract,
+    FleetSignals,
+    KnobSpec,
+    ObservationContract,
+)
+
+
+def _signals(contract: ObservationContract, value: float = 0.5) -> FleetSignals:
+    from envs.contract import FLEET_FEATURES, POOL_FEATURES
+
+    return FleetSignals(
+        pools={p: dict.fromkeys(POOL_FEATURES, value) for p in contract.pools},
+        fleet=dict.fromkeys(FLEET_FEATURES, value),
+    )
+
+
+@pytest.mark.parametrize("knob", DEFAULT_KNOBS, ids=lambda k: k.name)
+@pytest.mark.parametrize("unit", [-1.0, -0.3, 0.0, 0.7, 1.0])
+def test_knob_mapping_round_trips_and_stays_in_range(knob: KnobSpec, unit: float) -> None:
+    value = knob.from_unit(unit)
+    assert knob.low <= value <= knob.high
+    if not knob.integer:
+        assert knob.to_unit(value) == pytest.approx(unit, abs=1e-9)
+
+
+@pytest.mark.parametrize("unit", [-5.0, 5.0, math.nan, math.inf, -math.inf])
+def test_out_of_range_and_nan_actions_are_clipped(unit: float) -> None:
+    values = ActionContract().decode(np.full(len(DEFAULT_KNOBS), unit))
+    for knob in DEFAULT_KNOBS:
+        assert knob.low <= values[knob.name] <= knob.high
+
+
+def test_encode_decode_neutral_values() -> None:
+    contract = ActionContract()
+    decoded = contract.decode(contract.encode(NEUTRAL_KNOB_VALUES))
+    for name, value in NEUTRAL_KNOB_VALUES.items():
+        assert decoded[name] == pytest.approx(value, rel=1e-6, abs=1e-6)
+
+
+def test_wrong_action_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="entries"):
+        ActionContract().decode([0.0, 0.0])
+
+
+def test_bad_knob_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="low"):
+        KnobSpec("broken", 1.0, 1.0)
+    with pytest.raises(ValueError, match="log-scaled"):
+        KnobSpec("broken", 0.0, 1.0, scale="log")
+
+
+def test_observation_layout_and_scaling() -> None:
+    contract = ObservationContract(slo_names=("ttft", "availability"), windows=("5m", "1h"))
+    burn = np.array([[0.0, 3.0], [np.nan, 1e12]])
+    obs = contract.build(
+        burn,
+        np.array([0.5, -3.0]),
+        np.array([1.0, 0.0]),
+        _signals(contract),
+        {k: 0.0 for k in contract.knob_names},
+    )
+    assert obs.shape == (contract.size,) and obs.dtype == np.float32
+    index = {n: i for i, n in enumerate(contract.feature_names)}
+    assert obs[index["slo.ttft.log_burn_rate.1h"]] == pytest.approx(2.0)  # log2(1 + 3)
+    assert obs[index["slo.availability.log_burn_rate.5m"]] == 0.0  # no request: nothing spent
+    assert obs[index["slo.availability.log_burn_rate.1h"]] == pytest.approx(8.0)  # clipped
+    assert obs[index["slo.availability.budget_remaining"]] == -1.0  # clipped
+    assert obs[index["slo.ttft.alert"]] == 1.0
+    assert np.isfinite(obs).all()
+
+
+def test_contracts_serialise_and_detect_tampering() -> None:
+    obs = ObservationContract(slo_names=("ttft",), spec_digest="abc")
+    assert ObservationContract.from_dict(obs.to_dict()) == obs
+    act = ActionContract()
+    assert ActionContract.from_dict(act.to_dict()) == act
+    tampered = obs.to_dict()
+    tampered["feature_names"] = list(reversed(tampered["feature_names"]))
+    with pytest.raises(ValueError, match="feature_names"):
+        ObservationContract.from_dict(tampered)
+    assert ObservationContract(slo_names=("ttft", "itl")).digest != obs.digest
