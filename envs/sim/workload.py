@@ -1,0 +1,702 @@
+"""Request workloads: when requests arrive, how long they are, whose they are, how hard.
+
+An :class:`ArrivalProcess` produces arrival times interval by interval, remembering its state
+so successive calls continue one process. Every process runs in *nominal time*; its rate
+modulations (:class:`Diurnal`, :class:`FlashCrowd`) and its ``rate_scale`` warp nominal time into
+simulated time (time rescaling), so a modulation works with any process and keeps its burstiness.
+A :class:`Workload` adds lengths (a fitted :class:`LengthModel` or the lengths of a replayed
+trace), tenants and difficulty, and returns arrays of :data:`ARRIVAL_DTYPE`. All sampling is
+vectorised numpy driven by the ``numpy.random.Generator`` passed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+ARRIVAL_DTYPE = np.dtype(
+    [
+        ("t_arrival", "f8"),
+        ("prompt_tokens", "i4"),
+        ("output_tokens", "i4"),
+        ("tenant", "i2"),
+        ("difficulty", "f4"),
+    ]
+)
+
+LENGTHS_PATH = Path(__file__).resolve().parent / "params" / "lengths.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lengths
+
+
+class LengthModel:
+    """Joint prompt/output lengths as a Gaussian copula over two quantile tables.
+
+    Parameters
+    ----------
+    z_grid: evenly spaced, increasing normal scores at which the quantiles are tabulated.
+    prompt_quantiles, output_quantiles: token counts at ``Phi(z_grid)``.
+    correlation: correlation of the normal scores of prompt and output length.
+    """
+
+    def __init__(
+        self,
+        z_grid: Sequence[float],
+        prompt_quantiles: Sequence[float],
+        output_quantiles: Sequence[float],
+        correlation: float,
+    ) -> None:
+        self.z_grid = np.asarray(z_grid, dtype=np.float64)
+        self.prompt_quantiles = np.asarray(prompt_quantiles, dtype=np.float64)
+        self.output_quantiles = np.asarray(output_quantiles, dtype=np.float64)
+        steps = np.diff(self.z_grid)
+        if len(self.z_grid) < 2 or steps.min() <= 0 or not np.allclose(steps, steps[0]):
+            raise ValueError("z_grid must be evenly spaced and increasing")
+        if not self.prompt_quantiles.shape == self.z_grid.shape == self.output_quantiles.shape:
+            raise ValueError("prompt_quantiles and output_quantiles must match z_grid")
+        if not -1.0 <= correlation <= 1.0:
+            raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
+        self.correlation = float(correlation)
+        self._z0, self._inv_dz = self.z_grid[0], 1.0 / steps[0]
+        # float32 tables and per-cell slopes: sampling is one gather pair per token count.
+        self._tables = {
+            name: (q.astype(np.float32), np.diff(q, append=q[-1]).astype(np.float32))
+            for name, q in (("prompt", self.prompt_quantiles), ("output", self.output_quantiles))
+        }
+
+    @classmethod
+    def from_params(cls, params: dict) -> LengthModel:
+        """Build from one entry of ``lengths.json`` (written by ``scripts/fit_lengths.py``)."""
+        return cls(
+            params["z_grid"],
+            params["prompt_quantiles"],
+            params["output_quantiles"],
+            params["normal_score_correlation"],
+        )
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``n`` (prompt_tokens, output_tokens) pairs as two int32 arrays (each >= 1)."""
+        z = rng.standard_normal((2, n), dtype=np.float32)
+        rho = self.correlation
+        z_out = rho * z[0] + math.sqrt(1.0 - rho * rho) * z[1]
+        return self._quantile(z[0], "prompt"), self._quantile(z_out, "output")
+
+    def _quantile(self, z: np.ndarray, which: str) -> np.ndarray:
+        """Tokens at normal scores ``z``: linear interpolation in the evenly spaced table (a
+        direct index instead of np.interp's binary search), clamped at its ends."""
+        table, slope = self._tables[which]
+        pos = (z - self._z0) * self._inv_dz
+        np.minimum(np.maximum(pos, 0.0, out=pos), len(table) - 1, out=pos)  # ufuncs: no clip()
+        i = pos.astype(np.intp)
+        values = table[i] + (pos - i) * slope[i]
+        return np.maximum(np.rint(values), 1).astype(np.int32)
+
+
+def _load_length_models(path: Path = LENGTHS_PATH) -> dict[str, LengthModel]:
+    # Missing only while scripts/fit_lengths.py bootstraps it.
+    params = json.loads(path.read_text()) if path.is_file() else {}
+    return {name: LengthModel.from_params(p) for name, p in params.items()}
+
+
+#: Length models fitted to the Azure traces ("azure-conv", "azure-code").
+LENGTH_MODELS: dict[str, LengthModel] = _load_length_models()
+
+
+def get_length_model(name: str) -> LengthModel:
+    """Return the length model called ``name``; ValueError lists the known ones."""
+    try:
+        return LENGTH_MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(LENGTH_MODELS))
+        raise ValueError(f"unknown length model {name!r}; known: {known}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate modulation
+
+
+class Diurnal:
+    """Sinusoidal daily pattern: rate x ``1 + amplitude * sin(2 pi t / period_s + phase)``.
+
+    Parameters
+    ----------
+    period_s: period in simulated seconds.
+    amplitude: relative swing in [0, 1].
+    phase: phase in radians at t = 0.
+    """
+
+    def __init__(self, period_s: float = 86400.0, amplitude: float = 0.5, phase: float = 0.0):
+        if period_s <= 0:
+            raise ValueError(f"Diurnal period_s must be > 0, got {period_s}")
+        if not 0.0 <= amplitude <= 1.0:
+            raise ValueError(f"Diurnal amplitude must be in [0, 1], got {amplitude}")
+        self.period_s, self.amplitude, self.phase = period_s, amplitude, phase
+        self.resolution_s = period_s / 512  # grid step that keeps the warp accurate to ~1e-5
+
+    def multiplier(self, t: np.ndarray) -> np.ndarray:
+        """Rate multiplier at times ``t``."""
+        return 1.0 + self.amplitude * np.sin(2.0 * np.pi * t / self.period_s + self.phase)
+
+    def breakpoints(self) -> tuple[float, ...]:
+        """Times where the multiplier jumps (none)."""
+        return ()
+
+
+class FlashCrowd:
+    """A burst: rate x ``multiplier`` during ``[start_s, start_s + duration_s)``.
+
+    Parameters
+    ----------
+    start_s, duration_s: the window in simulated seconds.
+    multiplier: rate factor inside the window (> 0).
+    """
+
+    resolution_s = math.inf
+
+    def __init__(self, start_s: float, duration_s: float, multiplier: float = 5.0):
+        if duration_s <= 0 or multiplier <= 0:
+            raise ValueError(
+                f"FlashCrowd duration_s and multiplier must be > 0, got {duration_s}, {multiplier}"
+            )
+        self.start_s, self.duration_s, self.multiplier_value = start_s, duration_s, multiplier
+
+    def multiplier(self, t: np.ndarray) -> np.ndarray:
+        """Rate multiplier at times ``t``."""
+        inside = (t >= self.start_s) & (t < self.start_s + self.duration_s)
+        return np.where(inside, self.multiplier_value, 1.0)
+
+    def breakpoints(self) -> tuple[float, ...]:
+        """Times where the multiplier jumps."""
+        return (self.start_s, self.start_s + self.duration_s)
+
+
+RateModulation = Diurnal | FlashCrowd
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrival processes
+
+
+class ArrivalProcess:
+    """Base of all arrival processes: nominal-time generation plus the time warp.
+
+    Parameters
+    ----------
+    modulations: rate modulations applied on top of the process (multiplied together).
+
+    Attributes
+    ----------
+    rate_scale: factor on the rate, applied from the next call on (the environment's load knob).
+    """
+
+    def __init__(self, modulations: Sequence[RateModulation] = ()) -> None:
+        self.modulations = list(modulations)
+        self.rate_scale = 1.0
+        self._u = 0.0  # nominal time reached by the previous call
+
+    @property
+    def mean_rate(self) -> float:
+        """Long-run arrivals per nominal second (before modulation and ``rate_scale``)."""
+        raise NotImplementedError
+
+    def arrivals(self, rng: np.random.Generator, t0: float, t1: float) -> np.ndarray:
+        """Return the sorted arrival times in ``[t0, t1)``, continuing the previous call.
+
+        Calls are expected to tile time (``t0`` = previous ``t1``); a gap between calls is
+        skipped, as if the source had been paused.
+        """
+        times, _ = self._warped(rng, t0, t1)
+        return times
+
+    def _warped(
+        self, rng: np.random.Generator, t0: float, t1: float
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if t1 < t0:
+            raise ValueError(f"arrival interval ends before it starts: [{t0}, {t1})")
+        t_grid, u_grid = self._warp_grid(t0, t1)
+        nominal, rows = self._nominal(rng, u_grid[0], u_grid[-1])
+        self._u = u_grid[-1]
+        times = np.interp(nominal, u_grid, t_grid)
+        # Rounding must not push an arrival onto t1, which belongs to the next interval.
+        np.minimum(times, np.nextafter(t1, -np.inf), out=times)
+        return times, rows
+
+    def _warp_grid(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        """Simulated-time grid over [t0, t1] and the nominal time reached at each point."""
+        if not self.modulations or t1 == t0:
+            return np.array([t0, t1]), self._u + self.rate_scale * np.array([0.0, t1 - t0])
+        resolution = min(m.resolution_s for m in self.modulations)
+        steps = 1 if math.isinf(resolution) else max(1, math.ceil((t1 - t0) / resolution))
+        cuts = [b for m in self.modulations for b in m.breakpoints() if t0 < b < t1]
+        t_grid = np.unique(np.concatenate([np.linspace(t0, t1, steps + 1), cuts]))
+        mid = 0.5 * (t_grid[1:] + t_grid[:-1])
+        mult = np.ones_like(mid)
+        for m in self.modulations:
+            mult *= m.multiplier(mid)
+        du = self.rate_scale * mult * np.diff(t_grid)
+        return t_grid, self._u + np.concatenate([[0.0], np.cumsum(du)])
+
+    def _nominal(
+        self, rng: np.random.Generator, u0: float, u1: float
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sorted nominal arrival times in [u0, u1) (and trace rows for replays)."""
+        raise NotImplementedError
+
+
+class GammaBursty(ArrivalProcess):
+    """Renewal process with Gamma inter-arrival gaps: mean ``1/rate``, coefficient of variation
+    ``cv`` (cv > 1: bursty; cv = 1: Poisson; cv < 1: regular).
+
+    Parameters
+    ----------
+    rate: arrivals per second; cv: coefficient of variation of the gaps.
+    modulations: see :class:`ArrivalProcess`.
+    """
+
+    def __init__(
+        self, rate: float, cv: float = 4.0, modulations: Sequence[RateModulation] = ()
+    ) -> None:
+        super().__init__(modulations)
+        if rate <= 0 or cv <= 0:
+            raise ValueError(f"{type(self).__name__} rate and cv must be > 0, got {rate}, {cv}")
+        self.rate, self.cv = rate, cv
+        self._shape = 1.0 / (cv * cv)
+        self._next: float | None = None  # nominal time of the next arrival, once drawn
+
+    @property
+    def mean_rate(self) -> float:
+        """Arrivals per nominal second."""
+        return self.rate
+
+    def _gaps(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.gamma(self._shape, 1.0 / (self._shape * self.rate), n)
+
+    def _first_gap(self, rng: np.random.Generator) -> float:
+        # A stationary renewal process starts mid-gap: the gap covering t0 is length-biased
+        # (Gamma(k+1) for Gamma(k) gaps) and t0 falls uniformly inside it.
+        biased = rng.gamma(self._shape + 1.0, 1.0 / (self._shape * self.rate))
+        return float(rng.uniform() * biased)
+
+    def _nominal(self, rng, u0, u1):
+        if self._next is None:
+            self._next = u0 + self._first_gap(rng)
+        chunks = []
+        start = self._next
+        while start < u1:
+            # Enough gaps to pass u1 most of the time; the loop draws more if not.
+            expected = (u1 - start) * self.rate
+            n = int(expected + 4.0 * math.sqrt(expected) / min(self._shape, 1.0) ** 0.5) + 16
+            times = start + np.cumsum(np.concatenate(([0.0], self._gaps(rng, n))))
+            k = int(np.searchsorted(times, u1))
+            if k == len(times):  # all drawn times are before u1: the last one stays pending
+                k -= 1
+            chunks.append(times[:k])
+            start = float(times[k])
+        self._next = start
+        return (np.concatenate(chunks) if chunks else np.empty(0)), None
+
+
+class Poisson(GammaBursty):
+    """Poisson arrivals at ``rate`` per second (exponential gaps).
+
+    Parameters
+    ----------
+    rate: arrivals per second; modulations: see :class:`ArrivalProcess`.
+    """
+
+    def __init__(self, rate: float, modulations: Sequence[RateModulation] = ()) -> None:
+        super().__init__(rate, 1.0, modulations)
+
+    def _gaps(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.exponential(1.0 / self.rate, n)
+
+
+class MMPP(ArrivalProcess):
+    """Markov-modulated Poisson process: a hidden state with its own Poisson rate, left after an
+    exponential dwell for a uniformly chosen other state.
+
+    Parameters
+    ----------
+    rates: arrivals per second in each state (at least two states).
+    mean_dwell_s: mean time in a state, one value or one per state.
+    modulations: see :class:`ArrivalProcess`.
+    """
+
+    def __init__(
+        self,
+        rates: Sequence[float],
+        mean_dwell_s: float | Sequence[float] = 60.0,
+        modulations: Sequence[RateModulation] = (),
+    ) -> None:
+        super().__init__(modulations)
+        self.rates = np.asarray(rates, dtype=np.float64)
+        self.mean_dwell_s = np.broadcast_to(
+            np.asarray(mean_dwell_s, dtype=np.float64), self.rates.shape
+        ).copy()
+        if len(self.rates) < 2 or (self.rates < 0).any() or (self.mean_dwell_s <= 0).any():
+            raise ValueError(
+                "MMPP needs >= 2 states, rates >= 0 and mean_dwell_s > 0, got "
+                f"rates={self.rates.tolist()}, mean_dwell_s={self.mean_dwell_s.tolist()}"
+            )
+        self._state: int | None = None
+        self._dwell_left = 0.0
+
+    @property
+    def mean_rate(self) -> float:
+        """Long-run arrivals per nominal second (states weighted by their mean dwell)."""
+        return float((self.rates * self.mean_dwell_s).sum() / self.mean_dwell_s.sum())
+
+    def _nominal(self, rng, u0, u1):
+        if self._state is None:  # stationary start: a state with probability ~ its dwell
+            weights = self.mean_dwell_s / self.mean_dwell_s.sum()
+            self._state = int(rng.choice(len(self.rates), p=weights))
+            self._dwell_left = rng.exponential(self.mean_dwell_s[self._state])
+        chunks, u = [], u0
+        while u < u1:
+            span = min(self._dwell_left, u1 - u)
+            count = rng.poisson(self.rates[self._state] * span)
+            chunks.append(np.sort(rng.uniform(u, u + span, count)))
+            u += span
+            self._dwell_left -= span
+            if self._dwell_left <= 0.0:
+                others = len(self.rates) - 1
+                self._state = (self._state + 1 + int(rng.integers(others))) % len(self.rates)
+                self._dwell_left = rng.exponential(self.mean_dwell_s[self._state])
+        return (np.concatenate(chunks) if chunks else np.empty(0)), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace replay
+
+TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+def _trace_error(path: Path, row: int, column: str, problem: str) -> ValueError:
+    # Data rows count from 1; the header is line 1 of the file.
+    return ValueError(f"{path}: row {row} (line {row + 1}), column {column!r}: {problem}")
+
+
+def _parse_times(path: Path, raw: list[str]) -> np.ndarray:
+    """Seconds since the first row, from numbers (seconds) or ISO-like date-times."""
+    try:
+        return np.array(raw, dtype=np.float64) - float(raw[0])
+    except ValueError:
+        pass
+    try:
+        stamps = np.array(raw).astype("datetime64[ns]").astype(np.int64)
+    except ValueError:
+        for i, text in enumerate(raw, start=1):
+            try:
+                np.datetime64(text.strip(), "ns")
+            except ValueError:
+                raise _trace_error(
+                    path, i, "TIMESTAMP", f"not a time: {text!r} (seconds or date-time)"
+                ) from None
+        raise
+    return (stamps - stamps[0]) / 1e9
+
+
+def _parse_tokens(path: Path, raw: list[str], column: str) -> np.ndarray:
+    try:
+        values = np.array(raw, dtype=np.int64)
+    except ValueError:
+        values = None
+    if values is None or (values < 0).any():
+        for i, text in enumerate(raw, start=1):
+            try:
+                value = int(text)
+            except ValueError:
+                raise _trace_error(path, i, column, f"not an integer: {text!r}") from None
+            if value < 0:
+                raise _trace_error(path, i, column, f"negative token count {value}")
+    return values.astype(np.int32)
+
+
+@cache
+def _read_trace(path: Path, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse and validate a trace file (cached per path and modification time)."""
+    del mtime_ns  # part of the cache key only
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [c for c in TRACE_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column {missing[0]!r} (header: {header})")
+        idx = [header.index(c) for c in TRACE_COLUMNS]
+        columns: tuple[list[str], ...] = ([], [], [])
+        for row, record in enumerate(reader, start=1):
+            if not record:
+                continue
+            for col, (name, i) in enumerate(zip(TRACE_COLUMNS, idx, strict=True)):
+                if i >= len(record) or not record[i].strip():
+                    raise _trace_error(path, row, name, "missing value")
+                columns[col].append(record[i])
+    if not columns[0]:
+        raise ValueError(f"{path}: no requests (only a header)")
+    times = _parse_times(path, columns[0])
+    backwards = np.flatnonzero(np.diff(times) < 0)
+    if len(backwards):
+        row = int(backwards[0]) + 2
+        raise _trace_error(path, row, "TIMESTAMP", "time earlier than the previous row's")
+    prompt = _parse_tokens(path, columns[1], TRACE_COLUMNS[1])
+    output = _parse_tokens(path, columns[2], TRACE_COLUMNS[2])
+    for a in (times, prompt, output):
+        a.flags.writeable = False
+    return times, prompt, output
+
+
+class TraceReplay(ArrivalProcess):
+    """Replay of a request trace in Azure LLM inference format
+    (``TIMESTAMP, ContextTokens, GeneratedTokens``).
+
+    Parameters
+    ----------
+    path: CSV file; TIMESTAMP is a date-time or seconds, rows sorted by time.
+    time_scale: factor on the trace's time axis (0.5 = twice the rate).
+    loop: start over after the last request (the cycle lasts the trace span plus one mean gap).
+    modulations: see :class:`ArrivalProcess`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        time_scale: float = 1.0,
+        loop: bool = True,
+        modulations: Sequence[RateModulation] = (),
+    ) -> None:
+        super().__init__(modulations)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"trace file not found: {path}")
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        times, self.prompt_tokens, self.output_tokens = _read_trace(
+            path.resolve(), path.stat().st_mtime_ns
+        )
+        self.path, self.loop = path, loop
+        self.times = times * time_scale
+        n = len(self.times)
+        mean_gap = self.times[-1] / (n - 1) if n > 1 and self.times[-1] > 0 else time_scale
+        self.cycle_s = float(self.times[-1] + mean_gap)
+
+    @property
+    def mean_rate(self) -> float:
+        """Requests per nominal second over one cycle."""
+        return len(self.times) / self.cycle_s
+
+    def replay(
+        self, rng: np.random.Generator, t0: float, t1: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (times, prompt_tokens, output_tokens) of the trace requests in [t0, t1)."""
+        times, rows = self._warped(rng, t0, t1)
+        return times, self.prompt_tokens[rows], self.output_tokens[rows]
+
+    def _nominal(self, rng, u0, u1):
+        del rng  # a replay is deterministic
+        cycles = range(int(u0 // self.cycle_s), int(u1 // self.cycle_s) + 1)
+        if not self.loop:
+            cycles = range(0, 1 if u0 < self.cycle_s else 0)
+        times, rows = [], []
+        for k in cycles:
+            offset = k * self.cycle_s
+            lo, hi = np.searchsorted(self.times, [u0 - offset, u1 - offset])
+            times.append(offset + self.times[lo:hi])
+            rows.append(np.arange(lo, hi))
+        if not times:
+            return np.empty(0), np.empty(0, dtype=np.intp)
+        return np.concatenate(times), np.concatenate(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+
+
+class Workload:
+    """An arrival process with lengths, tenants and difficulty.
+
+    Parameters
+    ----------
+    process: when requests arrive.
+    lengths: prompt/output length model; None takes the lengths of a :class:`TraceReplay`.
+    tenant_shares: share of requests of each tenant id 0, 1, ... (normalised).
+    difficulty: Beta (a, b) of how much a request needs the strong tier, in [0, 1].
+    """
+
+    def __init__(
+        self,
+        process: ArrivalProcess,
+        lengths: LengthModel | None = None,
+        tenant_shares: Sequence[float] = (1.0,),
+        difficulty: tuple[float, float] = (2.0, 2.0),
+    ) -> None:
+        if lengths is None and not isinstance(process, TraceReplay):
+            raise ValueError("lengths=None needs a TraceReplay process (its lengths are used)")
+        shares = np.asarray(tenant_shares, dtype=np.float64)
+        if shares.ndim != 1 or len(shares) == 0 or (shares < 0).any() or shares.sum() <= 0:
+            raise ValueError(f"tenant_shares must be non-negative and not all 0, got {shares}")
+        if min(difficulty) <= 0:
+            raise ValueError(f"difficulty Beta parameters must be > 0, got {difficulty}")
+        self.process, self.lengths = process, lengths
+        self.tenant_shares = shares / shares.sum()
+        self._tenant_edges = np.cumsum(self.tenant_shares)[:-1]
+        self.difficulty = difficulty
+
+    @property
+    def rate_scale(self) -> float:
+        """Factor on the arrival rate (applies from the next :meth:`generate`)."""
+        return self.process.rate_scale
+
+    @rate_scale.setter
+    def rate_scale(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"rate_scale must be >= 0, got {value}")
+        self.process.rate_scale = value
+
+    @property
+    def mean_rate(self) -> float:
+        """Long-run requests per second at ``rate_scale`` 1 without modulation."""
+        return self.process.mean_rate
+
+    def generate(self, rng: np.random.Generator, t0: float, t1: float) -> np.ndarray:
+        """Return the requests arriving in ``[t0, t1)``, sorted by time (ARRIVAL_DTYPE)."""
+        if self.lengths is None:
+            times, prompt, output = self.process.replay(rng, t0, t1)
+        else:
+            times = self.process.arrivals(rng, t0, t1)
+            prompt, output = self.lengths.sample(rng, len(times))
+        out = np.empty(len(times), dtype=ARRIVAL_DTYPE)
+        out["t_arrival"] = times
+        out["prompt_tokens"] = prompt
+        out["output_tokens"] = output
+        # Inverse-CDF draw of the tenant: rng.choice(p=...) has a large per-call overhead.
+        out["tenant"] = np.searchsorted(self._tenant_edges, rng.random(len(times)), side="right")
+        out["difficulty"] = rng.beta(*self.difficulty, len(times))
+        return out
+
+
+class MixedWorkload:
+    """Several workloads, each owned by one tenant, merged into one stream.
+
+    Parameters
+    ----------
+    components: (tenant id, workload) pairs; each workload's requests get that tenant id.
+    """
+
+    def __init__(self, components: Sequence[tuple[int, Workload]]) -> None:
+        if not components:
+            raise ValueError("MixedWorkload needs at least one (tenant, workload) component")
+        self.components = list(components)
+
+    @property
+    def rate_scale(self) -> float:
+        """Factor on every component's rate (the first component's value is reported)."""
+        return self.components[0][1].rate_scale
+
+    @rate_scale.setter
+    def rate_scale(self, value: float) -> None:
+        for _, workload in self.components:
+            workload.rate_scale = value
+
+    @property
+    def mean_rate(self) -> float:
+        """Sum of the components' long-run rates."""
+        return sum(w.mean_rate for _, w in self.components)
+
+    def generate(self, rng: np.random.Generator, t0: float, t1: float) -> np.ndarray:
+        """Return all components' requests in ``[t0, t1)``, sorted by time."""
+        parts = []
+        for tenant, workload in self.components:
+            part = workload.generate(rng, t0, t1)
+            part["tenant"] = tenant
+            parts.append(part)
+        merged = np.concatenate(parts)
+        return merged[np.argsort(merged["t_arrival"], kind="stable")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+
+#: Workload names accepted by :func:`make_workload`.
+WORKLOAD_NAMES = ("poisson", "bursty", "mmpp", "diurnal", "flash-crowd", "azure-conv",
+                  "azure-code", "trace")  # fmt: skip
+AZURE_TRACES = {
+    "azure-conv": "traces/AzureLLMInferenceTrace_conv.csv",
+    "azure-code": "traces/AzureLLMInferenceTrace_code.csv",
+}
+
+
+def make_workload(
+    name: str,
+    rate: float | None = None,
+    *,
+    lengths: str = "azure-conv",
+    trace: str | Path | None = None,
+    tenants: int = 1,
+    tenant_shares: Sequence[float] | None = None,
+    difficulty: tuple[float, float] = (2.0, 2.0),
+    cv: float = 4.0,
+    mmpp_rate_ratio: float = 4.0,
+    mean_dwell_s: float = 60.0,
+    period_s: float = 3600.0,
+    amplitude: float = 0.5,
+    flash_start_s: float = 300.0,
+    flash_duration_s: float = 60.0,
+    flash_multiplier: float = 5.0,
+) -> Workload:
+    """Build a named workload.
+
+    Parameters
+    ----------
+    name: one of :data:`WORKLOAD_NAMES`. ``poisson``; ``bursty`` (Gamma gaps of CV ``cv``);
+        ``mmpp`` (two states whose rates differ by ``mmpp_rate_ratio``, mean ``rate``);
+        ``diurnal`` and ``flash-crowd`` (Poisson with that modulation); ``azure-conv``,
+        ``azure-code`` (replay of the real traces, lengths included, time rescaled to ``rate``
+        if given); ``trace`` (replay of the file ``trace``).
+    rate: mean requests per second (required for the synthetic ones).
+    lengths: length model of the synthetic workloads (see :data:`LENGTH_MODELS`).
+    tenants, tenant_shares: number of tenants and their shares (default equal).
+    difficulty: Beta parameters of request difficulty.
+    The remaining parameters tune the named process as described above.
+    """
+    if tenant_shares is None:
+        shares = [1.0] * tenants
+    elif tenants in (1, len(tenant_shares)):
+        shares = tenant_shares
+    else:
+        raise ValueError(f"tenant_shares has {len(tenant_shares)} entries for tenants={tenants}")
+    common = {"tenant_shares": shares, "difficulty": difficulty}
+    if name in AZURE_TRACES or name == "trace":
+        if name == "trace" and trace is None:
+            raise ValueError("workload 'trace' needs trace=PATH")
+        if name in AZURE_TRACES:
+            from envs.paths import require_reference_file
+
+            trace = require_reference_file(AZURE_TRACES[name])
+        native = TraceReplay(trace)
+        scale = 1.0 if rate is None else native.mean_rate / rate
+        return Workload(TraceReplay(trace, time_scale=scale), None, **common)
+    if name not in WORKLOAD_NAMES:
+        raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOAD_NAMES)}")
+    if rate is None or rate <= 0:
+        raise ValueError(f"workload {name!r} needs rate > 0, got {rate}")
+    processes = {
+        "poisson": lambda: Poisson(rate),
+        "bursty": lambda: GammaBursty(rate, cv),
+        "mmpp": lambda: MMPP(
+            [2 * rate / (1 + mmpp_rate_ratio), 2 * rate * mmpp_rate_ratio / (1 + mmpp_rate_ratio)],
+            mean_dwell_s,
+        ),
+        "diurnal": lambda: Poisson(rate, [Diurnal(period_s, amplitude)]),
+        "flash-crowd": lambda: Poisson(
+            rate, [FlashCrowd(flash_start_s, flash_duration_s, flash_multiplier)]
+        ),
+    }
+    return Workload(processes[name](), get_length_model(lengths), **common)
