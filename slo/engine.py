@@ -1,0 +1,660 @@
+"""The multi-dimensional error-budget engine.
+
+One engine computes burn rates, remaining budgets, multi-window alert states and budget-policy
+states for every SLO of a spec, from either feed: batches of request events
+(:meth:`BudgetEngine.ingest_events`) or good/total counts derived from engine metrics
+(:meth:`BudgetEngine.ingest_counts`, used by :class:`slo.metrics.MetricsFeed`).
+
+Counts live in two :class:`~slo.ring.CumulativeRing` buffers: a fine one (``resolution``, 30 s by
+default) long enough for the longest burn-rate window, and a coarse one (``period_resolution``,
+1 h) long enough for the SLO period. Window sums are two reads, so a full query is a handful of
+vectorised numpy operations.
+
+Budget remaining follows Sloth's ``period_error_budget_remaining``: ``1 - error_ratio(period) /
+(1 - objective)``, where the period is also cut at the start of the current budget phase
+(:meth:`BudgetEngine.start_phase`) and may include a prior set by
+:meth:`BudgetEngine.set_budget_spent`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slo.durations import format_duration
+from slo.events import REQUEST_EVENT_DTYPE
+from slo.ring import CumulativeRing, bucket_of
+from slo.sli import EventBatch, SLIClassifier
+from slo.spec import ServiceSpec, SpecError, load_spec
+
+#: Events are classified in chunks of this size so that their columns stay in cache.
+CHUNK_EVENTS = 16384
+STATE_FORMAT = 1
+
+
+class AlertLevel(IntEnum):
+    """The most severe multi-window burn-rate alert firing for an SLO."""
+
+    NONE = 0
+    TICKET = 1
+    PAGE = 2
+
+
+class PolicyState(IntEnum):
+    """Budget-policy state of an SLO from its remaining budget."""
+
+    OK = 0
+    AT_RISK = 1
+    EXHAUSTED = 2
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """A finished budget phase: budget spent and counts per SLO (in :attr:`slo_names` order)."""
+
+    name: str
+    start: float
+    end: float
+    budget_spent: tuple[float, ...]
+    good: tuple[float, ...]
+    total: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    """Everything a policy observes about the budgets at one instant.
+
+    Arrays are indexed ``[slo]`` or ``[slo, window]`` in the order of :attr:`slo_names` and
+    :attr:`windows` (window names are the 30-day reference names; :attr:`window_seconds` gives
+    each SLO's windows scaled to its period).
+    """
+
+    time: float
+    phase: str
+    slo_names: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    windows: tuple[str, ...]
+    window_seconds: np.ndarray
+    objectives: np.ndarray
+    burn_rates: np.ndarray
+    budget_remaining: np.ndarray
+    page: np.ndarray
+    ticket: np.ndarray
+    alert_levels: np.ndarray
+    policy_states: np.ndarray
+    dimension_states: dict[str, PolicyState]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view (arrays as lists, enums as names)."""
+        out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        out["alert_levels"] = [AlertLevel(v).name.lower() for v in self.alert_levels]
+        out["policy_states"] = [PolicyState(v).name.lower() for v in self.policy_states]
+        out["dimension_states"] = {k: v.name.lower() for k, v in self.dimension_states.items()}
+        return out
+
+
+class _FairnessState:
+    """The open time slice of a fairness SLO: per-tenant good/total counts of its base SLI."""
+
+    def __init__(self, slo_index: int, classifier: SLIClassifier, start_time: float) -> None:
+        self.slo_index = slo_index
+        self.classifier = classifier
+        self.sli = classifier.fairness
+        self.slice_s = self.sli.slice
+        self.open = int(np.floor(start_time / self.slice_s + 1e-9))  # first slice not over at start
+        self.acc = np.zeros((self.sli.max_tenants, 2))
+
+    def slice_of(self, t: float | np.ndarray) -> int | np.ndarray:
+        return bucket_of(t, self.slice_s)
+
+    def verdict(self) -> bool | None:
+        """Whether the open slice was fair (None when too few tenants had enough requests)."""
+        good, total = self.acc[:, 0], self.acc[:, 1]
+        qualified = total >= self.sli.min_requests
+        if np.count_nonzero(qualified) < 2:
+            return None
+        attainment = good[qualified] / total[qualified]
+        if self.sli.method == "gap":
+            return bool(attainment.max() - attainment.min() <= self.sli.max_gap)
+        square_sum = float(np.sum(attainment**2))
+        if square_sum == 0.0:
+            return True  # every tenant at zero attainment: equal, the base SLO shows the harm
+        jain = float(np.sum(attainment)) ** 2 / (len(attainment) * square_sum)
+        return bool(jain >= self.sli.min_jain)
+
+
+class BudgetEngine:
+    """Error budgets of all ``llm`` SLOs of a spec, fed by request events or metric counts.
+
+    Parameters
+    ----------
+    spec:
+        A :class:`~slo.spec.ServiceSpec` or a path to a spec file.
+    start_time:
+        The engine clock at creation (seconds, the events' time base).
+    phase:
+        Name of the initial budget phase.
+    """
+
+    def __init__(
+        self, spec: ServiceSpec | str | Path, start_time: float = 0.0, phase: str = "initial"
+    ) -> None:
+        self.spec = load_spec(spec)
+        slos = self.spec.engine_slos
+        if not slos:
+            raise SpecError("the spec has no SLO with an 'llm' SLI for the engine to compute")
+        settings = self.spec.budgetpilot
+        self.slos = slos
+        self.slo_names = tuple(s.name for s in slos)
+        self.dimensions = tuple(s.dimension_name for s in slos)
+        self.windows = tuple(format_duration(w) for w in settings.windows)
+        self.resolution = settings.resolution
+        self.period_resolution = settings.period_resolution
+        self.objectives = np.array([s.objective for s in slos])
+        self.periods = np.array([self.spec.period_of(s) for s in slos])
+        self._inv_budget = 1.0 / (1.0 - self.objectives)
+        self._policy = settings.policy
+        n = len(slos)
+
+        # Burn-rate windows, scaled to each SLO's period, in whole fine buckets.
+        self.window_seconds = np.array([self.spec.windows_for(s) for s in slos])
+        self._window_buckets = np.rint(self.window_seconds / self.resolution).astype(np.int64)
+        series_buckets = np.repeat(self._window_buckets, 2, axis=0)
+        self._series_cols = np.broadcast_to(np.arange(2 * n)[:, None], series_buckets.shape).copy()
+        self._series_window_buckets = series_buckets
+        self._period_buckets = np.repeat(
+            np.ceil(self.periods / self.period_resolution - 1e-9).astype(np.int64), 2
+        )
+        self._fine_per_coarse = round(self.period_resolution / self.resolution)
+
+        first = bucket_of(start_time, self.resolution)
+        self._fine = CumulativeRing(2 * n, int(self._window_buckets.max()) + 1, first)
+        self._coarse = CumulativeRing(
+            2 * n, int(self._period_buckets.max()) + 1, first // self._fine_per_coarse
+        )
+        self.now = float(start_time)
+
+        self._classifiers = [SLIClassifier(s, self.spec) for s in slos]
+        self._request = [i for i, c in enumerate(self._classifiers) if c.fairness is None]
+        self._fairness = [
+            _FairnessState(i, c, start_time)
+            for i, c in enumerate(self._classifiers)
+            if c.fairness is not None
+        ]
+        self._alert_conditions = {
+            severity: self._conditions(getattr(settings.alert_windows, severity), severity)
+            for severity in ("page", "ticket")
+        }
+
+        self.phase = phase
+        self.phase_start = self.now
+        self._phase_start_cum = np.zeros(2 * n)
+        self._prior = np.zeros((3, n))  # bad, total, start time
+        self.phase_history: list[PhaseRecord] = []
+
+    # ----------------------------------------------------------------------------------------
+    # Feeding
+    # ----------------------------------------------------------------------------------------
+
+    def ingest_events(self, events: np.ndarray) -> None:
+        """Count a batch of request events (:data:`~slo.events.REQUEST_EVENT_DTYPE`).
+
+        Each event counts at its ``t_end``; the clock moves to the latest ``t_end``. Events may
+        come in any order within a batch; events older than the open fairness slice count in it.
+
+        Raises
+        ------
+        TypeError
+            If the array lacks fields of the request-event contract.
+        ValueError
+            If some ``t_end`` is NaN or infinite.
+        """
+        missing = set(REQUEST_EVENT_DTYPE.names) - set(events.dtype.names or ())
+        if missing:
+            raise TypeError(f"request events lack the fields {sorted(missing)}")
+        for start in range(0, len(events), CHUNK_EVENTS):
+            self._ingest_chunk(events[start : start + CHUNK_EVENTS])
+
+    def ingest_counts(
+        self,
+        t: float,
+        good: np.ndarray,
+        total: np.ndarray,
+        tenant_good: Sequence[np.ndarray] = (),
+        tenant_total: Sequence[np.ndarray] = (),
+    ) -> None:
+        """Count good/total events that happened by time ``t`` (the metrics feed's input).
+
+        Parameters
+        ----------
+        t:
+            The time the counts were observed (a scrape time); they count in its bucket.
+        good, total:
+            Per SLO, in :attr:`slo_names` order (entries of fairness SLOs are ignored).
+        tenant_good, tenant_total:
+            Per fairness SLO (in spec order), per tenant counts of its base SLI.
+        """
+        t = max(float(t), self.now)
+        self._advance_rings(t)
+        counts = np.zeros((1, 2 * len(self.slos)))
+        counts[0, 0::2] = good
+        counts[0, 1::2] = total
+        for state in self._fairness:
+            counts[0, 2 * state.slo_index : 2 * state.slo_index + 2] = 0.0
+        self._add_counts(bucket_of(t, self.resolution), counts)
+        for state, tg, tt in zip(self._fairness, tenant_good, tenant_total, strict=True):
+            slice_counts = np.stack([np.asarray(tg, float), np.asarray(tt, float)], axis=-1)
+            self._add_slices(state, np.array([state.slice_of(t)]), slice_counts[None], t)
+        self.advance_to(t)
+
+    def advance_to(self, t: float) -> None:
+        """Move the clock to ``t`` (earlier times are ignored): windows slide, slices close."""
+        if not math.isfinite(t):
+            raise ValueError(f"cannot advance the engine clock to {t}")
+        if t < self.now:
+            return
+        self._advance_rings(t)
+        self.now = float(t)
+        for state in self._fairness:
+            self._close_slices(state, t)
+
+    def _ingest_chunk(self, events: np.ndarray) -> None:
+        if len(events) == 0:
+            return
+        batch = EventBatch(events)
+        t_end = batch.column("t_end")
+        t_last = float(t_end.max())
+        if not (np.isfinite(t_last) and np.isfinite(t_end.min())):
+            rows = np.flatnonzero(~np.isfinite(t_end))[:5].tolist()
+            raise ValueError(f"request events with non-finite t_end (first rows {rows})")
+        t_max = max(t_last, self.now)
+        self._advance_rings(t_max)
+        bucket = bucket_of(t_end, self.resolution)
+        order = None if _is_sorted(bucket) else np.argsort(bucket, kind="stable")
+        if order is not None:
+            bucket = bucket[order]
+        first = int(bucket[0])
+        bounds = np.searchsorted(bucket, np.arange(first, int(bucket[-1]) + 2))
+        counts = np.zeros((len(bounds) - 1, 2 * len(self.slos)))
+        for i in self._request:
+            good, counted = self._classifiers[i].classify(batch)
+            if order is not None:
+                good, counted = good[order], counted[order]
+            counts[:, 2 * i] = _segment_sums(good, bounds)
+            counts[:, 2 * i + 1] = _segment_sums(counted, bounds)
+        self._add_counts(first, counts)
+        for state in self._fairness:
+            good, counted, tenant = state.classifier.classify_by_tenant(batch)
+            slices = np.maximum(state.slice_of(t_end), state.open)  # late events: the open one
+            lo = state.open
+            n_slices = int(slices.max()) - lo + 1
+            key = (slices - lo) * state.sli.max_tenants + tenant
+            size = n_slices * state.sli.max_tenants
+            per_slice = np.stack(
+                [
+                    np.bincount(key, weights=good, minlength=size),
+                    np.bincount(key, weights=counted, minlength=size),
+                ],
+                axis=-1,
+            ).reshape(n_slices, state.sli.max_tenants, 2)
+            self._add_slices(state, np.arange(lo, lo + n_slices), per_slice, t_max)
+        self.advance_to(t_max)
+
+    def _advance_rings(self, t: float) -> None:
+        bucket = bucket_of(t, self.resolution)
+        self._fine.advance(bucket)
+        self._coarse.advance(bucket // self._fine_per_coarse)
+
+    def _add_counts(self, first_bucket: int, counts: np.ndarray) -> None:
+        """Add per-bucket counts to both rings (the coarse one gets them grouped)."""
+        self._fine.add(first_bucket, counts)
+        coarse = (first_bucket + np.arange(len(counts))) // self._fine_per_coarse
+        starts = np.flatnonzero(np.diff(coarse, prepend=coarse[0] - 1))
+        self._coarse.add(int(coarse[0]), np.add.reduceat(counts, starts, axis=0))
+
+    def _add_slices(
+        self, state: _FairnessState, slices: np.ndarray, counts: np.ndarray, t: float
+    ) -> None:
+        """Add per-slice tenant counts, closing the slices they pass; slices before the open
+        one count in it (late events)."""
+        for index, slice_counts in zip(slices, counts, strict=True):
+            if index > state.open:
+                self._close_slices(state, index * state.slice_s)
+            state.acc += slice_counts
+        self._close_slices(state, t)
+
+    def _close_slices(self, state: _FairnessState, t: float) -> None:
+        """Judge the open slice if it ended by ``t`` and open the slice holding ``t``."""
+        end = (state.open + 1) * state.slice_s
+        if end > t:
+            return
+        fair = state.verdict()
+        if fair is not None:
+            counts = np.zeros((1, 2 * len(self.slos)))
+            counts[0, 2 * state.slo_index] = float(fair)
+            counts[0, 2 * state.slo_index + 1] = 1.0
+            self._add_counts(bucket_of(end, self.resolution), counts)
+        state.acc[...] = 0.0
+        state.open = int(np.floor(t / state.slice_s + 1e-9))
+
+    # ----------------------------------------------------------------------------------------
+    # Queries
+    # ----------------------------------------------------------------------------------------
+
+    def cumulative_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(good, total)`` per SLO counted since the engine started (copies): the difference
+        of two calls is what happened in between, e.g. during one environment step."""
+        latest = self._fine.latest
+        return latest[0::2].copy(), latest[1::2].copy()
+
+    def window_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(good, total)`` per SLO and window, each of shape ``(n_slo, n_windows)``."""
+        ring = self._fine
+        slots = (ring.head - self._series_window_buckets) % ring.n_buckets
+        sums = ring.latest[:, None] - ring.cum[slots, self._series_cols]
+        return sums[0::2], sums[1::2]
+
+    def error_ratios(self) -> np.ndarray:
+        """Error ratio (bad / total, 0 without events) per SLO and window."""
+        good, total = self.window_counts()
+        bad = total - good
+        return np.divide(bad, total, out=np.zeros_like(bad), where=total > 0)
+
+    def burn_rates(self) -> np.ndarray:
+        """Burn rate (error ratio / (1 - objective)) per SLO and window, ``(n_slo, n_windows)``."""
+        return self.error_ratios() * self._inv_budget[:, None]
+
+    def period_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(good, total)`` per SLO over its period, cut at the phase start, prior included."""
+        ring = self._coarse
+        slots = (ring.head - self._period_buckets) % ring.n_buckets
+        start = ring.cum[slots, np.arange(ring.cum.shape[1])]
+        counts = self._fine.latest - np.maximum(start, self._phase_start_cum)
+        prior_bad, prior_total, prior_t0 = self._prior
+        weight = np.clip(1.0 - (self.now - prior_t0) / self.periods, 0.0, 1.0)
+        total = counts[1::2] + weight * prior_total
+        good = counts[0::2] + weight * (prior_total - prior_bad)
+        return good, total
+
+    def budget_remaining(self) -> np.ndarray:
+        """Fraction of each SLO's period budget left (1: untouched, <= 0: exhausted)."""
+        good, total = self.period_counts()
+        bad = total - good
+        ratio = np.divide(bad, total, out=np.zeros_like(bad), where=total > 0)
+        return 1.0 - ratio * self._inv_budget
+
+    def alerts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(page, ticket)`` booleans per SLO: some condition has both windows burning faster
+        than its burn rate (and the alert is not disabled in the spec)."""
+        burn = self.burn_rates()
+        return tuple(self._firing(burn, severity) for severity in ("page", "ticket"))
+
+    def alert_states(self) -> np.ndarray:
+        """The most severe firing alert per SLO, as :class:`AlertLevel` values (int8)."""
+        return _alert_levels(*self.alerts())
+
+    def policy_states(self) -> np.ndarray:
+        """Budget-policy state per SLO, as :class:`PolicyState` values (int8)."""
+        return self._policy_of(self.budget_remaining())
+
+    def dimension_states(self) -> dict[str, PolicyState]:
+        """The worst policy state among the SLOs of each budget dimension."""
+        return self._worst_by_dimension(self.policy_states())
+
+    def _policy_of(self, remaining: np.ndarray) -> np.ndarray:
+        at_risk = np.where(
+            remaining < self._policy.at_risk_below, PolicyState.AT_RISK, PolicyState.OK
+        )
+        return np.where(
+            remaining <= self._policy.exhausted_at, PolicyState.EXHAUSTED, at_risk
+        ).astype(np.int8)
+
+    def _worst_by_dimension(self, states: np.ndarray) -> dict[str, PolicyState]:
+        worst: dict[str, PolicyState] = {}
+        for dimension, state in zip(self.dimensions, states.tolist(), strict=True):
+            worst[dimension] = max(worst.get(dimension, PolicyState.OK), PolicyState(state))
+        return worst
+
+    def snapshot(self) -> BudgetSnapshot:
+        """All budget figures at the current time."""
+        burn = self.burn_rates()
+        page, ticket = (self._firing(burn, s) for s in ("page", "ticket"))
+        remaining = self.budget_remaining()
+        policy = self._policy_of(remaining)
+        return BudgetSnapshot(
+            time=self.now,
+            phase=self.phase,
+            slo_names=self.slo_names,
+            dimensions=self.dimensions,
+            windows=self.windows,
+            window_seconds=self.window_seconds.copy(),
+            objectives=self.objectives.copy(),
+            burn_rates=burn,
+            budget_remaining=remaining,
+            page=page,
+            ticket=ticket,
+            alert_levels=_alert_levels(page, ticket),
+            policy_states=policy,
+            dimension_states=self._worst_by_dimension(policy),
+        )
+
+    def _conditions(self, windows: Sequence[Any], severity: str) -> tuple[np.ndarray, ...]:
+        names = {round(w): i for i, w in enumerate(self.spec.budgetpilot.windows)}
+        long = np.array([names[round(c.long)] for c in windows], dtype=np.intp)
+        short = np.array([names[round(c.short)] for c in windows], dtype=np.intp)
+        rate = np.array([c.burn_rate for c in windows])
+        enabled = np.array(
+            [
+                s.alerting is None or not getattr(s.alerting, f"{severity}_alert").disable
+                for s in self.slos
+            ]
+        )
+        return long, short, rate, enabled
+
+    def _firing(self, burn: np.ndarray, severity: str) -> np.ndarray:
+        long, short, rate, enabled = self._alert_conditions[severity]
+        if len(rate) == 0:
+            return np.zeros(len(self.slos), dtype=bool)
+        both = (burn[:, long] > rate) & (burn[:, short] > rate)
+        return both.any(axis=1) & enabled
+
+    # ----------------------------------------------------------------------------------------
+    # Budget phases and priors
+    # ----------------------------------------------------------------------------------------
+
+    def start_phase(self, name: str, t: float | None = None) -> PhaseRecord:
+        """End the current budget phase at ``t`` (default: now) and start phase ``name``.
+
+        The new phase has its own budget: the period of every SLO is cut at its start and any
+        prior from :meth:`set_budget_spent` is dropped. Burn-rate windows are not cut (a burn
+        rate describes the service, not the budget). Returns the record of the ended phase.
+        """
+        if t is not None:
+            self.advance_to(t)
+        phase_good = self._fine.latest[0::2] - self._phase_start_cum[0::2]
+        phase_total = self._fine.latest[1::2] - self._phase_start_cum[1::2]
+        record = PhaseRecord(
+            name=self.phase,
+            start=self.phase_start,
+            end=self.now,
+            budget_spent=tuple(float(x) for x in 1.0 - self.budget_remaining()),
+            good=tuple(float(x) for x in phase_good),
+            total=tuple(float(x) for x in phase_total),
+        )
+        self.phase_history.append(record)
+        self.phase = name
+        self.phase_start = self.now
+        self._phase_start_cum = self._fine.latest.copy()
+        self._prior[...] = 0.0
+        return record
+
+    def set_budget_spent(
+        self,
+        fraction: float | Sequence[float] | Mapping[str, float],
+        *,
+        assumed_total_events: float | Sequence[float],
+    ) -> None:
+        """Start with part of each budget already spent (e.g. at the start of an RL episode).
+
+        The spent budget is modelled as ``assumed_total_events`` events, spread evenly over the
+        period before now, of which ``fraction * (1 - objective)`` were bad. It therefore ages
+        out linearly over one period, and new events weigh against it in proportion to their
+        number: with ``assumed_total_events`` set to a period's real traffic, one hour at burn
+        rate 14.4 of a 30-day SLO spends 2 % of the budget, as in production.
+        For fairness SLOs the assumed total is the number of slices in a period.
+
+        Parameters
+        ----------
+        fraction:
+            Budget already spent: one value, one per SLO, or a mapping SLO name -> value
+            (SLOs not named keep their current prior). 0 = untouched, 1 = exhausted.
+        assumed_total_events:
+            How many events the period held before now (one value or one per SLO).
+        """
+        spent = self._per_slo(fraction, default=np.nan)
+        totals = np.broadcast_to(np.asarray(assumed_total_events, dtype=float), spent.shape).copy()
+        if np.any(spent[~np.isnan(spent)] < 0) or np.any(totals <= 0):
+            raise ValueError("fractions must be >= 0 and assumed_total_events > 0")
+        for state in self._fairness:
+            totals[state.slo_index] = self.periods[state.slo_index] / state.slice_s
+        keep = ~np.isnan(spent)
+        self._prior[0, keep] = spent[keep] * (1.0 - self.objectives[keep]) * totals[keep]
+        self._prior[1, keep] = totals[keep]
+        self._prior[2, keep] = self.now
+
+    def _per_slo(self, value: Any, default: float) -> np.ndarray:
+        if isinstance(value, Mapping):
+            unknown = set(value) - set(self.slo_names)
+            if unknown:
+                raise KeyError(f"unknown SLO names: {sorted(unknown)}")
+            return np.array([float(value.get(n, default)) for n in self.slo_names])
+        array = np.asarray(value, dtype=float)
+        if array.ndim == 0:
+            return np.full(len(self.slos), float(array))
+        if array.shape != (len(self.slos),):
+            raise ValueError(f"expected {len(self.slos)} values (one per SLO), got {array.shape}")
+        return array.copy()
+
+    # ----------------------------------------------------------------------------------------
+    # State
+    # ----------------------------------------------------------------------------------------
+
+    def spec_fingerprint(self) -> str:
+        """A hash of the spec: a saved state only loads into an engine with the same spec."""
+        return hashlib.sha256(self.spec.model_dump_json().encode()).hexdigest()[:16]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: arrays and JSON-compatible values (copies)."""
+        return {
+            "format": STATE_FORMAT,
+            "spec_fingerprint": self.spec_fingerprint(),
+            "now": self.now,
+            "fine": self._fine.state_dict(),
+            "coarse": self._coarse.state_dict(),
+            "fairness": [{"open": s.open, "acc": s.acc.copy()} for s in self._fairness],
+            "phase": self.phase,
+            "phase_start": self.phase_start,
+            "phase_start_cum": self._phase_start_cum.copy(),
+            "prior": self._prior.copy(),
+            "phase_history": [asdict(r) for r in self.phase_history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; refuses states of another spec."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported engine state format {state.get('format')!r}")
+        if state["spec_fingerprint"] != self.spec_fingerprint():
+            raise ValueError("the saved engine state belongs to a different spec")
+        self._fine.load_state_dict(state["fine"])
+        self._coarse.load_state_dict(state["coarse"])
+        for target, saved in zip(self._fairness, state["fairness"], strict=True):
+            target.open = int(saved["open"])
+            target.acc[...] = saved["acc"]
+        self.now = float(state["now"])
+        self.phase = str(state["phase"])
+        self.phase_start = float(state["phase_start"])
+        self._phase_start_cum[...] = state["phase_start_cum"]
+        self._prior[...] = state["prior"]
+        self.phase_history = [
+            PhaseRecord(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
+            for r in state["phase_history"]
+        ]
+
+    def save(self, path: str | Path) -> None:
+        """Write the state to ``path`` (an ``.npz`` file: arrays plus a JSON header)."""
+        state = self.state_dict()
+        arrays = _flatten_arrays(state)
+        header = json.dumps(_strip_arrays(state))
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, __header__=np.array(header), **arrays)
+
+    def load(self, path: str | Path) -> None:
+        """Restore the state written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            state = json.loads(str(data["__header__"]))
+            for key in data.files:
+                if key != "__header__":
+                    _set_path(state, key.split("/"), data[key])
+        self.load_state_dict(state)
+
+
+def _alert_levels(page: np.ndarray, ticket: np.ndarray) -> np.ndarray:
+    levels = np.where(ticket, AlertLevel.TICKET, AlertLevel.NONE)
+    return np.where(page, AlertLevel.PAGE, levels).astype(np.int8)
+
+
+def _is_sorted(values: np.ndarray) -> bool:
+    return bool(np.all(values[1:] >= values[:-1]))
+
+
+def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sums of ``values`` over the segments ``[bounds[i], bounds[i + 1])``."""
+    if len(bounds) == 2:
+        total = np.count_nonzero(values) if values.dtype == bool else values.sum()
+        return np.array([total], dtype=np.float64)
+    cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return np.diff(cumulative[bounds]).astype(np.float64)
+
+
+def _flatten_arrays(state: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    if isinstance(state, np.ndarray):
+        return {prefix.rstrip("/"): state}
+    items = (
+        state.items()
+        if isinstance(state, dict)
+        else enumerate(state)
+        if isinstance(state, list)
+        else ()
+    )
+    out: dict[str, np.ndarray] = {}
+    for key, value in items:
+        out.update(_flatten_arrays(value, f"{prefix}{key}/"))
+    return out
+
+
+def _strip_arrays(state: Any) -> Any:
+    if isinstance(state, np.ndarray):
+        return None
+    if isinstance(state, dict):
+        return {k: _strip_arrays(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_strip_arrays(v) for v in state]
+    return state
+
+
+def _set_path(state: Any, path: list[str], value: np.ndarray) -> None:
+    for part in path[:-1]:
+        state = state[int(part)] if isinstance(state, list) else state[part]
+    last = path[-1]
+    if isinstance(state, list):
+        state[int(last)] = value
+    else:
+        state[last] = value

@@ -1,0 +1,1 @@
+"""Bundled SLO specs (``default.yaml``), shipped as package data."""

@@ -1,0 +1,390 @@
+"""The metrics feed and the exposition renderer: two feeds, one answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from slo.engine import BudgetEngine
+from slo.events import TTFT_BUCKETS_S
+from slo.exposition import ExpositionRenderer, render_exposition
+from slo.metrics import BUILTIN_MAPPINGS, MetricsFeed, load_mapping, metric_source
+from slo.spec import load_spec
+from slo.synthetic import synthetic_events
+
+TTFT = "vllm:time_to_first_token_seconds"
+
+
+def spec_of(slos: dict[str, dict], **slo_extra) -> object:
+    items = [
+        {"name": n, "objective": 0.99, "sli": {"llm": llm}, **slo_extra.get(n, {})}
+        for n, llm in slos.items()
+    ]
+    return load_spec(
+        {
+            "version": "prometheus/v1",
+            "service": "llm",
+            "slos": items,
+            "budgetpilot": {"models": {"strong": 0, "fast": 1}},
+        }
+    )
+
+
+ALL_KINDS = spec_of(
+    {
+        "ttft": {"kind": "ttft", "threshold_s": 1.0},
+        "ttft-strong": {"kind": "ttft", "threshold_s": 0.5},
+        "e2e-fast": {"kind": "e2e", "threshold_s": 10.0},
+        "ttft-tenant0": {"kind": "ttft", "threshold_s": 1.0},
+        "itl-token": {"kind": "itl", "threshold_s": 0.05, "per": "token"},
+        "itl-request": {"kind": "itl", "threshold_s": 0.2, "per": "request"},
+        "normalized": {"kind": "normalized_latency", "threshold_s": 0.06},
+        "availability": {"kind": "availability"},
+        "aborts": {"kind": "availability", "bad_outcomes": ["aborted"]},
+        "quality": {"kind": "quality", "mode": "loss", "max_loss": 0.1},
+        "context": {"kind": "context", "max_preemptions": 0},
+        "length-cuts": {"kind": "context", "truncation": False, "max_preemptions": None},
+        "streaming": {"kind": "streaming", "pace_s": 0.05},
+        "fair-gap": {
+            "kind": "fairness",
+            "base": {"kind": "ttft", "threshold_s": 1.0},
+            "max_gap": 0.05,
+            "min_requests": 20,
+        },
+        "fair-jain": {
+            "kind": "fairness",
+            "base": {"kind": "itl", "threshold_s": 0.05},
+            "method": "jain",
+            "min_jain": 0.999,
+            "slice": "10m",
+            "min_requests": 5,
+        },
+    },
+    **{
+        "ttft-strong": {"selectors": {"model": "strong"}},
+        "e2e-fast": {"selectors": {"tier": 1}},
+        "ttft-tenant0": {"selectors": {"tenant": 0}},
+    },
+)
+
+
+def fleet_events(seconds: float, seed: int = 11) -> np.ndarray:
+    """Traffic with a slow spell and one tenant served worse: every budget moves."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        synthetic_events(rng, 8000, 0.0, seconds / 2, n_replicas=2),
+        synthetic_events(rng, 4000, seconds / 2, 0.75 * seconds, n_replicas=2, slowdown=2.5),
+        synthetic_events(rng, 4000, 0.75 * seconds, seconds, n_replicas=2),
+    ]
+    events = np.concatenate(parts)
+    slow_tenant = events["tenant"] == 3
+    events["ttft_s"][slow_tenant] *= 1.6
+    return events[np.argsort(events["t_end"], kind="stable")]
+
+
+@pytest.mark.parametrize(("mapping", "seconds"), [("vllm", 3600.0), ("vllm-legacy", 1200.0)])
+def test_rendered_metrics_fed_back_give_the_event_feeds_budgets(mapping, seconds):
+    """Request events -> per-replica and router exposition text at each scrape -> MetricsFeed:
+    the same burn rates, budgets and alerts as ingesting the events directly."""
+    spec = ALL_KINDS
+    direct = BudgetEngine(spec)
+    feed = MetricsFeed(spec, mapping)
+    if mapping == "vllm":
+        kinds = {s.kind for s in feed.sources}
+        assert kinds == {"histogram", "request_success", "sli_events", "tenant_sli_events"}
+    replicas = {
+        r: ExpositionRenderer(spec, mapping, labels={"engine": "0"}, budget_counters=False)
+        for r in range(2)
+    }
+    router = ExpositionRenderer(spec, mapping, engine_metrics=False)
+
+    def scrape() -> dict[str, str]:
+        return {
+            **{f"replica-{r}": rd.render() for r, rd in replicas.items()},
+            "router": router.render(),
+        }
+
+    events = fleet_events(seconds)
+    feed.update(0.0, scrape())
+    for t in np.arange(60.0, seconds + 1.0, 60.0):
+        batch = events[(events["t_end"] > t - 60.0) & (events["t_end"] <= t)]
+        direct.ingest_events(batch)
+        direct.advance_to(t)
+        for r, renderer in replicas.items():
+            renderer.add(batch[batch["replica"] == r])
+        router.add(batch)
+        report = feed.update(t, scrape())
+        assert report.clean, report
+        np.testing.assert_allclose(feed.engine.burn_rates(), direct.burn_rates(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            feed.engine.budget_remaining(), direct.budget_remaining(), rtol=0, atol=1e-9
+        )
+        np.testing.assert_array_equal(feed.engine.alert_states(), direct.alert_states())
+    burning = direct.burn_rates()[:, -1] > 0
+    assert burning.sum() >= len(spec.slos) - 1, direct.slo_names  # the comparison is not vacuous
+    assert direct.period_counts()[1][direct.slo_names.index("fair-gap")] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Counter semantics of the feed, on hand-written scrapes
+# --------------------------------------------------------------------------------------------
+
+ONE_TTFT = spec_of({"ttft": {"kind": "ttft", "threshold_s": 1.0}})
+
+
+def ttft_text(models: dict[str, tuple[float, float]], le: str = "1.0") -> str:
+    """Exposition text of a TTFT histogram: per model (count <= 1 s, count)."""
+    lines = [f"# TYPE {TTFT} histogram"]
+    for model, (good, total) in models.items():
+        lines += [
+            f'{TTFT}_bucket{{le="{le}",model_name="{model}"}} {good}',
+            f'{TTFT}_bucket{{le="+Inf",model_name="{model}"}} {total}',
+            f'{TTFT}_count{{model_name="{model}"}} {total}',
+            f'{TTFT}_sum{{model_name="{model}"}} 1.0',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def counts(feed: MetricsFeed) -> tuple[float, float]:
+    good, total = feed.engine.period_counts()
+    return float(good[0]), float(total[0])
+
+
+def test_first_scrape_is_a_baseline_then_increases_count():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (100, 120)}))
+    assert counts(feed) == (0.0, 0.0)
+    feed.update(30.0, ttft_text({"m": (150, 175)}))
+    assert counts(feed) == (50.0, 55.0)
+    np.testing.assert_allclose(feed.engine.burn_rates()[0, 0], (5 / 55) / 0.01)
+
+
+def test_a_scrape_with_only_bad_events_counts_them():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (10, 10)}))
+    report = feed.update(30.0, ttft_text({"m": (10, 15)}))  # le="1.0" did not move
+    assert report.clean and counts(feed) == (0.0, 5.0)
+
+
+def test_a_counter_that_drops_is_a_restart_from_zero():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (100, 120)}))
+    feed.update(30.0, ttft_text({"m": (150, 175)}))
+    report = feed.update(60.0, ttft_text({"m": (10, 12)}))
+    assert counts(feed) == (60.0, 67.0)
+    assert len(report.resets) == 3 and all("replica" not in r for r in report.resets)
+    assert report.clean  # a restart is normal, not a problem
+
+
+def test_missing_series_and_endpoints_are_skipped_and_reported():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
+    report = feed.update(30.0, {"a": ttft_text({"m": (20, 20)}), "b": "# nothing yet\n"})
+    assert counts(feed) == (10.0, 10.0)
+    assert len(report.missing_series) == 3 and all(
+        s.startswith("b/") for s in report.missing_series
+    )
+    report = feed.update(60.0, {"b": ttft_text({"m": (15, 16)})})
+    assert report.missing_endpoints == ["a"]
+    assert counts(feed) == (15.0, 16.0)  # b counted from its last value, not from zero
+    assert not report.clean
+
+
+def test_nan_values_are_ignored_and_reported():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (10, 10)}))
+    report = feed.update(30.0, ttft_text({"m": ("NaN", 12)}))
+    assert report.non_finite == [f'default/{TTFT}_bucket{{le="1.0",model_name="m"}}']
+    assert counts(feed) == (0.0, 2.0)
+    feed.update(60.0, ttft_text({"m": (13, 14)}))
+    assert counts(feed) == (3.0, 4.0)  # good resumes from its last finite value
+
+
+def test_duplicate_series_keep_the_first_and_are_reported():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (0, 0)}))
+    text = ttft_text({"m": (5, 6)}) + f'{TTFT}_count{{model_name="m"}} 600\n'
+    report = feed.update(30.0, text)
+    assert report.duplicates == [f'default/{TTFT}_count{{model_name="m"}}']
+    assert counts(feed) == (5.0, 6.0)
+
+
+def test_unparsable_scrapes_are_reported_not_raised():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (0, 0)}), "b": ttft_text({"m": (0, 0)})})
+    report = feed.update(
+        30.0, {"a": ttft_text({"m": (4, 5)}), "b": f"{TTFT}_count{{model_name=m}} 3\n"}
+    )
+    assert len(report.unparsable) == 1 and report.unparsable[0].startswith("b: ")
+    assert counts(feed) == (4.0, 5.0)
+
+
+def test_new_endpoints_start_as_a_baseline_new_series_from_zero():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (1, 1)})})
+    feed.update(30.0, {"a": ttft_text({"m": (1, 1), "n": (3, 4)}), "b": ttft_text({"m": (50, 50)})})
+    assert counts(feed) == (3.0, 4.0)  # the new model on a: counted; b's history: not ours
+    feed.update(60.0, {"a": ttft_text({"m": (1, 1), "n": (3, 4)}), "b": ttft_text({"m": (52, 53)})})
+    assert counts(feed) == (5.0, 7.0)
+
+
+def test_a_threshold_that_is_not_a_bucket_of_the_engine_is_reported():
+    feed = MetricsFeed(ONE_TTFT, "sglang")
+    name = "sglang:time_to_first_token_seconds"
+    feed.update(0.0, ttft_text({"m": (0, 0)}, le="0.9").replace(TTFT, name))
+    report = feed.update(30.0, ttft_text({"m": (5, 6)}, le="0.9").replace(TTFT, name))
+    assert report.inexact == [f"ttft: 1.0 is not a bucket boundary of {name}"]
+    assert counts(feed) == (0.0, 0.0)
+
+
+def test_parsed_samples_are_accepted():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(
+        0.0,
+        [
+            (f"{TTFT}_bucket", {"le": "1.0", "model_name": "m"}, 0.0),
+            (f"{TTFT}_count", {"model_name": "m"}, 0.0),
+        ],
+    )
+    feed.update(
+        30.0,
+        [
+            Sample(f"{TTFT}_bucket", {"le": "1.0", "model_name": "m"}, 7.0),
+            Sample(f"{TTFT}_count", {"model_name": "m"}, 9.0),
+        ],
+    )
+    assert counts(feed) == (7.0, 9.0)
+
+
+def test_model_selectors_filter_the_model_label():
+    spec = spec_of(
+        {"fast": {"kind": "ttft", "threshold_s": 1.0}}, fast={"selectors": {"model": "fast"}}
+    )
+    feed = MetricsFeed(spec)
+    feed.update(0.0, ttft_text({"strong": (0, 0), "fast": (0, 0)}))
+    feed.update(30.0, ttft_text({"strong": (10, 10), "fast": (1, 4)}))
+    assert counts(feed) == (1.0, 4.0)
+
+
+def test_kv_cache_usage_is_read_per_endpoint():
+    feed = MetricsFeed(ONE_TTFT, "vllm-legacy")
+    gauge = "# TYPE vllm:gpu_cache_usage_perc gauge\n"
+    gauge += (
+        'vllm:gpu_cache_usage_perc{engine="0"} 0.5\nvllm:gpu_cache_usage_perc{engine="1"} 0.7\n'
+    )
+    feed.update(0.0, {"a": gauge, "b": gauge.replace("0.5", "0.1")})
+    assert feed.kv_cache_usage() == pytest.approx({"a": 0.6, "b": 0.4})
+
+
+def test_a_feed_can_drive_an_existing_engine():
+    engine = BudgetEngine(ONE_TTFT)
+    feed = MetricsFeed(engine)
+    feed.update(0.0, ttft_text({"m": (0, 0)}))
+    feed.update(30.0, ttft_text({"m": (1, 2)}))
+    assert feed.engine is engine and engine.now == 30.0 and counts(feed) == (1.0, 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Mappings and sources
+# --------------------------------------------------------------------------------------------
+
+
+def test_builtin_mappings_name_vllm_and_sglang_metrics():
+    assert load_mapping("vllm").itl == "vllm:inter_token_latency_seconds"
+    assert load_mapping("vllm-legacy").itl == "vllm:time_per_output_token_seconds"
+    assert load_mapping("vllm-legacy").kv_cache_usage == "vllm:gpu_cache_usage_perc"
+    assert load_mapping("sglang").ttft == "sglang:time_to_first_token_seconds"
+    assert load_mapping("sglang-legacy").itl == "sglang:time_per_output_token_seconds"
+    assert set(BUILTIN_MAPPINGS) == {"vllm", "vllm-legacy", "sglang", "sglang-legacy"}
+
+
+def test_mappings_load_from_dicts_and_files(tmp_path):
+    custom = load_mapping({"base": "sglang", "model_label": "model", "ttft": "my:ttft_seconds"})
+    assert (custom.ttft, custom.model_label, custom.e2e) == (
+        "my:ttft_seconds",
+        "model",
+        "sglang:e2e_request_latency_seconds",
+    )
+    path = tmp_path / "mapping.yaml"
+    path.write_text("base: vllm\ntpot_request: null\n")
+    assert load_mapping(path).tpot_request is None
+    with pytest.raises(ValueError, match="unknown metric mapping keys"):
+        load_mapping({"ttfb": "x"})
+    with pytest.raises(ValueError, match="not a built-in"):
+        load_mapping("tgi")
+
+
+@pytest.mark.parametrize(
+    ("llm", "selectors", "mapping", "kind"),
+    [
+        ({"kind": "ttft", "threshold_s": 1.0}, {}, "vllm", "histogram"),
+        ({"kind": "ttft", "threshold_s": 1.0}, {"model": "fast"}, "vllm", "histogram"),
+        ({"kind": "ttft", "threshold_s": 1.0}, {"tenant": 1}, "vllm", "sli_events"),
+        ({"kind": "ttft", "threshold_s": 1.0}, {"intended_tier": 0}, "vllm", "sli_events"),
+        ({"kind": "itl", "threshold_s": 0.1}, {}, "sglang", "histogram"),
+        ({"kind": "itl", "threshold_s": 0.1, "per": "request"}, {}, "vllm", "sli_events"),
+        ({"kind": "streaming", "pace_s": 0.1}, {}, "vllm", "histogram"),
+        ({"kind": "streaming", "pace_s": 0.1}, {}, "vllm-legacy", "sli_events"),
+        (
+            {"kind": "context", "truncation": False, "max_preemptions": None},
+            {},
+            "vllm",
+            "request_success",
+        ),
+        (
+            {"kind": "context", "truncation": False, "max_preemptions": None},
+            {},
+            "sglang",
+            "sli_events",
+        ),
+        ({"kind": "context"}, {}, "vllm", "sli_events"),
+        ({"kind": "availability"}, {}, "vllm", "sli_events"),
+        (
+            {"kind": "fairness", "base": {"kind": "ttft", "threshold_s": 1.0}},
+            {},
+            "vllm",
+            "tenant_sli_events",
+        ),
+    ],
+)
+def test_metric_source_prefers_exact_engine_metrics(llm, selectors, mapping, kind):
+    spec = spec_of({"x": llm}, x={"selectors": selectors})
+    source = metric_source(spec.slos[0], spec, load_mapping(mapping))
+    assert source.kind == kind
+    assert source.exact_from_engine == (kind in ("histogram", "request_success"))
+
+
+# --------------------------------------------------------------------------------------------
+# The renderer
+# --------------------------------------------------------------------------------------------
+
+
+def test_rendered_text_is_vllm_format_with_vllm_buckets():
+    events = synthetic_events(np.random.default_rng(5), 3000, 0.0, 60.0)
+    text = render_exposition(events, ALL_KINDS, labels={"engine": "0"})
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    ttft = families[TTFT]
+    assert ttft.type == "histogram"
+    bounds = sorted({float(s.labels["le"]) for s in ttft.samples if s.name.endswith("_bucket")})
+    assert bounds == [*TTFT_BUCKETS_S, float("inf")]
+    count = sum(s.value for s in ttft.samples if s.name.endswith("_count"))
+    assert count == np.count_nonzero(~np.isnan(events["ttft_s"]) & (events["tier"] >= 0))
+    assert {s.labels["model_name"] for s in ttft.samples} == {"strong", "fast"}
+    success = families["vllm:request_success"]
+    assert {s.labels["finished_reason"] for s in success.samples} <= {"stop", "length", "abort"}
+    assert sum(s.value for s in success.samples) == np.count_nonzero(events["tier"] >= 0)
+    events_family = families["budgetpilot:sli_events"]
+    names = {s.labels["slo"] for s in events_family.samples}
+    assert names == {s.name for s in ALL_KINDS.slos} - {"fair-gap", "fair-jain"}
+    tenants = families["budgetpilot:tenant_sli_events"]
+    assert {s.labels["tenant"] for s in tenants.samples} == {"0", "1", "2", "3"}
+
+
+def test_renderer_parts_can_be_switched_off():
+    events = synthetic_events(np.random.default_rng(5), 100, 0.0, 60.0)
+    replica = render_exposition(events, ALL_KINDS, budget_counters=False)
+    router = render_exposition(events, ALL_KINDS, engine_metrics=False)
+    assert "budgetpilot:" not in replica and "vllm:" in replica
+    assert "vllm:" not in router and "budgetpilot:sli_events_total" in router
