@@ -1,1 +1,26 @@
-"""budgetpilot: envs."""
+"""budgetpilot environments: the fleet simulator and the Gymnasium environments on top of it.
+
+Importing ``envs`` registers the environments (lazily: the simulator loads on ``make``)::
+
+    import gymnasium, envs
+    env = gymnasium.make("budgetpilot/LLMFleet-v0", scenario="flash-crowd")
+    env = gymnasium.make("budgetpilot/LLMFleet-FlashCrowd-v0")
+"""
+
+from gymnasium.envs.registration import register
+
+from envs.scenario_names import SCENARIO_NAMES
+
+ENV_ID = "budgetpilot/LLMFleet-v0"
+ENTRY_POINT = "envs.fleet_env:LLMFleetEnv"
+
+
+def scenario_env_id(scenario: str) -> str:
+    """The Gymnasium id of one scenario, e.g. ``budgetpilot/LLMFleet-FlashCrowd-v0``."""
+    camel = "".join(part.capitalize() for part in scenario.split("-"))
+    return f"budgetpilot/LLMFleet-{camel}-v0"
+
+
+register(id=ENV_ID, entry_point=ENTRY_POINT)
+for _name in SCENARIO_NAMES:
+    register(id=scenario_env_id(_name), entry_point=ENTRY_POINT, kwargs={"scenario": _name})

@@ -1,9 +1,136 @@
-"""``budgetpilot`` subcommands of the ``envs`` package."""
+"""``budgetpilot`` subcommands of the ``envs`` package: ``simulate`` and ``perf sim``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+_WORKLOADS = ("poisson", "bursty", "mmpp", "diurnal", "flash-crowd", "azure-conv", "azure-code",
+              "trace")  # fmt: skip
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add this package's commands to the root app and its benchmarks to perf."""
+    app.command("simulate")(simulate)
+    perf.command("sim")(perf_sim)
+
+
+def simulate(
+    workload: Annotated[
+        str | None,
+        typer.Option(help=f"Request source: {', '.join(_WORKLOADS)} [default: poisson]."),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Mean requests/s. Default: the reference rate scaled to the replicas (synthetic "
+            "workloads), the trace's own rate (replays)."
+        ),
+    ] = None,
+    replicas: Annotated[int | None, typer.Option(help="Replicas of the pool [default: 8].")] = None,
+    model: Annotated[str | None, typer.Option(help="Model [default: llama-2-7b].")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU [default: a100-80gb].")] = None,
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree [default: 1].")] = None,
+    hours: Annotated[float, typer.Option(help="Simulated hours.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    trace: Annotated[
+        Path | None, typer.Option(help="Trace CSV (Azure format) for --workload trace.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Fleet YAML (pools, router, tenants...); replaces the pool flags."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Simulate a fleet serving a workload and print latency, throughput and KV figures.
+
+    Without options: the reference workload (8 x Llama-2-7B on A100-80GB, Poisson arrivals at
+    ~80% of capacity, Azure-conversation lengths) for one simulated hour.
+    """
+    from envs.sim.config import ConfigError
+
+    try:
+        sim_config = _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config)
+        summary = _run(sim_config, hours, seed, progress=not as_json)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        _print_table(summary)
+
+
+def _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config):
+    """The SimConfig that the ``simulate`` options describe."""
+    from envs.sim.config import (
+        REFERENCE_RATE,
+        REFERENCE_REPLICAS,
+        SimConfig,
+        WorkloadConfig,
+        validated,
+    )
+
+    pool_flags = {"replicas": replicas, "model": model, "gpu": gpu, "tp": tp}
+    given = {k: v for k, v in pool_flags.items() if v is not None}
+    if config is not None:
+        if given:
+            raise ValueError(f"--config describes the pools: drop --{', --'.join(given)}")
+        base = SimConfig.from_yaml(config)
+        if workload is None and rate is None and trace is None:
+            return base  # the file's own workload
+    else:
+        base = SimConfig.from_dict({"pools": [given]}, source="command-line options")
+    kind = workload or ("trace" if trace else "poisson")
+    if rate is None and kind not in ("azure-conv", "azure-code", "trace"):
+        strong = sum(p.replicas for p in base.pools if p.tier == 0)
+        rate = REFERENCE_RATE * strong / REFERENCE_REPLICAS
+    spec = {"kind": kind, "rate": rate, "trace": str(trace) if trace else None}
+    source = validated(WorkloadConfig, spec, "workload options")
+    return base.model_copy(update={"workload": source})
+
+
+def _run(config, hours: float, seed: int, progress: bool) -> dict:
+    """Run the simulation, with a progress bar on stderr when asked."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from envs.sim.simulator import Simulator
+
+    sim = Simulator(config, seed=seed)
+    if not progress:
+        return sim.run(hours)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("simulating", total=hours * 3600.0)
+        return sim.run(hours, progress=lambda done: bar.update(task, completed=done))
+
+
+def _print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Fleet simulation")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        table.add_row(key, "-" if value is None else text)
+    Console().print(table)
+
+
+def perf_sim(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Simulator speed (reference workload, 1 h, one core, compile excluded), its scaling with
+    load, and the step-time model's error against real measurements."""
+    from envs.sim.perf import benchmark
+
+    result = benchmark()
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key}: {value}")

@@ -179,7 +179,20 @@ class ActionContract:
         return _digest(self.to_dict())
 
 
-#: Per-pool fleet signals, each readable from real engines' metrics (vLLM gauges and counters).
+#: Per-pool fleet signals, each readable from real engines' metrics (vLLM gauges and counters),
+#: with the range each is clipped to.
+POOL_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "kv_usage_mean": (0.0, 1.0),
+    "kv_usage_max": (0.0, 1.0),
+    "waiting_per_replica": (0.0, 12.0),
+    "running_per_replica": (0.0, 1.0),
+    "healthy_fraction": (0.0, 1.0),
+}
+FLEET_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "arrival_rate_trend": (-8.0, 8.0),
+    "load_per_capacity": (0.0, 20.0),
+    "preemptions_per_replica_s": (0.0, 12.0),
+}
 POOL_FEATURES: tuple[str, ...] = (
     "kv_usage_mean",  # mean of vllm:kv_cache_usage_perc over the pool's healthy replicas
     "kv_usage_max",
@@ -242,10 +255,25 @@ class ObservationContract:
         names += [f"fleet.{f}" for f in FLEET_FEATURES]
         names += [f"knob.{k}" for k in self.knob_names]
         object.__setattr__(self, "feature_names", tuple(names))
+        object.__setattr__(self, "_bounds", self._feature_bounds())
 
     @property
     def size(self) -> int:
         return len(self.feature_names)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(low, high)`` range of every feature (observations are clipped to it)."""
+        low, high = self._bounds
+        return low.copy(), high.copy()
+
+    def _feature_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        per_slo = [(0.0, MAX_LOG_BURN)] * len(self.windows) + [(-1.0, 1.0), (0.0, 1.0)]
+        ranges = per_slo * len(self.slo_names)
+        ranges += [POOL_FEATURE_BOUNDS[f] for _ in self.pools for f in POOL_FEATURES]
+        ranges += [FLEET_FEATURE_BOUNDS[f] for f in FLEET_FEATURES]
+        ranges += [(-1.0, 1.0)] * len(self.knob_names)
+        low, high = np.array(ranges, dtype=np.float32).T
+        return low, high
 
     def build(
         self,
@@ -279,8 +307,8 @@ class ObservationContract:
         pools = [float(signals.pools[p][f]) for p in self.pools for f in POOL_FEATURES]
         fleet = [float(signals.fleet[f]) for f in FLEET_FEATURES]
         knobs = [float(knob_units[k]) for k in self.knob_names]
-        obs = np.concatenate([per_slo, pools, fleet, knobs]).astype(np.float32)
-        return np.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0)
+        obs = np.nan_to_num(np.concatenate([per_slo, pools, fleet, knobs]), nan=0.0)
+        return np.clip(obs, *self._bounds).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from agents import cli as agents_cli
 from envs import cli as envs_cli
 from slo import cli as slo_cli
 
@@ -21,7 +22,7 @@ app = typer.Typer(
 perf = typer.Typer(help="Performance benchmarks: each prints its figures (--json for JSON).")
 app.add_typer(perf, name="perf")
 
-for module in (envs_cli, slo_cli):
+for module in (slo_cli, envs_cli, agents_cli):
     module.register(app, perf)
 
 

@@ -1,0 +1,402 @@
+"""The Gymnasium environment: govern a simulated LLM fleet by its error budgets."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.contract import (
+    NEUTRAL_KNOB_VALUES,
+    ActionContract,
+    FleetSignals,
+    ObservationContract,
+)
+from envs.scenarios import NOMINAL_CAPACITY, TENANTS, ScenarioSetup, get_scenario
+from envs.sim import FleetStats, Knobs, Simulator
+from envs.sim.catalog import get_gpu
+from slo import BudgetEngine, ServiceSpec, default_spec, load_spec
+from slo.engine import AlertLevel
+
+#: Burn rates above this count as this in the reward (100% errors on a 99% SLO is 100x).
+MAX_REWARD_BURN = 50.0
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the error-budget economics the agent is rewarded by (all costs, per step).
+
+    Parameters
+    ----------
+    burn:
+        Cost per unit of step burn rate, for every SLO (spending is never free).
+    overspend:
+        Extra cost per unit of step burn rate above 1 (spending faster than the budget allows).
+    page:
+        Cost per SLO whose page alert fires, per step.
+    exhaustion:
+        One-off cost when an SLO's period budget becomes exhausted.
+    exhausted_multiplier:
+        Burn costs of an SLO whose budget is already exhausted are multiplied by this.
+    serving:
+        Cost of one step of the whole strong pool fully busy (GPU-seconds at the GPU's price);
+        busy GPU time of every pool and CPU offload are charged relative to it.
+    offload_cpu_share:
+        Price of offloaded KV per replica, as a share of the replica's GPU price at offload 1.
+    """
+
+    burn: float = 0.02
+    overspend: float = 0.1
+    page: float = 1.0
+    exhaustion: float = 10.0
+    exhausted_multiplier: float = 2.0
+    serving: float = 0.5
+    offload_cpu_share: float = 0.2
+
+
+class LLMFleetEnv(gym.Env):
+    """Govern a two-tier LLM serving fleet by its multi-dimensional error budgets.
+
+    ## Description
+
+    A fleet of LLM replicas (a strong pool of Llama-3-8B and a cheap pool of Llama-3.2-1B on
+    A100-80GB, simulated by :class:`envs.sim.Simulator`) serves three tenants. An SLO spec
+    (:func:`slo.default_spec` unless given) defines one error budget per dimension: time to first
+    token, inter-token latency, normalised latency, availability, quality, fairness, context
+    integrity and streaming experience. Every ``control_interval_s`` the agent sets the serving
+    knobs; each one spends some budgets to save others.
+
+    ## Observation Space
+
+    A ``Box`` of float32 laid out by :class:`envs.contract.ObservationContract` (its
+    ``feature_names`` name every entry): per SLO, log2(1 + burn rate) over the windows 5m, 30m,
+    1h and 6h, the period budget remaining and the alert state (0, 0.5 ticket, 1 page); per pool,
+    KV usage (mean, max), waiting and running requests per replica and the healthy share of
+    replicas; fleet-wide, the arrival-rate trend, load relative to nominal capacity and the
+    preemption rate; and the knobs in force, in [-1, 1]. All of these can be computed from real
+    engines' metrics, which is how the sidecar rebuilds the same vector.
+
+    ## Action Space
+
+    A ``Box(-1, 1, (7,))`` decoded by :class:`envs.contract.ActionContract` into knobs:
+
+    ====================  ===============  =====================================================
+    knob                  range            real-world counterpart
+    ====================  ===============  =====================================================
+    cheap_tier_share      0 - 0.8          router weights to the cheap model (llm-d
+                                           InferenceModelRewrite; RouteLLM threshold)
+    offload_fraction      0 - 0.5          KV cache and decode attention on the host (NEO)
+    admission_limit       0.3x - 3x (log)  gateway rate limit as a multiple of nominal capacity
+    shed_priority_below   0 - 2 (integer)  shed InferenceObjective priorities below this
+    max_context_tokens    1k - 16k (log)   prompt truncation (vLLM truncate_prompt_tokens)
+    max_num_seqs_scale    0.25 - 1         batch limit (vLLM --max-num-seqs)
+    low_priority_weight   0.05 - 1 (log)   queue weight of the batch tenant (QLM-style)
+    ====================  ===============  =====================================================
+
+    ## Rewards
+
+    Error-budget economics (:class:`RewardConfig`), each component reported in
+    ``info["reward_components"]``: for every SLO, ``burn * b + overspend * max(0, b - 1)``
+    where ``b`` is the step's burn rate (doubled once the budget is exhausted); ``page`` per SLO
+    whose page alert fires; ``exhaustion`` once when a budget runs out; and the serving cost:
+    busy GPU time at each GPU's price plus the CPU cost of offload, relative to the strong pool
+    fully busy, times ``serving``. The reward is minus the sum.
+
+    ## Starting State
+
+    A scenario draw (:mod:`envs.scenarios`) from ``self.np_random``; the fleet runs
+    ``warmup_s`` with neutral knobs so the short windows hold data; each budget starts with a
+    fraction uniformly drawn from ``initial_budget_spent`` already spent.
+
+    ## Episode End
+
+    No terminal state (a fleet is never "done"); the episode is truncated after
+    ``episode_hours`` of simulated time.
+
+    ## Arguments
+
+    ``scenario`` (name from :data:`envs.scenarios.SCENARIOS`), ``spec`` (SLO spec or path),
+    ``control_interval_s`` (30), ``episode_hours`` (2), ``warmup_s`` (600),
+    ``initial_budget_spent`` ((0, 0.6)), ``reward`` (:class:`RewardConfig`), ``render_mode``
+    (``"ansi"`` or ``"rgb_array"``).
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        scenario: str = "steady",
+        spec: ServiceSpec | str | None = None,
+        control_interval_s: float = 30.0,
+        episode_hours: float = 2.0,
+        warmup_s: float = 600.0,
+        initial_budget_spent: tuple[float, float] = (0.0, 0.6),
+        reward: RewardConfig | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
+        if control_interval_s <= 0 or episode_hours <= 0 or warmup_s < 0:
+            raise ValueError("control_interval_s and episode_hours must be > 0, warmup_s >= 0")
+        low, high = initial_budget_spent
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(
+                f"initial_budget_spent must satisfy 0 <= low <= high <= 1, got {low}, {high}"
+            )
+        self.scenario = get_scenario(scenario)
+        self.slo_spec = load_spec(spec) if spec is not None else default_spec()
+        self.control_interval_s = float(control_interval_s)
+        self.max_steps = int(round(episode_hours * 3600.0 / control_interval_s))
+        self.warmup_s = float(warmup_s)
+        self.initial_budget_spent = (float(low), float(high))
+        self.reward_config = reward or RewardConfig()
+        self.render_mode = render_mode
+
+        probe = BudgetEngine(self.slo_spec)
+        self.slo_names = probe.slo_names
+        self.slo_kinds = {s.name: s.sli.llm.kind for s in probe.slos}
+        self.observation_contract = ObservationContract(
+            slo_names=self.slo_names,
+            windows=("5m", "30m", "1h", "6h"),
+            spec_digest=probe.spec_fingerprint(),
+        )
+        self.action_contract = ActionContract()
+        self._window_index = [probe.windows.index(w) for w in self.observation_contract.windows]
+        low_obs, high_obs = self.observation_contract.bounds()
+        self.observation_space = spaces.Box(low_obs, high_obs, dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (len(self.action_contract.knobs),), np.float32)
+        self._low_priority = min(t.priority for t in TENANTS)
+
+    # ------------------------------------------------------------------------------------------
+    # Gymnasium API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.setup: ScenarioSetup = self.scenario.build(self.np_random, self.warmup_s)
+        sim_seed = int(self.np_random.integers(2**63 - 1))
+        self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
+        self.engine = BudgetEngine(self.slo_spec)
+        spent = self.np_random.uniform(*self.initial_budget_spent, len(self.slo_names))
+        self.engine.set_budget_spent(spent, assumed_total_events=self._period_events())
+        self.knob_values = dict(NEUTRAL_KNOB_VALUES)
+        self._apply_knobs()
+        self._arrival_history: deque[float] = deque(maxlen=int(3600 / self.control_interval_s))
+        self._arrivals_seen = 0
+        self._preemptions_seen = 0
+        self._rolled_out = False
+        self.steps = 0
+        self.sim.fleet_stats()  # start the time-weighted means here
+        if self.warmup_s > 0:
+            self._advance(self.warmup_s)
+        self._exhausted = self.budget.budget_remaining <= 0.0
+        self._last_info = self._info(np.zeros(len(self.slo_names)), {}, 0.0)
+        return self._observation(), dict(self._last_info)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.knob_values = self.action_contract.decode(action)
+        self._apply_knobs()
+        good0, total0 = self.engine.cumulative_counts()
+        cost = self._advance(self.sim.now + self.control_interval_s)
+        good1, total1 = self.engine.cumulative_counts()
+        step_burn = self._step_burn(good1 - good0, total1 - total0)
+        components = self._reward_components(step_burn, cost)
+        reward = -float(sum(components.values()))
+        self.steps += 1
+        truncated = self.steps >= self.max_steps
+        self._last_info = self._info(step_burn, components, cost)
+        return self._observation(), reward, False, truncated, dict(self._last_info)
+
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "ansi":
+            return self._render_text()
+        if self.render_mode == "rgb_array":
+            return self._render_rgb()
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    # Simulation
+
+    def _period_events(self) -> float:
+        """The traffic a period holds at this scenario's mean rate (weights the spent prior)."""
+        return float(self.setup.workload.mean_rate * self.slo_spec.budgetpilot.period)
+
+    def _apply_knobs(self) -> None:
+        v = self.knob_values
+        weights = tuple(
+            v["low_priority_weight"] if t.priority == self._low_priority else t.weight
+            for t in TENANTS
+        )
+        self.sim.set_knobs(
+            Knobs(
+                cheap_tier_share=v["cheap_tier_share"],
+                offload_fraction=v["offload_fraction"],
+                admission_rate_limit=v["admission_limit"] * NOMINAL_CAPACITY,
+                shed_priority_below=v["shed_priority_below"],
+                max_context_tokens=v["max_context_tokens"],
+                max_num_seqs_scale=v["max_num_seqs_scale"],
+                tenant_weights=weights,
+            )
+        )
+
+    def _advance(self, until: float) -> float:
+        """Simulate to ``until`` (applying the scenario's rollout), feed the budget engine, and
+        return the serving cost of the interval relative to the strong pool fully busy."""
+        rollout = self.setup.rollout_at_s
+        if rollout is not None and not self._rolled_out and rollout <= until:
+            self._ingest(self.sim.advance(max(rollout, self.sim.now)))
+            self.sim.set_capability("cheap", self.setup.rollout_capability)
+            self.engine.start_phase("rollout", self.sim.now)
+            self._rolled_out = True
+        self._ingest(self.sim.advance(until))
+        self.engine.advance_to(until)
+        self.budget = self.engine.snapshot()
+        self.stats = self.sim.fleet_stats()
+        return self._serving_cost(self.stats)
+
+    def _ingest(self, events: np.ndarray) -> None:
+        self.engine.ingest_events(events)
+
+    def _serving_cost(self, stats: FleetStats) -> float:
+        prices = np.array([get_gpu(p.gpu).cost_per_hour * p.tp for p in self.setup.config.pools])[
+            stats.pool
+        ]
+        offload = self.knob_values["offload_fraction"] * self.reward_config.offload_cpu_share
+        strong = stats.pool == 0
+        spent = float(np.sum(prices * stats.busy_fraction) + offload * np.sum(prices[strong]))
+        return spent / float(np.sum(prices[strong]))
+
+    def _step_burn(self, good: np.ndarray, total: np.ndarray) -> np.ndarray:
+        bad = np.maximum(total - good, 0.0)
+        ratio = np.divide(bad, total, out=np.zeros_like(bad), where=total > 0)
+        return ratio / (1.0 - self.engine.objectives)
+
+    def _reward_components(self, step_burn: np.ndarray, cost: float) -> dict[str, float]:
+        rc = self.reward_config
+        burn = np.minimum(step_burn, MAX_REWARD_BURN)
+        exhausted = self.budget.budget_remaining <= 0.0
+        newly = exhausted & ~self._exhausted
+        self._exhausted = exhausted
+        multiplier = np.where(exhausted, rc.exhausted_multiplier, 1.0)
+        per_slo = multiplier * (rc.burn * burn + rc.overspend * np.maximum(burn - 1.0, 0.0))
+        page = self.budget.page
+        components = {f"burn/{n}": float(c) for n, c in zip(self.slo_names, per_slo, strict=True)}
+        components["page"] = rc.page * float(page.sum())
+        components["exhaustion"] = rc.exhaustion * float(newly.sum())
+        components["serving"] = rc.serving * cost
+        return components
+
+    # ------------------------------------------------------------------------------------------
+    # Observation
+
+    def _observation(self) -> np.ndarray:
+        burn = self.budget.burn_rates[:, self._window_index]
+        alerts = np.where(self.budget.page, 1.0, np.where(self.budget.ticket, 0.5, 0.0))
+        knob_units = {
+            k.name: k.to_unit(self.knob_values[k.name]) for k in self.action_contract.knobs
+        }
+        return self.observation_contract.build(
+            burn, self.budget.budget_remaining, alerts, self._fleet_signals(), knob_units
+        )
+
+    def _fleet_signals(self) -> FleetSignals:
+        stats = self.stats
+        pools = {}
+        for p, name in enumerate(stats.pool_names):
+            mask = stats.pool == p
+            healthy = mask & (stats.healthy > 0)
+            n_healthy = max(int(healthy.sum()), 1)
+            pools[name] = {
+                "kv_usage_mean": float(stats.kv_usage_mean[healthy].mean()) if healthy.any() else 0,
+                "kv_usage_max": float(stats.kv_usage[healthy].max()) if healthy.any() else 0.0,
+                "waiting_per_replica": math.log1p(stats.waiting[mask].sum() / n_healthy),
+                "running_per_replica": float(
+                    (stats.running[healthy] / stats.max_num_seqs[healthy]).mean()
+                )
+                if healthy.any()
+                else 0.0,
+                "healthy_fraction": float(healthy.sum() / max(mask.sum(), 1)),
+            }
+        return FleetSignals(pools=pools, fleet=self._fleet_features(stats))
+
+    def _fleet_features(self, stats: FleetStats) -> dict[str, float]:
+        arrivals = self.sim.arrivals - self._arrivals_seen
+        self._arrivals_seen = self.sim.arrivals
+        preemptions = int(stats.preemptions.sum()) - self._preemptions_seen
+        self._preemptions_seen = int(stats.preemptions.sum())
+        interval = self.control_interval_s
+        rate = arrivals / interval
+        self._arrival_history.append(rate)
+        mean_rate = float(np.mean(self._arrival_history))
+        trend = math.log2((rate + 1e-3) / (mean_rate + 1e-3))
+        features = {
+            "arrival_rate_trend": trend,
+            "load_per_capacity": rate / NOMINAL_CAPACITY,
+            "preemptions_per_replica_s": math.log1p(preemptions / len(stats.pool) / interval),
+        }
+        return features
+
+    # ------------------------------------------------------------------------------------------
+    # Info and rendering
+
+    def _info(self, step_burn: np.ndarray, components: dict[str, float], cost: float) -> dict:
+        return {
+            "time_s": self.sim.now,
+            "step_burn_rates": dict(zip(self.slo_names, step_burn.tolist(), strict=True)),
+            "budget_remaining": dict(
+                zip(self.slo_names, self.budget.budget_remaining.tolist(), strict=True)
+            ),
+            "alerts": {
+                n: AlertLevel(a).name.lower()
+                for n, a in zip(self.slo_names, self.budget.alert_levels.tolist(), strict=True)
+            },
+            "reward_components": components,
+            "knobs": dict(self.knob_values),
+            "serving_cost": cost,
+            "scenario": self.scenario.name,
+            "scenario_parameters": dict(self.setup.parameters),
+        }
+
+    def _render_text(self) -> str:
+        info = self._last_info
+        lines = [f"t={info['time_s']:8.0f}s  scenario={self.scenario.name}"]
+        for name in self.slo_names:
+            remaining = info["budget_remaining"][name]
+            bar = "#" * int(max(0.0, min(1.0, remaining)) * 20)
+            lines.append(
+                f"  {name:28s} budget {remaining:6.1%} |{bar:20s}| "
+                f"step burn {info['step_burn_rates'][name]:6.2f}  alert {info['alerts'][name]}"
+            )
+        knobs = ", ".join(f"{k}={v:.3g}" for k, v in info["knobs"].items())
+        lines.append(f"  knobs: {knobs}")
+        return "\n".join(lines)
+
+    def _render_rgb(self) -> np.ndarray:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        info = self._last_info
+        fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
+        remaining = [info["budget_remaining"][n] for n in self.slo_names]
+        colors = ["tab:red" if r <= 0.25 else "tab:green" for r in remaining]
+        ax.barh(self.slo_names, remaining, color=colors)
+        ax.set_xlim(-0.2, 1.0)
+        ax.set_xlabel("budget remaining")
+        ax.set_title(f"{self.scenario.name}  t={info['time_s']:.0f}s")
+        fig.tight_layout()
+        fig.canvas.draw()
+        image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+        plt.close(fig)
+        return image

@@ -1,0 +1,15 @@
+"""Scenario names, importable without the simulator (for environment registration)."""
+
+#: Every scenario of :data:`envs.scenarios.SCENARIOS`, in suite order.
+SCENARIO_NAMES: tuple[str, ...] = (
+    "steady",
+    "diurnal",
+    "flash-crowd",
+    "long-context-surge",
+    "replica-failure",
+    "noisy-tenant",
+    "model-rollout",
+    "trace-conv",
+    "trace-code",
+    "mixed",
+)

@@ -1,0 +1,319 @@
+"""The scenario suite: the situations a fleet governor must handle.
+
+Every scenario builds the same two-tier fleet (a strong pool of Llama-3-8B replicas and a cheap
+pool of one Llama-3.2-1B replica, both on A100-80GB, three tenants of different priority) and
+differs in what happens to it. Each draw is randomised from a :class:`numpy.random.Generator`, so
+training sees a distribution of situations and evaluation uses fixed seeds of the same
+distribution. Times are seconds from the start of the controlled episode (after warm-up).
+
+Scenarios marked ``held_out`` are never part of a training preset: they measure how a policy
+trained on synthetic situations copes with real traces and with combinations it never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from envs.sim import PoolConfig, ScheduledFailure, SimConfig, TenantConfig
+from envs.sim.workload import (
+    Diurnal,
+    FlashCrowd,
+    LengthModel,
+    MixedWorkload,
+    Poisson,
+    Workload,
+    get_length_model,
+    make_workload,
+)
+
+#: Saturated throughput (req/s, Azure-conversation lengths) of one strong replica and of the cheap
+#: replica, measured with ``envs.sim.measure_capacity`` (tests/test_scenarios.py re-measures).
+STRONG_REPLICA_CAPACITY = 7.6
+CHEAP_REPLICA_CAPACITY = 36.4
+STRONG_REPLICAS = 2
+#: The fleet's nominal capacity: what the strong tier serves alone. Admission limits and load
+#: levels are expressed relative to it.
+NOMINAL_CAPACITY = STRONG_REPLICA_CAPACITY * STRONG_REPLICAS
+
+#: The three tenants: interactive traffic that pays, standard traffic, and batch traffic.
+TENANTS = (
+    TenantConfig(name="premium", share=0.3, priority=2, weight=1.0, patience_s=20.0),
+    TenantConfig(name="standard", share=0.5, priority=1, weight=1.0, patience_s=60.0),
+    TenantConfig(name="batch", share=0.2, priority=0, weight=1.0, patience_s=300.0),
+)
+
+#: The cheap tier answers as well as the strong one for requests up to this difficulty.
+CHEAP_CAPABILITY = 0.6
+
+
+@dataclass
+class ScenarioSetup:
+    """One draw of a scenario: the fleet, its traffic and the timeline of what happens.
+
+    Parameters
+    ----------
+    config:
+        The simulated fleet (pools, tenants, scheduled failures).
+    workload:
+        The request source.
+    rollout_at_s:
+        When a new cheap model is rolled out (a new budget phase), or ``None``.
+    rollout_capability:
+        The capability of the cheap tier after the rollout.
+    parameters:
+        The randomised values of this draw, for reports.
+    """
+
+    config: SimConfig
+    workload: Workload | MixedWorkload
+    rollout_at_s: float | None = None
+    rollout_capability: float = CHEAP_CAPABILITY
+    parameters: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named family of situations.
+
+    Parameters
+    ----------
+    name:
+        Identifier (also in the Gymnasium id).
+    description:
+        One sentence for reports.
+    build:
+        ``build(rng, warmup_s) -> ScenarioSetup``.
+    held_out:
+        Never used by training presets.
+    needs_data:
+        Replays a real trace from the reference data.
+    """
+
+    name: str
+    description: str
+    build: Callable[[np.random.Generator, float], ScenarioSetup]
+    held_out: bool = False
+    needs_data: bool = False
+
+
+def fleet_config(failures: tuple[ScheduledFailure, ...] = ()) -> SimConfig:
+    """The two-tier fleet every scenario governs."""
+    return SimConfig(
+        pools=[
+            PoolConfig(name="strong", model="llama-3-8b", replicas=STRONG_REPLICAS),
+            PoolConfig(
+                name="cheap", model="llama-3.2-1b", replicas=1, tier=1, capability=CHEAP_CAPABILITY
+            ),
+        ],
+        tenants=list(TENANTS),
+        failures=list(failures),
+        series_rows=1024,
+    )
+
+
+TENANT_SHARES = tuple(t.share for t in TENANTS)
+CONV_LENGTHS = get_length_model("azure-conv")
+
+
+def poisson_stream(
+    load: float,
+    modulations: tuple[Diurnal | FlashCrowd, ...] = (),
+    tenant_shares: tuple[float, ...] = TENANT_SHARES,
+    lengths: LengthModel = CONV_LENGTHS,
+) -> Workload:
+    """Poisson arrivals at ``load`` times the nominal capacity, modulated."""
+    return Workload(Poisson(load * NOMINAL_CAPACITY, modulations), lengths, tenant_shares)
+
+
+def _flash(
+    rng: np.random.Generator, warmup_s: float, multiplier: tuple[float, float]
+) -> FlashCrowd:
+    return FlashCrowd(
+        start_s=warmup_s + float(rng.uniform(900.0, 4800.0)),
+        duration_s=float(rng.uniform(300.0, 900.0)),
+        multiplier=float(rng.uniform(*multiplier)),
+    )
+
+
+def _diurnal_cycle(rng: np.random.Generator) -> Diurnal:
+    return Diurnal(
+        period_s=7200.0,
+        amplitude=float(rng.uniform(0.3, 0.6)),
+        phase=float(rng.uniform(0.0, 2 * np.pi)),
+    )
+
+
+def _describe(load: float, *modulations: Diurnal | FlashCrowd) -> dict[str, float]:
+    parameters = {"load": load}
+    for m in modulations:
+        parameters |= {f"{type(m).__name__.lower()}_{k}": v for k, v in vars(m).items()}
+    return parameters
+
+
+def _steady(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load = float(rng.uniform(0.6, 0.95))
+    return ScenarioSetup(fleet_config(), poisson_stream(load), parameters=_describe(load))
+
+
+def _diurnal(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load, cycle = float(rng.uniform(0.55, 0.8)), _diurnal_cycle(rng)
+    return ScenarioSetup(
+        fleet_config(), poisson_stream(load, (cycle,)), parameters=_describe(load, cycle)
+    )
+
+
+def _flash_crowd(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load, flash = float(rng.uniform(0.5, 0.7)), _flash(rng, warmup_s, (1.8, 3.0))
+    return ScenarioSetup(
+        fleet_config(), poisson_stream(load, (flash,)), parameters=_describe(load, flash)
+    )
+
+
+def long_context_lengths(scale: float) -> LengthModel:
+    """Azure-conversation lengths with prompts ``scale`` times longer (RAG, documents)."""
+    return LengthModel(
+        CONV_LENGTHS.z_grid,
+        CONV_LENGTHS.prompt_quantiles * scale,
+        CONV_LENGTHS.output_quantiles,
+        CONV_LENGTHS.correlation,
+    )
+
+
+def _by_tenant(streams: dict[str, Workload]) -> MixedWorkload:
+    """One stream per tenant, each labelled with its tenant id."""
+    ids = {t.name: i for i, t in enumerate(TENANTS)}
+    return MixedWorkload([(ids[name], stream) for name, stream in streams.items()])
+
+
+def _per_tenant(load: float, **overrides: Workload) -> MixedWorkload:
+    """Every tenant's share of ``load`` as its own Poisson stream, some replaced or added."""
+    streams = {t.name: poisson_stream(load * t.share, tenant_shares=(1.0,)) for t in TENANTS}
+    return _by_tenant(streams | overrides)
+
+
+def _long_context_surge(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load, flash = float(rng.uniform(0.5, 0.7)), _flash(rng, warmup_s, (15.0, 30.0))
+    scale = float(rng.uniform(3.0, 6.0))
+    workload = _per_tenant(load)
+    # The standard tenant's document product: rare long prompts, then a burst of them.
+    documents = poisson_stream(0.02, (flash,), (1.0,), long_context_lengths(scale))
+    workload.components.append((1, documents))
+    return ScenarioSetup(
+        fleet_config(), workload, parameters={**_describe(load, flash), "prompt_scale": scale}
+    )
+
+
+def _replica_failure(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load = float(rng.uniform(0.55, 0.75))
+    at = warmup_s + float(rng.uniform(600.0, 3600.0))
+    duration = float(rng.uniform(600.0, 1800.0))
+    failure = ScheduledFailure(pool="strong", replica=0, at_s=at, duration_s=duration)
+    return ScenarioSetup(
+        fleet_config((failure,)),
+        poisson_stream(load),
+        parameters={"load": load, "failure_at_s": at, "failure_duration_s": duration},
+    )
+
+
+def _noisy_tenant(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load, flash = float(rng.uniform(0.5, 0.7)), _flash(rng, warmup_s, (4.0, 8.0))
+    batch = poisson_stream(load * TENANTS[2].share, (flash,), tenant_shares=(1.0,))
+    return ScenarioSetup(
+        fleet_config(), _per_tenant(load, batch=batch), parameters=_describe(load, flash)
+    )
+
+
+def _model_rollout(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load = float(rng.uniform(0.6, 0.9))
+    at = warmup_s + float(rng.uniform(1200.0, 4800.0))
+    capability = float(rng.uniform(0.35, 0.8))
+    return ScenarioSetup(
+        fleet_config(),
+        poisson_stream(load),
+        rollout_at_s=at,
+        rollout_capability=capability,
+        parameters={"load": load, "rollout_at_s": at, "rollout_capability": capability},
+    )
+
+
+def _trace(kind: str) -> Callable[[np.random.Generator, float], ScenarioSetup]:
+    def build(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+        load = float(rng.uniform(0.6, 0.9))
+        workload = make_workload(
+            kind, load * NOMINAL_CAPACITY, tenants=len(TENANTS), tenant_shares=TENANT_SHARES
+        )
+        return ScenarioSetup(fleet_config(), workload, parameters={"load": load})
+
+    return build
+
+
+def _mixed(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load, cycle = float(rng.uniform(0.5, 0.7)), _diurnal_cycle(rng)
+    flash = _flash(rng, warmup_s, (1.5, 2.5))
+    at = warmup_s + float(rng.uniform(600.0, 5400.0))
+    failure = ScheduledFailure(pool="strong", replica=1, at_s=at, duration_s=900.0)
+    return ScenarioSetup(
+        fleet_config((failure,)),
+        poisson_stream(load, (cycle, flash)),
+        parameters={**_describe(load, cycle, flash), "failure_at_s": at},
+    )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("steady", "Poisson traffic at 60-95% of nominal capacity.", _steady),
+        Scenario("diurnal", "Load swings with a compressed two-hour day.", _diurnal),
+        Scenario("flash-crowd", "Traffic jumps 1.8-3x for 5-15 minutes.", _flash_crowd),
+        Scenario(
+            "long-context-surge",
+            "A burst of prompts 3-6x longer than usual fills the KV cache.",
+            _long_context_surge,
+        ),
+        Scenario("replica-failure", "A strong replica fails for 10-30 minutes.", _replica_failure),
+        Scenario(
+            "noisy-tenant", "The batch tenant's traffic jumps 4-8x for a while.", _noisy_tenant
+        ),
+        Scenario(
+            "model-rollout",
+            "A new cheap model is rolled out: a new budget phase and a shifted quality.",
+            _model_rollout,
+        ),
+        Scenario(
+            "trace-conv",
+            "Replay of the real Azure conversation trace (2023), rescaled to the fleet.",
+            _trace("azure-conv"),
+            held_out=True,
+            needs_data=True,
+        ),
+        Scenario(
+            "trace-code",
+            "Replay of the real Azure code-completion trace (2023), rescaled to the fleet.",
+            _trace("azure-code"),
+            held_out=True,
+            needs_data=True,
+        ),
+        Scenario(
+            "mixed",
+            "A compressed day with a flash crowd and a replica failure on top.",
+            _mixed,
+            held_out=True,
+        ),
+    )
+}
+
+#: Scenarios a training preset may draw from.
+TRAINING_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if not s.held_out)
+#: Scenarios kept for evaluation only.
+HELD_OUT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.held_out)
+
+
+def get_scenario(name: str) -> Scenario:
+    """Look a scenario up by name; the error lists the known ones."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
