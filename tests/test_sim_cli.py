@@ -77,7 +77,7 @@ def test_yaml_syntax_error_and_conflicting_flags(tmp_path):
 
 
 def test_perf_sim_figures():
-    result = benchmark(hours=0.01, scaling=(1, 2), scaling_hours=0.01)
+    result = benchmark(hours=0.01, scaling=(1, 2), scaling_hours=0.01, repeats=1)
     for key in ("requests_per_wall_s", "sim_s_per_wall_s", "prompt_time_mape", "token_time_mape"):
         assert key in result
     assert [row["load_factor"] for row in result["scaling"]] == [1, 2]

@@ -141,6 +141,21 @@ def test_kv_pressure_preempts_and_never_exceeds_capacity(mode):
     check_served_events(events)
 
 
+def test_shrinking_kv_pool_preempts_down_to_the_new_capacity():
+    config = small_config(rate=12.0, gpu_memory_utilization=0.3)
+    sim = Simulator(config.model_copy(update={"knobs": Knobs(offload_fraction=0.5)}), seed=0)
+    before = run_events(sim, 200.0)
+    wide = sim.fleet_stats()
+    assert np.all(wide.kv_used_blocks > wide.kv_capacity_blocks / 2)
+    sim.set_knobs(sim.knobs.replace(offload_fraction=0.0))
+    events = run_events(sim, 400.0)
+    narrow = sim.fleet_stats()
+    assert np.all(narrow.kv_capacity_blocks * 2 == wide.kv_capacity_blocks)
+    assert np.all(narrow.kv_peak_blocks <= narrow.kv_capacity_blocks)
+    assert np.all(narrow.preemptions > wide.preemptions)
+    assert sim.arrivals == sim.in_flight + len(before) + len(events)
+
+
 def test_every_request_ends_once_with_mixed_outcomes():
     config = SimConfig(
         pools=[PoolConfig(name="strong", replicas=2, max_model_len=3000, mtbf_s=120.0)],

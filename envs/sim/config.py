@@ -237,7 +237,7 @@ class SimConfig(_Strict):
     workload: WorkloadConfig = WorkloadConfig()
     knobs: Knobs = Knobs()
     series_rows: int = Field(
-        100_000, ge=1, description="rows of the fleet time series kept (one per advance call)"
+        10_000, ge=1, description="rows of the fleet time series kept (one per advance call)"
     )
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-#: Largest share of decode KV that may live in host memory (NEO offloads at most most of it).
+#: Largest share of decode KV that may live in host memory (at 1 the GPU would hold none).
 MAX_OFFLOAD_FRACTION = 0.9
 
 #: Per knob: (low, high, real-world counterpart). Bounds are inclusive; ``inf`` means "off".
@@ -109,6 +109,6 @@ class Knobs:
                 raise ValueError(f"knob tenant_weights: need finite weights > 0, got {weights}")
             object.__setattr__(self, "tenant_weights", weights)
 
-    def replace(self, **changes: float | tuple[float, ...] | None) -> Knobs:
+    def replace(self, **changes: object) -> Knobs:
         """Return a copy with ``changes`` applied (validated like the constructor)."""
         return replace(self, **changes)

@@ -41,7 +41,9 @@ SERIES_DTYPE = np.dtype(
         ("running", "i8"),
         ("waiting", "i8"),
         ("kv_usage_mean", "f8"),
-        ("preemptions", "i8"),
+        ("preemptions", "i8"),  # cumulative, like the token counters
+        ("prefill_tokens", "i8"),
+        ("decode_tokens", "i8"),
         ("healthy", "i8"),
     ]
 )
@@ -51,8 +53,11 @@ SERIES_DTYPE = np.dtype(
 class FleetStats:
     """A snapshot of every replica (arrays indexed by replica; ``pool`` maps them to pools).
 
-    ``kv_usage_mean`` and ``busy_fraction`` are time-weighted over the interval since the
-    previous :meth:`Simulator.fleet_stats` call; the counters are cumulative since the start.
+    ``kv_usage_mean`` and ``busy_fraction`` (share of time running iterations) are
+    time-weighted over the interval since the previous :meth:`Simulator.fleet_stats` call.
+    ``kv_peak_blocks`` is the most blocks any planned iteration used since the capacity last
+    changed (it never exceeds ``kv_capacity_blocks``). The counters are cumulative; ``steps``
+    counts scheduling points (events of the replica).
     """
 
     t: float
@@ -229,7 +234,7 @@ def _new_fleet(config: SimConfig, layout: _PoolLayout, slots: int) -> K.Fleet:
     gi[K.G_FALLBACK] = config.router.fallback
     width = max(p.max_num_seqs for p in config.pools)
     return K.Fleet(
-        qi=np.zeros((slots, K.N_QI), dtype=np.int64),
+        qi=np.zeros((slots, K.N_QI), dtype=np.int32),
         qf=np.zeros((slots, K.N_QF)),
         q_hist=np.zeros((slots, N_ITL_BUCKETS), dtype=np.int64),
         q_snap=np.zeros((slots, N_ITL_BUCKETS), dtype=np.int64),
@@ -372,8 +377,10 @@ class Simulator:
         gf[K.K_SEQS_SCALE] = knobs.max_num_seqs_scale
         gf[K.K_WATERMARK] = knobs.kv_watermark
         fleet.tf[:, K.T_WEIGHT] = weights if weights is not None else [t.weight for t in tenants]
-        pool_blocks = self._layout.capacity_blocks(knobs.offload_fraction)
-        fleet.ri[:, K.R_CAP_BLOCKS] = pool_blocks[fleet.ri[:, K.R_POOL]]
+        capacity = self._layout.capacity_blocks(knobs.offload_fraction)[fleet.ri[:, K.R_POOL]]
+        changed = capacity != fleet.ri[:, K.R_CAP_BLOCKS]
+        fleet.ri[changed, K.R_KV_PEAK] = 0  # the peak is tracked against the capacity in force
+        fleet.ri[:, K.R_CAP_BLOCKS] = capacity
         self._knobs = knobs
         K.interrupt_runs(fleet, now)
 
@@ -595,6 +602,8 @@ class Simulator:
         used = (self._series_mark[1] - integral0).sum()
         row["kv_usage_mean"] = used / (span * cap) if span > 0 else 0.0
         row["preemptions"] = ri[:, K.R_PREEMPTIONS].sum()
+        row["prefill_tokens"] = ri[:, K.R_PREFILL_TOKENS].sum()
+        row["decode_tokens"] = ri[:, K.R_DECODE_TOKENS].sum()
         row["healthy"] = ri[:, K.R_HEALTHY].sum()
         self._series_n += 1
 
