@@ -56,6 +56,10 @@ class PolicyState(IntEnum):
     EXHAUSTED = 2
 
 
+_POLICY_STATES = tuple(PolicyState)  # indexed by value
+_OK, _AT_RISK, _EXHAUSTED = (int(state) for state in PolicyState)
+
+
 @dataclass(frozen=True)
 class PhaseRecord:
     """A finished budget phase: budget spent and counts per SLO (in :attr:`slo_names` order)."""
@@ -174,6 +178,7 @@ class BudgetEngine:
             np.ceil(self.periods / self.period_resolution - 1e-9).astype(np.int64), 2
         )
         self._fine_per_coarse = round(self.period_resolution / self.resolution)
+        self._series_index = np.arange(2 * n)
 
         first = bucket_of(start_time, self.resolution)
         self._fine = CumulativeRing(2 * n, int(self._window_buckets.max()) + 1, first)
@@ -189,10 +194,16 @@ class BudgetEngine:
             for i, c in enumerate(self._classifiers)
             if c.fairness is not None
         ]
-        self._alert_conditions = {
-            severity: self._conditions(getattr(settings.alert_windows, severity), severity)
+        # Page and ticket conditions side by side, so one comparison pass judges both.
+        page, ticket = (
+            self._conditions(getattr(settings.alert_windows, severity), severity)
             for severity in ("page", "ticket")
-        }
+        )
+        self._alert_long, self._alert_short, self._alert_rate = (
+            np.concatenate([p, t]) for p, t in zip(page[:3], ticket[:3], strict=True)
+        )
+        self._n_page_conditions = len(page[2])
+        self._page_enabled, self._ticket_enabled = page[3], ticket[3]
 
         self.phase = phase
         self.phase_start = self.now
@@ -271,42 +282,56 @@ class BudgetEngine:
             return
         batch = EventBatch(events)
         t_end = batch.column("t_end")
-        t_last = float(t_end.max())
-        if not (np.isfinite(t_last) and np.isfinite(t_end.min())):
+        t_first, t_last = float(t_end.min()), float(t_end.max())
+        if not (math.isfinite(t_first) and math.isfinite(t_last)):
             rows = np.flatnonzero(~np.isfinite(t_end))[:5].tolist()
             raise ValueError(f"request events with non-finite t_end (first rows {rows})")
         t_max = max(t_last, self.now)
         self._advance_rings(t_max)
-        bucket = bucket_of(t_end, self.resolution)
-        order = None if _is_sorted(bucket) else np.argsort(bucket, kind="stable")
-        if order is not None:
-            bucket = bucket[order]
-        first = int(bucket[0])
-        bounds = np.searchsorted(bucket, np.arange(first, int(bucket[-1]) + 2))
-        counts = np.zeros((len(bounds) - 1, 2 * len(self.slos)))
-        for i in self._request:
-            good, counted = self._classifiers[i].classify(batch)
-            if order is not None:
-                good, counted = good[order], counted[order]
-            counts[:, 2 * i] = _segment_sums(good, bounds)
-            counts[:, 2 * i + 1] = _segment_sums(counted, bounds)
-        self._add_counts(first, counts)
+        first = bucket_of(t_first, self.resolution)
+        self._add_counts(first, self._bucket_counts(batch, t_end, first, t_last))
         for state in self._fairness:
-            good, counted, tenant = state.classifier.classify_by_tenant(batch)
-            slices = np.maximum(state.slice_of(t_end), state.open)  # late events: the open one
-            lo = state.open
-            n_slices = int(slices.max()) - lo + 1
-            key = (slices - lo) * state.sli.max_tenants + tenant
-            size = n_slices * state.sli.max_tenants
-            per_slice = np.stack(
-                [
-                    np.bincount(key, weights=good, minlength=size),
-                    np.bincount(key, weights=counted, minlength=size),
-                ],
-                axis=-1,
-            ).reshape(n_slices, state.sli.max_tenants, 2)
-            self._add_slices(state, np.arange(lo, lo + n_slices), per_slice, t_max)
+            self._ingest_fairness(state, batch, t_end, t_last, t_max)
         self.advance_to(t_max)
+
+    def _bucket_counts(
+        self, batch: EventBatch, t_end: np.ndarray, first: int, t_last: float
+    ) -> np.ndarray:
+        """Good/total counts of the request SLOs per fine bucket from ``first`` on: shape
+        ``(n_buckets, 2 * n_slo)``; all counts are whole numbers, so float sums are exact."""
+        series = np.zeros((2 * len(self.slos), len(batch)))
+        for i in self._request:
+            series[2 * i : 2 * i + 2] = self._classifiers[i].classify(batch)
+        n_buckets = bucket_of(t_last, self.resolution) - first + 1
+        if n_buckets == 1:  # the usual environment step: no bucketing needed
+            return series.sum(axis=1)[None]
+        bucket = bucket_of(t_end, self.resolution)
+        if not _is_sorted(bucket):
+            order = np.argsort(bucket, kind="stable")
+            bucket, series = bucket[order], series[:, order]
+        bounds = np.searchsorted(bucket, np.arange(first, first + n_buckets + 1))
+        cumulative = np.zeros((len(series), len(batch) + 1))
+        np.cumsum(series, axis=1, out=cumulative[:, 1:])
+        return np.diff(cumulative[:, bounds], axis=1).T
+
+    def _ingest_fairness(
+        self, state: _FairnessState, batch: EventBatch, t_end: np.ndarray, t_last: float, t: float
+    ) -> None:
+        """Add a batch's per-tenant counts to a fairness SLO's slices (late events count in
+        the open slice)."""
+        good, counted, tenant = state.classifier.classify_by_tenant(batch)
+        lo = state.open
+        n_slices = max(int(state.slice_of(t_last)), lo) - lo + 1
+        tenants = state.sli.max_tenants
+        key = tenant
+        if n_slices > 1:
+            key = (np.maximum(state.slice_of(t_end), lo) - lo) * tenants + tenant
+        size = n_slices * tenants
+        per_slice = np.empty((size, 2))
+        per_slice[:, 0] = np.bincount(key, weights=good, minlength=size)
+        per_slice[:, 1] = np.bincount(key, weights=counted, minlength=size)
+        per_slice = per_slice.reshape(n_slices, tenants, 2)
+        self._add_slices(state, range(lo, lo + n_slices), per_slice, t)
 
     def _advance_rings(self, t: float) -> None:
         bucket = bucket_of(t, self.resolution)
@@ -316,9 +341,12 @@ class BudgetEngine:
     def _add_counts(self, first_bucket: int, counts: np.ndarray) -> None:
         """Add per-bucket counts to both rings (the coarse one gets them grouped)."""
         self._fine.add(first_bucket, counts)
-        coarse = (first_bucket + np.arange(len(counts))) // self._fine_per_coarse
-        starts = np.flatnonzero(np.diff(coarse, prepend=coarse[0] - 1))
-        self._coarse.add(int(coarse[0]), np.add.reduceat(counts, starts, axis=0))
+        per = self._fine_per_coarse
+        first = first_bucket // per
+        n_coarse = (first_bucket + len(counts) - 1) // per - first + 1
+        starts = np.arange(first, first + n_coarse) * per - first_bucket
+        starts[0] = 0  # the first coarse bucket may start before the counts
+        self._coarse.add(first, np.add.reduceat(counts, starts, axis=0))
 
     def _add_slices(
         self, state: _FairnessState, slices: np.ndarray, counts: np.ndarray, t: float
@@ -376,7 +404,7 @@ class BudgetEngine:
         """``(good, total)`` per SLO over its period, cut at the phase start, prior included."""
         ring = self._coarse
         slots = (ring.head - self._period_buckets) % ring.n_buckets
-        start = ring.cum[slots, np.arange(ring.cum.shape[1])]
+        start = ring.cum[slots, self._series_index]
         counts = self._fine.latest - np.maximum(start, self._phase_start_cum)
         prior_bad, prior_total, prior_t0 = self._prior
         weight = np.clip(1.0 - (self.now - prior_t0) / self.periods, 0.0, 1.0)
@@ -394,8 +422,7 @@ class BudgetEngine:
     def alerts(self) -> tuple[np.ndarray, np.ndarray]:
         """``(page, ticket)`` booleans per SLO: some condition has both windows burning faster
         than its burn rate (and the alert is not disabled in the spec)."""
-        burn = self.burn_rates()
-        return tuple(self._firing(burn, severity) for severity in ("page", "ticket"))
+        return self._alerts(self.burn_rates())
 
     def alert_states(self) -> np.ndarray:
         """The most severe firing alert per SLO, as :class:`AlertLevel` values (int8)."""
@@ -410,23 +437,19 @@ class BudgetEngine:
         return self._worst_by_dimension(self.policy_states())
 
     def _policy_of(self, remaining: np.ndarray) -> np.ndarray:
-        at_risk = np.where(
-            remaining < self._policy.at_risk_below, PolicyState.AT_RISK, PolicyState.OK
-        )
-        return np.where(
-            remaining <= self._policy.exhausted_at, PolicyState.EXHAUSTED, at_risk
-        ).astype(np.int8)
+        at_risk = np.where(remaining < self._policy.at_risk_below, _AT_RISK, _OK)
+        return np.where(remaining <= self._policy.exhausted_at, _EXHAUSTED, at_risk).astype(np.int8)
 
     def _worst_by_dimension(self, states: np.ndarray) -> dict[str, PolicyState]:
-        worst: dict[str, PolicyState] = {}
+        worst = dict.fromkeys(self.dimensions, _OK)
         for dimension, state in zip(self.dimensions, states.tolist(), strict=True):
-            worst[dimension] = max(worst.get(dimension, PolicyState.OK), PolicyState(state))
-        return worst
+            worst[dimension] = max(worst[dimension], state)
+        return {dimension: _POLICY_STATES[state] for dimension, state in worst.items()}
 
     def snapshot(self) -> BudgetSnapshot:
         """All budget figures at the current time."""
         burn = self.burn_rates()
-        page, ticket = (self._firing(burn, s) for s in ("page", "ticket"))
+        page, ticket = self._alerts(burn)
         remaining = self.budget_remaining()
         policy = self._policy_of(remaining)
         return BudgetSnapshot(
@@ -459,12 +482,12 @@ class BudgetEngine:
         )
         return long, short, rate, enabled
 
-    def _firing(self, burn: np.ndarray, severity: str) -> np.ndarray:
-        long, short, rate, enabled = self._alert_conditions[severity]
-        if len(rate) == 0:
-            return np.zeros(len(self.slos), dtype=bool)
-        both = (burn[:, long] > rate) & (burn[:, short] > rate)
-        return both.any(axis=1) & enabled
+    def _alerts(self, burn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rate = self._alert_rate
+        both = (burn[:, self._alert_long] > rate) & (burn[:, self._alert_short] > rate)
+        split = self._n_page_conditions
+        page = both[:, :split].any(axis=1) & self._page_enabled
+        return page, both[:, split:].any(axis=1) & self._ticket_enabled
 
     # ----------------------------------------------------------------------------------------
     # Budget phases and priors
@@ -607,21 +630,13 @@ class BudgetEngine:
 
 
 def _alert_levels(page: np.ndarray, ticket: np.ndarray) -> np.ndarray:
-    levels = np.where(ticket, AlertLevel.TICKET, AlertLevel.NONE)
-    return np.where(page, AlertLevel.PAGE, levels).astype(np.int8)
+    levels = ticket.astype(np.int8)  # TICKET is 1, NONE is 0
+    levels[page] = AlertLevel.PAGE
+    return levels
 
 
 def _is_sorted(values: np.ndarray) -> bool:
     return bool(np.all(values[1:] >= values[:-1]))
-
-
-def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Sums of ``values`` over the segments ``[bounds[i], bounds[i + 1])``."""
-    if len(bounds) == 2:
-        total = np.count_nonzero(values) if values.dtype == bool else values.sum()
-        return np.array([total], dtype=np.float64)
-    cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
-    return np.diff(cumulative[bounds]).astype(np.float64)
 
 
 def _flatten_arrays(state: Any, prefix: str = "") -> dict[str, np.ndarray]:

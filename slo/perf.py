@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -12,6 +13,8 @@ from slo.synthetic import synthetic_events
 
 _BLOCK_EVENTS = 131072  # one simulated minute of a busy fleet (~2,200 requests/s)
 _BLOCK_SECONDS = 60.0
+_STEP_EVENTS = 350  # one 30 s environment step of the steady scenario
+_STEP_SECONDS = 30.0
 
 
 def benchmark(
@@ -45,11 +48,30 @@ def benchmark(
         "events_per_s": ingested / elapsed,
         "query_us": _best_us(engine.burn_rates, n_queries),
         "snapshot_us": _best_us(engine.snapshot, n_queries // 4),
+        "small_batch_ingest_us": _small_batch_us(block, n_queries // 4),
         "n_events": ingested,
         "batch_events": batch_events,
         "n_slos": len(engine.slo_names),
         "n_windows": len(engine.windows),
     }
+
+
+def _small_batch_us(block: np.ndarray, n_steps: int) -> float:
+    """One environment step's engine work: ingest ``_STEP_EVENTS`` events spread over the
+    next ``_STEP_SECONDS``, advance the clock to the step's end and take a snapshot."""
+    engine = BudgetEngine(default_spec())
+    batch = block[:_STEP_EVENTS].copy()
+    offsets = np.linspace(0.0, _STEP_SECONDS, _STEP_EVENTS + 1)[1:]
+    steps = itertools.count()
+
+    def step() -> None:
+        start = next(steps) * _STEP_SECONDS
+        batch["t_end"] = start + offsets
+        engine.ingest_events(batch)
+        engine.advance_to(start + _STEP_SECONDS)
+        engine.snapshot()
+
+    return _best_us(step, n_steps)
 
 
 def _best_us(call, n: int) -> float:

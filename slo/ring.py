@@ -53,8 +53,9 @@ class CumulativeRing:
         if bucket <= self.head:
             return
         steps = min(bucket - self.head, self.n_buckets)
-        slots = np.arange(bucket - steps + 1, bucket + 1) % self.n_buckets
-        self.cum[slots] = self.latest
+        latest = self.latest.copy()  # the head slot itself is overwritten after a full lap
+        for slots, _ in self._slices(bucket - steps + 1, steps):
+            self.cum[slots] = latest
         self.head = bucket
 
     def add(self, first_bucket: int, counts: np.ndarray) -> None:
@@ -72,12 +73,25 @@ class CumulativeRing:
             counts = np.vstack([counts[:merged].sum(axis=0, keepdims=True), counts[merged:]])
             first_bucket = oldest
         increments = np.cumsum(counts, axis=0)
-        span = self.head - first_bucket + 1
-        slots = np.arange(first_bucket, self.head + 1) % self.n_buckets
-        if span > len(increments):
-            tail = np.broadcast_to(increments[-1], (span - len(increments), increments.shape[1]))
-            increments = np.vstack([increments, tail])
-        self.cum[slots] += increments
+        for slots, rows in self._slices(first_bucket, len(increments)):
+            self.cum[slots] += increments[rows]
+        # Later buckets up to the head hold cumulative counts, so they grow by the total.
+        after = first_bucket + len(increments)
+        for slots, _ in self._slices(after, self.head - after + 1):
+            self.cum[slots] += increments[-1]
+
+    def _slices(self, first_bucket: int, n: int) -> list[tuple[slice, slice]]:
+        """The ``n`` buckets from ``first_bucket`` as at most two ``(ring slots, offsets)``
+        slice pairs (the ring wraps once at most); basic slicing is cheaper than fancy
+        indexing for the few buckets of one environment step."""
+        if n <= 0:
+            return []
+        start = first_bucket % self.n_buckets
+        split = min(n, self.n_buckets - start)
+        pairs = [(slice(start, start + split), slice(0, split))]
+        if split < n:
+            pairs.append((slice(0, n - split), slice(split, n)))
+        return pairs
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
         """The ring's state (arrays are copies)."""
