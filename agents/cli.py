@@ -1,14 +1,17 @@
-"""``budgetpilot`` subcommands of the ``agents`` package."""
+"""``budgetpilot`` subcommands of the ``agents`` package: ``tune`` and ``perf env``."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
-    """Add this package's benchmarks to ``perf``."""
+    """Add this package's commands to the root app and its benchmarks to ``perf``."""
+    app.command("tune")(tune)
 
     @perf.command("env")
     def perf_env(
@@ -26,3 +29,60 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         else:
             for key, value in figures.items():
                 typer.echo(f"{key:28s} {value}")
+
+
+def tune(
+    baseline: Annotated[str, typer.Argument(help="Baseline name, e.g. static, reactive, pid.")],
+    scenario: Annotated[str, typer.Option(help="Scenario to tune on.")] = "steady",
+    seeds: Annotated[int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.")] = 3,
+    episode_hours: Annotated[float, typer.Option(help="Simulated hours per episode.")] = 2.0,
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
+    max_candidates: Annotated[
+        int | None, typer.Option(help="Score only the first candidates of the grid.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the result as JSON to this file.")] = None,
+) -> None:
+    """Grid-search a baseline's parameters on one scenario, on training seeds 1000 and up.
+
+    Evaluate the tuned baseline on other seeds (below 1000); ``--out`` writes the best parameters
+    and every candidate's score for the benchmark to load.
+    """
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from agents.tuning import tune as run_tune
+    from agents.tuning import tuning_seeds
+
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(f"tuning {baseline} on {scenario}", total=None)
+            result = run_tune(
+                baseline,
+                scenario,
+                tuning_seeds(seeds),
+                episode_hours=episode_hours,
+                warmup_s=warmup_s,
+                max_candidates=max_candidates,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    summary = result.to_dict()
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    """Best parameters, then the five best candidates."""
+    typer.echo(f"{summary['baseline']} on {summary['scenario']}, seeds {summary['seeds']}")
+    typer.echo(f"best mean return {summary['best_mean_return']:.3f}: {summary['best_params']}")
+    ranked = sorted(summary["candidates"], key=lambda c: c["mean_return"], reverse=True)
+    for candidate in ranked[:5]:
+        typer.echo(f"  {candidate['mean_return']:10.3f}  {candidate['params']}")

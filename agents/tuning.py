@@ -1,0 +1,262 @@
+"""Honest per-scenario tuning of the heuristic baselines.
+
+:func:`tune` grid-searches a baseline's ``param_grid()`` on one scenario and keeps the candidate
+with the highest mean episode return. Tuning runs on *training* seeds (:data:`TUNING_SEEDS`,
+1000 and up); evaluation must use other seeds (the benchmark's seeds start at 0), otherwise the
+tuned baseline is scored on the very episodes it was fitted to. :func:`make_controller` rebuilds a
+baseline from its name and the tuned parameters stored by ``budgetpilot tune --out``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agents.base import ControlContext, Controller
+from agents.baselines import BASELINES, VllmDefaults, params_as_dict
+from envs.contract import NEUTRAL_KNOB_VALUES
+from envs.fleet_env import LLMFleetEnv
+from envs.scenarios import get_scenario
+
+#: First training seed: tuning uses 1000, 1001, ...; evaluation seeds stay below 1000.
+TUNING_SEED_OFFSET = 1000
+TUNING_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
+
+#: ``(context) -> controller``: builds a fresh controller for the environment being scored.
+ControllerFactory = Callable[[ControlContext], Controller]
+#: ``(episodes done, episodes in total)``: called after every episode.
+ProgressCallback = Callable[[int, int], None]
+
+
+def tuning_seeds(n: int) -> tuple[int, ...]:
+    """The first ``n`` training seeds (``1000, 1001, ...``)."""
+    if n < 1:
+        raise ValueError(f"the number of tuning seeds must be >= 1, got {n}")
+    return tuple(range(TUNING_SEED_OFFSET, TUNING_SEED_OFFSET + n))
+
+
+@dataclass(frozen=True)
+class EpisodeScore:
+    """Undiscounted episode returns of one controller, one per seed, and their mean."""
+
+    returns: tuple[float, ...]
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """Outcome of :func:`tune`.
+
+    Parameters
+    ----------
+    baseline, scenario:
+        What was tuned, where.
+    seeds, episode_hours, warmup_s:
+        The episodes every candidate was scored on.
+    candidates:
+        Every candidate's parameters as a dict, in grid order, with its score.
+    best_index:
+        Index into ``candidates`` of the highest mean return (the first one on ties).
+    """
+
+    baseline: str
+    scenario: str
+    seeds: tuple[int, ...]
+    episode_hours: float
+    warmup_s: float
+    candidates: tuple[tuple[dict, EpisodeScore], ...]
+    best_index: int
+
+    @property
+    def best_params(self) -> dict:
+        return dict(self.candidates[self.best_index][0])
+
+    @property
+    def best_score(self) -> EpisodeScore:
+        return self.candidates[self.best_index][1]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (the format of ``budgetpilot tune --out``)."""
+        return {
+            "baseline": self.baseline,
+            "scenario": self.scenario,
+            "seeds": list(self.seeds),
+            "episode_hours": self.episode_hours,
+            "warmup_s": self.warmup_s,
+            "best_params": self.best_params,
+            "best_mean_return": self.best_score.mean_return,
+            "best_returns": list(self.best_score.returns),
+            "candidates": [
+                {"params": params, "mean_return": s.mean_return, "returns": list(s.returns)}
+                for params, s in self.candidates
+            ],
+        }
+
+
+def baseline_class(name: str) -> type[Controller]:
+    """Look a baseline up by name; the error lists the known ones."""
+    try:
+        return BASELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
+
+
+def control_context(env: LLMFleetEnv) -> ControlContext:
+    """What a controller needs to know about ``env``."""
+    return ControlContext(env.observation_contract, env.action_contract, env.slo_kinds)
+
+
+def candidate_params(name: str, max_candidates: int | None = None) -> list[dict]:
+    """The baseline's grid as plain dicts (``[{}]`` for ``vllm-defaults``), optionally truncated."""
+    cls = baseline_class(name)
+    grid = [{}] if cls is VllmDefaults else [params_as_dict(p) for p in cls.param_grid()]
+    return grid if max_candidates is None else grid[: max(1, max_candidates)]
+
+
+def make_controller(
+    name: str, context: ControlContext, params: Mapping | object | None = None
+) -> Controller:
+    """Build baseline ``name`` with ``params``: its ``Params`` dataclass, a dict of its fields
+    (e.g. ``best_params`` of a tuning result) or, for ``static``, a dict of knob values."""
+    cls = baseline_class(name)
+    if cls is VllmDefaults:
+        if params:
+            raise ValueError(f"baseline {name!r} has no parameters, got {dict(params)}")
+        return cls(context)
+    if params is None:
+        return cls(context)
+    if isinstance(params, Mapping):
+        params = _params_from_dict(name, params)
+    return cls(context, params)
+
+
+def _params_from_dict(name: str, values: Mapping) -> object:
+    """Turn a parameter dict back into what the baseline's constructor takes, checking names."""
+    example = next(iter(baseline_class(name).param_grid()))
+    known = {f.name for f in fields(example)} if is_dataclass(example) else set(NEUTRAL_KNOB_VALUES)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for baseline {name!r}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return type(example)(**values) if is_dataclass(example) else dict(values)
+
+
+def evaluate(
+    controller_factory: ControllerFactory,
+    scenario: str,
+    seeds: Sequence[int],
+    episode_hours: float = 2.0,
+    warmup_s: float = 600.0,
+) -> EpisodeScore:
+    """Score a controller: one episode of ``LLMFleetEnv(scenario)`` per seed.
+
+    Parameters
+    ----------
+    controller_factory:
+        Builds the controller from the environment's :class:`ControlContext`.
+    scenario:
+        Scenario name (:data:`envs.scenarios.SCENARIOS`).
+    seeds:
+        One episode per seed (``env.reset(seed=...)``); the controller is reset between them.
+    episode_hours, warmup_s:
+        Passed to :class:`envs.fleet_env.LLMFleetEnv`.
+    """
+    env = LLMFleetEnv(scenario, episode_hours=episode_hours, warmup_s=warmup_s)
+    return _score(env, controller_factory(control_context(env)), seeds)
+
+
+def _score(
+    env: LLMFleetEnv,
+    controller: Controller,
+    seeds: Sequence[int],
+    after_episode: Callable[[], None] | None = None,
+) -> EpisodeScore:
+    returns = []
+    for seed in seeds:
+        controller.reset()
+        obs, _ = env.reset(seed=int(seed))
+        total, truncated = 0.0, False
+        while not truncated:
+            obs, reward, _, truncated, _ = env.step(controller.act(obs))
+            total += reward
+        returns.append(total)
+        if after_episode is not None:
+            after_episode()
+    return EpisodeScore(tuple(returns))
+
+
+def tune(
+    baseline_name: str,
+    scenario: str,
+    seeds: Sequence[int] = TUNING_SEEDS,
+    episode_hours: float = 2.0,
+    warmup_s: float = 600.0,
+    max_candidates: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> TuningResult:
+    """Grid-search a baseline's ``param_grid()`` on one scenario.
+
+    Parameters
+    ----------
+    baseline_name:
+        A name of :data:`agents.baselines.BASELINES`; ``vllm-defaults`` has a single candidate.
+    scenario:
+        Scenario to tune on.
+    seeds:
+        Training seeds, the same episodes for every candidate. Keep them apart from the
+        evaluation seeds (:func:`tuning_seeds` starts at 1000).
+    episode_hours, warmup_s:
+        Episode length and warm-up of :class:`envs.fleet_env.LLMFleetEnv`.
+    max_candidates:
+        Score only the first candidates of the grid (smoke runs, tests).
+    progress:
+        Called with (episodes done, episodes in total) after every episode.
+    """
+    get_scenario(scenario)  # fail on a bad name before any work
+    if not seeds:
+        raise ValueError("tuning needs at least one seed")
+    grid = candidate_params(baseline_name, max_candidates)
+    env = LLMFleetEnv(scenario, episode_hours=episode_hours, warmup_s=warmup_s)
+    context = control_context(env)
+    total, done = len(grid) * len(seeds), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    scored = tuple(
+        (params, _score(env, make_controller(baseline_name, context, params), seeds, tick))
+        for params in grid
+    )
+    means = [score.mean_return for _, score in scored]
+    return TuningResult(
+        baseline=baseline_name,
+        scenario=scenario,
+        seeds=tuple(int(s) for s in seeds),
+        episode_hours=float(episode_hours),
+        warmup_s=float(warmup_s),
+        candidates=scored,
+        best_index=int(np.argmax(means)),
+    )
+
+
+def load_tuned_params(path: str | Path) -> tuple[str, str, dict]:
+    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return data["baseline"], data["scenario"], dict(data["best_params"])
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read tuning result {path}: {exc}") from None
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"tuning result {path} lacks field {exc}") from None
