@@ -124,6 +124,15 @@ def snap_to_boundary(value: float, buckets: Sequence[float], metric: str) -> flo
     )
 
 
+def bucket_validator(field: str, buckets: Sequence[float], metric: str) -> Any:
+    """A pydantic validator that snaps ``field`` to a bucket boundary of histogram ``metric``."""
+
+    def snap(cls: type, value: float) -> float:
+        return snap_to_boundary(value, buckets, metric)
+
+    return field_validator(field)(snap)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -139,10 +148,7 @@ class TTFTSLI(_Model):
     kind: Literal["ttft"]
     threshold_s: float
 
-    @field_validator("threshold_s")
-    @classmethod
-    def _on_bucket(cls, value: float) -> float:
-        return snap_to_boundary(value, TTFT_BUCKETS_S, "vllm:time_to_first_token_seconds")
+    _on_bucket = bucket_validator("threshold_s", TTFT_BUCKETS_S, "vllm:time_to_first_token_seconds")
 
 
 class ITLSLI(_Model):
@@ -153,10 +159,7 @@ class ITLSLI(_Model):
     threshold_s: float
     per: Literal["token", "request"] = "token"
 
-    @field_validator("threshold_s")
-    @classmethod
-    def _on_bucket(cls, value: float) -> float:
-        return snap_to_boundary(value, ITL_BUCKETS_S, "vllm:inter_token_latency_seconds")
+    _on_bucket = bucket_validator("threshold_s", ITL_BUCKETS_S, "vllm:inter_token_latency_seconds")
 
 
 class E2ESLI(_Model):
@@ -165,10 +168,7 @@ class E2ESLI(_Model):
     kind: Literal["e2e"]
     threshold_s: float
 
-    @field_validator("threshold_s")
-    @classmethod
-    def _on_bucket(cls, value: float) -> float:
-        return snap_to_boundary(value, E2E_BUCKETS_S, "vllm:e2e_request_latency_seconds")
+    _on_bucket = bucket_validator("threshold_s", E2E_BUCKETS_S, "vllm:e2e_request_latency_seconds")
 
 
 class NormalizedLatencySLI(_Model):
@@ -221,10 +221,9 @@ class StreamingSLI(_Model):
     kind: Literal["streaming"]
     pace_s: float
 
-    @field_validator("pace_s")
-    @classmethod
-    def _on_bucket(cls, value: float) -> float:
-        return snap_to_boundary(value, ITL_BUCKETS_S, "vllm:request_time_per_output_token_seconds")
+    _on_bucket = bucket_validator(
+        "pace_s", ITL_BUCKETS_S, "vllm:request_time_per_output_token_seconds"
+    )
 
 
 RequestSLI = Annotated[
