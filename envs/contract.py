@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 
-OBSERVATION_VERSION = "budgetpilot.observation/v1"
+OBSERVATION_VERSION = "budgetpilot.observation/v2"
 ACTION_VERSION = "budgetpilot.action/v1"
 
 #: Burn rates are observed as log2(1 + burn rate), clipped here: 2**8 - 1 = 255x burn.
@@ -221,6 +222,114 @@ class FleetSignals:
 
 
 @dataclass(frozen=True)
+class ReplicaGauges:
+    """What each replica reports now, as arrays indexed by replica.
+
+    The simulator fills them from :class:`envs.sim.FleetStats`; the sidecar from each engine's
+    ``/metrics`` (a replica that does not answer its scrape is not ``healthy``).
+
+    Parameters
+    ----------
+    pool:
+        Index of the replica's pool in :attr:`ObservationContract.pools`.
+    healthy:
+        Whether the replica serves (answers its scrape).
+    kv_usage:
+        KV-cache usage now, in [0, 1] (``vllm:kv_cache_usage_perc``).
+    kv_usage_mean:
+        KV-cache usage averaged over the last control interval (the sidecar, which samples the
+        gauge, passes the mean of its samples).
+    waiting, running:
+        Requests queued and running (``vllm:num_requests_waiting`` / ``..._running``).
+    max_num_seqs:
+        The batch limit in force (engines do not export it: the sidecar knows it from config).
+    """
+
+    pool: np.ndarray
+    healthy: np.ndarray
+    kv_usage: np.ndarray
+    kv_usage_mean: np.ndarray
+    waiting: np.ndarray
+    running: np.ndarray
+    max_num_seqs: np.ndarray
+
+
+class FleetSignalTracker:
+    """Turns per-interval replica gauges and counts into :class:`FleetSignals`.
+
+    The environment and the sidecar both use it, which is what makes a policy see the same
+    features in training and in production. It keeps the last hour of arrival rates (for the
+    trend feature).
+
+    Parameters
+    ----------
+    contract:
+        The observation contract (pool names and the nominal capacity).
+    control_interval_s:
+        Seconds between two :meth:`update` calls.
+    """
+
+    def __init__(self, contract: ObservationContract, control_interval_s: float) -> None:
+        if control_interval_s <= 0:
+            raise ValueError(f"control_interval_s must be > 0, got {control_interval_s}")
+        self.contract = contract
+        self.control_interval_s = float(control_interval_s)
+        self._rates: deque[float] = deque(maxlen=max(1, int(3600.0 / control_interval_s)))
+
+    def reset(self) -> None:
+        self._rates.clear()
+
+    def update(self, gauges: ReplicaGauges, arrivals: float, preemptions: float) -> FleetSignals:
+        """Signals for the interval that just ended.
+
+        Parameters
+        ----------
+        gauges:
+            Every configured replica's gauges.
+        arrivals, preemptions:
+            Requests that arrived and preemptions that happened during the interval.
+        """
+        # Fleets are small (tens of replicas): plain Python beats many tiny numpy calls here.
+        columns = [
+            np.asarray(a).tolist()
+            for a in (gauges.pool, gauges.healthy, gauges.kv_usage, gauges.kv_usage_mean)
+            + (gauges.waiting, gauges.running, gauges.max_num_seqs)
+        ]
+        replicas = list(zip(*columns, strict=True))
+        pools = {
+            name: _pool_features([r for r in replicas if r[0] == p])
+            for p, name in enumerate(self.contract.pools)
+        }
+        rate = max(float(arrivals), 0.0) / self.control_interval_s
+        self._rates.append(rate)
+        mean_rate = sum(self._rates) / len(self._rates)
+        per_replica_s = max(float(preemptions), 0.0) / max(len(gauges.pool), 1)
+        fleet = {
+            "arrival_rate_trend": math.log2((rate + 1e-3) / (mean_rate + 1e-3)),
+            "load_per_capacity": rate / self.contract.nominal_capacity_rps,
+            "preemptions_per_replica_s": math.log1p(per_replica_s / self.control_interval_s),
+        }
+        return FleetSignals(pools=pools, fleet=fleet)
+
+
+def _pool_features(replicas: list[tuple]) -> dict[str, float]:
+    """Features of one pool from its replicas' ``(pool, healthy, kv_usage, kv_usage_mean,
+    waiting, running, max_num_seqs)`` rows."""
+    healthy = [r for r in replicas if r[1]]
+    waiting = math.log1p(sum(r[4] for r in replicas) / max(len(healthy), 1))
+    if not healthy:
+        return dict.fromkeys(POOL_FEATURES, 0.0) | {"waiting_per_replica": waiting}
+    n = len(healthy)
+    return {
+        "kv_usage_mean": sum(r[3] for r in healthy) / n,
+        "kv_usage_max": max(r[2] for r in healthy),
+        "waiting_per_replica": waiting,
+        "running_per_replica": sum(r[5] / max(r[6], 1) for r in healthy) / n,
+        "healthy_fraction": n / len(replicas),
+    }
+
+
+@dataclass(frozen=True)
 class ObservationContract:
     """The observation vector, feature by feature.
 
@@ -236,6 +345,9 @@ class ObservationContract:
         Knobs whose current setting is part of the observation (in [-1, 1]).
     spec_digest:
         Hash of the SLO spec the contract was built for: a policy refuses another spec.
+    nominal_capacity_rps:
+        Requests/s the fleet is sized for: the load feature (and the ``admission_limit`` knob)
+        are relative to it.
     """
 
     slo_names: tuple[str, ...]
@@ -243,10 +355,13 @@ class ObservationContract:
     pools: tuple[str, ...] = ("strong", "cheap")
     knob_names: tuple[str, ...] = tuple(k.name for k in DEFAULT_KNOBS)
     spec_digest: str = ""
+    nominal_capacity_rps: float = 1.0
     version: str = OBSERVATION_VERSION
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.nominal_capacity_rps > 0:
+            raise ValueError(f"nominal_capacity_rps must be > 0, got {self.nominal_capacity_rps}")
         names: list[str] = []
         for slo in self.slo_names:
             names += [f"slo.{slo}.log_burn_rate.{w}" for w in self.windows]
@@ -299,16 +414,17 @@ class ObservationContract:
         knob_units:
             The knobs in force, each in [-1, 1].
         """
-        burn = np.nan_to_num(np.asarray(burn_rates, dtype=np.float64), nan=0.0, posinf=1e9)
-        log_burn = np.clip(np.log2(1.0 + np.maximum(burn, 0.0)), 0.0, MAX_LOG_BURN)
-        remaining = np.clip(np.nan_to_num(np.asarray(budget_remaining, float), nan=1.0), -1.0, 1.0)
-        alerts = np.nan_to_num(np.asarray(alert_levels, dtype=np.float64), nan=0.0)
-        per_slo = np.column_stack([log_burn, remaining, alerts]).reshape(-1)
-        pools = [float(signals.pools[p][f]) for p in self.pools for f in POOL_FEATURES]
-        fleet = [float(signals.fleet[f]) for f in FLEET_FEATURES]
-        knobs = [float(knob_units[k]) for k in self.knob_names]
-        obs = np.nan_to_num(np.concatenate([per_slo, pools, fleet, knobs]), nan=0.0)
-        return np.clip(obs, *self._bounds).astype(np.float32)
+        n_windows = len(self.windows)
+        per_slo = np.empty((len(self.slo_names), n_windows + 2))
+        # fmax maps NaN (a window without requests: nothing spent) to 0.
+        per_slo[:, :n_windows] = np.log2(1.0 + np.fmax(burn_rates, 0.0))
+        per_slo[:, n_windows] = np.nan_to_num(budget_remaining, nan=1.0)
+        per_slo[:, n_windows + 1] = alert_levels
+        rest = [signals.pools[p][f] for p in self.pools for f in POOL_FEATURES]
+        rest += [signals.fleet[f] for f in FLEET_FEATURES]
+        rest += [knob_units[k] for k in self.knob_names]
+        obs = np.concatenate([per_slo.reshape(-1), np.array(rest, dtype=np.float64)])
+        return np.clip(np.nan_to_num(obs, nan=0.0), *self._bounds).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {
@@ -318,6 +434,7 @@ class ObservationContract:
             "pools": list(self.pools),
             "knob_names": list(self.knob_names),
             "spec_digest": self.spec_digest,
+            "nominal_capacity_rps": self.nominal_capacity_rps,
             "feature_names": list(self.feature_names),
         }
 
@@ -329,6 +446,7 @@ class ObservationContract:
             pools=tuple(data["pools"]),
             knob_names=tuple(data["knob_names"]),
             spec_digest=data.get("spec_digest", ""),
+            nominal_capacity_rps=float(data["nominal_capacity_rps"]),
             version=data["version"],
         )
         if "feature_names" in data and list(data["feature_names"]) != list(contract.feature_names):

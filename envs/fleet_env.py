@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,9 @@ from envs.contract import (
     NEUTRAL_KNOB_VALUES,
     ActionContract,
     FleetSignals,
+    FleetSignalTracker,
     ObservationContract,
+    ReplicaGauges,
 )
 from envs.scenarios import NOMINAL_CAPACITY, TENANTS, ScenarioSetup, get_scenario
 from envs.sim import FleetStats, Knobs, Simulator
@@ -25,6 +26,25 @@ from slo.engine import AlertLevel
 
 #: Burn rates above this count as this in the reward (100% errors on a 99% SLO is 100x).
 MAX_REWARD_BURN = 50.0
+
+_LOW_PRIORITY = min(t.priority for t in TENANTS)
+
+
+def sim_knobs(values: Mapping[str, float]) -> Knobs:
+    """The simulator's :class:`Knobs` for knob values of the :class:`ActionContract` (what the
+    environment, the engine twin's control API and the sidecar's twin actuator all apply)."""
+    weights = tuple(
+        values["low_priority_weight"] if t.priority == _LOW_PRIORITY else t.weight for t in TENANTS
+    )
+    return Knobs(
+        cheap_tier_share=values["cheap_tier_share"],
+        offload_fraction=values["offload_fraction"],
+        admission_rate_limit=values["admission_limit"] * NOMINAL_CAPACITY,
+        shed_priority_below=values["shed_priority_below"],
+        max_context_tokens=values["max_context_tokens"],
+        max_num_seqs_scale=values["max_num_seqs_scale"],
+        tenant_weights=weights,
+    )
 
 
 @dataclass(frozen=True)
@@ -120,8 +140,9 @@ class LLMFleetEnv(gym.Env):
 
     ## Arguments
 
-    ``scenario`` (name from :data:`envs.scenarios.SCENARIOS`), ``spec`` (SLO spec or path),
-    ``control_interval_s`` (30), ``episode_hours`` (2), ``warmup_s`` (600),
+    ``scenario`` (name from :data:`envs.scenarios.SCENARIOS`, or a list of names: each reset
+    draws one of them from ``self.np_random``, for domain randomisation), ``spec`` (SLO spec or
+    path), ``control_interval_s`` (30), ``episode_hours`` (2), ``warmup_s`` (600),
     ``initial_budget_spent`` ((0, 0.6)), ``reward`` (:class:`RewardConfig`), ``render_mode``
     (``"ansi"`` or ``"rgb_array"``).
 
@@ -134,7 +155,7 @@ class LLMFleetEnv(gym.Env):
 
     def __init__(
         self,
-        scenario: str = "steady",
+        scenario: str | Sequence[str] = "steady",
         spec: ServiceSpec | str | None = None,
         control_interval_s: float = 30.0,
         episode_hours: float = 2.0,
@@ -152,7 +173,11 @@ class LLMFleetEnv(gym.Env):
             raise ValueError(
                 f"initial_budget_spent must satisfy 0 <= low <= high <= 1, got {low}, {high}"
             )
-        self.scenario = get_scenario(scenario)
+        names = (scenario,) if isinstance(scenario, str) else tuple(scenario)
+        if not names:
+            raise ValueError("scenario: give a scenario name or a non-empty list of names")
+        self.scenarios = tuple(get_scenario(name) for name in names)
+        self.scenario = self.scenarios[0]
         self.slo_spec = load_spec(spec) if spec is not None else default_spec()
         self.control_interval_s = float(control_interval_s)
         self.max_steps = int(round(episode_hours * 3600.0 / control_interval_s))
@@ -168,13 +193,13 @@ class LLMFleetEnv(gym.Env):
             slo_names=self.slo_names,
             windows=("5m", "30m", "1h", "6h"),
             spec_digest=probe.spec_fingerprint(),
+            nominal_capacity_rps=NOMINAL_CAPACITY,
         )
         self.action_contract = ActionContract()
         self._window_index = [probe.windows.index(w) for w in self.observation_contract.windows]
         low_obs, high_obs = self.observation_contract.bounds()
         self.observation_space = spaces.Box(low_obs, high_obs, dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (len(self.action_contract.knobs),), np.float32)
-        self._low_priority = min(t.priority for t in TENANTS)
 
     # ------------------------------------------------------------------------------------------
     # Gymnasium API
@@ -183,6 +208,8 @@ class LLMFleetEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        if len(self.scenarios) > 1:
+            self.scenario = self.scenarios[int(self.np_random.integers(len(self.scenarios)))]
         self.setup: ScenarioSetup = self.scenario.build(self.np_random, self.warmup_s)
         sim_seed = int(self.np_random.integers(2**63 - 1))
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
@@ -191,7 +218,12 @@ class LLMFleetEnv(gym.Env):
         self.engine.set_budget_spent(spent, assumed_total_events=self._period_events())
         self.knob_values = dict(NEUTRAL_KNOB_VALUES)
         self._apply_knobs()
-        self._arrival_history: deque[float] = deque(maxlen=int(3600 / self.control_interval_s))
+        self._contract_pool = np.array(
+            [self.observation_contract.pools.index(n) for n in self.sim.pool_names]
+        )
+        self._signal_tracker = FleetSignalTracker(
+            self.observation_contract, self.control_interval_s
+        )
         self._arrivals_seen = 0
         self._preemptions_seen = 0
         self._rolled_out = False
@@ -232,22 +264,7 @@ class LLMFleetEnv(gym.Env):
         return float(self.setup.workload.mean_rate * self.slo_spec.budgetpilot.period)
 
     def _apply_knobs(self) -> None:
-        v = self.knob_values
-        weights = tuple(
-            v["low_priority_weight"] if t.priority == self._low_priority else t.weight
-            for t in TENANTS
-        )
-        self.sim.set_knobs(
-            Knobs(
-                cheap_tier_share=v["cheap_tier_share"],
-                offload_fraction=v["offload_fraction"],
-                admission_rate_limit=v["admission_limit"] * NOMINAL_CAPACITY,
-                shed_priority_below=v["shed_priority_below"],
-                max_context_tokens=v["max_context_tokens"],
-                max_num_seqs_scale=v["max_num_seqs_scale"],
-                tenant_weights=weights,
-            )
-        )
+        self.sim.set_knobs(sim_knobs(self.knob_values))
 
     def _advance(self, until: float) -> float:
         """Simulate to ``until`` (applying the scenario's rollout), feed the budget engine, and
@@ -311,40 +328,21 @@ class LLMFleetEnv(gym.Env):
 
     def _fleet_signals(self) -> FleetSignals:
         stats = self.stats
-        pools = {}
-        for p, name in enumerate(stats.pool_names):
-            mask = stats.pool == p
-            healthy = mask & (stats.healthy > 0)
-            n_healthy = max(int(healthy.sum()), 1)
-            pools[name] = {
-                "kv_usage_mean": float(stats.kv_usage_mean[healthy].mean()) if healthy.any() else 0,
-                "kv_usage_max": float(stats.kv_usage[healthy].max()) if healthy.any() else 0.0,
-                "waiting_per_replica": math.log1p(stats.waiting[mask].sum() / n_healthy),
-                "running_per_replica": float(
-                    (stats.running[healthy] / stats.max_num_seqs[healthy]).mean()
-                )
-                if healthy.any()
-                else 0.0,
-                "healthy_fraction": float(healthy.sum() / max(mask.sum(), 1)),
-            }
-        return FleetSignals(pools=pools, fleet=self._fleet_features(stats))
-
-    def _fleet_features(self, stats: FleetStats) -> dict[str, float]:
+        gauges = ReplicaGauges(
+            pool=self._contract_pool[stats.pool],
+            healthy=stats.healthy > 0,
+            kv_usage=stats.kv_usage,
+            kv_usage_mean=stats.kv_usage_mean,
+            waiting=stats.waiting,
+            running=stats.running,
+            max_num_seqs=stats.max_num_seqs,
+        )
         arrivals = self.sim.arrivals - self._arrivals_seen
         self._arrivals_seen = self.sim.arrivals
-        preemptions = int(stats.preemptions.sum()) - self._preemptions_seen
-        self._preemptions_seen = int(stats.preemptions.sum())
-        interval = self.control_interval_s
-        rate = arrivals / interval
-        self._arrival_history.append(rate)
-        mean_rate = float(np.mean(self._arrival_history))
-        trend = math.log2((rate + 1e-3) / (mean_rate + 1e-3))
-        features = {
-            "arrival_rate_trend": trend,
-            "load_per_capacity": rate / NOMINAL_CAPACITY,
-            "preemptions_per_replica_s": math.log1p(preemptions / len(stats.pool) / interval),
-        }
-        return features
+        preemptions = int(stats.preemptions.sum())
+        new_preemptions = preemptions - self._preemptions_seen
+        self._preemptions_seen = preemptions
+        return self._signal_tracker.update(gauges, arrivals, new_preemptions)
 
     # ------------------------------------------------------------------------------------------
     # Info and rendering

@@ -189,6 +189,7 @@ class BudgetEngine:
 
         self._classifiers = [SLIClassifier(s, self.spec) for s in slos]
         self._request = [i for i, c in enumerate(self._classifiers) if c.fairness is None]
+        self._fused = None  # built on the first ingest_events (see slo.fused)
         self._fairness = [
             _FairnessState(i, c, start_time)
             for i, c in enumerate(self._classifiers)
@@ -299,20 +300,17 @@ class BudgetEngine:
     ) -> np.ndarray:
         """Good/total counts of the request SLOs per fine bucket from ``first`` on: shape
         ``(n_buckets, 2 * n_slo)``; all counts are whole numbers, so float sums are exact."""
-        series = np.zeros((2 * len(self.slos), len(batch)))
-        for i in self._request:
-            series[2 * i : 2 * i + 2] = self._classifiers[i].classify(batch)
+        if self._fused is None:
+            from slo.fused import FusedClassifier  # numba: only on the event path
+
+            request = [self._classifiers[i] for i in self._request]
+            self._fused = FusedClassifier(request, self.spec, self._request)
         n_buckets = bucket_of(t_last, self.resolution) - first + 1
-        if n_buckets == 1:  # the usual environment step: no bucketing needed
-            return series.sum(axis=1)[None]
-        bucket = bucket_of(t_end, self.resolution)
-        if not _is_sorted(bucket):
-            order = np.argsort(bucket, kind="stable")
-            bucket, series = bucket[order], series[:, order]
-        bounds = np.searchsorted(bucket, np.arange(first, first + n_buckets + 1))
-        cumulative = np.zeros((len(series), len(batch) + 1))
-        np.cumsum(series, axis=1, out=cumulative[:, 1:])
-        return np.diff(cumulative[:, bounds], axis=1).T
+        if n_buckets == 1:  # the usual environment step
+            bucket = np.zeros(len(batch), dtype=np.int64)
+        else:
+            bucket = bucket_of(t_end, self.resolution) - first
+        return self._fused.counts(batch, bucket, n_buckets, 2 * len(self.slos))
 
     def _ingest_fairness(
         self, state: _FairnessState, batch: EventBatch, t_end: np.ndarray, t_last: float, t: float
@@ -633,10 +631,6 @@ def _alert_levels(page: np.ndarray, ticket: np.ndarray) -> np.ndarray:
     levels = ticket.astype(np.int8)  # TICKET is 1, NONE is 0
     levels[page] = AlertLevel.PAGE
     return levels
-
-
-def _is_sorted(values: np.ndarray) -> bool:
-    return bool(np.all(values[1:] >= values[:-1]))
 
 
 def _flatten_arrays(state: Any, prefix: str = "") -> dict[str, np.ndarray]:

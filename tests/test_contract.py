@@ -8,8 +8,10 @@ from envs.contract import (
     NEUTRAL_KNOB_VALUES,
     ActionContract,
     FleetSignals,
+    FleetSignalTracker,
     KnobSpec,
     ObservationContract,
+    ReplicaGauges,
 )
 
 
@@ -87,3 +89,55 @@ def test_contracts_serialise_and_detect_tampering() -> None:
     with pytest.raises(ValueError, match="feature_names"):
         ObservationContract.from_dict(tampered)
     assert ObservationContract(slo_names=("ttft", "itl")).digest != obs.digest
+
+
+def _gauges(healthy: list[bool], waiting: list[float]) -> ReplicaGauges:
+    return ReplicaGauges(
+        pool=np.array([0, 0, 1]),
+        healthy=np.array(healthy),
+        kv_usage=np.array([0.2, 0.8, 0.5]),
+        kv_usage_mean=np.array([0.1, 0.5, 0.4]),
+        waiting=np.array(waiting),
+        running=np.array([64.0, 128.0, 10.0]),
+        max_num_seqs=np.array([256.0, 256.0, 100.0]),
+    )
+
+
+def test_fleet_signal_tracker_features() -> None:
+    contract = ObservationContract(slo_names=("a",), nominal_capacity_rps=10.0)
+    tracker = FleetSignalTracker(contract, control_interval_s=30.0)
+    signals = tracker.update(_gauges([True, True, True], [3.0, 5.0, 0.0]), 300, 60)
+    strong, cheap = signals.pools["strong"], signals.pools["cheap"]
+    assert strong["kv_usage_mean"] == pytest.approx(0.3)
+    assert strong["kv_usage_max"] == pytest.approx(0.8)
+    assert strong["waiting_per_replica"] == pytest.approx(math.log1p(4.0))
+    assert strong["running_per_replica"] == pytest.approx(0.375)
+    assert cheap["healthy_fraction"] == 1.0 and cheap["running_per_replica"] == 0.1
+    assert signals.fleet["load_per_capacity"] == pytest.approx(1.0)
+    assert signals.fleet["arrival_rate_trend"] == pytest.approx(0.0)
+    assert signals.fleet["preemptions_per_replica_s"] == pytest.approx(math.log1p(60 / 3 / 30))
+    # Twice the traffic of the hour so far: the trend is positive; an unhealthy replica counts
+    # out of the pool's usage but its queue is spread over the healthy ones.
+    signals = tracker.update(_gauges([False, True, False], [3.0, 5.0, 7.0]), 900, 0)
+    assert signals.fleet["arrival_rate_trend"] == pytest.approx(math.log2(30 / 20), rel=1e-3)
+    assert signals.pools["strong"]["kv_usage_mean"] == pytest.approx(0.5)
+    assert signals.pools["strong"]["waiting_per_replica"] == pytest.approx(math.log1p(8.0))
+    assert signals.pools["strong"]["healthy_fraction"] == 0.5
+    assert signals.pools["cheap"] == {
+        "kv_usage_mean": 0.0,
+        "kv_usage_max": 0.0,
+        "waiting_per_replica": pytest.approx(math.log1p(7.0)),
+        "running_per_replica": 0.0,
+        "healthy_fraction": 0.0,
+    }
+    tracker.reset()
+    assert tracker.update(_gauges([True] * 3, [0.0] * 3), 0, 0).fleet["arrival_rate_trend"] == 0
+
+
+def test_nominal_capacity_is_part_of_the_contract() -> None:
+    a = ObservationContract(slo_names=("a",), nominal_capacity_rps=10.0)
+    b = ObservationContract(slo_names=("a",), nominal_capacity_rps=12.0)
+    assert a.digest != b.digest
+    assert ObservationContract.from_dict(b.to_dict()) == b
+    with pytest.raises(ValueError, match="nominal_capacity_rps"):
+        ObservationContract(slo_names=("a",), nominal_capacity_rps=0.0)

@@ -119,6 +119,16 @@ def test_render_modes(mode: str) -> None:
         assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
 
 
+def test_a_scenario_list_draws_one_per_reset_from_the_seed() -> None:
+    mix = ["steady", "flash-crowd", "noisy-tenant"]
+    env = LLMFleetEnv(mix, **SHORT)
+    drawn = [env.reset(seed=seed)[1]["scenario"] for seed in range(12)]
+    assert set(drawn) == set(mix)
+    assert drawn == [env.reset(seed=seed)[1]["scenario"] for seed in range(12)]
+    single = LLMFleetEnv("steady", **SHORT)
+    assert env.observation_space == single.observation_space
+
+
 def test_make_vec_runs() -> None:
     vec = gym.make_vec(envs.ENV_ID, num_envs=2, vectorization_mode="sync", **SHORT)
     obs, _ = vec.reset(seed=0)
@@ -149,6 +159,8 @@ def test_every_baseline_runs_every_scenario(baseline: str, scenario: str) -> Non
         ({"render_mode": "human"}, "render_mode"),
         ({"initial_budget_spent": (0.8, 0.2)}, "initial_budget_spent"),
         ({"control_interval_s": 0}, "control_interval_s"),
+        ({"scenario": []}, "non-empty list"),
+        ({"scenario": ["steady", "nope"]}, "unknown scenario"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
