@@ -1,0 +1,632 @@
+"""The engine twin: a simulated fleet that answers over HTTP like its engines would.
+
+:class:`EngineTwin` runs one scenario draw of :mod:`envs.scenarios` (the fleet
+``LLMFleetEnv(scenario).reset(seed=seed)`` builds, taken over at the end of its warm-up) in
+accelerated real time and serves, on loopback or any address:
+
+=================================  ==========================================================
+``GET /engines``                   JSON list of replicas: name, pool, model, metrics URL...
+``GET /engines/<name>/metrics``    one replica's engine metrics (vLLM or SGLang exposition);
+                                   503 while the replica is down
+``GET /router/metrics``            budgetpilot counters of a budget-aware router (the SLIs
+                                   engines cannot see: rejections, quality, tenants) and
+                                   ``budgetpilot:arrivals_total``
+``GET /v1/knobs``                  knob values in force, by :class:`ActionContract` name
+``POST /v1/knobs``                 JSON object of knob values (partial); 400 naming the knob
+``GET /v1/state``                  simulated time, speed, scenario, knobs, replica health
+``GET /healthz``                   the twin itself is up
+=================================  ==========================================================
+
+Each replica behaves like an engine process: its counters count from the moment the twin starts
+serving, and when the replica fails its endpoint answers 503 until it recovers, with counters
+restarted from zero (what a crashed and restarted vLLM exposes; the metrics feed reads the drop
+as a restart).
+
+Simulated time moves in increments of ``tick_s`` on a fixed grid (so the same seed and the same
+sequence of calls give the same simulation whatever the wall-clock jitter), either by a
+background clock at ``speed`` times wall time or explicitly with :meth:`EngineTwin.step`. One lock
+serialises the clock, the knobs and the scrapes: a scrape sees the state at a tick boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from envs.contract import ActionContract, KnobSpec
+from envs.fleet_env import LLMFleetEnv, sim_knobs
+from envs.sim import FleetStats
+from slo.events import REQUEST_EVENT_DTYPE, empty_events
+from slo.exposition import ExpositionRenderer
+from slo.metrics import load_mapping
+from slo.spec import ServiceSpec
+
+_log = logging.getLogger(__name__)
+
+#: Largest POST body accepted (a knob update is a few hundred bytes).
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class EngineDialect:
+    """Scheduler metrics of one engine family: (name, HELP) of each, and the constant labels
+    besides the model label. The request histograms' names come from the metric mapping."""
+
+    kv_usage_help: str
+    waiting: tuple[str, str]
+    running: tuple[str, str]
+    preemptions: tuple[str, str]  # a counter: samples are exposed with ``_total``
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+_VLLM = {
+    "kv_usage_help": "KV-cache usage. 1 means 100 percent usage.",
+    "waiting": ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+    "running": ("vllm:num_requests_running", "Number of requests in model execution batches."),
+    "preemptions": ("vllm:num_preemptions", "Cumulative number of preemption from the engine."),
+}
+_SGLANG = {
+    "kv_usage_help": "The token usage.",
+    "waiting": ("sglang:num_queue_reqs", "The number of requests in the waiting queue."),
+    "running": ("sglang:num_running_reqs", "The number of running requests."),
+    "preemptions": ("sglang:num_retracted_requests", "Total number of retracted requests."),
+}
+#: Per built-in metric mapping: vLLM v1 labels every series with ``model_name`` and the engine
+#: index (one engine per server here); vLLM v0 and SGLang with ``model_name`` only.
+DIALECTS: dict[str, EngineDialect] = {
+    "vllm": EngineDialect(**_VLLM, labels=(("engine", "0"),)),
+    "vllm-legacy": EngineDialect(**_VLLM),
+    "sglang": EngineDialect(**_SGLANG),
+    "sglang-legacy": EngineDialect(**_SGLANG),
+}
+
+
+class KnobError(ValueError):
+    """A knob update the contract refuses; ``knob`` names the offending knob (None when the
+    body as a whole is wrong)."""
+
+    def __init__(self, message: str, knob: str | None = None) -> None:
+        super().__init__(message)
+        self.knob = knob
+
+
+class ReplicaDownError(RuntimeError):
+    """The replica is failed: its engine does not serve."""
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One replica as the twin exposes it.
+
+    ``model`` is the ``model_name`` label of its series (the SLO spec's name of its tier, what
+    SLO selectors match); ``served_model`` the catalog model it simulates.
+    """
+
+    index: int
+    name: str
+    pool: str
+    tier: int
+    model: str
+    served_model: str
+    max_num_seqs: int
+
+
+def validate_knob_update(contract: ActionContract, body: Any) -> dict[str, float]:
+    """Check a JSON knob update against the contract's ranges; return it as floats.
+
+    Parameters
+    ----------
+    contract:
+        The action contract (knob names, ranges, integer knobs).
+    body:
+        The decoded JSON: an object mapping knob names to numbers (a subset of the knobs).
+
+    Raises
+    ------
+    KnobError
+        Naming the first knob that is unknown, not a finite number, out of range or not whole.
+    """
+    if not isinstance(body, Mapping):
+        raise KnobError(
+            f"expected a JSON object of knob values, got {type(body).__name__}; "
+            f"knobs: {', '.join(contract.names)}"
+        )
+    specs = {k.name: k for k in contract.knobs}
+    return {str(name): _checked_knob(specs, name, value) for name, value in body.items()}
+
+
+def _checked_knob(specs: Mapping[str, KnobSpec], name: str, value: Any) -> float:
+    spec = specs.get(name)
+    if spec is None:
+        raise KnobError(f"unknown knob {name!r}; knobs: {', '.join(specs)}", name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise KnobError(f"knob {name!r}: expected a finite number, got {value!r}", name)
+    if not spec.low <= value <= spec.high:
+        raise KnobError(f"knob {name!r} = {value} is outside [{spec.low:g}, {spec.high:g}]", name)
+    if spec.integer and value != round(value):
+        raise KnobError(f"knob {name!r} takes whole values, got {value}", name)
+    return float(value)
+
+
+def _concat_events(batches: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` of request-event arrays, through their bytes: numpy promotes a
+    structured dtype field by field on every concatenate, which costs 20x more for the small
+    per-tick batches the twin joins."""
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return empty_events()
+    raw = [np.ascontiguousarray(b, dtype=REQUEST_EVENT_DTYPE).view(np.uint8) for b in batches]
+    return np.concatenate(raw).view(REQUEST_EVENT_DTYPE)
+
+
+class _LazyExposition:
+    """An :class:`ExpositionRenderer` fed lazily: event batches queue up between scrapes and are
+    added as one batch when the page is rendered (an ``add`` costs about the same whatever the
+    batch size, and the clock produces a batch every tick)."""
+
+    FLUSH_AT = 100_000  # queued events that force an early add (bounds memory without scrapes)
+
+    def __init__(self, renderer: ExpositionRenderer) -> None:
+        self.renderer = renderer
+        self._pending: list[np.ndarray] = []
+        self._queued = 0
+
+    def add(self, events: np.ndarray) -> None:
+        if len(events) == 0:
+            return
+        self._pending.append(events)
+        self._queued += len(events)
+        if self._queued >= self.FLUSH_AT:
+            self._flush()
+
+    def render(self) -> str:
+        self._flush()
+        return self.renderer.render()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self.renderer.add(_concat_events(self._pending))
+            self._pending.clear()
+            self._queued = 0
+
+
+class _Page:
+    """One metrics page: the exposition of the request events it was fed, then the families its
+    :meth:`collect` yields (a prometheus_client collector of the simulator's state)."""
+
+    exposition: _LazyExposition
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def render(self) -> str:
+        return self.exposition.render() + generate_latest(self.registry).decode()
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class _Engine(_Page):
+    """One replica's engine process: request metrics, scheduler gauges and the preemption
+    counter. :meth:`restart` starts a new process (counters from zero)."""
+
+    def __init__(self, twin: EngineTwin, info: ReplicaInfo, healthy: bool) -> None:
+        super().__init__()
+        self.twin, self.info, self.up = twin, info, healthy
+        self.label_names = [twin.mapping.model_label, *(k for k, _ in twin.dialect.labels)]
+        self.label_values = [info.model, *(v for _, v in twin.dialect.labels)]
+        self.restart(twin.stats)
+
+    def restart(self, stats: FleetStats) -> None:
+        twin = self.twin
+        labels = dict(twin.dialect.labels)
+        renderer = ExpositionRenderer(twin.spec, twin.mapping, labels=labels, budget_counters=False)
+        self.exposition = _LazyExposition(renderer)
+        self.preemptions0 = int(stats.preemptions[self.info.index])
+
+    def collect(self) -> Iterator[Metric]:
+        """Scheduler gauges and the preemption counter, from the last tick's fleet stats."""
+        stats, r, dialect = self.twin.stats, self.info.index, self.twin.dialect
+        gauges = (
+            (self.twin.mapping.kv_cache_usage, dialect.kv_usage_help, stats.kv_usage[r]),
+            (*dialect.waiting, stats.waiting[r]),
+            (*dialect.running, stats.running[r]),
+        )
+        for name, help_text, value in gauges:
+            if name is None:
+                continue
+            family = GaugeMetricFamily(name, help_text, labels=self.label_names)
+            family.add_metric(self.label_values, float(value))
+            yield family
+        family = CounterMetricFamily(*dialect.preemptions, labels=self.label_names)
+        family.add_metric(self.label_values, float(stats.preemptions[r] - self.preemptions0))
+        yield family
+
+
+class _Router(_Page):
+    """The budgetpilot counters of a budget-aware router in front of the fleet, plus the
+    requests that reached it (``budgetpilot:arrivals_total``)."""
+
+    ARRIVALS = "budgetpilot:arrivals"
+
+    def __init__(self, twin: EngineTwin) -> None:
+        super().__init__()
+        self.twin = twin
+        renderer = ExpositionRenderer(twin.spec, twin.mapping, engine_metrics=False)
+        self.exposition = _LazyExposition(renderer)
+        self.arrivals0 = twin.sim.arrivals
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.ARRIVALS, "Requests that reached the router.")
+        family.add_metric([], float(self.twin.sim.arrivals - self.arrivals0))
+        yield family
+
+
+class EngineTwin:
+    """A simulated fleet served as engines over HTTP.
+
+    Parameters
+    ----------
+    scenario:
+        Scenario name (:data:`envs.scenarios.SCENARIOS`).
+    seed:
+        Seed of the scenario draw and of the simulation: the twin runs the fleet that
+        ``LLMFleetEnv(scenario, spec=spec, warmup_s=warmup_s).reset(seed=seed)`` builds, from the
+        end of its warm-up on (neutral knobs).
+    speed:
+        Simulated seconds per wall second once :meth:`start` ed; 0 keeps time still except for
+        :meth:`step` (deterministic tests).
+    spec:
+        SLO spec (or path); its ``budgetpilot.models`` names the ``model_name`` of each tier and
+        the router counters are per SLO. Default: :func:`slo.default_spec`.
+    mapping:
+        Built-in metric mapping of the engines: ``vllm`` (v1 names), ``vllm-legacy``,
+        ``sglang`` or ``sglang-legacy``.
+    tick_s:
+        Simulated seconds per increment: gauges move and knob changes apply at this grid.
+    warmup_s:
+        Warm-up simulated before the twin starts serving (the environment's default).
+    """
+
+    def __init__(
+        self,
+        scenario: str,
+        seed: int,
+        speed: float = 1.0,
+        spec: ServiceSpec | str | None = None,
+        mapping: str = "vllm",
+        *,
+        tick_s: float = 1.0,
+        warmup_s: float = 600.0,
+    ) -> None:
+        if mapping not in DIALECTS:
+            raise ValueError(f"unknown mapping {mapping!r}; the twin speaks {', '.join(DIALECTS)}")
+        if not (math.isfinite(speed) and speed >= 0):
+            raise ValueError(f"speed must be a finite number >= 0, got {speed}")
+        if not (math.isfinite(tick_s) and tick_s > 0):
+            raise ValueError(f"tick_s must be > 0, got {tick_s}")
+        env = LLMFleetEnv(scenario, spec=spec, warmup_s=warmup_s)
+        env.reset(seed=seed)
+        self.scenario, self.seed = env.scenario.name, seed
+        self.speed, self.tick_s = float(speed), float(tick_s)
+        self.setup, self.sim, self.spec = env.setup, env.sim, env.slo_spec
+        self.action_contract = env.action_contract
+        self._knob_values: dict[str, float] = dict(env.knob_values)
+        self.mapping, self.dialect = load_mapping(mapping), DIALECTS[mapping]
+        rollout = self.setup.rollout_at_s
+        self._rollout_pending = rollout is not None and rollout > self.sim.now
+        self.stats = self.sim.fleet_stats()
+        self.replicas = self._replica_infos(self.stats)
+        self._engines = [_Engine(self, r, bool(self.stats.healthy[r.index])) for r in self.replicas]
+        self._by_name = {r.name: e for r, e in zip(self.replicas, self._engines, strict=True)}
+        self._router = _Router(self)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: _TwinServer | None = None
+        self.lag_s = 0.0
+
+    def _replica_infos(self, stats: FleetStats) -> tuple[ReplicaInfo, ...]:
+        pools = self.setup.config.pools
+        infos = []
+        for r, (p, tier) in enumerate(zip(stats.pool.tolist(), stats.tier.tolist(), strict=True)):
+            within = int(np.sum(stats.pool[:r] == p))
+            infos.append(
+                ReplicaInfo(
+                    index=r,
+                    name=f"{pools[p].name}-{within}",
+                    pool=pools[p].name,
+                    tier=tier,
+                    model=self.spec.model_of_tier(tier),
+                    served_model=pools[p].model,
+                    max_num_seqs=pools[p].max_num_seqs,
+                )
+            )
+        return tuple(infos)
+
+    # ----------------------------------------------------------------------------------------
+    # Simulated time
+
+    @property
+    def now(self) -> float:
+        """Simulated seconds since the start of the scenario (warm-up included)."""
+        return self.sim.now
+
+    def step(self, seconds: float) -> np.ndarray:
+        """Advance simulated time by ``seconds`` (on the tick grid, the lock taken tick by tick);
+        return the request events (REQUEST_EVENT_DTYPE) that ended meanwhile."""
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        until = self.sim.now + seconds
+        batches = []
+        while self.sim.now < until:
+            with self._lock:
+                batches.append(self._tick(min(until, self._next_grid_point())))
+        return _concat_events(batches)
+
+    def _next_grid_point(self) -> float:
+        # The small tolerance keeps a time a rounding error below a grid point on that point.
+        return (math.floor(self.sim.now / self.tick_s + 1e-9) + 1) * self.tick_s
+
+    def _tick(self, until: float) -> np.ndarray:
+        """Simulate to ``until`` (the caller holds the lock) and account the events."""
+        if until <= self.sim.now:  # another caller got there first
+            return empty_events()
+        batches = []
+        if self._rollout_pending and self.setup.rollout_at_s <= until:
+            batches.append(self.sim.advance(max(self.setup.rollout_at_s, self.sim.now)))
+            self.sim.set_capability("cheap", self.setup.rollout_capability)
+            self._rollout_pending = False
+        batches.append(self.sim.advance(until))
+        events = _concat_events(batches)
+        self.stats = self.sim.fleet_stats()
+        replica = events["replica"]
+        for engine, healthy in zip(self._engines, self.stats.healthy.tolist(), strict=True):
+            engine.exposition.add(events[replica == engine.info.index])
+            if engine.up and not healthy:
+                engine.restart(self.stats)  # the process died with what it had counted
+            engine.up = healthy
+        self._router.exposition.add(events)
+        return events
+
+    def _run_clock(self) -> None:
+        """Keep simulated time at ``speed`` x wall time, tick by tick, until :meth:`close`."""
+        wall0, sim0 = time.monotonic(), self.sim.now
+        while not self._stop.is_set():
+            target = sim0 + self.speed * (time.monotonic() - wall0)
+            due = math.floor(target / self.tick_s + 1e-9) * self.tick_s
+            self.lag_s = max(0.0, target - self.sim.now)
+            if self.sim.now < due:
+                with self._lock:
+                    self._tick(min(due, self._next_grid_point()))
+                time.sleep(0)  # let a scrape waiting for the lock take it before the next tick
+                continue
+            wake = wall0 + (self._next_grid_point() - sim0) / self.speed
+            self._stop.wait(min(max(wake - time.monotonic(), 0.0), 0.1))
+
+    # ----------------------------------------------------------------------------------------
+    # What the endpoints serve (thread-safe)
+
+    def metrics_text(self, replica: str) -> str:
+        """Exposition text of one replica's engine.
+
+        Raises ``KeyError`` for an unknown replica, :class:`ReplicaDownError` while it is down.
+        """
+        engine = self._by_name.get(replica)
+        if engine is None:
+            raise KeyError(f"no replica {replica!r}; replicas: {', '.join(self._by_name)}")
+        with self._lock:
+            if not engine.up:
+                raise ReplicaDownError(f"replica {replica!r} is down (t={self.sim.now:.0f} s)")
+            return engine.render()
+
+    def router_metrics_text(self) -> str:
+        """Exposition text of the router's budgetpilot counters."""
+        with self._lock:
+            return self._router.render()
+
+    def knobs(self) -> dict[str, float]:
+        """The knob values in force, by action-contract name."""
+        with self._lock:
+            return dict(self._knob_values)
+
+    def set_knobs(self, update: Any) -> dict[str, float]:
+        """Apply a (partial) knob update from now on; return the knob values in force.
+
+        Raises :class:`KnobError` (nothing applied) when any entry is invalid.
+        """
+        checked = validate_knob_update(self.action_contract, update)
+        with self._lock:
+            values = {**self._knob_values, **checked}
+            self.sim.set_knobs(sim_knobs(values))
+            self._knob_values = values
+            self.stats = self.sim.fleet_stats()  # capacity (offload) and batch limits changed
+            return dict(values)
+
+    def engines(self) -> list[dict[str, Any]]:
+        """The replicas as ``GET /engines`` lists them."""
+        with self._lock:
+            up = [e.up for e in self._engines]
+        base = self.url if self._server is not None else ""
+        return [
+            {
+                "name": r.name,
+                "pool": r.pool,
+                "model": r.model,
+                "served_model": r.served_model,
+                "tier": r.tier,
+                "max_num_seqs": r.max_num_seqs,
+                "healthy": healthy,
+                "metrics_url": f"{base}/engines/{r.name}/metrics",
+            }
+            for r, healthy in zip(self.replicas, up, strict=True)
+        ]
+
+    def state(self) -> dict[str, Any]:
+        """What ``GET /v1/state`` reports."""
+        with self._lock:
+            healthy = {r.name: e.up for r, e in zip(self.replicas, self._engines, strict=True)}
+            return {
+                "scenario": self.scenario,
+                "seed": self.seed,
+                "time_s": self.sim.now,
+                "speed": self.speed,
+                "tick_s": self.tick_s,
+                "lag_s": self.lag_s,
+                "mapping": self.mapping.name,
+                "knobs": dict(self._knob_values),
+                "healthy": healthy,
+                "scenario_parameters": dict(self.setup.parameters),
+            }
+
+    # ----------------------------------------------------------------------------------------
+    # Serving
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server (``http://host:port``)."""
+        if self._server is None:
+            raise RuntimeError("the twin is not serving: call start() first")
+        host, port = self._server.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: an ephemeral port) and start the clock when ``speed`` > 0;
+        return the base URL. Raises ``OSError`` when the address cannot be bound."""
+        if self._server is not None:
+            raise RuntimeError(f"the twin already serves on {self.url}")
+        self._server = _TwinServer((host, port), self)
+        self._stop.clear()
+        self._spawn(self._server.serve_forever, "twin-http", poll_interval=0.05)
+        if self.speed > 0:
+            self._spawn(self._run_clock, "twin-clock")
+        return self.url
+
+    def _spawn(self, target: Any, name: str, **kwargs: Any) -> None:
+        thread = threading.Thread(target=target, name=name, kwargs=kwargs, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop the clock and the server (idempotent)."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        self._server = None
+
+    def __enter__(self) -> EngineTwin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _NotFoundError(LookupError):
+    """No such endpoint or replica (404)."""
+
+
+class _TwinServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], twin: EngineTwin) -> None:
+        self.twin = twin
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes the twin's endpoints (see the module docstring)."""
+
+    server: _TwinServer
+    server_version = "budgetpilot-twin"
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
+        self._respond(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._respond(self._post)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base signature)
+        _log.debug("%s %s", self.address_string(), format % args)
+
+    def _respond(self, route: Any) -> None:
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        try:
+            status, body, content_type = route(self.server.twin, path)
+        except KnobError as err:
+            status, body, content_type = _json(HTTPStatus.BAD_REQUEST, err, knob=err.knob)
+        except ReplicaDownError as err:
+            status, body, content_type = _json(HTTPStatus.SERVICE_UNAVAILABLE, err)
+        except _NotFoundError as err:
+            status, body, content_type = _json(HTTPStatus.NOT_FOUND, err)
+        except Exception as err:  # a bug must not kill the server thread silently
+            _log.exception("twin: %s %s failed", self.command, path)
+            status, body, content_type = _json(HTTPStatus.INTERNAL_SERVER_ERROR, repr(err))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _get(self, twin: EngineTwin, path: str) -> tuple[int, bytes, str]:
+        documents = {
+            "/healthz": lambda: {"status": "ok"},
+            "/engines": twin.engines,
+            "/v1/knobs": twin.knobs,
+            "/v1/state": twin.state,
+        }
+        if path in documents:
+            return _json(HTTPStatus.OK, documents[path]())
+        if path == "/router/metrics":
+            return _text(twin.router_metrics_text())
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "engines" and parts[3] == "metrics":
+            names = [r.name for r in twin.replicas]
+            if parts[2] not in names:
+                raise _NotFoundError(f"no replica {parts[2]!r}; replicas: {', '.join(names)}")
+            return _text(twin.metrics_text(parts[2]))
+        raise _NotFoundError(f"no endpoint GET {path}")
+
+    def _post(self, twin: EngineTwin, path: str) -> tuple[int, bytes, str]:
+        if path != "/v1/knobs":
+            raise _NotFoundError(f"no endpoint POST {path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise KnobError(f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+        try:
+            update = json.loads(self.rfile.read(length) or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise KnobError(f"body is not valid JSON: {err}") from None
+        return _json(HTTPStatus.OK, twin.set_knobs(update))
+
+
+def _json(status: int, payload: Any, **extra: Any) -> tuple[int, bytes, str]:
+    if isinstance(payload, BaseException | str):
+        payload = {"error": str(payload), **extra}
+    return int(status), json.dumps(payload).encode(), "application/json"
+
+
+def _text(text: str) -> tuple[int, bytes, str]:
+    return int(HTTPStatus.OK), text.encode(), CONTENT_TYPE_PLAIN_0_0_4

@@ -1,0 +1,176 @@
+"""``budgetpilot twin`` (a simulated fleet served as vLLM-like engines) and ``perf twin``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, NoReturn
+
+import typer
+
+from envs.scenario_names import SCENARIO_NAMES
+
+_MAPPINGS = ("vllm", "vllm-legacy", "sglang", "sglang-legacy")
+
+
+def register(app: typer.Typer, perf: typer.Typer) -> None:
+    """Add the ``twin`` command to the root app and its benchmark to perf."""
+    app.command("twin")(twin)
+    perf.command("twin")(perf_twin)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 picks a free one) as ``(host, port)``."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen: expected HOST:PORT such as 127.0.0.1:8000, got {listen!r}")
+    return host, int(port)
+
+
+def twin(
+    scenario: Annotated[
+        str, typer.Option(help=f"Scenario to run: {', '.join(SCENARIO_NAMES)}.", show_default=False)
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of the scenario draw and the simulation.")] = 0,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve on (port 0: any).")] = (
+        "127.0.0.1:8000"
+    ),
+    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 1.0,
+    mapping: Annotated[
+        str, typer.Option(help=f"Metric names of the engines: {', '.join(_MAPPINGS)}.")
+    ] = "vllm",
+) -> None:
+    """Run a scenario in accelerated real time; serve each replica's engine metrics and a knob
+    control endpoint over HTTP until Ctrl-C.
+
+    Endpoints: GET /engines, GET /engines/<replica>/metrics (503 while the replica is down),
+    GET /router/metrics, GET|POST /v1/knobs, GET /v1/state, GET /healthz.
+    """
+    import signal
+    import threading
+
+    from envs.twin import EngineTwin
+
+    try:
+        host, port = parse_listen(listen)
+        engine_twin = EngineTwin(scenario, seed, speed, mapping=mapping)
+    except (ValueError, FileNotFoundError) as exc:  # bad option, trace data missing
+        _fail(str(exc))
+    try:
+        url = engine_twin.start(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen on {listen}: {exc.strerror or exc}")
+    typer.echo(
+        f"budgetpilot twin: scenario {engine_twin.scenario} (seed {seed}) at {speed:g}x, "
+        f"{mapping} metrics, t={engine_twin.now:.0f} s"
+    )
+    rows = [(e["name"], e["metrics_url"]) for e in engine_twin.engines()]
+    rows += [(name, f"{url}{path}") for name, path in _ENDPOINTS]
+    width = max(len(name) for name, _ in rows)
+    for name, address in rows:
+        typer.echo(f"  {name:<{width}}  {address}")
+    typer.echo("Ctrl-C to stop.")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly on a plain kill
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine_twin.close()
+    typer.echo(f"stopped at t={engine_twin.now:.0f} s")
+
+
+_ENDPOINTS = (
+    ("router", "/router/metrics"),
+    ("engines", "/engines"),
+    ("knobs", "/v1/knobs"),
+    ("state", "/v1/state"),
+    ("health", "/healthz"),
+)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def perf_twin(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Engine twin costs on the steady scenario: wall time of one scrape of one replica, and the
+    speed-ups it sustains with every endpoint scraped every 30 simulated seconds."""
+    result = _benchmark()
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key}: {value}")
+
+
+def _benchmark(interval_s: float = 30.0, intervals: int = 120, clock_wall_s: float = 5.0) -> dict:
+    """Scrape cost and sustained speed-ups (see :func:`perf_twin`)."""
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    from envs.twin import EngineTwin
+
+    def scrape(url: str) -> float:
+        start = time.perf_counter()
+        with urllib.request.urlopen(url) as response:
+            response.read()
+        return time.perf_counter() - start
+
+    with EngineTwin("steady", seed=0, speed=0) as engine_twin:
+        base = engine_twin.start()
+        pages = [e["metrics_url"] for e in engine_twin.engines()] + [f"{base}/router/metrics"]
+        fresh, repeat = [], []
+        wall0 = time.perf_counter()
+        for _ in range(intervals):
+            engine_twin.step(interval_s)
+            fresh.append(scrape(pages[0]))  # renders the interval's queued events
+            for page in pages[1:]:
+                scrape(page)
+        stepped = intervals * interval_s / (time.perf_counter() - wall0)
+        repeat = [scrape(pages[0]) for _ in range(100)]  # nothing queued: render and serve
+        wall0 = time.perf_counter()
+        engine_twin.step(intervals * interval_s)
+        unscraped = intervals * interval_s / (time.perf_counter() - wall0)
+
+    # The real clock, as fast as it goes, with a scraper taking every page each interval.
+    with EngineTwin("steady", seed=0, speed=1e9) as engine_twin:
+        base = engine_twin.start()
+        pages = [e["metrics_url"] for e in engine_twin.engines()] + [f"{base}/router/metrics"]
+        sim0, wall0 = engine_twin.now, time.perf_counter()
+        next_scrape, clock_scrapes = sim0, []
+        while time.perf_counter() - wall0 < clock_wall_s:
+            if engine_twin.now >= next_scrape:
+                next_scrape = engine_twin.now + interval_s
+                clock_scrapes.append(scrape(pages[0]))
+                for page in pages[1:]:
+                    scrape(page)
+            else:
+                time.sleep(0.001)
+        span = engine_twin.now - sim0
+        clock = span / (time.perf_counter() - wall0)
+
+    def ms(values: list[float], q: float) -> float:
+        return round(float(np.percentile(values, q)) * 1e3, 3)
+
+    return {
+        "scenario": "steady",
+        "scrape_interval_sim_s": interval_s,
+        "scrape_one_replica_ms_p50": ms(fresh, 50),
+        "scrape_one_replica_ms_p90": ms(fresh, 90),
+        "scrape_one_replica_nothing_queued_ms_p50": ms(repeat, 50),
+        "speedup_stepped_with_scrapes": round(stepped, 1),
+        "speedup_stepped_without_scrapes": round(unscraped, 1),
+        "speedup_clock_thread_with_scrapes": round(clock, 1),
+        "clock_scrape_interval_sim_s_mean": round(span / max(len(clock_scrapes), 1), 1),
+        "scrape_one_replica_ms_p90_under_clock": ms(clock_scrapes, 90),
+    }
