@@ -1,0 +1,223 @@
+"""Training: presets, episode statistics, checkpoints, and a Tune run killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from envs.scenarios import HELD_OUT_SCENARIOS, TRAINING_SCENARIOS
+from eval.cli import app
+from training.config import HELD_OUT, PresetError, load_preset
+from training.run import point_best, resolve_best
+
+TINY = {
+    "name": "tiny",
+    "timesteps": 2048,
+    "chunk_timesteps": 512,
+    "scenarios": ["steady", "flash-crowd"],
+    "env_kwargs": {"episode_hours": 0.25, "warmup_s": 120.0},
+    "ppo": {"n_envs": 2, "n_steps": 128, "batch_size": 64, "n_epochs": 2, "net_arch": [32, 32]},
+}
+
+
+def write_preset(directory: Path, **changes) -> Path:
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY | changes))
+    return path
+
+
+def test_held_out_list_matches_the_scenario_suite() -> None:
+    assert set(HELD_OUT) == set(HELD_OUT_SCENARIOS)
+
+
+@pytest.mark.parametrize("name", ["quick", "standard"])
+def test_bundled_presets_train_on_every_training_scenario(name: str) -> None:
+    preset = load_preset(name)
+    assert set(preset.scenarios) == set(TRAINING_SCENARIOS)
+    assert preset.timesteps % preset.chunk_timesteps == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scenarios": ["steady", "tsunami"]}, "scenarios: Value error, unknown scenario"),
+        ({"scenarios": ["steady", "mixed"]}, "scenario 'mixed' is held out"),
+        ({"ppo": {"learning_rate": -1.0}}, "ppo.learning_rate: Input should be greater than 0"),
+        ({"ppo": {"n_envs": 2, "n_steps": 128, "batch_size": 100}}, "batch_size 100 must divide"),
+        ({"timesteps": 1000}, "timesteps 1000 must be a multiple of one rollout"),
+        ({"ppo": {"gama": 0.9}}, "ppo.gama: Extra inputs are not permitted"),
+        ({"env_kwargs": {"episode_hours": 0}}, "env_kwargs.episode_hours: Input should be greater"),
+        (
+            {"search": {"grace_timesteps": 512, "space": {"n_envs": {"choice": [1, 2]}}}},
+            "cannot search n_envs",
+        ),
+        (
+            {"search": {"grace_timesteps": 512, "space": {"gamma": {"uniform": [0.99, 0.9]}}}},
+            "uniform bounds must satisfy low < high",
+        ),
+    ],
+)
+def test_bad_preset_names_the_field(tmp_path: Path, changes: dict, message: str) -> None:
+    path = write_preset(tmp_path, **changes)
+    with pytest.raises(PresetError, match="tiny.yaml") as error:
+        load_preset(path)
+    assert message in str(error.value)
+
+
+def test_unreadable_presets_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(PresetError, match="no preset 'nonesuch'.*bundled: quick, standard"):
+        load_preset("nonesuch")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("timesteps: [1, 2\n")
+    with pytest.raises(PresetError, match="not valid YAML"):
+        load_preset(broken)
+
+
+def test_cli_rejects_bad_preset_and_missing_run(tmp_path: Path) -> None:
+    bad = write_preset(tmp_path, scenarios=["trace-conv"])
+    result = CliRunner().invoke(app, ["train", "--preset", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "held out" in result.output
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "nothing to resume" in result.output
+
+
+class ScriptedBudgets(gym.Env):
+    """Emits a fixed sequence of ``budget_remaining`` values (reset first, then one per step)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,))
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,))
+
+    def __init__(self, budgets: list[list[float]]) -> None:
+        self.budgets = budgets
+
+    def _info(self) -> dict:
+        return {"budget_remaining": dict(enumerate(self.budgets[self.t]))}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(1, np.float32), self._info()
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), 0.0, False, self.t == len(self.budgets) - 1, self._info()
+
+
+def test_exhaustions_count_budgets_crossing_zero() -> None:
+    from training.callbacks import EpisodeBudgetStats
+
+    # SLO 0 exhausted at reset (not counted); 1 crosses once; 2 crosses, recovers, crosses again.
+    budgets = [[-0.1, 0.5, 0.2], [-0.2, 0.1, -0.1], [-0.3, 0.0, 0.1], [-0.3, -0.1, 0.0]]
+    env = EpisodeBudgetStats(ScriptedBudgets(budgets))
+    for _ in range(2):
+        env.reset()
+        infos = [env.step(np.zeros(1))[4] for _ in range(len(budgets) - 1)]
+        assert "budget_exhaustions" not in infos[0]
+        assert infos[-1]["budget_exhaustions"] == 3
+
+
+def test_checkpoint_restores_weights_normalisation_and_steps(tmp_path: Path) -> None:
+    import torch
+
+    from training.learner import PPOLearner
+
+    preset = load_preset(write_preset(tmp_path))
+    learner = PPOLearner.create(preset, seed=3, commit="abc", log_dir=tmp_path / "tb")
+    metrics = learner.learn(256)
+    assert metrics["timesteps"] == 256 and metrics["episodes"] > 0
+    learner.save(tmp_path / "ckpt")
+    run = json.loads((tmp_path / "ckpt" / "run.json").read_text())
+    assert run["preset"] == "tiny" and run["seed"] == 3 and run["commit"] == "abc"
+    assert run["scenarios"] == ["steady", "flash-crowd"] and run["timesteps"] == 256
+    assert run["env_kwargs"] == {"episode_hours": 0.25, "warmup_s": 120.0}
+    assert run["metrics"]["mean_episode_reward"] == pytest.approx(metrics["mean_episode_reward"])
+    assert run["metrics"]["budget_exhaustions_per_episode"] >= 0
+
+    restored = PPOLearner.restore(tmp_path / "ckpt", preset, seed=3)
+    assert restored.timesteps == 256
+    before, after = learner.model.get_env(), restored.model.get_env()
+    np.testing.assert_array_equal(before.obs_rms.mean, after.obs_rms.mean)
+    for a, b in zip(
+        learner.model.policy.parameters(), restored.model.policy.parameters(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert restored.learn(256)["timesteps"] == 512
+    assert restored.callback.episodes > metrics["episodes"]
+
+
+def test_best_is_a_symlink_or_a_pointer_file(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "trial" / "checkpoint_000002"
+    checkpoint.mkdir(parents=True)
+    link = point_best(tmp_path, str(checkpoint))
+    assert link.is_symlink() and resolve_best(tmp_path) == str(checkpoint.resolve())
+    link = point_best(tmp_path, "s3://bucket/run/trial/checkpoint_000002")
+    assert not link.is_symlink()
+    assert resolve_best(tmp_path) == "s3://bucket/run/trial/checkpoint_000002"
+
+
+def _kill_session(leader: subprocess.Popen) -> None:
+    """SIGKILL every process of the run's session: the driver, Ray's services and the trial
+    workers (which Ray puts in process groups of their own)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == leader.pid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+    leader.wait()
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    preset, out = write_preset(tmp_path), tmp_path / "runs" / "tiny"
+    command = [sys.executable, "-m", "eval.cli", "train", "--out", str(out), "--num-cpus", "1"]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [*command, "--preset", str(preset)], stdout=log, stderr=log, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.glob("seed0_*/checkpoint_*/run.json")):
+        assert first.poll() is None and time.monotonic() < deadline, "no first checkpoint"
+        time.sleep(0.2)
+    _kill_session(first)
+    (trial_dir,) = out.glob("seed0_*")
+    steps_at_kill = max(r["timesteps"] for r in _results(trial_dir))
+    assert steps_at_kill < TINY["timesteps"]
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=90)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    results = _results(trial_dir)
+    restarts = [r for r in results if r["iterations_since_restore"] == 1]
+    assert len(restarts) == 2, "the trial was not restored"
+    # The restored trial continued from the checkpoint, one chunk on, instead of from zero.
+    assert restarts[1]["timesteps"] >= results[0]["timesteps"] + TINY["chunk_timesteps"]
+    assert restarts[1]["timesteps"] <= steps_at_kill + TINY["chunk_timesteps"]
+    assert results[-1]["timesteps"] == TINY["timesteps"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    (trial,) = summary["trials"]
+    assert trial["steps"] == TINY["timesteps"] and trial["error"] is None
+    assert trial["budget_exhaustions_per_episode"] is not None
+    best = Path(resolve_best(out))
+    assert best == Path(trial["checkpoint"]).resolve()
+    assert {"model.zip", "vecnormalize.pkl", "run.json"} <= {p.name for p in best.iterdir()}
+    assert json.loads((best / "run.json").read_text())["timesteps"] == TINY["timesteps"]
+    assert list((trial_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,76 @@
+"""``budgetpilot perf train``: PPO throughput of one Ray trial alone and of two at once.
+
+Both measurements run the quick preset as real Tune trials (one CPU and one thread each); a
+trial's throughput is its learning timesteps over its learning time, leaving out its first chunk
+(process start, numba cache loading, torch warm-up).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.config import load_preset
+from training.run import TrainRequest, run_training
+
+PRESET = "quick"
+
+
+@dataclass(frozen=True)
+class TrialSpeed:
+    """Learning throughput of one trial, first chunk excluded."""
+
+    steps_per_s: float
+    steps_per_cpu_s: float
+
+    @classmethod
+    def from_results(cls, trial_dir: Path) -> TrialSpeed:
+        """Read a trial's Tune results (``result.json``)."""
+        text = (trial_dir / "result.json").read_text()
+        rows = [json.loads(line) for line in text.splitlines()][1:]
+        steps = sum(r["chunk_timesteps"] for r in rows)
+        wall = sum(r["chunk_seconds"] for r in rows)
+        cpu = sum(r["chunk_cpu_seconds"] for r in rows)
+        return cls(steps / wall, steps / cpu)
+
+
+def _trial_speeds(trials: int, timesteps: int, root: Path) -> list[TrialSpeed]:
+    preset = load_preset(PRESET)
+    chunk = preset.ppo.rollout_steps
+    preset = preset.with_overrides(timesteps=timesteps, chunk_timesteps=chunk)
+    out = root / f"trials{trials}"
+    run_training(TrainRequest(preset, list(range(trials)), out), num_cpus=trials, verbose=0)
+    return [TrialSpeed.from_results(d) for d in sorted(out.glob("seed*")) if d.is_dir()]
+
+
+def run(timesteps: int = 16384) -> dict[str, float]:
+    """Measure ``ppo_steps_per_s`` (one trial), ``ppo_steps_per_s_parallel`` (two trials at
+    once, summed) and ``parallel_efficiency`` (their ratio to twice one trial).
+
+    Wall-clock efficiency also drops when other processes share the cores; ``cpu_efficiency``
+    (steps per CPU-second of the two trials over one trial's) does not, and stays near 1 when
+    each trial keeps to one thread and the trials do not slow each other down.
+
+    Parameters
+    ----------
+    timesteps:
+        Timesteps per trial; at least two rollouts of the quick preset (one is warm-up).
+    """
+    rollout = load_preset(PRESET).ppo.rollout_steps
+    if timesteps < 2 * rollout or timesteps % rollout:
+        raise ValueError(f"--timesteps must be a multiple of {rollout}, at least {2 * rollout}")
+    with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-") as root:
+        (single,) = _trial_speeds(1, timesteps, Path(root))
+        pair = _trial_speeds(2, timesteps, Path(root))
+    parallel = sum(t.steps_per_s for t in pair)
+    return {
+        "preset": PRESET,
+        "timesteps": timesteps,
+        "ppo_steps_per_s": single.steps_per_s,
+        "ppo_steps_per_s_parallel": parallel,
+        "parallel_efficiency": parallel / (2 * single.steps_per_s),
+        "ppo_steps_per_cpu_s": single.steps_per_cpu_s,
+        "cpu_efficiency": sum(t.steps_per_cpu_s for t in pair) / (2 * single.steps_per_cpu_s),
+    }
