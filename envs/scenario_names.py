@@ -13,3 +13,5 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "trace-code",
     "mixed",
 )
+#: Scenarios never used by a training preset (they measure generalisation).
+HELD_OUT_SCENARIO_NAMES: tuple[str, ...] = ("trace-conv", "trace-code", "mixed")

@@ -10,8 +10,8 @@ from agents.base import ControlContext
 from agents.baselines import BASELINES
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import reference_data_dir
-from envs.scenario_names import SCENARIO_NAMES
-from envs.scenarios import SCENARIOS, TRAINING_SCENARIOS
+from envs.scenario_names import HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
+from envs.scenarios import HELD_OUT_SCENARIOS, SCENARIOS, TRAINING_SCENARIOS
 
 SHORT = {"episode_hours": 0.1, "warmup_s": 120.0}
 HAS_DATA = (reference_data_dir() / "traces").is_dir()
@@ -32,7 +32,8 @@ def _scenario_params(names=SCENARIO_NAMES):
 
 def test_scenario_names_match_the_suite() -> None:
     assert tuple(SCENARIOS) == SCENARIO_NAMES
-    assert set(TRAINING_SCENARIOS).isdisjoint({"trace-conv", "trace-code", "mixed"})
+    assert HELD_OUT_SCENARIOS == HELD_OUT_SCENARIO_NAMES
+    assert set(TRAINING_SCENARIOS).isdisjoint(HELD_OUT_SCENARIO_NAMES)
 
 
 @pytest.mark.parametrize("scenario", _scenario_params())

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from envs.scenarios import HELD_OUT_SCENARIOS, TRAINING_SCENARIOS
+from envs.scenarios import TRAINING_SCENARIOS
 from eval.cli import app
-from training.config import HELD_OUT, PresetError, load_preset
+from training.config import PresetError, load_preset
 from training.run import point_best, resolve_best
 
 TINY = {
@@ -35,10 +35,6 @@ def write_preset(directory: Path, **changes) -> Path:
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY | changes))
     return path
-
-
-def test_held_out_list_matches_the_scenario_suite() -> None:
-    assert set(HELD_OUT) == set(HELD_OUT_SCENARIOS)
 
 
 @pytest.mark.parametrize("name", ["quick", "standard"])

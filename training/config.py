@@ -13,13 +13,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.scenario_names import SCENARIO_NAMES
+from envs.scenario_names import HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-#: Scenarios never used for training (kept in step with ``envs.scenarios.HELD_OUT_SCENARIOS``,
-#: which tests/test_training.py checks; importing the scenarios here would load the simulator).
-HELD_OUT = ("trace-conv", "trace-code", "mixed")
 
 
 class PresetError(ValueError):
@@ -189,7 +185,7 @@ class Preset(_Strict):
         for name in scenarios:
             if name not in SCENARIO_NAMES:
                 raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIO_NAMES)}")
-            if name in HELD_OUT:
+            if name in HELD_OUT_SCENARIO_NAMES:
                 raise ValueError(
                     f"scenario {name!r} is held out for evaluation and never used for training"
                 )
