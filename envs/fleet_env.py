@@ -214,8 +214,6 @@ class LLMFleetEnv(gym.Env):
         sim_seed = int(self.np_random.integers(2**63 - 1))
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
         self.engine = BudgetEngine(self.slo_spec)
-        spent = self.np_random.uniform(*self.initial_budget_spent, len(self.slo_names))
-        self.engine.set_budget_spent(spent, assumed_total_events=self._period_events())
         self.knob_values = dict(NEUTRAL_KNOB_VALUES)
         self._apply_knobs()
         self._contract_pool = np.array(
@@ -229,8 +227,10 @@ class LLMFleetEnv(gym.Env):
         self._rolled_out = False
         self.steps = 0
         self.sim.fleet_stats()  # start the time-weighted means here
-        if self.warmup_s > 0:
-            self._advance(self.warmup_s)
+        self._advance(self.warmup_s)
+        spent = self.np_random.uniform(*self.initial_budget_spent, len(self.slo_names))
+        self.engine.set_budget_spent(spent, assumed_total_events=self._period_events())
+        self.budget = self.engine.snapshot()
         self._exhausted = self.budget.budget_remaining <= 0.0
         self._last_info = self._info(np.zeros(len(self.slo_names)), {}, 0.0)
         return self._observation(), dict(self._last_info)
@@ -259,9 +259,15 @@ class LLMFleetEnv(gym.Env):
     # ------------------------------------------------------------------------------------------
     # Simulation
 
-    def _period_events(self) -> float:
-        """The traffic a period holds at this scenario's mean rate (weights the spent prior)."""
-        return float(self.setup.workload.mean_rate * self.slo_spec.budgetpilot.period)
+    def _period_events(self) -> np.ndarray:
+        """Per SLO, the events a period holds at this scenario's mean rate (the weight of the
+        spent prior): requests times the SLO's events per request seen in the warm-up, which
+        is about 1 for most SLOs but the output length for per-token ITL (1 without a warm-up).
+        """
+        _, counted = self.engine.cumulative_counts()
+        arrivals = self.sim.arrivals
+        per_request = np.where(counted > 0, counted / max(arrivals, 1), 1.0)
+        return per_request * self.setup.workload.mean_rate * self.slo_spec.budgetpilot.period
 
     def _apply_knobs(self) -> None:
         self.sim.set_knobs(sim_knobs(self.knob_values))
