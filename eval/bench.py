@@ -1,0 +1,589 @@
+"""The benchmark's run matrix: every controller on every scenario over evaluation seeds.
+
+A *run* is one episode of one controller (a heuristic baseline with its tuned parameters, or an
+exported policy) on one scenario with one evaluation seed. Runs are independent, so
+:func:`execute` spreads them over Ray workers (one CPU and one thread each) or runs them in this
+process; either way a run's result depends only on its :class:`RunSpec`, and results come back
+in plan order, so the benchmark is deterministic.
+
+Per-run metrics are computed from the environment's info stream by :class:`EpisodeRecorder`.
+:class:`BenchEnv` adds to that stream what :class:`envs.fleet_env.LLMFleetEnv` does not expose
+yet: per-step good/total counts per SLO, window burn rates, goodput and GPU-hours.
+
+Evaluation seeds are ``0 .. n-1``, kept below :data:`agents.tuning.TUNING_SEED_OFFSET` so that no
+baseline is scored on an episode it was tuned on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.base import LATENCY_KINDS, ControlContext, Controller
+from agents.baselines import BASELINES
+from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params, make_controller
+from envs.fleet_env import LLMFleetEnv
+from envs.paths import REPO_ROOT
+from envs.scenarios import SCENARIOS, get_scenario
+from slo.sli import EventBatch, SLIClassifier
+from slo.spec import ServiceSpec
+
+#: Tuned baseline parameters: ``<baseline>/<scenario>.json`` as ``budgetpilot tune --out`` writes.
+TUNED_DIR = REPO_ROOT / "agents" / "tuned"
+#: Reference policies: ``NAME.onnx`` with its manifest ``NAME.json``.
+ZOO_DIR = REPO_ROOT / "policies" / "zoo"
+#: Every run uses one thread: runs are the unit of parallelism.
+PINNED_THREADS = {
+    name: "1"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+}
+#: The burn-rate window recorded for the timeline plots (the long window of the fast page).
+TIMELINE_WINDOW = "1h"
+
+#: ``(runs done, runs in total)``, called after every run.
+ProgressCallback = Callable[[int, int], None]
+
+
+def tuned_params_path(baseline: str, scenario: str, tuned_dir: Path = TUNED_DIR) -> Path:
+    """Where the tuned parameters of ``baseline`` on ``scenario`` are kept."""
+    return Path(tuned_dir) / baseline / f"{scenario}.json"
+
+
+@cache
+def scenario_unavailable_reason(name: str) -> str | None:
+    """Why scenario ``name`` cannot run here (its reference data is missing), or ``None``."""
+    scenario = get_scenario(name)
+    if not scenario.needs_data:
+        return None
+    try:
+        scenario.build(np.random.default_rng(0), 0.0)
+    except FileNotFoundError as exc:
+        return str(exc)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring an episode
+
+
+class LatencyJudge:
+    """Counts served requests that meet every per-request latency SLO of a spec (goodput).
+
+    Parameters
+    ----------
+    spec:
+        The SLO spec. Its SLOs of a kind in :data:`agents.base.LATENCY_KINDS` that judge whole
+        requests (TTFT, E2E, normalised latency, streaming pace, ITL per request) decide; an SLI
+        counting tokens (ITL per token) promises a share of tokens, not a verdict per request,
+        and is left out, as DistServe's goodput judges requests by TTFT and time per token.
+    """
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        classifiers = (
+            SLIClassifier(slo, spec)
+            for slo in spec.engine_slos
+            if slo.sli.llm.kind in LATENCY_KINDS
+        )
+        self._classifiers = [c for c in classifiers if not c.weighted]
+
+    def good_requests(self, events: np.ndarray) -> tuple[int, int]:
+        """``(served within every per-request latency SLO, served)`` among ``events``."""
+        batch = EventBatch(events)
+        good = batch.served.copy()
+        for classifier in self._classifiers:
+            ok, counted = classifier.classify(batch)
+            good &= ok | ~counted
+        return int(good.sum()), int(batch.served.sum())
+
+
+class BenchEnv(LLMFleetEnv):
+    """:class:`LLMFleetEnv` whose info dict also carries what the benchmark measures.
+
+    Extra info keys (per step; at reset they cover the warm-up): ``slo_good`` and ``slo_total``
+    (SLO name -> events counted during the step), ``window_burn_rates`` (window -> SLO name ->
+    burn rate), ``goodput_requests`` and ``served_requests`` (requests that ended during the step
+    served within every per-request latency SLO, see :class:`LatencyJudge`, and served at all)
+    and ``gpu_hours`` (the step's serving cost in GPU-hours). Arguments are those of
+    :class:`LLMFleetEnv`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._judge = LatencyJudge(self.slo_spec)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self._requests = np.zeros(2, dtype=np.int64)
+        self._counts_seen = np.zeros((2, len(self.slo_names)))
+        return super().reset(seed=seed, options=options)
+
+    def _ingest(self, events: np.ndarray) -> None:
+        super()._ingest(events)
+        self._requests += self._judge.good_requests(events)
+
+    def _gpu_hours(self, cost: float) -> float:
+        # The serving cost is busy GPU time relative to the strong pool (pool 0) fully busy,
+        # priced per GPU: times that pool's GPUs it is in GPU-hours at the strong GPU's price.
+        strong = self.setup.config.pools[0]
+        return cost * strong.replicas * strong.tp * self.control_interval_s / 3600.0
+
+    def _info(self, step_burn: np.ndarray, components: dict[str, float], cost: float) -> dict:
+        info = super()._info(step_burn, components, cost)
+        counts = np.array(self.engine.cumulative_counts())
+        good, total = counts - self._counts_seen
+        self._counts_seen = counts
+        names = self.slo_names
+        burn = self.budget.burn_rates
+        goodput, served = (int(x) for x in self._requests)
+        self._requests[:] = 0
+        return info | {
+            "slo_good": dict(zip(names, good.tolist(), strict=True)),
+            "slo_total": dict(zip(names, total.tolist(), strict=True)),
+            "window_burn_rates": {
+                w: dict(zip(names, burn[:, i].tolist(), strict=True))
+                for i, w in enumerate(self.engine.windows)
+            },
+            "goodput_requests": goodput,
+            "served_requests": served,
+            "gpu_hours": self._gpu_hours(cost),
+        }
+
+
+class EpisodeRecorder:
+    """Collects an episode's info stream and turns it into the run's metrics and trace.
+
+    Parameters
+    ----------
+    env:
+        The environment, after ``reset`` (for SLO names, objectives and periods).
+    info:
+        The info dict ``reset`` returned (the budgets at the start).
+    """
+
+    def __init__(self, env: BenchEnv, info: dict[str, Any]) -> None:
+        self.slo_names = env.slo_names
+        self.knob_names = env.action_contract.names
+        self.objectives = env.engine.objectives.copy()
+        self.periods = env.engine.periods.copy()
+        self.interval_s = env.control_interval_s
+        self._rows: list[dict[str, Any]] = []
+        self._start = self._slo_vector(info["budget_remaining"])
+        self._start_page = self._paging(info)
+
+    def _slo_vector(self, values: dict[str, float]) -> np.ndarray:
+        return np.array([values[name] for name in self.slo_names], dtype=np.float64)
+
+    def _paging(self, info: dict[str, Any]) -> np.ndarray:
+        return np.array([info["alerts"][name] == "page" for name in self.slo_names])
+
+    def record(self, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
+        """Add one step: the action taken, the reward and the info returned."""
+        self._rows.append(
+            {
+                "action": np.asarray(action, dtype=np.float64),
+                "reward": float(reward),
+                "time_s": float(info["time_s"]),
+                "good": self._slo_vector(info["slo_good"]),
+                "total": self._slo_vector(info["slo_total"]),
+                "step_burn": self._slo_vector(info["step_burn_rates"]),
+                "window_burn": self._slo_vector(info["window_burn_rates"][TIMELINE_WINDOW]),
+                "remaining": self._slo_vector(info["budget_remaining"]),
+                "page": self._paging(info),
+                "knobs": np.array([info["knobs"][k] for k in self.knob_names]),
+                "goodput": info["goodput_requests"],
+                "served": info["served_requests"],
+                "gpu_hours": float(info["gpu_hours"]),
+            }
+        )
+
+    def _by_slo(self, values: np.ndarray) -> dict[str, float]:
+        return dict(zip(self.slo_names, values.tolist(), strict=True))
+
+    def _column(self, key: str) -> np.ndarray:
+        return np.array([row[key] for row in self._rows])
+
+    def _episode_burn(self, good: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """Burn rate over the whole episode per SLO (0 for an SLO that counted nothing)."""
+        bad = total - good
+        ratio = np.divide(bad, total, out=np.zeros_like(bad), where=total > 0)
+        return ratio / (1.0 - self.objectives)
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's metrics (definitions in ``eval/report.py``'s method section)."""
+        if not self._rows:
+            raise ValueError("no step recorded: the episode is empty")
+        good, total = self._column("good").sum(axis=0), self._column("total").sum(axis=0)
+        duration_s = len(self._rows) * self.interval_s
+        spent = self._episode_burn(good, total) * duration_s / self.periods
+        remaining = np.vstack([self._start, self._column("remaining")])
+        page = np.vstack([self._start_page, self._column("page")])
+        actions = self._column("action")
+        attainment = np.divide(good, total, out=np.full_like(good, np.nan), where=total > 0)
+        return {
+            "budget_spent": self._by_slo(spent),
+            "budget_spent_total": float(spent.sum()),
+            "budget_remaining_drop": self._by_slo(remaining[0] - remaining[-1]),
+            "budget_remaining_end": self._by_slo(remaining[-1]),
+            "exhaustions": int(np.sum((remaining[1:] <= 0.0) & (remaining[:-1] > 0.0))),
+            "page_alerts": int(np.sum(page[1:] & ~page[:-1])),
+            "page_alert_steps": int(page[1:].sum()),
+            "attainment": {
+                k: (None if np.isnan(v) else v) for k, v in self._by_slo(attainment).items()
+            },
+            "goodput_rps": float(self._column("goodput").sum() / duration_s),
+            "served_rps": float(self._column("served").sum() / duration_s),
+            "cost_gpu_hours": float(self._column("gpu_hours").sum()),
+            "action_smoothness": float(np.abs(np.diff(actions, axis=0)).mean())
+            if len(actions) > 1
+            else 0.0,
+            "episode_return": float(self._column("reward").sum()),
+            "steps": len(self._rows),
+        }
+
+    def trace(self) -> dict[str, Any]:
+        """Per-step series for the timeline plots (plain lists, JSON-ready)."""
+        good, total = np.cumsum(self._column("good"), 0), np.cumsum(self._column("total"), 0)
+        elapsed_s = self.interval_s * np.arange(1, len(self._rows) + 1)[:, np.newaxis]
+        spent = self._episode_burn(good, total) * elapsed_s / self.periods
+        start_s = self._rows[0]["time_s"] - self.interval_s
+        return {
+            "slo_names": list(self.slo_names),
+            "knob_names": list(self.knob_names),
+            "hours": ((self._column("time_s") - start_s) / 3600.0).tolist(),
+            "step_burn_rate": self._column("step_burn").tolist(),
+            "window_burn_rate": self._column("window_burn").tolist(),
+            "budget_remaining": self._column("remaining").tolist(),
+            "budget_spent_total": spent.sum(axis=1).tolist(),
+            "page": self._column("page").tolist(),
+            "knobs": self._column("knobs").tolist(),
+            "gpu_hours": np.cumsum(self._column("gpu_hours")).tolist(),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Controllers and runs
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """A controller to benchmark: a baseline by name or an exported policy by path.
+
+    Parameters
+    ----------
+    name:
+        Name in tables and plots (the baseline's name, or the policy file's stem).
+    policy_path:
+        The ``.onnx`` file of an exported policy; ``None`` for a baseline.
+    trained_on:
+        The scenarios a policy was trained on (from its manifest), for the report.
+    """
+
+    name: str
+    policy_path: str | None = None
+    trained_on: tuple[str, ...] = ()
+
+    @property
+    def is_policy(self) -> bool:
+        return self.policy_path is not None
+
+    def build(self, context: ControlContext, params: dict | None) -> Controller:
+        """A fresh controller for the environment of ``context`` (``params``: tuned baseline
+        parameters, ``None`` for the defaults)."""
+        if self.policy_path is None:
+            return make_controller(self.name, context, params)
+        from eval.policy_controller import OnnxController
+
+        return OnnxController(context, self.policy_path)
+
+
+def resolve_controllers(
+    names: Sequence[str] | None = None, zoo_dir: Path = ZOO_DIR
+) -> tuple[ControllerSpec, ...]:
+    """Controllers by name: a baseline, a policy of the zoo (file stem) or a path to an ``.onnx``
+    file. ``None``: every policy of the zoo, then every baseline. A policy's manifest is read
+    now, so a missing or corrupt policy fails before any run."""
+    from policies.runtime import read_manifest
+
+    zoo = {p.stem: p for p in sorted(Path(zoo_dir).glob("*.onnx"))}
+    if names is None:
+        names = [*zoo, *BASELINES]
+    specs = []
+    for name in names:
+        if name in BASELINES:
+            specs.append(ControllerSpec(name))
+            continue
+        path = zoo.get(name) or (Path(name) if name.endswith(".onnx") else None)
+        if path is None:
+            known = ", ".join([*BASELINES, *zoo]) or "none"
+            raise ValueError(
+                f"unknown controller {name!r}: give a baseline, a policy of {zoo_dir} or a path "
+                f"to an .onnx file; known: {known}"
+            )
+        manifest = read_manifest(path)  # PolicyFileError names what is wrong
+        specs.append(ControllerSpec(path.stem, str(path), manifest.provenance.scenarios))
+    duplicates = {s.name for s in specs if [t.name for t in specs].count(s.name) > 1}
+    if duplicates:
+        raise ValueError(f"controller names must be unique, repeated: {sorted(duplicates)}")
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One episode to run: everything its result depends on."""
+
+    controller: ControllerSpec
+    scenario: str
+    seed: int
+    params: dict | None = None
+    episode_hours: float = 2.0
+    warmup_s: float = 600.0
+    record_trace: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run measured (``trace`` only when the run recorded one)."""
+
+    controller: str
+    scenario: str
+    seed: int
+    metrics: dict[str, Any]
+    trace: dict[str, Any] | None = None
+
+
+def run_episode(run: RunSpec) -> RunResult:
+    """Run one episode and measure it (the unit of work of :func:`execute`)."""
+    env = BenchEnv(run.scenario, episode_hours=run.episode_hours, warmup_s=run.warmup_s)
+    controller = run.controller.build(control_context(env), run.params)
+    controller.reset()
+    obs, info = env.reset(seed=run.seed)
+    recorder = EpisodeRecorder(env, info)
+    truncated = False
+    while not truncated:
+        # The environment clips actions when decoding them; smoothness is measured on what acts.
+        action = np.clip(controller.act(obs), -1.0, 1.0)
+        obs, reward, _, truncated, info = env.step(action)
+        recorder.record(action, reward, info)
+    return RunResult(
+        controller=run.controller.name,
+        scenario=run.scenario,
+        seed=run.seed,
+        metrics=recorder.metrics(),
+        trace=recorder.trace() if run.record_trace else None,
+    )
+
+
+def execute(
+    runs: Sequence[RunSpec],
+    use_ray: bool = True,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[RunResult]:
+    """Run every run and return the results in the order of ``runs``.
+
+    Parameters
+    ----------
+    runs:
+        The runs.
+    use_ray:
+        Spread the runs over Ray tasks of one CPU each (else: one after the other here).
+    address:
+        A Ray cluster to connect to; ``None`` starts a local Ray (unless one is running).
+    num_cpus:
+        CPUs of the local Ray (default: all).
+    progress:
+        Called with (runs done, runs in total) after every run.
+    """
+    tick = progress or (lambda done, total: None)
+    if not use_ray:
+        results = []
+        for run in runs:
+            results.append(run_episode(run))
+            tick(len(results), len(runs))
+        return results
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,  # the progress bar is the output
+            runtime_env={"env_vars": PINNED_THREADS},
+        )
+    try:
+        remote = ray.remote(num_cpus=1)(run_episode)
+        pending = {remote.remote(run): i for i, run in enumerate(runs)}
+        results: list[RunResult | None] = [None] * len(runs)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                results[pending.pop(ref)] = ray.get(ref)
+            tick(len(runs) - len(pending), len(runs))
+        return results  # type: ignore[return-value]
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark.
+
+    Parameters
+    ----------
+    controllers:
+        The controllers (:func:`resolve_controllers`).
+    scenarios:
+        Scenario names (``None``: every scenario whose data is present).
+    seeds:
+        Evaluation seeds, all below :data:`agents.tuning.TUNING_SEED_OFFSET`.
+    episode_hours, warmup_s:
+        Episode length and warm-up of every run.
+    tuned_dir:
+        Where tuned baseline parameters are read from (:func:`tuned_params_path`).
+    bootstrap_reps, bootstrap_seed:
+        Replicates and seed of every bootstrap of the report.
+    """
+
+    controllers: tuple[ControllerSpec, ...]
+    scenarios: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] = tuple(range(10))
+    episode_hours: float = 2.0
+    warmup_s: float = 600.0
+    tuned_dir: Path = TUNED_DIR
+    bootstrap_reps: int = 10_000
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.controllers:
+            raise ValueError("the benchmark needs at least one controller")
+        if not self.seeds or min(self.seeds) < 0 or max(self.seeds) >= TUNING_SEED_OFFSET:
+            raise ValueError(
+                f"evaluation seeds must be in [0, {TUNING_SEED_OFFSET}) (tuning uses "
+                f"{TUNING_SEED_OFFSET} and up), got {list(self.seeds)}"
+            )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"evaluation seeds must be distinct, got {list(self.seeds)}")
+        if self.episode_hours <= 0 or self.warmup_s < 0:
+            raise ValueError("episode_hours must be > 0 and warmup_s >= 0")
+
+
+@dataclass
+class BenchResult:
+    """Everything a benchmark produced, for :mod:`eval.report`.
+
+    Parameters
+    ----------
+    config:
+        What was run (``scenarios`` resolved).
+    runs:
+        Every run's result, in plan order.
+    tuned_params:
+        Baseline -> scenario -> the parameters used (``None``: the defaults).
+    warnings:
+        What the report must show (missing tuned parameters, skipped scenarios).
+    wall_time_s:
+        Wall-clock time of the runs.
+    """
+
+    config: BenchConfig
+    runs: list[RunResult]
+    tuned_params: dict[str, dict[str, dict | None]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def select_scenarios(names: Sequence[str] | None) -> tuple[tuple[str, ...], list[str]]:
+    """The scenarios to run and warnings about the ones skipped: ``None`` takes every scenario
+    whose data is present; a named scenario without its data is an error."""
+    warnings = []
+    if names is None:
+        chosen = []
+        for name in SCENARIOS:
+            reason = scenario_unavailable_reason(name)
+            if reason is None:
+                chosen.append(name)
+            else:
+                warnings.append(f"scenario {name} skipped: {reason}")
+        return tuple(chosen), warnings
+    for name in names:
+        reason = scenario_unavailable_reason(name)
+        if reason is not None:
+            raise ValueError(f"scenario {name} cannot run: {reason}")
+    return tuple(names), warnings
+
+
+def tuned_params(baseline: str, scenario: str, tuned_dir: Path) -> tuple[dict | None, str | None]:
+    """The tuned parameters of a baseline on a scenario, or ``(None, warning)`` when missing."""
+    path = tuned_params_path(baseline, scenario, tuned_dir)
+    if not path.is_file():
+        return None, f"{baseline} on {scenario}: no tuned parameters ({path}), default parameters"
+    name, tuned_on, params = load_tuned_params(path)
+    if (name, tuned_on) != (baseline, scenario):
+        raise ValueError(f"{path} holds {name} tuned on {tuned_on}, not {baseline} on {scenario}")
+    return params, None
+
+
+def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
+    """Every run of the benchmark (controller x scenario x seed; the first seed of each
+    scenario records traces), the baselines' parameters and warnings."""
+    scenarios, warnings = select_scenarios(config.scenarios)
+    runs, params_used = [], {}
+    for controller in config.controllers:
+        tunable = not controller.is_policy and controller.name != "vllm-defaults"
+        for scenario in scenarios:
+            params = None
+            if tunable:
+                params, warning = tuned_params(controller.name, scenario, config.tuned_dir)
+                params_used.setdefault(controller.name, {})[scenario] = params
+                warnings += [warning] if warning else []
+            runs += [
+                RunSpec(
+                    controller,
+                    scenario,
+                    seed,
+                    params,
+                    config.episode_hours,
+                    config.warmup_s,
+                    record_trace=seed == config.seeds[0],
+                )
+                for seed in config.seeds
+            ]
+    return runs, params_used, warnings
+
+
+def run_bench(
+    config: BenchConfig,
+    use_ray: bool = True,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> BenchResult:
+    """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`)."""
+    runs, params_used, warnings = plan_runs(config)
+    scenarios = tuple(dict.fromkeys(run.scenario for run in runs))
+    started = time.perf_counter()
+    results = execute(runs, use_ray, address, num_cpus, progress)
+    return BenchResult(
+        config=replace(config, scenarios=scenarios),
+        runs=results,
+        tuned_params=params_used,
+        warnings=warnings,
+        wall_time_s=time.perf_counter() - started,
+    )

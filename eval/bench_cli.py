@@ -1,0 +1,127 @@
+"""``budgetpilot bench``: every controller on every scenario over evaluation seeds, reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+#: ``--quick``: fewer seeds and shorter episodes (within 5 minutes on 2 cores).
+QUICK_SEEDS = 3
+QUICK_EPISODE_HOURS = 0.5
+QUICK_BOOTSTRAP_REPS = 2_000
+DEFAULT_SEEDS = 10
+DEFAULT_EPISODE_HOURS = 2.0
+
+
+def register(app: typer.Typer, perf: typer.Typer) -> None:
+    """Add ``bench`` to the root app (it has no ``perf`` benchmark)."""
+    app.command("bench")(bench)
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated options and comma-separated lists alike."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def bench(
+    policies: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Controllers: baselines, policies of policies/zoo (file stem) or .onnx paths; "
+            "repeat or comma-separate. Default: every zoo policy and every baseline."
+        ),
+    ] = None,
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Option(help="Scenarios (default: every scenario whose data is present)."),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Evaluation seeds 0..N-1 (default {DEFAULT_SEEDS}, --quick {QUICK_SEEDS})."
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help=f"{QUICK_SEEDS} seeds, {QUICK_EPISODE_HOURS} h episodes, "
+            f"{QUICK_BOOTSTRAP_REPS} bootstrap replicates.",
+        ),
+    ] = False,
+    episode_hours: Annotated[
+        float | None,
+        typer.Option(help=f"Simulated hours per episode (default {DEFAULT_EPISODE_HOURS})."),
+    ] = None,
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Report directory (default bench-out/full, --quick bench-out/quick)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: a local Ray).")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray (default: all).")
+    ] = None,
+    no_ray: Annotated[
+        bool, typer.Option("--no-ray", help="Run serially in this process (same results).")
+    ] = False,
+    tuned_dir: Annotated[
+        Path | None, typer.Option(help="Tuned baseline parameters (default agents/tuned).")
+    ] = None,
+    bootstrap_reps: Annotated[
+        int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
+    ] = None,
+    bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.")] = 0,
+) -> None:
+    """Benchmark learned policies against tuned baselines; write report.md, results.json, plots.
+
+    Runs every controller on every scenario for seeds 0..N-1 (tuning uses 1000 and up) in
+    parallel on Ray, then reports IQMs with stratified-bootstrap intervals, probabilities of
+    improvement, performance profiles and the headline test on the held-out scenarios.
+    """
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from eval.bench import TUNED_DIR, BenchConfig, resolve_controllers, run_bench
+    from eval.report import write_report
+
+    console = Console(stderr=True)
+    try:
+        config = BenchConfig(
+            controllers=resolve_controllers(_names(policies)),
+            scenarios=_names(scenarios),
+            seeds=tuple(range(seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS))),
+            episode_hours=episode_hours
+            or (QUICK_EPISODE_HOURS if quick else DEFAULT_EPISODE_HOURS),
+            warmup_s=warmup_s,
+            tuned_dir=tuned_dir or TUNED_DIR,
+            bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
+            bootstrap_seed=bootstrap_seed,
+        )
+        columns = (
+            *Progress.get_default_columns()[:-1],
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("benchmark runs", total=None)
+            result = run_bench(
+                config,
+                use_ray=not no_ray,
+                address=address,
+                num_cpus=num_cpus,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except ValueError as exc:  # also PolicyFileError: a missing or corrupt policy
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    report = write_report(result, out or Path("bench-out") / ("quick" if quick else "full"))
+    typer.echo(f"{len(result.runs)} runs in {result.wall_time_s:.0f} s; report: {report}")

@@ -1,0 +1,147 @@
+"""The rliable-style statistics of the benchmark against hand-computed values and known
+properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval.stats import (
+    bootstrap_ci,
+    iqm,
+    keyed_rng,
+    mean_statistic,
+    paired_difference_ci,
+    performance_profile,
+    performance_profile_ci,
+    probability_of_improvement,
+    probability_of_improvement_ci,
+)
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ([1, 2, 3, 4, 5, 6, 7, 8], 4.5),  # 2 cut from each end: mean of 3, 4, 5, 6
+        ([0, 1, 2, 3, 100], 2.0),  # 1 cut from each end: the outlier is gone
+        ([1, 2, 3, 10], 2.5),
+        ([5.0, 7.0], 6.0),  # too few runs to trim: the mean
+        ([[1, 100], [2, 200], [3, 300], [4, 400]], 76.75),  # pooled: mean of 3, 4, 100, 200
+    ],
+)
+def test_iqm_matches_hand_computed_values(scores, expected) -> None:
+    assert iqm(scores) == pytest.approx(expected)
+
+
+def test_iqm_of_a_constant_is_the_constant_with_a_degenerate_interval() -> None:
+    scores = np.full((7, 3), 2.5)
+    assert iqm(scores) == 2.5
+    interval = bootstrap_ci(scores, keyed_rng(0, "constant"), reps=200)
+    assert (interval.point, interval.low, interval.high) == (2.5, 2.5, 2.5)
+
+
+def test_intervals_cover_the_true_centre_about_95_percent_of_the_time() -> None:
+    """Coverage over 200 independent samples of 20 runs x 2 tasks (normal around 5, whose IQM
+    and mean are both 5); the percentile bootstrap's coverage at this size is close to 95 %."""
+    rng = np.random.default_rng(1)
+    covered, widths = 0, []
+    for trial in range(200):
+        scores = rng.normal(5.0, 1.0, size=(20, 2))
+        interval = bootstrap_ci(scores, keyed_rng(0, str(trial)), reps=1000)
+        covered += interval.low < 5.0 < interval.high
+        widths.append(interval.high - interval.low)
+        assert interval.low <= interval.point <= interval.high
+    assert 0.88 <= covered / 200 <= 0.99
+    assert np.mean(widths) < 1.0
+
+
+def test_bootstrap_is_deterministic_for_a_seed_and_varies_with_it() -> None:
+    scores = np.random.default_rng(2).exponential(size=(10, 4))
+    first = bootstrap_ci(scores, keyed_rng(7, "a", "b"), reps=500)
+    again = bootstrap_ci(scores, keyed_rng(7, "a", "b"), reps=500)
+    other = bootstrap_ci(scores, keyed_rng(8, "a", "b"), reps=500)
+    assert first == again
+    assert (first.low, first.high) != (other.low, other.high)
+    assert first.point == other.point
+
+
+def test_stratified_bootstrap_keeps_every_task_weight() -> None:
+    """With one run per task the resamples cannot mix tasks: the interval is the point."""
+    scores = np.array([[1.0, 10.0, 100.0]])
+    interval = bootstrap_ci(scores, keyed_rng(0, "strata"), statistic=mean_statistic, reps=300)
+    assert interval.low == interval.high == pytest.approx(37.0)
+
+
+def test_paired_difference_cancels_what_the_seeds_share() -> None:
+    x = np.random.default_rng(3).normal(10.0, 5.0, size=(10, 2))
+    interval = paired_difference_ci(x, x + 1.0, keyed_rng(0, "paired"), reps=500)
+    assert interval.point == pytest.approx(-1.0)
+    assert interval.low == pytest.approx(-1.0) and interval.high == pytest.approx(-1.0)
+    assert interval.below_zero and interval.excludes_zero
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "lower_is_better", "expected"),
+    [
+        ([3, 4], [1, 2, 3], False, 5.5 / 6),  # pairs won: 3>1, 3>2, 3=3 (half), 4 beats all
+        ([1, 2, 3], [2], False, 0.5),  # one win, one tie, one loss
+        ([1, 2], [3, 4], True, 1.0),  # strictly lower and lower is better
+        ([1, 2], [3, 4], False, 0.0),
+        ([[1, 5], [2, 6]], [[3, 5], [4, 6]], True, 0.75),  # task 1: 1.0, task 2: ties and a win
+    ],
+)
+def test_probability_of_improvement_matches_hand_computed_values(
+    x, y, lower_is_better, expected
+) -> None:
+    assert probability_of_improvement(x, y, lower_is_better) == pytest.approx(expected)
+
+
+def test_probability_of_improvement_is_complementary_and_half_against_itself() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+    assert probability_of_improvement(x, y) + probability_of_improvement(y, x) == pytest.approx(1)
+    assert probability_of_improvement(x, x) == pytest.approx(0.5)
+
+
+def test_strictly_better_runs_give_probability_one_with_a_degenerate_interval() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.uniform(1.0, 2.0, size=(5, 3))
+    x = rng.uniform(0.0, 0.9, size=(5, 3))
+    interval = probability_of_improvement_ci(x, y, keyed_rng(0, "poi"), lower_is_better=True)
+    assert (interval.point, interval.low, interval.high) == (1.0, 1.0, 1.0)
+
+
+def test_performance_profile_matches_hand_computed_values_and_is_monotone() -> None:
+    scores = np.array([[1.0, 10.0], [2.0, 20.0]])
+    assert performance_profile(scores, [1.5], lower_is_better=True) == pytest.approx([0.25])
+    assert performance_profile(scores, [1.5], lower_is_better=False) == pytest.approx([0.75])
+    rng = np.random.default_rng(6)
+    scores = rng.exponential(size=(8, 4))
+    taus = np.linspace(0.0, 5.0, 50)
+    rising = performance_profile(scores, taus, lower_is_better=True)
+    falling = performance_profile(scores, taus, lower_is_better=False)
+    assert np.all(np.diff(rising) >= 0) and np.all(np.diff(falling) <= 0)
+    assert rising[0] == 0.0 and rising[-1] == 1.0
+
+
+def test_profile_bands_contain_the_profile() -> None:
+    scores = np.random.default_rng(7).exponential(size=(8, 4))
+    taus = np.linspace(0.0, 3.0, 20)
+    profile, low, high = performance_profile_ci(scores, taus, keyed_rng(0, "band"), reps=300)
+    assert np.all(low <= profile + 1e-12) and np.all(profile <= high + 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: iqm([]), "n_runs, n_tasks"),
+        (lambda: iqm([1.0, float("nan")]), "finite"),
+        (lambda: bootstrap_ci([1.0], keyed_rng(0), reps=0), ">= 1"),
+        (lambda: paired_difference_ci([1, 2], [1, 2, 3], keyed_rng(0)), "same shape"),
+        (lambda: probability_of_improvement([[1, 2]], [[1, 2, 3]]), "same tasks"),
+        (lambda: bootstrap_ci([1.0, 2.0], keyed_rng(0), confidence=1.5), "confidence"),
+    ],
+)
+def test_bad_input_is_refused_clearly(call, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
