@@ -11,6 +11,15 @@ A minimal fleet file::
       - {name: interactive, share: 3, priority: 2, patience_s: 30}
       - {name: batch, share: 1, priority: 0, weight: 0.25}
 
+A pool that may scale gives its cap and, optionally, how its replicas come and go (see
+:class:`AutoscalingConfig`; :meth:`envs.sim.Simulator.set_desired_replicas` scales it)::
+
+    pools:
+      - name: strong
+        replicas: 4
+        max_replicas: 12
+        autoscaling: {drain_timeout_s: 300, spot_rate_per_hour: 0.05, spot_notice_s: 30}
+
 Unknown keys are errors; :meth:`SimConfig.from_yaml` names the file and the field of every
 problem.
 """
@@ -23,7 +32,15 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from envs.sim.catalog import Deployment, get_gpu, get_model
 from envs.sim.knobs import Knobs
@@ -49,8 +66,54 @@ class _Strict(BaseModel):
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
+class AutoscalingConfig(_Strict):
+    """How the replicas of a pool start, stop and get interrupted.
+
+    A replica that is scaled up is *provisioning* for ``provision_base_s`` (node and container
+    start, engine initialisation, CUDA graph capture) plus ``provision_s_per_gib`` for every GiB
+    of the model's weights it loads (at ~250 MiB/s from a model store), times a log-normal
+    jitter of log-standard-deviation ``provision_jitter`` (the nominal delay is the median).
+    The defaults give about 3 minutes for Llama-2-7B or Llama-3-8B, 11 for Llama-2-70B.
+
+    A replica that is scaled down is *draining*: it takes no new requests and stops when its
+    last one ends, or at ``drain_timeout_s``, when the requests still on it are aborted.
+
+    Spot-like interruptions reach every provisioned replica at ``spot_rate_per_hour`` (Poisson,
+    per replica-hour; 0 = none). An interrupted replica drains for ``spot_notice_s``, then is
+    taken away: the requests still on it fail. The pool starts a replacement at once when its
+    cap allows, else as soon as a replica slot frees up.
+    """
+
+    provision_base_s: float = Field(
+        120.0, ge=0.0, allow_inf_nan=False, description="provisioning delay besides weights"
+    )
+    provision_s_per_gib: float = Field(
+        4.0, ge=0.0, allow_inf_nan=False, description="provisioning seconds per GiB of weights"
+    )
+    provision_jitter: float = Field(
+        0.2, ge=0.0, le=2.0, description="log-standard-deviation of the provisioning delay"
+    )
+    drain_timeout_s: float = Field(
+        120.0, ge=0.0, description="requests still running this long after a drain are aborted"
+    )
+    spot_rate_per_hour: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False, description="interruptions per replica-hour"
+    )
+    spot_notice_s: float = Field(
+        120.0, ge=0.0, allow_inf_nan=False, description="warning before an interruption"
+    )
+
+    def nominal_provisioning_s(self, weight_bytes: float) -> float:
+        """Median provisioning delay of a replica that loads ``weight_bytes`` of weights."""
+        return self.provision_base_s + self.provision_s_per_gib * weight_bytes / GiB
+
+
 class PoolConfig(_Strict):
     """Identical replicas of one deployment (one model on ``tp`` GPUs), serving one tier.
+
+    ``replicas`` serve from the start; :meth:`envs.sim.Simulator.set_desired_replicas` scales
+    the pool between 0 and ``max_replicas`` (default: ``replicas``, a fixed pool), with the
+    delays and interruptions of ``autoscaling``.
 
     ``max_num_seqs``, ``max_num_batched_tokens``, ``chunked_prefill``, ``block_tokens``,
     ``gpu_memory_utilization``, ``swap_space_gib`` and ``preemption_mode`` are vLLM's engine
@@ -61,7 +124,11 @@ class PoolConfig(_Strict):
     model: str = "llama-2-7b"
     gpu: str = "a100-80gb"
     tp: int = Field(1, ge=1)
-    replicas: int = Field(REFERENCE_REPLICAS, ge=0)
+    replicas: int = Field(REFERENCE_REPLICAS, ge=0, description="replicas serving at the start")
+    max_replicas: int | None = Field(
+        None, ge=0, description="most replicas provisioned at once (the GPUs the pool may use)"
+    )
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
     tier: int = Field(0, ge=0, description="0 is the strongest model tier")
     capability: float = Field(
         1.0, ge=0.0, le=1.0, description="answer quality relative to the strongest tier"
@@ -94,6 +161,14 @@ class PoolConfig(_Strict):
         get_gpu(name)
         return name.lower()
 
+    @field_validator("max_replicas")
+    @classmethod
+    def _cap_above_start(cls, cap: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("replicas")  # absent when replicas itself is invalid
+        if cap is not None and replicas is not None and cap < replicas:
+            raise ValueError(f"must be at least replicas ({replicas}), got {cap}")
+        return cap
+
     @model_validator(mode="after")
     def _consistent(self) -> PoolConfig:
         self.deployment()  # raises if the model does not fit the GPUs
@@ -103,6 +178,15 @@ class PoolConfig(_Strict):
                 f"max_num_seqs ({self.max_num_seqs}): every running sequence decodes each step"
             )
         return self
+
+    @property
+    def replica_slots(self) -> int:
+        """Most replicas the pool can have provisioned at once."""
+        return self.replicas if self.max_replicas is None else self.max_replicas
+
+    def nominal_provisioning_s(self) -> float:
+        """Median seconds from scale-up to serving for a replica of this pool."""
+        return self.autoscaling.nominal_provisioning_s(get_model(self.model).weight_bytes)
 
     def deployment(self) -> Deployment:
         """The catalog deployment of one replica."""
@@ -155,7 +239,9 @@ class TenantConfig(_Strict):
 
 
 class ScheduledFailure(_Strict):
-    """A replica failure at a given time (in addition to random MTBF failures)."""
+    """A replica failure at a given time (in addition to random MTBF failures). ``replica``
+    numbers the pool's replica slots (``0 .. max_replicas - 1``); a failure of a stopped slot
+    has no effect."""
 
     pool: str
     replica: int = Field(ge=0)
@@ -259,9 +345,9 @@ class SimConfig(_Strict):
             pool = by_name.get(failure.pool)
             if pool is None:
                 raise ValueError(f"failures.{i}.pool: no pool named {failure.pool!r}")
-            if failure.replica >= pool.replicas:
+            if failure.replica >= pool.replica_slots:
                 raise ValueError(
-                    f"failures.{i}.replica: pool {pool.name!r} has {pool.replicas} replicas"
+                    f"failures.{i}.replica: pool {pool.name!r} has {pool.replica_slots} replicas"
                 )
         weights = self.knobs.tenant_weights
         if weights is not None and len(weights) != len(self.tenants):

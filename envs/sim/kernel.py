@@ -21,6 +21,14 @@ blocks run out, swap in, admit waiting prompts), then plans a run:
 An arrival cuts a decode run short at the end of the iteration in progress (when the replica could
 admit it), so new requests see the iteration boundaries of a step-by-step simulation.
 
+Replica slots have a lifecycle (``ri[r, R_STATE]``): STOPPED, PROVISIONING, SERVING, DRAINING.
+The router sees only SERVING replicas (``members`` lists them per tier); a DRAINING replica
+finishes what it holds and stops when it is empty. The simulator decides the other transitions
+(:func:`transition`) and calls :func:`advance` up to each of them; :func:`advance` returns early
+when a draining replica stops, so that the pool can replace it at that moment. Failures
+(``R_HEALTHY``) are independent of the lifecycle: a failed replica keeps its state and the router
+skips it until it recovers.
+
 Inter-token gaps: every decoding request produces one token per iteration, so its gaps are the
 durations of the iterations it decoded in. Each replica keeps a cumulative histogram of its
 iteration durations; a request's histogram is that histogram at its end minus at its decode start,
@@ -28,7 +36,8 @@ plus the gaps it accumulated before a preemption and the long gap across one.
 
 The functions are compiled without numba's reference counting (``_nrt=False``): they never
 allocate, and counting the references of every array passed to every call costs more than the
-simulation itself. The entry points are :func:`advance` and :func:`interrupt_runs`.
+simulation itself. The entry points are :func:`advance`, :func:`interrupt_runs` and
+:func:`transition`.
 """
 
 from __future__ import annotations
@@ -65,17 +74,18 @@ from slo.events import N_ITL_BUCKETS, Outcome, Reason
 (R_POOL, R_TIER, R_HEALTHY, R_CAP_BLOCKS, R_USED_BLOCKS, R_SWAP_USED, R_N_RUNNING, R_N_WAITING,
  R_WAITING_BLOCKS, R_SW_HEAD, R_SW_TAIL, R_N_SWAPPED, R_BLOCKED, R_OUTSTANDING, R_RUN_K,
  R_RUN_DECODE_ONLY, R_RUN_DECODERS, R_RUN_PREFILL, R_KV_PEAK, R_PREEMPTIONS, R_PREFILL_TOKENS,
- R_DECODE_TOKENS, R_ITERATIONS, R_STEPS, N_RI) = range(25)  # fmt: skip
+ R_DECODE_TOKENS, R_ITERATIONS, R_STEPS, R_STATE, N_RI) = range(26)  # fmt: skip
 # R_CAP_BLOCKS: KV blocks under the current offload fraction; R_WAITING_BLOCKS: blocks the queued
 # prompts will need; R_SW_*: the swapped list (FIFO); R_BLOCKED: the waiting queue waits for KV or
 # a sequence slot; R_OUTSTANDING: requests on the replica; R_RUN_*: the planned run (k
 # iterations, decode-only or not, its decoders and prompt tokens); R_KV_PEAK: most blocks in use
-# during any planned run; R_STEPS: scheduling points.
+# during any planned run; R_STEPS: scheduling points; R_STATE: lifecycle state (below).
 (R_NEXT_T, R_VTIME, R_RUN_T0, R_RUN_A, R_RUN_ALPHA, R_RUN_B, R_RUN_BETA, R_STAT_T, R_KV_INTEGRAL,
- R_BUSY_S, N_RF) = range(11)  # fmt: skip
+ R_BUSY_S, R_UP_T0, R_UP_S, N_RF) = range(13)  # fmt: skip
 # R_NEXT_T: its next event (inf = idle); R_VTIME: fair-queueing virtual time; the run's iteration
 # i (from R_RUN_T0) lasts max(R_RUN_A + R_RUN_ALPHA * i, R_RUN_B + R_RUN_BETA * i); R_KV_INTEGRAL:
-# integral of used blocks over time, accumulated up to R_STAT_T; R_BUSY_S: time in iterations.
+# integral of used blocks over time, accumulated up to R_STAT_T; R_BUSY_S: time in iterations;
+# R_UP_T0: start of its current provisioned period; R_UP_S: seconds of its ended ones.
 
 # Pool columns (integers; the float ones are separate arrays).
 (P_BLOCK_TOKENS, P_GPU_BLOCKS, P_HOST_BLOCKS, P_SWAP_BLOCKS, P_MAX_NUM_SEQS, P_MAX_BATCHED_TOKENS,
@@ -90,13 +100,22 @@ TIER_N_MEMBERS, TIER_RR, N_TIER_I = range(3)
 # Fleet-wide floats (gf): time, token bucket and the knobs (inf = off).
 (G_NOW, G_BUCKET, G_BUCKET_T, K_OFFLOAD, K_RATE, K_BURST, K_CONCURRENCY, K_SHED_BELOW,
  K_MAX_OUTPUT, K_SEQS_SCALE, K_WATERMARK, N_GF) = range(12)  # fmt: skip
-# Fleet-wide integers (gi).
-(G_OUTSTANDING, G_N_OUT, G_FREE_TOP, G_POLICY, G_FALLBACK, N_GI) = range(6)
+# Fleet-wide integers (gi). G_NEXT_ARRIVAL, G_NEXT_FAILURE: where advance resumes in its inputs;
+# G_STOPS: draining replicas that stopped during the current advance call.
+(G_OUTSTANDING, G_N_OUT, G_FREE_TOP, G_POLICY, G_FALLBACK, G_NEXT_ARRIVAL, G_NEXT_FAILURE, G_STOPS,
+ N_GI) = range(9)  # fmt: skip
 
 # Phases of a request on a replica.
 PREFILL = 0  # (re)computing its prompt; waiting requests are in this phase too
 RESUME = 1  # swapped back in: its next token ends a pause
 DECODE = 2
+
+# Lifecycle states of a replica slot. A slot is provisioned (and paid for) in every state but
+# STOPPED; only a SERVING replica receives requests.
+STOPPED = 0
+PROVISIONING = 1  # starting: node, weights, engine
+SERVING = 2
+DRAINING = 3  # finishing what it holds, then it stops
 
 # Routing policies.
 ROUND_ROBIN = 0
@@ -135,7 +154,7 @@ class Fleet(NamedTuple):
     coeffs: np.ndarray  # f8 [pools, N_COEFFS]: step-time coefficients
     capability: np.ndarray  # f8 [pools]: answer quality relative to the strongest tier, [0, 1]
     tf: np.ndarray  # f8 [tenants, N_TF]
-    members: np.ndarray  # i8 [tiers, max replicas per tier]
+    members: np.ndarray  # i8 [tiers, replica slots per tier]: the SERVING replicas of each tier
     tier_i: np.ndarray  # i8 [tiers, N_TIER_I]
     gf: np.ndarray  # f8 [N_GF]
     gi: np.ndarray  # i8 [N_GI]
@@ -831,42 +850,121 @@ def finish_run(fleet, r, t):
 
 
 @_jit
-def fail_replica(fleet, r, t, duration):
-    """Replica ``r`` goes down at ``t`` for ``duration`` seconds: every request on it fails."""
+def evict(fleet, r, t, outcome, reason):
+    """End every request on replica ``r`` at ``t`` with ``outcome`` and ``reason``, and drop its
+    planned run (the caller sets its next event)."""
     qi, ri = fleet.qi, fleet.ri
-    if not ri[r, R_HEALTHY]:  # already down: the outage lasts until the later recovery
-        tree_set(fleet, r, max(fleet.rf[r, R_NEXT_T], t + duration))
-        return
     account_usage(fleet, r, t, ri[r, R_USED_BLOCKS], ri[r, R_USED_BLOCKS])
     for i in range(ri[r, R_N_RUNNING]):
-        emit_slot(fleet, fleet.running[r, i], t, _FAILED, _REPLICA_FAILURE)
+        emit_slot(fleet, fleet.running[r, i], t, outcome, reason)
     while ri[r, R_SW_HEAD] >= 0:
-        emit_slot(fleet, sw_pop(fleet, r), t, _FAILED, _REPLICA_FAILURE)
+        emit_slot(fleet, sw_pop(fleet, r), t, outcome, reason)
     for k in range(fleet.wq_head.shape[1]):
         s = fleet.wq_head[r, k]
         while s >= 0:
             nxt = qi[s, Q_NEXT]
-            emit_slot(fleet, s, t, _FAILED, _REPLICA_FAILURE)
+            emit_slot(fleet, s, t, outcome, reason)
             s = nxt
         fleet.wq_head[r, k] = -1
         fleet.wq_tail[r, k] = -1
     for col in (R_N_RUNNING, R_N_WAITING, R_WAITING_BLOCKS, R_USED_BLOCKS, R_SWAP_USED):
         ri[r, col] = 0
-    for col in (R_BLOCKED, R_RUN_K, R_RUN_DECODE_ONLY, R_HEALTHY):
+    for col in (R_BLOCKED, R_RUN_K, R_RUN_DECODE_ONLY):
         ri[r, col] = 0
+
+
+@_jit
+def fail_replica(fleet, r, t, duration):
+    """Replica ``r`` goes down at ``t`` for ``duration`` seconds: every request on it fails. A
+    stopped slot has nothing to lose; a draining replica is drained by its failure."""
+    ri = fleet.ri
+    if ri[r, R_STATE] == STOPPED:
+        return
+    if not ri[r, R_HEALTHY]:  # already down: the outage lasts until the later recovery
+        tree_set(fleet, r, max(fleet.rf[r, R_NEXT_T], t + duration))
+        return
+    evict(fleet, r, t, _FAILED, _REPLICA_FAILURE)
+    ri[r, R_HEALTHY] = 0
+    if ri[r, R_STATE] == DRAINING:
+        stop(fleet, r, t)
     tree_set(fleet, r, t + duration)
 
 
 @_jit
 def replica_event(fleet, r, t):
-    """The event of replica ``r`` at ``t``: a recovery, or the end of its run."""
-    if not fleet.ri[r, R_HEALTHY]:
-        fleet.ri[r, R_HEALTHY] = 1
+    """The event of replica ``r`` at ``t``: a recovery, or the end of its run (after which a
+    draining replica that is empty stops)."""
+    ri = fleet.ri
+    if not ri[r, R_HEALTHY]:
+        ri[r, R_HEALTHY] = 1
         fleet.rf[r, R_STAT_T] = t
         tree_set(fleet, r, np.inf)
         return
     finish_run(fleet, r, t)
     schedule(fleet, r, t)
+    if ri[r, R_STATE] == DRAINING and ri[r, R_OUTSTANDING] == 0:
+        stop(fleet, r, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle
+
+
+@_jit
+def update_members(fleet, tier):
+    """Rebuild the router's list of ``tier``'s SERVING replicas (in slot order)."""
+    ri = fleet.ri
+    n = 0
+    for r in range(ri.shape[0]):
+        if ri[r, R_TIER] == tier and ri[r, R_STATE] == SERVING:
+            fleet.members[tier, n] = r
+            n += 1
+    fleet.tier_i[tier, TIER_N_MEMBERS] = n
+
+
+@_jit
+def stop(fleet, r, t):
+    """Replica ``r``, empty, stops at ``t``: its provisioned period ends."""
+    ri = fleet.ri
+    serving = ri[r, R_STATE] == SERVING
+    ri[r, R_STATE] = STOPPED
+    fleet.rf[r, R_UP_S] += t - fleet.rf[r, R_UP_T0]
+    fleet.gi[G_STOPS] += 1
+    if serving:
+        update_members(fleet, ri[r, R_TIER])
+
+
+@_jit
+def transition(fleet, r, t, state, outcome, reason):
+    """Move replica ``r`` to lifecycle ``state`` at ``t``.
+
+    PROVISIONING starts a provisioned period of a stopped slot; SERVING adds a provisioned or
+    draining replica to the router; DRAINING takes a serving replica off the router (it stops
+    at once if it is empty); STOPPED ends the requests still on the replica with ``outcome`` and
+    ``reason`` (a drain timeout, an interruption) and stops it.
+    """
+    ri, rf = fleet.ri, fleet.rf
+    old = ri[r, R_STATE]
+    if state == PROVISIONING:
+        rf[r, R_UP_T0] = t
+        rf[r, R_VTIME] = 0.0  # fair-queueing tags restart on an empty replica
+        for k in range(fleet.tenant_finish.shape[1]):
+            fleet.tenant_finish[r, k] = 0.0
+        ri[r, R_STATE] = PROVISIONING
+    elif state == SERVING:
+        ri[r, R_STATE] = SERVING
+        update_members(fleet, ri[r, R_TIER])
+    elif state == DRAINING:
+        ri[r, R_STATE] = DRAINING
+        if old == SERVING:
+            update_members(fleet, ri[r, R_TIER])
+        if ri[r, R_OUTSTANDING] == 0:
+            stop(fleet, r, t)
+    else:
+        if ri[r, R_HEALTHY]:  # (a failed replica holds nothing and keeps its recovery event)
+            evict(fleet, r, t, outcome, reason)
+            tree_set(fleet, r, np.inf)
+        stop(fleet, r, t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1032,16 +1130,24 @@ def abort_expired(fleet, until):
 @_jit
 def advance(fleet, arr, fails, until, check_timeouts):
     """Process every event up to ``until``: arrivals ``arr`` and failures ``fails`` (both sorted
-    by time) and the replicas' own events. Writes the ended requests to ``fleet.out``."""
+    by time, from ``gi[G_NEXT_ARRIVAL]`` and ``gi[G_NEXT_FAILURE]`` on) and the replicas' own
+    events. Writes the ended requests to ``fleet.out``.
+
+    Returns early, at its time, after an event that stopped a draining replica
+    (``gi[G_STOPS] > 0``); calling again with the same inputs continues.
+    """
+    gi = fleet.gi
     n_arr = arr.t.shape[0]
     n_fail = fails.t.shape[0]
-    ia = 0
-    jf = 0
+    ia = gi[G_NEXT_ARRIVAL]
+    jf = gi[G_NEXT_FAILURE]
+    gi[G_STOPS] = 0
     while True:
         ta = arr.t[ia] if ia < n_arr else np.inf
         tf = fails.t[jf] if jf < n_fail else np.inf
         tr = fleet.tree_t[1]
-        if min(ta, tf, tr) > until:
+        t = min(ta, tf, tr)
+        if t > until:
             break
         if tf <= tr and tf <= ta:
             fail_replica(fleet, fails.replica[jf], tf, fails.duration[jf])
@@ -1051,6 +1157,11 @@ def advance(fleet, arr, fails, until, check_timeouts):
         else:
             arrive(fleet, arr, ia)
             ia += 1
+        if gi[G_STOPS] > 0:
+            until = t
+            break
+    gi[G_NEXT_ARRIVAL] = ia
+    gi[G_NEXT_FAILURE] = jf
     if check_timeouts:
         abort_expired(fleet, until)
     ri = fleet.ri

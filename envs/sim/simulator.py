@@ -4,6 +4,13 @@
 :meth:`~Simulator.advance` at a time, with the workload's arrivals (truncated and tiered here,
 vectorised) and the replica failures of the interval. It returns the request events of
 :mod:`slo.events` for every request that ended in the interval.
+
+Pools scale: every pool has ``max_replicas`` replica slots and a desired replica count
+(:meth:`Simulator.set_desired_replicas`). Scaling up provisions stopped slots, which serve after
+a provisioning delay; scaling down drains serving replicas, which stop when their requests have
+ended. Provisioned replicas cost GPU-seconds from the start of provisioning until they stop
+(:attr:`FleetStats.pool_provisioned_gpu_s`); spot-like interruptions take them away after a
+notice. :class:`_Lifecycle` keeps the desired counts and the timers of these transitions.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
@@ -21,7 +29,14 @@ from envs.sim.config import PoolConfig, SimConfig
 from envs.sim.knobs import Knobs
 from envs.sim.steptime import StepTimeModel
 from envs.sim.workload import Workload
-from slo.events import ITL_BUCKETS_S, N_ITL_BUCKETS, REQUEST_EVENT_DTYPE, Outcome, empty_events
+from slo.events import (
+    ITL_BUCKETS_S,
+    N_ITL_BUCKETS,
+    REQUEST_EVENT_DTYPE,
+    Outcome,
+    Reason,
+    empty_events,
+)
 
 GiB = 1024**3
 _POLICIES = {
@@ -44,20 +59,39 @@ SERIES_DTYPE = np.dtype(
         ("preemptions", "i8"),  # cumulative, like the token counters
         ("prefill_tokens", "i8"),
         ("decode_tokens", "i8"),
-        ("healthy", "i8"),
+        ("healthy", "i8"),  # serving replicas that are up: the ones the router may pick
+        ("serving", "i8"),  # serving replicas, up or down
+        ("provisioned_gpu_s", "f8"),  # cumulative, fleet-wide
     ]
 )
 
 
+class ReplicaState(IntEnum):
+    """Lifecycle state of a replica slot (:attr:`FleetStats.lifecycle`)."""
+
+    STOPPED = K.STOPPED
+    PROVISIONING = K.PROVISIONING  # scaled up, not serving yet
+    SERVING = K.SERVING
+    DRAINING = K.DRAINING  # scaled down or interrupted: finishing its requests, taking no new ones
+
+
 @dataclass(frozen=True)
 class FleetStats:
-    """A snapshot of every replica (arrays indexed by replica; ``pool`` maps them to pools).
+    """A snapshot of every replica slot (arrays indexed by replica; ``pool`` maps them to pools)
+    and of every pool (the ``pool_*`` arrays, indexed like ``pool_names``).
 
     ``kv_usage_mean`` and ``busy_fraction`` (share of time running iterations) are
     time-weighted over the interval since the previous :meth:`Simulator.fleet_stats` call.
     ``kv_peak_blocks`` is the most blocks any planned iteration used since the capacity last
     changed (it never exceeds ``kv_capacity_blocks``). The counters are cumulative; ``steps``
     counts scheduling points (events of the replica).
+
+    ``lifecycle`` is each slot's :class:`ReplicaState`; only SERVING replicas receive requests
+    (and only the ``healthy`` ones among them: failures are independent of the lifecycle).
+    Per pool: ``pool_desired`` replicas, the replicas ``pool_provisioning``, ``pool_serving`` and
+    ``pool_draining`` now, ``pool_provisioned_gpu_s`` (GPU-seconds of provisioned replicas, from
+    the start of provisioning until they stop; cumulative) and ``pool_interruptions`` (spot
+    interruptions; cumulative).
     """
 
     t: float
@@ -80,6 +114,13 @@ class FleetStats:
     decode_tokens: np.ndarray
     iterations: np.ndarray
     steps: np.ndarray
+    lifecycle: np.ndarray
+    pool_desired: np.ndarray
+    pool_provisioning: np.ndarray
+    pool_serving: np.ndarray
+    pool_draining: np.ndarray
+    pool_provisioned_gpu_s: np.ndarray
+    pool_interruptions: np.ndarray
 
 
 def _histogram_quantile(q: float, counts: np.ndarray, edges: np.ndarray) -> float:
@@ -153,14 +194,20 @@ class RunSummary:
 
 
 class _PoolLayout:
-    """Static per-pool and per-replica figures derived from the configuration."""
+    """Static per-pool and per-replica-slot figures derived from the configuration: each pool
+    has ``max_replicas`` slots, the first ``replicas`` of which serve from the start."""
 
     def __init__(self, config: SimConfig) -> None:
         self.names = tuple(p.name for p in config.pools)
         deployments = [p.deployment() for p in config.pools]
-        self.replica_pool = np.repeat(
-            np.arange(len(config.pools), dtype=np.int64), [p.replicas for p in config.pools]
-        )
+        slots = np.array([p.replica_slots for p in config.pools], dtype=np.int64)
+        self.replica_pool = np.repeat(np.arange(len(config.pools), dtype=np.int64), slots)
+        rank = np.arange(len(self.replica_pool)) - np.repeat(np.cumsum(slots) - slots, slots)
+        initial = np.array([p.replicas for p in config.pools], dtype=np.int64)
+        self.initially_serving = rank < initial[self.replica_pool]
+        self.replica_tp = np.array([p.tp for p in config.pools], dtype=np.float64)[
+            self.replica_pool
+        ]
         self.replica_tier = np.array([p.tier for p in config.pools], dtype=np.int64)[
             self.replica_pool
         ]
@@ -212,16 +259,17 @@ def _new_fleet(config: SimConfig, layout: _PoolLayout, slots: int) -> K.Fleet:
     ri[:, K.R_HEALTHY] = 1
     ri[:, K.R_CAP_BLOCKS] = layout.pi[layout.replica_pool, K.P_GPU_BLOCKS]
     ri[:, [K.R_SW_HEAD, K.R_SW_TAIL]] = -1
+    ri[:, K.R_STATE] = np.where(layout.initially_serving, K.SERVING, K.STOPPED)
     rf = np.zeros((n_rep, K.N_RF))
     rf[:, K.R_NEXT_T] = np.inf
     n_tiers = config.n_tiers
-    counts = np.bincount(layout.replica_tier, minlength=n_tiers)
-    members = np.full((n_tiers, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
-    for tier in range(n_tiers):
-        ids = np.flatnonzero(layout.replica_tier == tier)
-        members[tier, : len(ids)] = ids
+    tier_slots = int(np.bincount(layout.replica_tier, minlength=n_tiers).max(initial=0))
+    members = np.full((n_tiers, max(tier_slots, 1)), -1, dtype=np.int64)
     tier_i = np.zeros((n_tiers, K.N_TIER_I), dtype=np.int64)
-    tier_i[:, K.TIER_N_MEMBERS] = counts
+    for tier in range(n_tiers):
+        ids = np.flatnonzero((layout.replica_tier == tier) & layout.initially_serving)
+        members[tier, : len(ids)] = ids
+        tier_i[tier, K.TIER_N_MEMBERS] = len(ids)
     tf = np.zeros((n_ten, K.N_TF))
     tf[:, K.T_WEIGHT] = [t.weight for t in config.tenants]
     tf[:, K.T_PRIORITY] = [t.priority for t in config.tenants]
@@ -280,9 +328,145 @@ def _grow_slots(fleet: K.Fleet, slots: int) -> K.Fleet:
 
 _EMPTY_FAILURES = K.Failures(np.empty(0), np.empty(0, dtype=np.int64), np.empty(0))
 
+# Rows of _Lifecycle.timers, in the order simultaneous transitions apply.
+_READY, _DRAIN_END, _NOTICE = range(3)
+
+
+class _Lifecycle:
+    """The scaling side of the replica slots: the desired replicas of every pool and the timers
+    of the transitions the simulator decides (a provisioning replica is ready, a drain reaches
+    its deadline, a spot interruption gives notice). The kernel holds the states
+    (``ri[:, R_STATE]``) and applies every transition.
+
+    Parameters
+    ----------
+    config: the fleet.
+    layout: its replica slots.
+    rng_provision: draws the provisioning delays.
+    rng_spot: draws the spot interruptions.
+    """
+
+    def __init__(
+        self,
+        config: SimConfig,
+        layout: _PoolLayout,
+        rng_provision: np.random.Generator,
+        rng_spot: np.random.Generator,
+    ) -> None:
+        pools = config.pools
+        self.slot_pool = layout.replica_pool
+        self.desired = np.array([p.replicas for p in pools], dtype=np.int64)
+        self.cap = np.array([p.replica_slots for p in pools], dtype=np.int64)
+        self.interruptions = np.zeros(len(pools), dtype=np.int64)
+        self._delay_s = np.array([p.nominal_provisioning_s() for p in pools])
+        self._jitter = np.array([p.autoscaling.provision_jitter for p in pools])
+        self._drain_s = np.array([p.autoscaling.drain_timeout_s for p in pools])
+        self._spot_per_s = np.array([p.autoscaling.spot_rate_per_hour / 3600.0 for p in pools])
+        self._notice_s = np.array([p.autoscaling.spot_notice_s for p in pools])
+        self._rng_provision, self._rng_spot = rng_provision, rng_spot
+        self.timers = np.full((3, len(self.slot_pool)), np.inf)
+        self._leaving = np.zeros(len(self.slot_pool), dtype=bool)  # interrupted: taken away
+        #: Whether anything may happen besides the kernel's own events: the simulator then
+        #: stops the kernel at every transition (a fixed fleet runs the kernel in one go).
+        self.active = bool(np.any(self._spot_per_s > 0.0))
+        for r in np.flatnonzero(layout.initially_serving):
+            self._arm_interruption(r, 0.0)
+
+    def next_event(self) -> tuple[float, int, int]:
+        """(time, timer row, slot) of the next transition (time inf if none)."""
+        i = int(np.argmin(self.timers))  # ties: by row, then by slot
+        row, r = divmod(i, self.timers.shape[1])
+        return float(self.timers[row, r]), row, r
+
+    def fire(self, fleet: K.Fleet, row: int, r: int, t: float) -> None:
+        """Apply the transition of timer ``row`` of slot ``r``, due at ``t``."""
+        self.timers[row, r] = np.inf
+        if row == _READY:
+            K.transition(fleet, r, t, K.SERVING, 0, 0)
+        elif row == _DRAIN_END:
+            outcome, reason = (
+                (Outcome.FAILED, Reason.REPLICA_FAILURE)
+                if self._leaving[r]
+                else (Outcome.ABORTED, Reason.TIMEOUT)
+            )
+            K.transition(fleet, r, t, K.STOPPED, int(outcome), int(reason))
+        else:  # a spot interruption: drain for the notice, then go
+            p = self.slot_pool[r]
+            self.interruptions[p] += 1
+            if fleet.ri[r, K.R_STATE] == K.PROVISIONING:  # nothing on it to drain
+                K.transition(fleet, r, t, K.STOPPED, 0, 0)
+                return
+            self._leaving[r] = True
+            self.timers[_DRAIN_END, r] = min(self.timers[_DRAIN_END, r], t + self._notice_s[p])
+            if fleet.ri[r, K.R_STATE] == K.SERVING:
+                K.transition(fleet, r, t, K.DRAINING, 0, 0)
+
+    def reconcile(self, fleet: K.Fleet, t: float) -> None:
+        """Bring every pool's provisioning and serving replicas to its desired count at ``t``,
+        as far as its replica slots allow."""
+        self._forget_stopped(fleet)
+        state = fleet.ri[:, K.R_STATE]
+        for p, desired in enumerate(self.desired):
+            slots = np.flatnonzero(self.slot_pool == p)
+            active = slots[(state[slots] == K.PROVISIONING) | (state[slots] == K.SERVING)]
+            if len(active) < desired:
+                self._scale_up(fleet, slots, desired - len(active), t)
+            elif len(active) > desired:
+                self._scale_down(fleet, active, len(active) - desired, t)
+        self._forget_stopped(fleet)
+
+    def _forget_stopped(self, fleet: K.Fleet) -> None:
+        """Clear the timers of the slots that stopped."""
+        stopped = fleet.ri[:, K.R_STATE] == K.STOPPED
+        self.timers[:, stopped] = np.inf
+        self._leaving[stopped] = False
+
+    def _scale_up(self, fleet: K.Fleet, slots: np.ndarray, n: int, t: float) -> None:
+        """Add ``n`` replicas among ``slots``: draining ones serve again at once (unless they
+        are being taken away), then stopped slots start provisioning, healthy ones first."""
+        ri = fleet.ri
+        state = ri[slots, K.R_STATE]
+        undrain = slots[(state == K.DRAINING) & ~self._leaving[slots]][:n]
+        for r in undrain:
+            self.timers[_DRAIN_END, r] = np.inf
+            K.transition(fleet, r, t, K.SERVING, 0, 0)
+        stopped = slots[state == K.STOPPED]
+        order = np.argsort(ri[stopped, K.R_HEALTHY] == 0, kind="stable")
+        for r in stopped[order][: n - len(undrain)]:
+            p = self.slot_pool[r]
+            delay = self._delay_s[p] * self._rng_provision.lognormal(0.0, self._jitter[p])
+            self.timers[_READY, r] = t + delay
+            self._arm_interruption(r, t)
+            K.transition(fleet, r, t, K.PROVISIONING, 0, 0)
+
+    def _scale_down(self, fleet: K.Fleet, active: np.ndarray, n: int, t: float) -> None:
+        """Remove ``n`` of the ``active`` replicas: cancel provisioning ones (the latest to be
+        ready first), then drain serving ones: failed first, then the least loaded, the newest
+        slot first among equals."""
+        ri = fleet.ri
+        provisioning = active[ri[active, K.R_STATE] == K.PROVISIONING]
+        cancel = provisioning[np.argsort(-self.timers[_READY, provisioning], kind="stable")][:n]
+        for r in cancel:
+            K.transition(fleet, r, t, K.STOPPED, 0, 0)
+        serving = active[ri[active, K.R_STATE] == K.SERVING]
+        order = np.lexsort((-serving, ri[serving, K.R_OUTSTANDING], ri[serving, K.R_HEALTHY]))
+        for r in serving[order][: n - len(cancel)]:
+            self.timers[_DRAIN_END, r] = t + self._drain_s[self.slot_pool[r]]
+            K.transition(fleet, r, t, K.DRAINING, 0, 0)  # stops at once if it is empty
+
+    def _arm_interruption(self, r: int, t: float) -> None:
+        """Draw when the replica provisioned in slot ``r`` at ``t`` gets a spot notice."""
+        rate = self._spot_per_s[self.slot_pool[r]]
+        if rate > 0.0:
+            self.timers[_NOTICE, r] = t + self._rng_spot.exponential(1.0 / rate)
+
 
 class Simulator:
     """A fleet of LLM serving replicas, advanced in simulated time.
+
+    Between :meth:`advance` calls a governor may turn the knobs (:meth:`set_knobs`), roll out a
+    model (:meth:`set_capability`), schedule failures (:meth:`fail_replica`) and scale pools
+    (:meth:`set_desired_replicas`); :meth:`fleet_stats` and :meth:`series` report the fleet.
 
     Parameters
     ----------
@@ -291,18 +475,19 @@ class Simulator:
     workload:
         The request source; default: built from ``config.workload`` and the tenants' shares.
     seed:
-        Seeds every random draw (arrivals, router noise, failures): the same seed and the same
-        calls give identical events.
+        Seeds every random draw (arrivals, router noise, failures, provisioning delays, spot
+        interruptions; one stream each): the same seed and the same calls give identical events.
     """
 
     def __init__(self, config: SimConfig, workload: Workload | None = None, seed: int = 0):
         self.config = config
-        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
-        self._rng_workload, self._rng_router, self._rng_failures = rngs
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+        self._rng_workload, self._rng_router, self._rng_failures = rngs[:3]
         shares = [t.share for t in config.tenants]
         self.workload = workload if workload is not None else config.workload.build(shares)
         self._layout = _PoolLayout(config)
         self._fleet = _new_fleet(config, self._layout, slots=1024)
+        self._lifecycle = _Lifecycle(config, self._layout, rngs[3], rngs[4])
         self._tenant_tier = np.array([t.tier for t in config.tenants], dtype=np.int64)
         self._check_timeouts = any(math.isfinite(t.patience_s) for t in config.tenants)
         self._estimates = np.empty(0)  # recent difficulty estimates (downgrade calibration)
@@ -348,6 +533,33 @@ class Simulator:
     def in_flight(self) -> int:
         """Requests admitted and not yet ended."""
         return int(self._fleet.gi[K.G_OUTSTANDING])
+
+    @property
+    def desired_replicas(self) -> dict[str, int]:
+        """Desired replicas of every pool (provisioning or serving, once the pool has caught
+        up)."""
+        return dict(zip(self._layout.names, self._lifecycle.desired.tolist(), strict=True))
+
+    def set_desired_replicas(self, pool: str, n: int) -> int:
+        """Scale ``pool`` to ``n`` replicas from now on; return the count applied: ``n`` clamped
+        to ``[0, max_replicas]`` (0 leaves the pool's tier to the router's fallback).
+
+        Scaling up first returns draining replicas to service (at once), then provisions
+        stopped slots: each serves after its provisioning delay (drawn from the simulator's
+        seeded stream) and costs GPU-seconds from now. Scaling down first cancels provisioning
+        replicas, then drains serving ones (failed, then least loaded, then newest first): a
+        draining replica receives no new requests, finishes the ones it holds and stops, or
+        aborts them at the pool's ``drain_timeout_s``. The pool keeps its count through spot
+        interruptions by provisioning replacements.
+        """
+        p = self._pool_index(pool)
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
+            raise TypeError(f"desired replicas of pool {pool!r} must be an integer, got {n!r}")
+        applied = int(min(max(n, 0), self._lifecycle.cap[p]))
+        self._lifecycle.desired[p] = applied
+        self._lifecycle.active = True
+        self._lifecycle.reconcile(self._fleet, self.now)
+        return applied
 
     def set_knobs(self, knobs: Knobs) -> None:
         """Apply ``knobs`` from the current time on (decode runs in progress end with their
@@ -397,8 +609,9 @@ class Simulator:
         return self._layout.names.index(pool)
 
     def fail_replica(self, pool: str, index: int, at_s: float, duration_s: float) -> None:
-        """Schedule a failure of replica ``index`` of ``pool`` at ``at_s`` for ``duration_s``:
-        the requests on it fail, and the router avoids it until it recovers."""
+        """Schedule a failure of replica slot ``index`` of ``pool`` at ``at_s`` for
+        ``duration_s``: the requests on it fail, and the router avoids it until it recovers (a
+        stopped slot is not affected; a draining replica stops)."""
         ids = np.flatnonzero(self._layout.replica_pool == self._pool_index(pool))
         if not 0 <= index < len(ids):
             raise ValueError(f"pool {pool!r} has {len(ids)} replicas, no replica {index}")
@@ -426,9 +639,9 @@ class Simulator:
             old = fleet.qi.shape[0]
             fleet = _grow_slots(fleet, max(2 * old, old + n_arr - free))
         fleet = fleet._replace(out=np.empty(self.in_flight + n_arr, REQUEST_EVENT_DTYPE))
-        fleet.gi[K.G_N_OUT] = 0
+        fleet.gi[[K.G_N_OUT, K.G_NEXT_ARRIVAL, K.G_NEXT_FAILURE]] = 0
         self._fleet = fleet
-        K.advance(fleet, arrivals, failures, float(until_s), self._check_timeouts)
+        self._simulate(arrivals, failures, float(until_s))
         events = fleet.out[: fleet.gi[K.G_N_OUT]]
         events = events[np.argsort(events["t_end"], kind="stable")]
         self._record_series(until_s, n_arr, events)
@@ -449,6 +662,12 @@ class Simulator:
             mean, busy = used / cap, np.zeros(len(cap))
         pool = ri[:, K.R_POOL]
         seqs = self._layout.pi[pool, K.P_MAX_NUM_SEQS] * self.knobs.max_num_seqs_scale
+        state = ri[:, K.R_STATE]
+        n_pools = len(self._layout.names)
+
+        def per_pool(in_state: int) -> np.ndarray:
+            return np.bincount(pool[state == in_state], minlength=n_pools)
+
         return FleetStats(
             t=self.now,
             pool_names=self._layout.names,
@@ -470,6 +689,15 @@ class Simulator:
             decode_tokens=ri[:, K.R_DECODE_TOKENS].copy(),
             iterations=ri[:, K.R_ITERATIONS].copy(),
             steps=ri[:, K.R_STEPS].copy(),
+            lifecycle=state.copy(),
+            pool_desired=self._lifecycle.desired.copy(),
+            pool_provisioning=per_pool(K.PROVISIONING),
+            pool_serving=per_pool(K.SERVING),
+            pool_draining=per_pool(K.DRAINING),
+            pool_provisioned_gpu_s=np.bincount(
+                pool, weights=self._provisioned_gpu_s(), minlength=n_pools
+            ),
+            pool_interruptions=self._lifecycle.interruptions.copy(),
         )
 
     def series(self) -> np.ndarray:
@@ -516,6 +744,30 @@ class Simulator:
 
     # ----------------------------------------------------------------------------------------
     # Internals
+
+    def _simulate(self, arrivals: K.Arrivals, failures: K.Failures, until: float) -> None:
+        """Run the kernel to ``until``; with a scaling fleet, stop it at every transition and
+        every stop of a draining replica to apply them and bring the pools to their counts."""
+        fleet, lifecycle = self._fleet, self._lifecycle
+        if not lifecycle.active:
+            K.advance(fleet, arrivals, failures, until, self._check_timeouts)
+            return
+        while True:
+            t, row, r = lifecycle.next_event()
+            K.advance(fleet, arrivals, failures, min(t, until), self._check_timeouts)
+            if fleet.gi[K.G_STOPS]:  # a slot freed up: it may take a pending replacement
+                lifecycle.reconcile(fleet, self.now)
+            elif t <= until:
+                lifecycle.fire(fleet, row, r, t)
+                lifecycle.reconcile(fleet, t)
+            else:
+                return
+
+    def _provisioned_gpu_s(self) -> np.ndarray:
+        """GPU-seconds each replica slot has been provisioned since the start."""
+        rf, state = self._fleet.rf, self._fleet.ri[:, K.R_STATE]
+        current = np.where(state != K.STOPPED, self.now - rf[:, K.R_UP_T0], 0.0)
+        return (rf[:, K.R_UP_S] + current) * self._layout.replica_tp
 
     def _usage_mark(self) -> tuple[float, np.ndarray, np.ndarray]:
         """(now, KV integral, busy seconds) per replica, to difference later."""
@@ -604,7 +856,10 @@ class Simulator:
         row["preemptions"] = ri[:, K.R_PREEMPTIONS].sum()
         row["prefill_tokens"] = ri[:, K.R_PREFILL_TOKENS].sum()
         row["decode_tokens"] = ri[:, K.R_DECODE_TOKENS].sum()
-        row["healthy"] = ri[:, K.R_HEALTHY].sum()
+        serving = ri[:, K.R_STATE] == K.SERVING
+        row["healthy"] = (ri[serving, K.R_HEALTHY] != 0).sum()
+        row["serving"] = serving.sum()
+        row["provisioned_gpu_s"] = self._provisioned_gpu_s().sum()
         self._series_n += 1
 
 
