@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from slo.cli import echo_figures
+
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add this package's commands to the root app and its benchmarks to ``perf``."""
@@ -23,12 +25,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         """Environment steps/s, overhead over the raw simulator, PPO throughput vs CartPole."""
         from agents.perf import run
 
-        figures = run(scenario, steps, ppo_timesteps)
-        if as_json:
-            typer.echo(json.dumps(figures))
-        else:
-            for key, value in figures.items():
-                typer.echo(f"{key:28s} {value}")
+        echo_figures(run(scenario, steps, ppo_timesteps), as_json)
 
 
 def tune(

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from slo.cli import echo_figures
+
 _WORKLOADS = ("poisson", "bursty", "mmpp", "diurnal", "flash-crowd", "azure-conv", "azure-code",
               "trace")  # fmt: skip
 
@@ -128,9 +130,4 @@ def perf_sim(
     load, and the step-time model's error against real measurements."""
     from envs.sim.perf import benchmark
 
-    result = benchmark()
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key}: {value}")
+    echo_figures(benchmark(), as_json)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, NoReturn
 
 import typer
 
 from envs.scenario_names import SCENARIO_NAMES
+from slo.cli import echo_figures
 
 _MAPPINGS = ("vllm", "vllm-legacy", "sglang", "sglang-legacy")
 
@@ -103,12 +103,7 @@ def perf_twin(
 ) -> None:
     """Engine twin costs on the steady scenario: wall time of one scrape of one replica, and the
     speed-ups it sustains with every endpoint scraped every 30 simulated seconds."""
-    result = _benchmark()
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key}: {value}")
+    echo_figures(_benchmark(), as_json)
 
 
 def _benchmark(interval_s: float = 30.0, intervals: int = 120, clock_wall_s: float = 5.0) -> dict:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from slo.cli import echo_figures
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -85,8 +86,4 @@ def perf_policy(
         "batch": batch,
         "batch_us_per_observation": round(batch_s / batch * 1e6, 2),
     }
-    if as_json:
-        typer.echo(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            typer.echo(f"{key:26s} {value}")
+    echo_figures(figures, as_json)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -85,12 +86,21 @@ def perf_slo(
     """Error-budget engine: batch ingestion (events/s) and full burn-rate query time (us)."""
     from slo.perf import benchmark
 
-    figures = benchmark(n_events=events, batch_events=batch)
+    echo_figures(benchmark(n_events=events, batch_events=batch), as_json)
+
+
+def echo_figures(figures: Mapping[str, Any], as_json: bool) -> None:
+    """Print a benchmark's figures: one JSON object with ``--json`` (what scripts read), else
+    one aligned ``name value`` line each. Every ``budgetpilot perf`` command prints this way."""
     if as_json:
         typer.echo(json.dumps(figures))
         return
+    width = max((len(key) for key in figures), default=0) + 2
     for key, value in figures.items():
-        typer.echo(f"{key}: {value:,.1f}" if isinstance(value, float) else f"{key}: {value}")
+        text = str(value)
+        if isinstance(value, float):
+            text = f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+        typer.echo(f"{key:{width}s}{text}")
 
 
 def _load(path: Path):

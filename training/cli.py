@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from slo.cli import echo_figures
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -26,11 +27,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        if as_json:
-            typer.echo(json.dumps(figures))
-        else:
-            for key, value in figures.items():
-                typer.echo(f"{key:28s} {value}")
+        echo_figures(figures, as_json)
 
 
 def train(
