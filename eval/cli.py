@@ -14,6 +14,7 @@ from envs import cli as envs_cli
 from envs import twin_cli
 from eval import bench_cli
 from policies import cli as policies_cli
+from policies.sidecar import cli as sidecar_cli
 from slo import cli as slo_cli
 from training import cli as training_cli
 
@@ -26,7 +27,16 @@ app = typer.Typer(
 perf = typer.Typer(help="Performance benchmarks: each prints its figures (--json for JSON).")
 app.add_typer(perf, name="perf")
 
-for module in (slo_cli, envs_cli, twin_cli, agents_cli, training_cli, policies_cli, bench_cli):
+for module in (
+    slo_cli,
+    envs_cli,
+    twin_cli,
+    agents_cli,
+    training_cli,
+    policies_cli,
+    sidecar_cli,
+    bench_cli,
+):
     module.register(app, perf)
 
 

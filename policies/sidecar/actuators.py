@@ -1,0 +1,210 @@
+"""Actuators: where published knob values go.
+
+* :class:`FileActuator` writes Kubernetes manifests for an llm-d / Gateway API Inference
+  Extension router, atomically (temporary file, fsync, ``os.replace``), only when they change:
+  an ``InferenceModelRewrite`` splitting the served model between the strong and the cheap model
+  by ``cheap_tier_share``, an ``InferenceObjective`` per objective whose priority drops to the
+  sheddable priority while ``shed_priority_below`` sheds it, and a ConfigMap with every knob
+  (the knobs those resources cannot express: offload, admission, context, batch, weights).
+* :class:`WebhookActuator` POSTs each decision as JSON.
+* :class:`TwinActuator` sets the engine twin's knobs (``POST /v1/knobs``, values by contract
+  knob name).
+
+An actuator raises :class:`ActuationError` when it fails; the sidecar records it and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from policies.sidecar.config import (
+    ActuatorSettings,
+    FileActuatorSettings,
+    TwinActuatorSettings,
+    WebhookActuatorSettings,
+)
+
+REWRITE_API = "inference.networking.x-k8s.io/v1alpha2"
+POOL_GROUP = "inference.networking.k8s.io"
+#: Weights of the rewrite's targets sum to this (the API allows integers 1..1000000).
+WEIGHT_SCALE = 1000
+
+
+class ActuationError(RuntimeError):
+    """An actuator could not apply a decision."""
+
+
+class Actuator(Protocol):
+    """Applies a decision: ``knobs`` are the published values by knob name, ``payload`` is the
+    JSON form of the whole decision."""
+
+    name: str
+
+    def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None: ...
+
+
+def write_atomically(path: Path, text: str) -> bool:
+    """Replace ``path``'s content with ``text`` in one step (readers see the old or the new
+    file, never a partial one). Returns False when the content was already ``text``."""
+    try:
+        if path.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def k8s_name(text: str) -> str:
+    """A valid Kubernetes object name (RFC 1123 subdomain) derived from ``text``."""
+    name = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")
+    return name[:253] or "budgetpilot"
+
+
+class FileActuator:
+    """Kubernetes manifests for the router (see the module docstring)."""
+
+    name = "file"
+
+    def __init__(self, settings: FileActuatorSettings) -> None:
+        self.settings = settings
+
+    def manifests(self, knobs: Mapping[str, float]) -> list[dict[str, Any]]:
+        """The resources for these knob values."""
+        s = self.settings
+        return [
+            self._rewrite(knobs["cheap_tier_share"]),
+            *(
+                self._objective(name, priority, knobs["shed_priority_below"])
+                for name, priority in s.objectives.items()
+            ),
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": self._metadata(f"{s.name_prefix}-knobs"),
+                "data": {name: repr(float(value)) for name, value in knobs.items()},
+            },
+        ]
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        labels = {"app.kubernetes.io/managed-by": "budgetpilot-sidecar"}
+        return {"name": k8s_name(name), "namespace": self.settings.namespace, "labels": labels}
+
+    def _rewrite(self, cheap_share: float) -> dict[str, Any]:
+        s = self.settings
+        cheap = round(cheap_share * WEIGHT_SCALE)
+        weights = {s.strong_model: WEIGHT_SCALE - cheap, s.cheap_model: cheap}
+        # Weights are 1..1000000, set on all targets or none: a lone target has no weight.
+        targets: list[dict[str, Any]] = [
+            {"modelRewrite": model, "weight": weight} for model, weight in weights.items() if weight
+        ]
+        if len(targets) == 1:
+            del targets[0]["weight"]
+        return {
+            "apiVersion": REWRITE_API,
+            "kind": "InferenceModelRewrite",
+            "metadata": self._metadata(f"{s.name_prefix}-{s.model}-tiers"),
+            "spec": {
+                "poolRef": {"group": POOL_GROUP, "name": s.pool},
+                "rules": [
+                    {
+                        "matches": [{"model": {"type": "Exact", "value": s.model}}],
+                        "targets": targets,
+                    }
+                ],
+            },
+        }
+
+    def _objective(self, name: str, priority: int, shed_below: float) -> dict[str, Any]:
+        s = self.settings
+        shed = priority < shed_below
+        return {
+            "apiVersion": REWRITE_API,
+            "kind": "InferenceObjective",
+            "metadata": self._metadata(name),
+            "spec": {
+                "priority": s.sheddable_priority if shed else priority,
+                "poolRef": {"group": POOL_GROUP, "name": s.pool},
+            },
+        }
+
+    def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
+        text = yaml.safe_dump_all(self.manifests(knobs), sort_keys=False)
+        try:
+            write_atomically(self.settings.path, text)
+        except OSError as exc:
+            raise ActuationError(f"cannot write {self.settings.path}: {exc}") from None
+
+
+def _post_json(url: str, body: Mapping[str, Any], timeout_s: float, headers: Mapping) -> bytes:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        raise ActuationError(f"POST {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ActuationError(f"POST {url}: {exc}") from None
+
+
+class WebhookActuator:
+    """POSTs the whole decision (knobs, mode, reason, interventions) as JSON."""
+
+    name = "webhook"
+
+    def __init__(self, settings: WebhookActuatorSettings) -> None:
+        self.settings = settings
+
+    def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
+        s = self.settings
+        _post_json(s.url, payload, s.timeout_s, s.headers)
+
+
+class TwinActuator:
+    """Sets the engine twin's knobs through its control API."""
+
+    name = "twin"
+
+    def __init__(self, settings: TwinActuatorSettings) -> None:
+        self.settings = settings
+        self.url = settings.url.rstrip("/") + "/v1/knobs"
+
+    def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
+        answer = _post_json(self.url, dict(knobs), self.settings.timeout_s, {})
+        try:
+            json.loads(answer or b"{}")
+        except ValueError:
+            raise ActuationError(f"POST {self.url}: the answer is not JSON") from None
+
+
+def build_actuators(settings: ActuatorSettings) -> list[Actuator]:
+    """The actuators the settings configure, in a fixed order (file, webhook, twin)."""
+    builders = (
+        (settings.file, FileActuator),
+        (settings.webhook, WebhookActuator),
+        (settings.twin, TwinActuator),
+    )
+    return [cls(s) for s, cls in builders if s is not None]

@@ -1,0 +1,171 @@
+"""``budgetpilot sidecar`` and ``budgetpilot perf sidecar``.
+
+Only typer is imported at module level; the sidecar's modules load inside the commands, so that
+``budgetpilot`` starts fast and the sidecar process never loads the training stack.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def register(app: typer.Typer, perf: typer.Typer) -> None:
+    """Add ``sidecar`` to the root app and ``sidecar`` to ``perf``."""
+    app.command("sidecar")(sidecar)
+    perf.command("sidecar")(perf_sidecar)
+
+
+def sidecar(
+    config: Annotated[Path | None, typer.Option(help="Sidecar YAML config.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Exported policy (NAME.onnx, manifest NAME.json beside).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [9464].")] = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between decisions [30].")] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="An engine: 'name=N,url=U,pool=P,max_num_seqs=K' (repeatable)."),
+    ] = None,
+    counters: Annotated[
+        list[str] | None, typer.Option(help="URL of a router's budgetpilot counters (repeatable).")
+    ] = None,
+    twin: Annotated[
+        str | None,
+        typer.Option(help="Engine twin base URL: its engines, router counters and control API."),
+    ] = None,
+    mapping: Annotated[str | None, typer.Option(help="Metric mapping [vllm].")] = None,
+    shadow: Annotated[
+        bool | None, typer.Option("--shadow/--no-shadow", help="Decide and log, do not actuate.")
+    ] = None,
+    fallback: Annotated[str | None, typer.Option(help="Fallback baseline [reactive].")] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="JSONL audit log of decisions.")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Directory of the persisted state.")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Token of the POST endpoints.")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="One cycle: print the decision as JSON and exit.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate the config against the policy and exit.")
+    ] = False,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Govern a fleet's knobs with an exported policy: scrape engine metrics, compute burn rates,
+    decide every interval through guardrails, actuate (router manifests, webhook, twin), serve
+    /v1/decision, /metrics, /healthz and /readyz."""
+    from policies.runtime import PolicyFileError, PolicyMismatchError
+    from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
+
+    options = {
+        "policy": policy,
+        "host": host,
+        "port": port,
+        "interval_s": interval,
+        "mapping": mapping,
+        "shadow": shadow,
+        "audit_log": audit_log,
+        "token_file": token_file,
+        "log_level": log_level,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if fallback is not None:
+        overrides["fallback"] = {"baseline": fallback}
+    if state_dir is not None:
+        overrides["state"] = {"directory": state_dir}
+    try:
+        if twin is not None:
+            overrides.update(twin_settings(twin))
+        if engine:
+            overrides["engines"] = [_key_values(e, "--engine") for e in engine]
+        if counters:
+            overrides["counters"] = [
+                {"name": f"counters-{i}", "url": url} for i, url in enumerate(counters)
+            ]
+        settings = load_config(config, overrides)
+        _configure_logging(settings.log_level)
+        _serve(settings, once=once, check=check)
+    except (SidecarConfigError, PolicyFileError, PolicyMismatchError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _key_values(text: str, option: str) -> dict[str, str]:
+    from policies.sidecar.config import SidecarConfigError
+
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SidecarConfigError(f"{option} {text!r}: expected comma-separated key=value pairs")
+    return dict(pairs)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(settings: Any, *, once: bool, check: bool) -> None:
+    from policies.sidecar.loop import Sidecar
+    from policies.sidecar.server import SidecarServer
+
+    sidecar = Sidecar(settings)
+    # What start-up built (spec, models, policy) lives as long as the process: the collector
+    # need not scan it again during decisions.
+    gc.freeze()
+    if check:
+        typer.echo(f"ok: {settings.policy} fits the config ({len(settings.engines)} engines)")
+        sidecar.close()
+        return
+    if once:
+        decision = sidecar.cycle()
+        typer.echo(json.dumps(decision.to_dict(sidecar), indent=1))
+        sidecar.close()
+        return
+    stop = threading.Event()
+    loop = threading.Thread(target=sidecar.run, args=(stop,), name="sidecar-loop", daemon=True)
+    try:
+        server = SidecarServer(sidecar, settings.token(), loop_alive=loop.is_alive)
+    except OSError as exc:
+        sidecar.close()
+        typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    loop.start()
+    threading.Thread(target=server.serve_forever, name="sidecar-http", daemon=True).start()
+    logging.getLogger("budgetpilot.sidecar").info("serving on %s", server.url)
+    stop.wait()
+    server.shutdown()
+    loop.join(timeout=settings.scrape.timeout_s + 5.0)
+    sidecar.close()
+
+
+def perf_sidecar(
+    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.")] = 64,
+    cycles: Annotated[int, typer.Option(help="Cycles timed.")] = 40,
+    decisions: Annotated[int, typer.Option(help="Decisions timed.")] = 3000,
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy to time (default: a linear stand-in).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Sidecar decision latency (p99), 64-endpoint cycle time, peak RSS and start-up time."""
+    from policies.sidecar.perf import run
+
+    figures = run(endpoints, cycles, decisions, policy)
+    if as_json:
+        typer.echo(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            typer.echo(f"{key:24s} {value}")

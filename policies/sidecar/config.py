@@ -1,0 +1,448 @@
+"""Sidecar settings: a YAML file plus command-line overrides, validated by pydantic.
+
+Every problem is reported as a :class:`SidecarConfigError` naming the field (``engines[2].pool:
+...``). Checks that need the policy (knob names, pools of the contract, SLOs the metrics can
+feed) are made when the :class:`~policies.sidecar.loop.Sidecar` is built, with the same error.
+
+Example: ``policies/sidecar/example.yaml``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: Environment variable holding the token of the actuation and kill-switch endpoints.
+TOKEN_ENV = "BUDGETPILOT_SIDECAR_TOKEN"
+
+
+class SidecarConfigError(ValueError):
+    """The configuration (or its fit to the policy) is invalid; the message names the field."""
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    return value
+
+
+URL = Annotated[str, AfterValidator(_check_url)]
+
+
+class EngineEndpoint(_Settings):
+    """One serving engine (a replica) whose ``/metrics`` the sidecar scrapes.
+
+    Parameters
+    ----------
+    name:
+        Unique name (used in logs, the audit log and ``/metrics`` labels).
+    url:
+        Its metrics URL, e.g. ``http://10.0.0.7:8000/metrics``.
+    pool:
+        The pool it serves in; one of the policy contract's pools (``strong``, ``cheap``).
+    max_num_seqs:
+        Its batch limit (vLLM ``--max-num-seqs``; engines do not export it).
+    """
+
+    name: str = Field(min_length=1)
+    url: URL
+    pool: str
+    max_num_seqs: int = Field(gt=0)
+
+
+class CounterEndpoint(_Settings):
+    """An endpoint exporting budgetpilot counters (a budget-aware router, the engine twin)."""
+
+    name: str = Field(default="router", min_length=1)
+    url: URL
+
+
+class SignalNames(_Settings):
+    """Metric names of the fleet signals (defaults follow the engine family of ``mapping``).
+
+    ``waiting``/``running`` are gauges, ``preemptions``, ``finished`` and ``arrivals`` counters.
+    ``finished`` (all finished requests, any reason) plus the change of queued and running
+    requests estimates arrivals; ``arrivals`` (e.g. a router's request counter, which also sees
+    requests refused at admission) replaces the estimate. ``preemptions: null`` observes zero
+    preemptions (for engines that do not count them).
+    """
+
+    waiting: str | None = None
+    running: str | None = None
+    preemptions: str | None = None
+    finished: str | None = None
+    arrivals: str | None = None
+
+
+#: Signal names of each engine family.
+FAMILY_SIGNALS: dict[str, dict[str, str]] = {
+    "vllm": {
+        "waiting": "vllm:num_requests_waiting",
+        "running": "vllm:num_requests_running",
+        "preemptions": "vllm:num_preemptions_total",
+        "finished": "vllm:request_success_total",
+    },
+    "sglang": {
+        "waiting": "sglang:num_queue_reqs",
+        "running": "sglang:num_running_reqs",
+        # No preemptions: SGLang retracts requests and has no counter of it; the config must
+        # say which counter to use, or null.
+        "finished": "sglang:num_requests_total",
+    },
+}
+
+
+class ScrapeSettings(_Settings):
+    """How endpoints are scraped.
+
+    Parameters
+    ----------
+    timeout_s:
+        Deadline of one endpoint's scrape (connect, send, read).
+    max_workers:
+        Concurrent scrapes.
+    max_page_bytes:
+        Larger pages are refused (a runaway exporter must not exhaust memory).
+    stale_after_s:
+        A replica whose last readable page is older is not healthy, and metrics count as stale
+        when the last complete scrape is older (default: half the interval, so one failed scrape
+        makes them stale).
+    per_interval:
+        Scrapes per decision interval: gauges such as KV-cache usage are averaged over them (the
+        environment observes time-weighted means), counters accumulate.
+    """
+
+    timeout_s: float = Field(default=2.0, gt=0)
+    max_workers: int = Field(default=16, gt=0, le=256)
+    max_page_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    stale_after_s: float | None = Field(default=None, ge=0)
+    per_interval: int = Field(default=1, ge=1, le=60)
+
+
+class GuardrailSettings(_Settings):
+    """Limits every published action respects.
+
+    Parameters
+    ----------
+    max_step:
+        Largest change of a knob per interval, as a fraction of its range (log knobs: of their
+        log range). Integer knobs may always move by one.
+    hysteresis:
+        A knob only changes when the proposal is at least this fraction of its range away from
+        the value in force (integer knobs: half a step more than that).
+    bounds:
+        Tighter ranges than the action contract's, per knob name.
+    """
+
+    max_step: float = Field(default=0.25, gt=0, le=1)
+    hysteresis: float = Field(default=0.02, ge=0, lt=0.5)
+    bounds: dict[str, tuple[float, float]] = {}
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for knob, (low, high) in value.items():
+            if not low <= high:
+                raise ValueError(f"knob {knob!r}: low {low} must not exceed high {high}")
+        return value
+
+
+class FallbackSettings(_Settings):
+    """The heuristic that acts when metrics stay stale (a baseline of :mod:`agents.baselines`).
+
+    Parameters
+    ----------
+    baseline:
+        Baseline name (``reactive``, ``sre-policy``, ``pid``, ``static``, ``vllm-defaults``).
+    params:
+        Its parameters (fields of its params dataclass; knob values for ``static``).
+    after_s:
+        Seconds of stale metrics after which the baseline replaces holding the last safe action
+        (default: four intervals).
+    """
+
+    baseline: str = "reactive"
+    params: dict[str, Any] = {}
+    after_s: float | None = Field(default=None, ge=0)
+
+
+class FileActuatorSettings(_Settings):
+    """Kubernetes manifests for an llm-d / Gateway API Inference Extension router.
+
+    The file (written atomically) holds an ``InferenceModelRewrite`` splitting ``model`` between
+    the strong and the cheap model by the ``cheap_tier_share`` knob, one ``InferenceObjective``
+    per objective whose priority drops to ``sheddable_priority`` when the
+    ``shed_priority_below`` knob sheds it, and a ConfigMap with every knob value.
+    """
+
+    path: Path
+    namespace: str = "default"
+    pool: str = Field(min_length=1, description="InferencePool name (poolRef)")
+    model: str = Field(min_length=1, description="client-facing model name to match")
+    strong_model: str = Field(min_length=1)
+    cheap_model: str = Field(min_length=1)
+    objectives: dict[str, int] = Field(default={}, description="objective name -> priority")
+    sheddable_priority: int = -1
+    name_prefix: str = "budgetpilot"
+
+
+class WebhookActuatorSettings(_Settings):
+    """POST each decision as JSON."""
+
+    url: URL
+    timeout_s: float = Field(default=2.0, gt=0)
+    headers: dict[str, str] = {}
+
+
+class TwinActuatorSettings(_Settings):
+    """The engine twin's control API (``POST <url>/v1/knobs``)."""
+
+    url: URL
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class ActuatorSettings(_Settings):
+    file: FileActuatorSettings | None = None
+    webhook: WebhookActuatorSettings | None = None
+    twin: TwinActuatorSettings | None = None
+
+
+class StateSettings(_Settings):
+    """Where the burn-rate window state is persisted (restored at start)."""
+
+    directory: Path | None = None
+    save_every_s: float = Field(default=60.0, ge=0)
+
+
+class SidecarConfig(_Settings):
+    """Everything the sidecar needs besides the policy's manifest.
+
+    Parameters
+    ----------
+    policy:
+        The exported policy (``NAME.onnx``; its manifest ``NAME.json`` beside it).
+    host, port:
+        Where the HTTP endpoints listen. Binding beyond loopback requires a token.
+    token_file:
+        File holding the token of the actuation and kill-switch endpoints (else the
+        ``BUDGETPILOT_SIDECAR_TOKEN`` environment variable).
+    interval_s:
+        Seconds between decisions.
+    mapping:
+        Metric names of the engines: ``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``,
+        a mapping file or overrides (``{base: vllm, ttft: ...}``), see :mod:`slo.metrics`.
+    signals:
+        Names of the fleet-signal metrics (defaults follow the mapping's engine family).
+    engines:
+        The engines scraped, each with its pool and ``max_num_seqs``.
+    counters:
+        Endpoints exporting budgetpilot counters (router); needed by SLOs engines cannot feed.
+    initial_knobs:
+        Knob values in force when the sidecar starts (others: neutral).
+    kill_knobs:
+        Knob values published when the kill switch is engaged (others: neutral).
+    kill_switch_file:
+        The kill switch is also engaged while this file exists.
+    shadow:
+        Decide and log, never actuate.
+    audit_log:
+        JSONL file receiving every decision.
+    """
+
+    policy: Path
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+    token_file: Path | None = None
+    interval_s: float = Field(default=30.0, gt=0)
+    mapping: str | dict[str, Any] = "vllm"
+    signals: SignalNames = SignalNames()
+    engines: list[EngineEndpoint] = Field(min_length=1)
+    counters: list[CounterEndpoint] = []
+    scrape: ScrapeSettings = ScrapeSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
+    fallback: FallbackSettings = FallbackSettings()
+    actuators: ActuatorSettings = ActuatorSettings()
+    state: StateSettings = StateSettings()
+    initial_knobs: dict[str, float] = {}
+    kill_knobs: dict[str, float] = {}
+    kill_switch_file: Path | None = None
+    shadow: bool = False
+    audit_log: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SidecarConfig:
+        names = [e.name for e in self.engines] + [c.name for c in self.counters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"endpoint names must be unique, repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> SidecarConfig:
+        if not is_loopback(self.host) and self.token() is None:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address: the actuation and kill-switch "
+                f"endpoints then need a token (token_file, or the {TOKEN_ENV} variable)"
+            )
+        return self
+
+    def token(self) -> str | None:
+        """The endpoints' token: ``token_file``'s content, else ``$BUDGETPILOT_SIDECAR_TOKEN``."""
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"token_file: cannot read {self.token_file}: {exc}") from None
+            if not text:
+                raise ValueError(f"token_file: {self.token_file} is empty")
+            return text
+        return os.environ.get(TOKEN_ENV) or None
+
+    @property
+    def engine_family(self) -> str:
+        """``vllm`` or ``sglang``: whose signal names are the defaults."""
+        base = self.mapping if isinstance(self.mapping, str) else self.mapping.get("base", "vllm")
+        return "sglang" if str(base).startswith("sglang") else "vllm"
+
+    def signal_names(self) -> dict[str, str | None]:
+        """Signal metric names: the family's defaults, replaced by those the config sets (a
+        signal the family lacks and the config does not set is absent)."""
+        names: dict[str, str | None] = {"arrivals": None, **FAMILY_SIGNALS[self.engine_family]}
+        names.update({k: getattr(self.signals, k) for k in self.signals.model_fields_set})
+        return names
+
+    @property
+    def stale_after_s(self) -> float:
+        given = self.scrape.stale_after_s
+        return 0.5 * self.interval_s if given is None else given
+
+    @property
+    def fallback_after_s(self) -> float:
+        given = self.fallback.after_s
+        return 4.0 * self.interval_s if given is None else given
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> SidecarConfig:
+    """Read a YAML config and apply overrides (nested dicts merge, other values replace).
+
+    Raises
+    ------
+    SidecarConfigError
+        The file is unreadable or not YAML (with the line), or a field is invalid (named).
+    """
+    data: dict[str, Any] = {}
+    source = "<overrides>"
+    if path is not None:
+        source = str(path)
+        data = _read_yaml(Path(path))
+    merged = _merge(data, dict(overrides or {}))
+    try:
+        return SidecarConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise SidecarConfigError(f"{source}: invalid sidecar config:\n{describe(exc)}") from None
+
+
+def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Config entries for an engine twin at ``url``: its engines (``GET /engines``), its router
+    counters, its arrivals counter and its control API as actuator.
+
+    Raises
+    ------
+    SidecarConfigError
+        The twin cannot be reached or lists no engines.
+    """
+    base = url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}/engines", timeout=timeout_s) as response:
+            replicas = json.loads(response.read())
+        keys = {
+            "name": "name",
+            "url": "metrics_url",
+            "pool": "pool",
+            "max_num_seqs": "max_num_seqs",
+        }
+        engines = [{ours: r[theirs] for ours, theirs in keys.items()} for r in replicas]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SidecarConfigError(f"twin {url}: cannot list its engines: {exc}") from None
+    return {
+        "engines": engines,
+        "counters": [{"name": "router", "url": f"{base}/router/metrics"}],
+        "signals": {"arrivals": "budgetpilot:arrivals_total"},
+        "actuators": {"twin": {"url": base}},
+    }
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SidecarConfigError(f"{path}: cannot read the config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SidecarConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SidecarConfigError(f"{path}: the config must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for item in error.errors():
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])
+        where = where.lstrip(".") or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r:.60})"
+        lines.append(f"  {where}: {message}{got}")
+    return "\n".join(lines)

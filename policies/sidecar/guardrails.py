@@ -1,0 +1,171 @@
+"""Guardrails between a proposed action and the knobs the sidecar publishes.
+
+In order: the proposal (from the policy or the fallback heuristic) is checked (finite, within
+[-1, 1]), decoded without rounding, clamped to the configured bounds, held when it is within the
+hysteresis band of the value in force, limited to ``max_step`` of the knob's range per interval,
+clamped to the bounds again (safety wins over smoothness) and rounded (integer knobs). Whatever
+the path, :meth:`Guardrails.final_clamp` keeps every published value finite and within the action
+contract's ranges. Each change a guardrail makes is recorded as an :class:`Intervention`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from envs.contract import ActionContract, KnobSpec
+from policies.sidecar.config import GuardrailSettings
+
+#: Slack on the [-1, 1] action range (float32 rounding of a tanh output).
+ACTION_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A guardrail changed a knob: from ``proposed`` to ``applied``."""
+
+    knob: str
+    guardrail: str  # invalid_output, bounds, hysteresis, max_step, final_clamp
+    proposed: float | None
+    applied: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def action_problem(action: object, n_knobs: int) -> str | None:
+    """Why an action vector cannot be used (``None`` when it can)."""
+    try:
+        array = np.asarray(action, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        return f"not a numeric vector: {exc}"
+    if array.shape[0] != n_knobs:
+        return f"{array.shape[0]} values for {n_knobs} knobs"
+    if not np.all(np.isfinite(array)):
+        return f"non-finite values at {np.flatnonzero(~np.isfinite(array)).tolist()}"
+    if np.any(np.abs(array) > 1.0 + ACTION_TOLERANCE):
+        return f"values outside [-1, 1]: max |a| = {float(np.abs(array).max()):.4g}"
+    return None
+
+
+class Guardrails:
+    """Bounds, hysteresis and rate limits over the knobs of an action contract.
+
+    Parameters
+    ----------
+    contract:
+        The action contract (knob ranges, scales).
+    settings:
+        ``max_step``, ``hysteresis`` and per-knob ``bounds``.
+
+    Raises
+    ------
+    ValueError
+        A bound names an unknown knob or lies outside the knob's range (naming it).
+    """
+
+    def __init__(self, contract: ActionContract, settings: GuardrailSettings) -> None:
+        self.contract = contract
+        self.settings = settings
+        self._continuous = {k.name: replace(k, integer=False) for k in contract.knobs}
+        self.bounds = {k.name: (k.low, k.high) for k in contract.knobs}
+        for name, (low, high) in settings.bounds.items():
+            knob = self._knob(name, "guardrails.bounds")
+            if low < knob.low or high > knob.high:
+                raise ValueError(
+                    f"guardrails.bounds.{name}: [{low}, {high}] leaves the knob's range "
+                    f"[{knob.low}, {knob.high}]"
+                )
+            self.bounds[name] = (float(low), float(high))
+
+    def _knob(self, name: str, where: str) -> KnobSpec:
+        for knob in self.contract.knobs:
+            if knob.name == name:
+                return knob
+        raise ValueError(f"{where}.{name}: unknown knob (knobs: {list(self.contract.names)})")
+
+    def check_values(self, values: Mapping[str, float], where: str) -> dict[str, float]:
+        """Validate configured knob values (names known, values in range)."""
+        for name, value in values.items():
+            knob = self._knob(name, where)
+            if not (math.isfinite(value) and knob.low <= value <= knob.high):
+                raise ValueError(
+                    f"{where}.{name}: {value} is outside the knob's range [{knob.low}, {knob.high}]"
+                )
+        return dict(values)
+
+    def decode(self, action: np.ndarray) -> dict[str, float]:
+        """Knob values of a valid action, integer knobs not yet rounded."""
+        return {
+            name: self._continuous[name].from_unit(float(u))
+            for name, u in zip(self.contract.names, np.asarray(action).reshape(-1), strict=True)
+        }
+
+    def apply(
+        self, proposed: Mapping[str, float], in_force: Mapping[str, float]
+    ) -> tuple[dict[str, float], list[Intervention]]:
+        """The values to publish for a proposal, given the values in force."""
+        rules = (
+            ("bounds", self._clip),
+            ("hysteresis", self._hold_within_band),
+            ("max_step", self._limit_step),
+            ("bounds", self._clip),  # a value in force outside the bounds may not stay there
+        )
+        values: dict[str, float] = {}
+        interventions: list[Intervention] = []
+        for knob in self.contract.knobs:
+            value, current = float(proposed[knob.name]), float(in_force[knob.name])
+            for guardrail, rule in rules:
+                guarded = rule(knob, value, current)
+                if guarded != value:
+                    interventions.append(Intervention(knob.name, guardrail, value, guarded))
+                    value = guarded
+            values[knob.name] = float(round(value)) if knob.integer else value
+        return values, interventions
+
+    def _clip(self, knob: KnobSpec, value: float, current: float) -> float:
+        low, high = self.bounds[knob.name]
+        return min(high, max(low, value))
+
+    def _hold_within_band(self, knob: KnobSpec, value: float, current: float) -> float:
+        band = self.settings.hysteresis
+        if knob.integer:
+            within = abs(value - current) < 0.5 + band * (knob.high - knob.low)
+        else:
+            within = abs(knob.to_unit(value) - knob.to_unit(current)) < 2.0 * band
+        return current if within else value
+
+    def _limit_step(self, knob: KnobSpec, value: float, current: float) -> float:
+        step = self.settings.max_step
+        if knob.integer:
+            limit = max(1.0, step * (knob.high - knob.low))
+            return current + max(-limit, min(limit, value - current))
+        u_value, u_current = knob.to_unit(value), knob.to_unit(current)
+        limit = 2.0 * step
+        if abs(u_value - u_current) <= limit:
+            return value
+        u = u_current + math.copysign(limit, u_value - u_current)
+        return self._continuous[knob.name].from_unit(u)
+
+    def final_clamp(
+        self, values: Mapping[str, float], default: Mapping[str, float]
+    ) -> tuple[dict[str, float], list[Intervention]]:
+        """Every knob finite, within the contract's range, integer where it must be; a missing
+        or non-finite value becomes ``default``'s (itself clamped)."""
+        out: dict[str, float] = {}
+        interventions = []
+        for knob in self.contract.knobs:
+            raw = values.get(knob.name)
+            value = float(raw) if raw is not None else math.nan
+            if not math.isfinite(value):
+                value = float(default[knob.name])
+                value = value if math.isfinite(value) else knob.low
+            value = min(knob.high, max(knob.low, value))
+            value = float(round(value)) if knob.integer else value
+            if raw is None or value != raw:
+                interventions.append(Intervention(knob.name, "final_clamp", raw, value))
+            out[knob.name] = value
+        return out, interventions

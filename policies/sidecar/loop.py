@@ -1,0 +1,549 @@
+"""The sidecar: scrape, observe, decide, guard, actuate, record, every interval.
+
+:meth:`Sidecar.cycle` is one round (tests call it with their own clock); :meth:`Sidecar.run`
+repeats it at multiples of the interval until stopped. The decision mode follows the metrics:
+
+* ``policy``: metrics are fresh; the policy (onnxruntime) proposes, the guardrails limit;
+* ``hold``: metrics are stale (the last complete scrape is older than ``stale_after_s``) or the
+  policy's output is unusable (NaN, outside [-1, 1], an onnxruntime error): the last safe
+  action is published again;
+* ``fallback``: metrics stayed stale for ``fallback_after_s``: the fallback baseline proposes
+  on what observation there is, through the same guardrails;
+* ``kill``: the kill switch is engaged: the kill knobs (neutral by default) are published.
+
+In shadow mode every decision is made and recorded but no actuator is called.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from agents.base import ControlContext, Controller
+from envs.contract import ACTION_VERSION, NEUTRAL_KNOB_VALUES
+from policies.runtime import OnnxPolicy, load_policy
+from policies.sidecar import state as persisted
+from policies.sidecar.actuators import ActuationError, Actuator, build_actuators
+from policies.sidecar.config import SidecarConfig, SidecarConfigError
+from policies.sidecar.fallback import build_baseline
+from policies.sidecar.guardrails import Guardrails, Intervention, action_problem
+from policies.sidecar.observe import FeedabilityError, IngestReport, Observation, Observer, Problem
+from policies.sidecar.scrape import Scraper, ScrapeResult
+from policies.sidecar.telemetry import SidecarMetrics
+from slo.spec import ServiceSpec, SpecError, load_spec
+
+log = logging.getLogger("budgetpilot.sidecar")
+
+#: Problems listed in a decision (all are counted in /metrics).
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision and everything that led to it.
+
+    Parameters
+    ----------
+    time:
+        Decision time (the engine clock: Unix seconds when run live).
+    mode:
+        ``policy``, ``hold``, ``fallback`` or ``kill``.
+    reason:
+        Why this mode and these knobs, in words.
+    knobs:
+        The published knob values (always within the action contract's ranges).
+    proposed:
+        What the policy or fallback proposed, before guardrails (empty when holding).
+    raw_action:
+        The proposer's action vector in [-1, 1] before guardrails (``None`` when holding).
+    interventions:
+        Every change guardrails made.
+    observation:
+        The observation decided on.
+    metrics_age_s:
+        Age of the last complete scrape (``inf`` before the first).
+    problems:
+        This cycle's metric problems.
+    shadow, kill_switch:
+        The switches at decision time.
+    decision_ms:
+        Observation to action, guardrails included.
+    actuated:
+        Per actuator, ``ok``, the error, or why it was skipped (filled when published).
+    """
+
+    time: float
+    mode: str
+    reason: str
+    knobs: dict[str, float]
+    proposed: dict[str, float]
+    raw_action: list[float] | None
+    interventions: list[Intervention]
+    observation: Observation
+    metrics_age_s: float
+    problems: tuple[Problem, ...]
+    shadow: bool
+    kill_switch: bool
+    decision_ms: float
+    actuated: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self, sidecar: Sidecar, *, vector: bool = False) -> dict[str, Any]:
+        """JSON-ready form (``vector``: include the full observation vector, for the audit)."""
+        observation = self.observation.summary(sidecar.observation_contract)
+        if vector:
+            observation["vector"] = [float(x) for x in self.observation.vector]
+        return {
+            "time": self.time,
+            "mode": self.mode,
+            "reason": self.reason,
+            "knobs": self.knobs,
+            "proposed": {k: _json_number(v) for k, v in self.proposed.items()},
+            "raw_action": None
+            if self.raw_action is None
+            else [_json_number(x) for x in self.raw_action],
+            "guardrail_interventions": [
+                {**i.to_dict(), "proposed": _json_number(i.proposed)} for i in self.interventions
+            ],
+            "shadow": self.shadow,
+            "kill_switch": self.kill_switch,
+            "actuated": self.actuated,
+            "decision_ms": self.decision_ms,
+            "metrics_age_s": _json_number(self.metrics_age_s),
+            "problems": [p.__dict__ for p in self.problems[:MAX_LISTED_PROBLEMS]],
+            "problem_count": len(self.problems),
+            "observation": observation,
+            "policy": str(sidecar.policy.path),
+        }
+
+
+def _json_number(value: float | None) -> float | None:
+    """JSON has no NaN or Infinity: those become null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class AuditLog:
+    """Appends one JSON line per decision (flushed, so a crash loses nothing written)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: TextIO = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, allow_nan=False, separators=(",", ":"))
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class _Choice:
+    """A decision mode with the values it publishes and how they came about."""
+
+    mode: str
+    reason: str
+    values: Mapping[str, float]
+    proposed: dict[str, float] = field(default_factory=dict)
+    raw: np.ndarray | None = None
+    interventions: list[Intervention] = field(default_factory=list)
+
+
+def _entry(raw: np.ndarray | None, i: int) -> float | None:
+    return None if raw is None or raw.shape[0] <= i else float(raw[i])
+
+
+class Sidecar:
+    """The controller sidecar for one policy and one fleet.
+
+    Parameters
+    ----------
+    config:
+        The settings.
+    policy:
+        The loaded policy (default: loaded from ``config.policy``).
+    actuators:
+        Replaces the actuators the config names (e.g. for tests); ``None``: from the config.
+    clock:
+        Time source of :meth:`run` and of cycles called without a time.
+
+    Raises
+    ------
+    SidecarConfigError
+        The config does not fit the policy (pools, knobs, SLOs the metrics cannot feed...).
+    policies.runtime.PolicyFileError, policies.runtime.PolicyMismatchError
+        The policy file is unusable.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        policy: OnnxPolicy | None = None,
+        *,
+        actuators: Sequence[Actuator] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.policy = policy if policy is not None else load_policy(config.policy)
+        manifest = self.policy.manifest
+        self.observation_contract = manifest.observation_contract
+        self.action_contract = manifest.action_contract
+        try:
+            self.observer = self._observer(load_spec(dict(manifest.spec)))
+            self._check_action_contract()
+            self.guardrails = Guardrails(self.action_contract, config.guardrails)
+            self.in_force = self._knob_values(config.initial_knobs, "initial_knobs")
+            self.kill_knobs = self._knob_values(config.kill_knobs, "kill_knobs")
+            self.fallback = self._fallback()
+        except (FeedabilityError, SpecError, ValueError) as exc:
+            raise SidecarConfigError(f"{config.policy}: {exc}") from None
+        self.last_safe = dict(self.in_force)
+        self.actuators = list(build_actuators(config.actuators) if actuators is None else actuators)
+        endpoints = [(e.name, e.url) for e in config.engines] + [
+            (c.name, c.url) for c in config.counters
+        ]
+        self.scraper = Scraper(
+            endpoints,
+            timeout_s=config.scrape.timeout_s,
+            max_workers=config.scrape.max_workers,
+            max_page_bytes=config.scrape.max_page_bytes,
+        )
+        self.metrics = SidecarMetrics(self.observation_contract.windows)
+        self.metrics.info.labels(
+            str(self.policy.path), manifest.onnx_sha256, manifest.spec_hash
+        ).set(1)
+        try:
+            self.audit = AuditLog(config.audit_log) if config.audit_log is not None else None
+        except OSError as exc:
+            self.scraper.close()
+            raise SidecarConfigError(f"audit_log: cannot open {config.audit_log}: {exc}") from None
+        self.last_decision: Decision | None = None
+        self.last_report: IngestReport | None = None
+        self._lock = threading.Lock()
+        self._shadow = config.shadow
+        self._kill_switch = False
+        self._last_complete = -math.inf
+        self._first_cycle: float | None = None
+        self._mode = ""
+        self._problem_kinds: frozenset[tuple[str, str]] = frozenset()
+        self._last_save = -math.inf
+        self._save_requested = False
+        self._restore()
+        self.metrics.shadow.set(float(self._shadow))
+
+    def _observer(self, spec: ServiceSpec) -> Observer:
+        config = self.config
+        return Observer(
+            self.observation_contract,
+            spec,
+            config.mapping,
+            config.signal_names(),
+            config.engines,
+            [c.name for c in config.counters],
+            config.interval_s,
+            config.stale_after_s,
+        )
+
+    def _knob_values(self, values: Mapping[str, float], where: str) -> dict[str, float]:
+        """Configured knob values (checked, named by ``where``), neutral for the others."""
+        neutral = {
+            k.name: NEUTRAL_KNOB_VALUES.get(k.name, k.low) for k in self.action_contract.knobs
+        }
+        given = self.guardrails.check_values(values, where)
+        return self.guardrails.final_clamp({**neutral, **given}, neutral)[0]
+
+    def _fallback(self) -> Controller:
+        slo_kinds = {s.name: s.sli.llm.kind for s in self.observer.engine.slos}
+        context = ControlContext(self.observation_contract, self.action_contract, slo_kinds)
+        settings = self.config.fallback
+        return build_baseline(settings.baseline, settings.params, context)
+
+    def _check_action_contract(self) -> None:
+        version = self.action_contract.version
+        if version != ACTION_VERSION:
+            raise ValueError(
+                f"the policy acts by {version!r}, this sidecar reads {ACTION_VERSION!r}"
+            )
+        unknown = set(self.observation_contract.knob_names) - set(self.action_contract.names)
+        if unknown:
+            raise ValueError(
+                f"the observation contract observes knobs {sorted(unknown)} the action contract "
+                "does not define"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Switches (called from HTTP threads)
+
+    @property
+    def shadow(self) -> bool:
+        return self._shadow
+
+    def set_shadow(self, enabled: bool) -> None:
+        """Enter or leave shadow mode (decide and record, do not actuate)."""
+        with self._lock:
+            self._shadow = bool(enabled)
+        self.metrics.shadow.set(float(enabled))
+        log.warning("shadow mode %s", "on" if enabled else "off")
+
+    @property
+    def kill_switch(self) -> bool:
+        """Engaged by :meth:`set_kill_switch` or while the ``kill_switch_file`` exists."""
+        path = self.config.kill_switch_file
+        return self._kill_switch or (path is not None and path.exists())
+
+    def set_kill_switch(self, engaged: bool, reason: str = "") -> None:
+        """Engage (publish the kill knobs, stop the policy) or release the kill switch."""
+        with self._lock:
+            self._kill_switch = bool(engaged)
+        self.metrics.kill_switch.set(float(engaged))
+        log.warning("kill switch %s: %s", "engaged" if engaged else "released", reason or "-")
+        self._save_requested = True  # saved by the decision loop, which owns the engine
+
+    # ----------------------------------------------------------------------------------------
+    # The cycle
+
+    def cycle(self, now: float | None = None) -> Decision:
+        """Scrape, decide and publish at ``now`` (default: the clock)."""
+        now = self.clock() if now is None else float(now)
+        start = time.perf_counter()
+        self.scrape(now)
+        decision = self.decide(now)
+        self.metrics.cycle_seconds.observe(time.perf_counter() - start)
+        return self.publish(decision)
+
+    def scrape(self, now: float) -> IngestReport:
+        """Scrape every endpoint and feed the budgets and signals."""
+        return self.ingest(now, self.scraper.scrape(self.observer.parse))
+
+    def ingest(self, now: float, results: Mapping[str, ScrapeResult]) -> IngestReport:
+        """Feed one scrape round (pages parsed by :meth:`Observer.parse`, or errors) taken at
+        ``now``; record its problems in /metrics and the log."""
+        report = self.observer.ingest(now, results)
+        if report.complete:
+            self._last_complete = now
+        for name, result in results.items():
+            self.metrics.endpoint_up.labels(name).set(1.0 if result.ok else 0.0)
+        for problem in report.problems:
+            self.metrics.scrape_errors.labels(problem.endpoint, problem.kind).inc()
+        self._log_problems(report.problems)
+        self.last_report = report
+        return report
+
+    def decide(self, now: float) -> Decision:
+        """Observe and decide (no actuation): the mode, the proposal, the guardrails."""
+        start = time.perf_counter()
+        knob_units = {k.name: k.to_unit(self.in_force[k.name]) for k in self.action_contract.knobs}
+        observation = self.observer.observe(now, knob_units)
+        if self._first_cycle is None:
+            self._first_cycle = now
+        age = now - self._last_complete
+        kill, shadow = self.kill_switch, self.shadow
+        choice = self._choose(observation.vector, now, age, kill)
+        knobs, clamped = self.guardrails.final_clamp(choice.values, self.last_safe)
+        if choice.mode in ("policy", "fallback"):
+            self.last_safe = dict(knobs)
+        return Decision(
+            time=now,
+            mode=choice.mode,
+            reason=choice.reason,
+            knobs=knobs,
+            proposed=choice.proposed,
+            raw_action=None if choice.raw is None else [float(x) for x in choice.raw],
+            interventions=choice.interventions + clamped,
+            observation=observation,
+            metrics_age_s=age,
+            problems=self.last_report.problems if self.last_report else (),
+            shadow=shadow,
+            kill_switch=kill,
+            decision_ms=(time.perf_counter() - start) * 1e3,
+        )
+
+    def _choose(self, vector: np.ndarray, now: float, age: float, kill: bool) -> _Choice:
+        """The decision mode and its proposal (see the module docstring)."""
+        if kill:
+            return _Choice("kill", "kill switch engaged: kill knobs published", self.kill_knobs)
+        if age <= self.config.stale_after_s:
+            return self._proposal(self.policy.act, vector, "policy", "policy decision")
+        stale_for = now - max(self._last_complete, self._first_cycle or now)
+        if stale_for <= self.config.fallback_after_s:
+            reason = f"metrics stale for {_seconds(age)}: last safe action held"
+            return _Choice("hold", reason, self.last_safe)
+        if self._mode != "fallback":
+            self.fallback.reset()
+        reason = (
+            f"metrics stale for {stale_for:.0f} s (> fallback_after_s "
+            f"{self.config.fallback_after_s:g}): fallback baseline {self.fallback.name!r}"
+        )
+        return self._proposal(self.fallback.act, vector, "fallback", reason)
+
+    def _proposal(
+        self, act: Callable[[np.ndarray], np.ndarray], vector: np.ndarray, mode: str, reason: str
+    ) -> _Choice:
+        """The proposer's action through the guardrails; an unusable one holds the last safe
+        action."""
+        raw = None
+        try:
+            raw = np.asarray(act(vector), dtype=np.float64).reshape(-1)
+            problem = action_problem(raw, len(self.action_contract.knobs))
+        except Exception as exc:  # onnxruntime and heuristics may fail in their own ways
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            held = self.last_safe
+            interventions = [
+                Intervention(name, "invalid_output", _entry(raw, i), held[name])
+                for i, name in enumerate(self.action_contract.names)
+            ]
+            reason = f"{mode} output unusable ({problem}): last safe action held"
+            return _Choice("hold", reason, held, raw=raw, interventions=interventions)
+        proposed = self.guardrails.decode(raw)
+        values, interventions = self.guardrails.apply(proposed, self.in_force)
+        return _Choice(mode, reason, values, proposed, raw, interventions)
+
+    def publish(self, decision: Decision) -> Decision:
+        """Actuate (unless in shadow mode), record in /metrics and the audit log."""
+        actuated: dict[str, str] = {}
+        if decision.shadow:
+            actuated = {a.name: "skipped: shadow mode" for a in self.actuators}
+        else:
+            for actuator in self.actuators:
+                actuated[actuator.name] = self._actuate(actuator, decision)
+            if not self.actuators or "ok" in actuated.values():
+                self.in_force = dict(decision.knobs)
+        decision = replace(decision, actuated=actuated)
+        self._record(decision)
+        self.last_decision = decision
+        return decision
+
+    def _actuate(self, actuator: Actuator, decision: Decision) -> str:
+        try:
+            actuator.apply(decision.knobs, decision.to_dict(self))
+        except ActuationError as exc:
+            self.metrics.actuation_errors.labels(actuator.name).inc()
+            log.warning("actuator %s failed: %s", actuator.name, exc)
+            return f"error: {exc}"
+        return "ok"
+
+    def _record(self, decision: Decision) -> None:
+        metrics = self.metrics
+        metrics.decision_seconds.observe(decision.decision_ms / 1e3)
+        metrics.record_budgets(decision.observation.snapshot)
+        metrics.record_knobs(decision.knobs, decision.proposed)
+        metrics.record_mode(decision.mode)
+        metrics.metrics_age.set(
+            decision.metrics_age_s if math.isfinite(decision.metrics_age_s) else -1.0
+        )
+        metrics.healthy_replicas.set(decision.observation.healthy_replicas)
+        for intervention in decision.interventions:
+            metrics.interventions.labels(intervention.knob, intervention.guardrail).inc()
+        if decision.mode != self._mode:
+            log.warning(
+                "decision mode %s -> %s: %s", self._mode or "start", decision.mode, decision.reason
+            )
+            self._mode = decision.mode
+        log.debug("decision %s: %s", decision.mode, decision.knobs)
+        if self.audit is not None:
+            self.audit.write(decision.to_dict(self, vector=True))
+        if (
+            self._save_requested
+            or decision.time - self._last_save >= self.config.state.save_every_s
+        ):
+            self._save_state(decision.time)
+
+    def _log_problems(self, problems: Sequence[Problem]) -> None:
+        """Log problems when their set changes (every cycle would drown the log)."""
+        kinds = frozenset((p.endpoint, p.kind) for p in problems)
+        if kinds != self._problem_kinds:
+            for problem in problems[:MAX_LISTED_PROBLEMS]:
+                log.warning(
+                    "metrics problem at %s (%s): %s", problem.endpoint, problem.kind, problem.detail
+                )
+            if not problems:
+                log.info("metrics problems cleared")
+        self._problem_kinds = kinds
+
+    # ----------------------------------------------------------------------------------------
+    # State
+
+    def _save_state(self, now: float | None = None) -> None:
+        directory = self.config.state.directory
+        if directory is None:
+            return
+        engine = self.observer.engine
+        state = persisted.SidecarState(
+            dict(self.in_force), dict(self.last_safe), self._kill_switch, engine.now
+        )
+        try:
+            persisted.save(directory, engine, state)
+            self._last_save = engine.now if now is None else now
+            self._save_requested = False
+        except persisted.StateError as exc:
+            self.metrics.state_errors.labels("save").inc()
+            log.error("%s", exc)
+
+    def _restore(self) -> None:
+        directory = self.config.state.directory
+        if directory is None:
+            return
+        try:
+            restored = persisted.restore(directory, self.observer.engine)
+        except persisted.StateError as exc:
+            self.metrics.state_errors.labels("restore").inc()
+            log.error("%s; starting with fresh budgets", exc)
+            return
+        if restored is None:
+            return
+        self.in_force, _ = self.guardrails.final_clamp(restored.in_force, self.in_force)
+        self.last_safe, _ = self.guardrails.final_clamp(restored.last_safe, self.in_force)
+        self._kill_switch = restored.kill_switch
+        self.metrics.kill_switch.set(float(self._kill_switch))
+        log.info("state restored from %s (saved at %.0f)", directory, restored.saved_at)
+
+    # ----------------------------------------------------------------------------------------
+    # Running
+
+    def run(self, stop: threading.Event) -> None:
+        """Scrape ``scrape.per_interval`` times per interval and decide at multiples of the
+        interval until ``stop`` is set (a failing round is logged, counted and survived)."""
+        interval = self.config.interval_s
+        tick = interval / self.config.scrape.per_interval
+        now = self.clock()
+        decide = True  # the first round decides at once, whatever the grid
+        while not stop.is_set():
+            try:
+                if decide:
+                    self.cycle(now)
+                else:
+                    self.scrape(now)
+            except Exception:  # the loop must outlive any single round's bug
+                log.exception("sidecar round failed")
+                self.metrics.scrape_errors.labels("sidecar", "round_failure").inc()
+            now = (math.floor(self.clock() / tick + 1e-9) + 1) * tick
+            decide = abs(now / interval - round(now / interval)) < 1e-6
+            stop.wait(max(0.0, now - self.clock()))
+
+    def close(self) -> None:
+        """Save the state and release connections and files."""
+        self._save_state()
+        self.scraper.close()
+        if self.audit is not None:
+            self.audit.close()
+
+
+def _seconds(age: float) -> str:
+    return "since start (no complete scrape yet)" if math.isinf(age) else f"{age:.0f} s"

@@ -1,0 +1,474 @@
+"""Scraped metrics -> error budgets and fleet signals -> the policy's observation vector.
+
+Counters and histograms go through :class:`slo.metrics.MetricsFeed` into a
+:class:`slo.engine.BudgetEngine` built from the policy's SLO spec (burn rates from counter and
+histogram deltas, restarts handled). Each engine's gauges become
+:class:`envs.contract.ReplicaGauges` and :class:`envs.contract.FleetSignalTracker` computes the
+same fleet features as the environment, so :meth:`ObservationContract.build` rebuilds the
+vector the policy was trained on.
+
+Missing data never becomes NaN: a replica whose scrape failed or whose page is unreadable is not
+healthy this cycle (as a failed replica in training); a non-finite or missing gauge of an
+answering replica keeps its last good value (0 before any); non-finite counters are skipped.
+Every such problem is reported in the :class:`IngestReport`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from envs.contract import (
+    ALERT_LEVELS,
+    OBSERVATION_VERSION,
+    FleetSignals,
+    FleetSignalTracker,
+    ObservationContract,
+    ReplicaGauges,
+)
+from policies.sidecar.config import EngineEndpoint
+from policies.sidecar.parse import Sample, SeriesSelection, read_page
+from policies.sidecar.scrape import ScrapeResult
+from slo.engine import BudgetEngine, BudgetSnapshot
+from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport
+from slo.spec import ServiceSpec
+
+#: What the metrics feed reports, by problem kind (``kind`` label of the scrape-error counter).
+_FEED_PROBLEMS = {
+    "missing_series": "missing_series",
+    "missing_endpoints": "missing_endpoint",
+    "non_finite": "non_finite",
+    "duplicates": "duplicate",
+    "unparsable": "parse",
+    "inexact": "inexact",
+    "resets": "counter_reset",
+}
+_GAUGES = ("kv", "waiting", "running")
+_COUNTERS = ("preemptions", "finished", "arrivals")
+
+
+class FeedabilityError(ValueError):
+    """The configured metrics cannot feed the policy's contract (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with this cycle's metrics."""
+
+    endpoint: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one scrape round delivered.
+
+    Parameters
+    ----------
+    time:
+        Scrape time.
+    complete:
+        Whether the budgets and signals are fully fed: some engine answered, every counter
+        endpoint answered, no SLO threshold missed its histogram's buckets.
+    engines_ok, engines:
+        Engines that answered with a readable page, engines configured.
+    problems:
+        Everything skipped or failed.
+    """
+
+    time: float
+    complete: bool
+    engines_ok: int
+    engines: int
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """An observation vector and what it was built from."""
+
+    time: float
+    vector: np.ndarray
+    snapshot: BudgetSnapshot
+    signals: FleetSignals
+    healthy_replicas: int
+    replicas: int
+    arrivals: float
+    preemptions: float
+
+    def summary(self, contract: ObservationContract) -> dict[str, Any]:
+        """A JSON-ready summary: budgets per SLO, pool and fleet signals."""
+        snapshot = self.snapshot
+        slos = {}
+        for i, name in enumerate(snapshot.slo_names):
+            burn = {w: _finite(snapshot.burn_rates[i, j]) for j, w in enumerate(snapshot.windows)}
+            slos[name] = {
+                "burn_rates": {w: burn[w] for w in contract.windows},
+                "budget_remaining": _finite(snapshot.budget_remaining[i]),
+                "alert": ("none", "ticket", "page")[int(snapshot.alert_levels[i])],
+            }
+        return {
+            "time": self.time,
+            "slos": slos,
+            "pools": {p: dict(f) for p, f in self.signals.pools.items()},
+            "fleet": dict(self.signals.fleet),
+            "healthy_replicas": self.healthy_replicas,
+            "replicas": self.replicas,
+        }
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class _Replicas:
+    """Per-engine gauge state, arrays indexed like the configured engines."""
+
+    pool: np.ndarray
+    max_num_seqs: np.ndarray
+    answered_at: np.ndarray  # time of the last readable page (-inf: never)
+    values: dict[str, np.ndarray] = field(init=False)  # last good value per gauge
+    kv_sum: np.ndarray = field(init=False)  # KV usage samples since the last observation
+    kv_samples: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.pool)
+        self.values = {g: np.zeros(n) for g in _GAUGES}
+        self.kv_sum = np.zeros(n)
+        self.kv_samples = np.zeros(n, dtype=np.int64)
+
+
+class _CounterDeltas:
+    """Increases of counters per series between scrapes (first sight of an endpoint is a
+    baseline, a new series on a known endpoint counts from zero, a drop is a restart)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[str, str, tuple], float] = {}
+        self._endpoints: set[str] = set()
+
+    def increase(self, endpoint: str, name: str, series: Sequence[tuple[dict, float]]) -> float:
+        known = endpoint in self._endpoints
+        total = 0.0
+        for labels, value in series:
+            key = (endpoint, name, tuple(sorted(labels.items())))
+            previous = self._previous.get(key)
+            self._previous[key] = value
+            if not known:
+                continue
+            total += value if previous is None or value < previous else value - previous
+        return total
+
+    def seen(self, endpoint: str) -> None:
+        self._endpoints.add(endpoint)
+
+
+class Observer:
+    """Builds the policy's observations from scrapes.
+
+    Parameters
+    ----------
+    contract:
+        The policy's observation contract.
+    spec:
+        The policy's SLO spec (the budget engine is built from it).
+    mapping:
+        Metric names of the engines (see :func:`slo.metrics.load_mapping`).
+    signal_names:
+        Names of the ``waiting``, ``running``, ``preemptions``, ``finished`` and ``arrivals``
+        metrics (see :class:`~policies.sidecar.config.SignalNames`).
+    engines:
+        The engines, with their pool and ``max_num_seqs``.
+    counter_endpoints:
+        Names of the endpoints exporting budgetpilot counters.
+    interval_s:
+        Seconds between observations (the fleet-signal tracker's interval).
+    stale_after_s:
+        A replica whose last readable page is older is not healthy.
+
+    Raises
+    ------
+    FeedabilityError
+        When the metrics cannot feed the contract (see :func:`check_feedable`).
+    """
+
+    def __init__(
+        self,
+        contract: ObservationContract,
+        spec: ServiceSpec,
+        mapping: str | Mapping[str, Any] | MetricMapping,
+        signal_names: Mapping[str, str | None],
+        engines: Sequence[EngineEndpoint],
+        counter_endpoints: Sequence[str],
+        interval_s: float,
+        stale_after_s: float,
+    ) -> None:
+        self.contract = contract
+        self.engine = BudgetEngine(spec)
+        self.feed = MetricsFeed(self.engine, mapping)
+        self.signal_names = dict(signal_names)
+        self.engines = tuple(engines)
+        self.counter_endpoints = tuple(counter_endpoints)
+        check_feedable(contract, self.feed, self.signal_names, self.engines, counter_endpoints)
+        self.interval_s = float(interval_s)
+        self.stale_after_s = float(stale_after_s)
+        self._gauge_names = {
+            "kv": self.feed.mapping.kv_cache_usage,
+            "waiting": self.signal_names["waiting"],
+            "running": self.signal_names["running"],
+        }
+        self.selection = self._selection()
+        read_by_feed = {s.metric for s in self.feed.sources}
+        read_by_feed |= {f"{name}_count" for name in read_by_feed}
+        signals = {*self._gauge_names.values(), *(self.signal_names.get(c) for c in _COUNTERS)}
+        self._signal_only = signals - read_by_feed - {None}
+        self._window_index = [self.engine.windows.index(w) for w in contract.windows]
+        self._engine_index = {e.name: i for i, e in enumerate(self.engines)}
+        self._needs_counters = any(not s.exact_from_engine for s in self.feed.sources)
+        self.tracker = FleetSignalTracker(contract, interval_s)
+        self.replicas = _Replicas(
+            pool=np.array([contract.pools.index(e.pool) for e in self.engines]),
+            max_num_seqs=np.array([e.max_num_seqs for e in self.engines], dtype=float),
+            answered_at=np.full(len(self.engines), -np.inf),
+        )
+        self._counters = _CounterDeltas()
+        self._interval_counts = dict.fromkeys(_COUNTERS, 0.0)
+        self._snapshot: BudgetSnapshot | None = None
+        self._last_observed: float | None = None
+        self._queue_at_last_observation: float | None = None
+
+    def _selection(self) -> SeriesSelection:
+        names = [*self._gauge_names.values(), *self.signal_names.values()]
+        buckets: dict[str, set[float]] = {}
+        for source in self.feed.sources:
+            if source.kind == "histogram":
+                names.append(f"{source.metric}_count")
+                buckets.setdefault(f"{source.metric}_bucket", set()).add(float(source.threshold))
+            else:
+                names.append(source.metric)
+        return SeriesSelection.of(names, buckets)
+
+    # ----------------------------------------------------------------------------------------
+
+    def parse(self, endpoint: str, text: str) -> list[Sample]:
+        """Read one endpoint's page (thread-safe: called in the scraping threads)."""
+        return read_page(text, self.selection)
+
+    def ingest(self, now: float, results: Mapping[str, ScrapeResult]) -> IngestReport:
+        """Feed one scrape round (results by endpoint name) taken at ``now``."""
+        problems = [
+            Problem(name, r.error, r.detail) for name, r in results.items() if r.error is not None
+        ]
+        pages = {name: r.value for name, r in results.items() if r.ok}
+        if pages:
+            report = self.feed.update(now, pages)
+            problems += _feed_problems(report)
+            self._snapshot = self.engine.snapshot()
+        else:
+            report = None  # blind: the engine keeps its clock rather than count silence as good
+        for name, samples in pages.items():
+            problems += self._read_signals(now, name, samples)
+        engines_ok = sum(1 for e in self.engines if e.name in pages)
+        counters_ok = all(name in pages for name in self.counter_endpoints)
+        complete = (
+            engines_ok > 0
+            and (counters_ok or not self._needs_counters)
+            and not (report and report.inexact)
+        )
+        return IngestReport(now, complete, engines_ok, len(self.engines), tuple(problems))
+
+    def _read_signals(self, now: float, endpoint: str, samples: list[Sample]) -> list[Problem]:
+        """Update gauges (engines) and signal counters (any endpoint) from one page."""
+        by_name: dict[str, list[tuple[dict, float]]] = {}
+        problems = []
+        for name, labels, value in samples:
+            if math.isfinite(value):
+                by_name.setdefault(name, []).append((labels, value))
+            elif name in self._signal_only:  # the feed reports the series it reads itself
+                problems.append(Problem(endpoint, "non_finite", f"{name}{labels} = {value}"))
+        for counter in _COUNTERS:
+            name = self.signal_names.get(counter)
+            if name in by_name:
+                increase = self._counters.increase(endpoint, name, by_name[name])
+                self._interval_counts[counter] += increase
+        self._counters.seen(endpoint)
+        index = self._engine_index.get(endpoint)
+        if index is None:
+            return problems
+        state = self.replicas
+        state.answered_at[index] = now
+        for gauge, name in self._gauge_names.items():
+            values = [v for _, v in by_name.get(name, ())]
+            if not values:
+                problems.append(Problem(endpoint, "missing_series", f"no finite value of {name}"))
+                continue  # the last good value stands
+            if gauge == "kv":
+                value = min(1.0, max(0.0, sum(values) / len(values)))
+                state.kv_sum[index] += value
+                state.kv_samples[index] += 1
+            else:
+                value = max(0.0, sum(values))
+            state.values[gauge][index] = value
+        return problems
+
+    # ----------------------------------------------------------------------------------------
+
+    def observe(self, now: float, knob_units: Mapping[str, float]) -> Observation:
+        """The observation at ``now`` with the knobs in force (each in [-1, 1])."""
+        state = self.replicas
+        healthy = (now - state.answered_at) <= self.stale_after_s
+        kv_now = state.values["kv"]
+        kv_mean = np.divide(
+            state.kv_sum, state.kv_samples, out=kv_now.copy(), where=state.kv_samples > 0
+        )
+        gauges = ReplicaGauges(
+            pool=state.pool,
+            healthy=healthy,
+            kv_usage=kv_now,
+            kv_usage_mean=kv_mean,
+            waiting=state.values["waiting"],
+            running=state.values["running"],
+            max_num_seqs=state.max_num_seqs,
+        )
+        arrivals, preemptions = self._interval_rates(now, gauges)
+        signals = self.tracker.update(gauges, arrivals, preemptions)
+        snapshot = self.budgets()
+        alerts = np.where(
+            snapshot.page,
+            ALERT_LEVELS["page"],
+            np.where(snapshot.ticket, ALERT_LEVELS["ticket"], 0),
+        )
+        vector = self.contract.build(
+            snapshot.burn_rates[:, self._window_index],
+            snapshot.budget_remaining,
+            alerts,
+            signals,
+            knob_units,
+        )
+        state.kv_sum[:] = 0.0
+        state.kv_samples[:] = 0
+        return Observation(
+            time=now,
+            vector=vector,
+            snapshot=snapshot,
+            signals=signals,
+            healthy_replicas=int(healthy.sum()),
+            replicas=len(healthy),
+            arrivals=arrivals,
+            preemptions=preemptions,
+        )
+
+    def budgets(self) -> BudgetSnapshot:
+        """The budgets as of the last ingested data (computed when data arrives, so that a
+        decision only reads them)."""
+        if self._snapshot is None or self._snapshot.time != self.engine.now:
+            self._snapshot = self.engine.snapshot()  # a restored engine moved the clock
+        return self._snapshot
+
+    def _interval_rates(self, now: float, gauges: ReplicaGauges) -> tuple[float, float]:
+        """Arrivals and preemptions of the interval, scaled to the nominal interval (the
+        tracker divides by it) when the real one differs."""
+        counts = self._interval_counts
+        queue = float(np.sum((gauges.waiting + gauges.running)[gauges.healthy]))
+        if self.signal_names["arrivals"] is not None:
+            arrivals = counts["arrivals"]
+        else:
+            previous = self._queue_at_last_observation
+            change = 0.0 if previous is None else queue - previous
+            arrivals = max(0.0, counts["finished"] + change)
+        preemptions = counts["preemptions"]
+        elapsed = None if self._last_observed is None else now - self._last_observed
+        scale = self.interval_s / elapsed if elapsed and elapsed > 0 else 1.0
+        if elapsed is None:
+            arrivals = preemptions = 0.0  # nothing to compare the first scrape with
+        self._last_observed = now
+        self._queue_at_last_observation = queue
+        self._interval_counts = dict.fromkeys(_COUNTERS, 0.0)
+        return arrivals * scale, preemptions * scale
+
+
+def _feed_problems(report: ScrapeReport) -> list[Problem]:
+    problems = []
+    for attribute, kind in _FEED_PROBLEMS.items():
+        for item in getattr(report, attribute):
+            endpoint, sep, detail = item.partition("/")
+            if attribute == "missing_endpoints":
+                endpoint, detail = item, "endpoint missing from the scrape"
+            elif not sep or attribute in ("inexact", "unparsable"):
+                endpoint, detail = "feed", item
+            problems.append(Problem(endpoint, kind, detail))
+    return problems
+
+
+def check_feedable(
+    contract: ObservationContract,
+    feed: MetricsFeed,
+    signal_names: Mapping[str, str | None],
+    engines: Sequence[EngineEndpoint],
+    counter_endpoints: Sequence[str],
+) -> None:
+    """Refuse metrics that cannot feed the contract: every problem, one per line.
+
+    Raises
+    ------
+    FeedabilityError
+        Another contract version, SLOs or windows of the contract the spec's engine does not
+        compute, engines in pools the contract does not know or contract pools without engines,
+        SLOs needing budgetpilot counters without a counter endpoint, fleet signals without a
+        metric.
+    """
+    engine = feed.engine
+    problems = []
+    if contract.version != OBSERVATION_VERSION:
+        problems.append(
+            f"the policy observes {contract.version!r}, this sidecar builds {OBSERVATION_VERSION!r}"
+        )
+    if tuple(contract.slo_names) != tuple(engine.slo_names):
+        problems.append(
+            f"the contract observes SLOs {list(contract.slo_names)}, the policy's spec defines "
+            f"{list(engine.slo_names)}"
+        )
+    missing_windows = [w for w in contract.windows if w not in engine.windows]
+    if missing_windows:
+        problems.append(f"windows {missing_windows} are not burn-rate windows of the spec")
+    if contract.spec_digest and contract.spec_digest != engine.spec_fingerprint():
+        problems.append("the contract was built for another SLO spec than the manifest's")
+    for i, endpoint in enumerate(engines):
+        if endpoint.pool not in contract.pools:
+            problems.append(
+                f"engines[{i}] ({endpoint.name}): pool {endpoint.pool!r} is not a pool of the "
+                f"policy's contract {list(contract.pools)}"
+            )
+    for pool in contract.pools:
+        if not any(e.pool == pool for e in engines):
+            problems.append(f"pool {pool!r} of the policy's contract has no engine in engines")
+    needing = [
+        slo.name
+        for slo, source in zip(engine.slos, feed.sources, strict=True)
+        if not source.exact_from_engine
+    ]
+    if needing and not counter_endpoints:
+        problems.append(
+            f"SLOs {needing} need budgetpilot counters ({feed.mapping.sli_events}, engines do "
+            "not export them): configure counters (the router's or the twin's metrics URL)"
+        )
+    if feed.mapping.kv_cache_usage is None:
+        problems.append(f"mapping {feed.mapping.name!r} names no KV-cache usage gauge")
+    for signal in ("waiting", "running"):
+        if not signal_names.get(signal):
+            problems.append(f"signals.{signal}: no metric name (the contract observes it)")
+    if "preemptions" not in signal_names:
+        problems.append(
+            "signals.preemptions: this engine family counts no preemptions; name a counter, or "
+            "set it to null to observe zero preemptions"
+        )
+    if not signal_names.get("finished") and not signal_names.get("arrivals"):
+        problems.append("signals: name a finished-requests or an arrivals counter (load feature)")
+    if problems:
+        raise FeedabilityError("the metrics cannot feed the policy:\n  " + "\n  ".join(problems))

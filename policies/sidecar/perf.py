@@ -1,0 +1,492 @@
+"""``budgetpilot perf sidecar``: decision latency, 64-endpoint cycle, memory and start-up.
+
+The fleet is a local HTTP server (another process, as engines are) serving 64 realistic vLLM
+pages (request histograms rendered by :class:`slo.exposition.ExpositionRenderer` from synthetic
+request events, scheduler gauges, and the other families a vLLM v1 server exposes) plus a
+router page of budgetpilot counters. The policy is a linear ONNX policy over the environment's
+contracts (or a zoo policy). Figures:
+
+* ``decision_p99_ms``: observation vector, policy (onnxruntime) and guardrails (and
+  ``decision_p99_cpu_ms``, the deciding thread's CPU time, which other processes do not inflate);
+* ``cycle_ms_64_endpoints`` (median; ``cycle_p99_ms``): scrape, parse, budgets and decision;
+* ``rss_mb`` (peak) and ``startup_s`` (launch to ``/readyz``: imports, policy, first cycle;
+  ``startup_cpu_s`` its CPU time) of a real ``budgetpilot sidecar`` process, and
+  ``forbidden_imports`` found in the measuring sidecar process;
+* ``load_average_1m``: the machine's load when the benchmark ended (wall times grow with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+_SELF = (sys.executable, "-m", "policies.sidecar.perf")
+#: Modules that must never be imported by a sidecar process.
+FORBIDDEN_MODULES = ("torch", "ray", "stable_baselines3", "numba", "envs.sim")
+#: Filler families of a vLLM v1 page (name, kind, bucket bounds): what the sidecar skips.
+_FILLER_HISTOGRAMS = {
+    "vllm:request_prompt_tokens": (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+    "vllm:request_generation_tokens": (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+    "vllm:iteration_tokens_total": (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+    "vllm:request_params_n": (1, 2, 5, 10, 20),
+    "vllm:request_params_max_tokens": (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+    "vllm:request_max_num_generation_tokens": (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    "vllm:request_queue_time_seconds": (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0),
+    "vllm:request_inference_time_seconds": (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0),
+    "vllm:request_prefill_time_seconds": (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0),
+    "vllm:request_decode_time_seconds": (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0),
+}
+_FILLER_COUNTERS = (
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "python_gc_objects_collected",
+    "python_gc_collections",
+    "process_cpu_seconds",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# A policy over the environment's contracts
+
+
+def linear_policy(
+    path: Path,
+    observation_contract: Any,
+    action_contract: Any,
+    spec: Any,
+    *,
+    seed: int = 0,
+    scale: float = 0.3,
+    bias: np.ndarray | None = None,
+    squash: bool = True,
+) -> Path:
+    """Write a linear ONNX policy ``tanh(obs @ W + b)`` and its manifest (needs ``onnx``, of the
+    train extra: a stand-in for an exported PPO actor, with the same file format).
+
+    ``W`` and ``b`` are drawn from ``seed`` (times ``scale``); ``bias`` replaces ``b``;
+    ``squash=False`` leaves out the tanh (outputs may leave [-1, 1], for guardrail tests).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from policies.manifest import Normalisation, PolicyManifest, Provenance, spec_to_json
+    from slo.engine import BudgetEngine
+
+    rng = np.random.default_rng(seed)
+    n_obs, n_act = observation_contract.size, len(action_contract.knobs)
+    weights = (rng.standard_normal((n_obs, n_act)) * scale).astype(np.float32)
+    drawn = rng.standard_normal(n_act) * scale
+    bias = np.asarray(drawn if bias is None else bias, dtype=np.float32)
+    last = "action" if not squash else "y"
+    nodes = [
+        helper.make_node("MatMul", ["observation", "W"], ["z"]),
+        helper.make_node("Add", ["z", "b"], [last]),
+    ]
+    if squash:
+        nodes.append(helper.make_node("Tanh", ["y"], ["action"]))
+    graph = helper.make_graph(
+        nodes,
+        "linear_policy",
+        [helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["batch", n_obs])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", n_act])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    manifest = PolicyManifest(
+        observation_contract=observation_contract,
+        action_contract=action_contract,
+        spec=spec_to_json(spec),
+        spec_hash=BudgetEngine(spec).spec_fingerprint(),
+        normalisation=Normalisation((0.0,) * n_obs, (1.0,) * n_obs, None, 0.0),
+        onnx_sha256=hashlib.sha256(data).hexdigest(),
+        opset=17,
+        provenance=Provenance(
+            preset="linear-stand-in",
+            seed=seed,
+            scenarios=("steady",),
+            env_kwargs={},
+            timesteps=0,
+            commit=None,
+            metrics={},
+            export={"kind": "linear tanh(obs @ W + b), random weights"},
+        ),
+    )
+    path.with_suffix(".json").write_text(manifest.to_json())
+    return path
+
+
+def fleet_contracts() -> tuple[Any, Any, Any]:
+    """``(observation contract, action contract, SLO spec)`` of the fleet environment."""
+    from envs.fleet_env import LLMFleetEnv
+
+    env = LLMFleetEnv("steady")
+    return env.observation_contract, env.action_contract, env.slo_spec
+
+
+# ------------------------------------------------------------------------------------------------
+# Realistic pages
+
+
+def engine_pages(spec: Any, n_pages: int, rng: np.random.Generator, requests: int = 600) -> list:
+    """Successive vLLM v1 pages of one engine (counters growing ``requests`` per page)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    from slo.exposition import ExpositionRenderer
+    from slo.synthetic import synthetic_events
+
+    renderer = ExpositionRenderer(spec, "vllm", labels={"engine": "0"}, budget_counters=False)
+    labels = ["model_name", "engine"]
+    values = ["strong", "0"]
+    pages = []
+    for page in range(n_pages):
+        renderer.add(synthetic_events(rng, requests, page * 30.0, (page + 1) * 30.0, n_tiers=1))
+        served = (page + 1) * requests
+
+        def families(served: int = served) -> list:
+            out = []
+            for name, value in (
+                ("vllm:num_requests_running", rng.integers(10, 60)),
+                ("vllm:num_requests_waiting", rng.integers(0, 8)),
+                ("vllm:kv_cache_usage_perc", rng.uniform(0.2, 0.95)),
+            ):
+                family = GaugeMetricFamily(name, "scheduler gauge", labels=labels)
+                family.add_metric(values, float(value))
+                out.append(family)
+            for name in ("vllm:num_preemptions", *_FILLER_COUNTERS):
+                family = CounterMetricFamily(name, "counter", labels=labels)
+                family.add_metric(values, float(served * (3 if "tokens" in name else 0.01)))
+                out.append(family)
+            for name, bounds in _FILLER_HISTOGRAMS.items():
+                family = HistogramMetricFamily(name, "histogram", labels=labels)
+                buckets = [
+                    (str(float(b)), float(served * i / len(bounds))) for i, b in enumerate(bounds)
+                ]
+                family.add_metric(values, [*buckets, ("+Inf", float(served))], float(served))
+                out.append(family)
+            return out
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(families))
+        pages.append(renderer.render() + generate_latest(registry).decode())
+    return pages
+
+
+def router_pages(spec: Any, n_pages: int, rng: np.random.Generator, requests: int) -> list:
+    """Successive router pages (budgetpilot counters, arrivals) for a fleet's traffic."""
+    from slo.exposition import ExpositionRenderer
+    from slo.synthetic import synthetic_events
+
+    renderer = ExpositionRenderer(spec, "vllm", engine_metrics=False)
+    pages = []
+    for page in range(n_pages):
+        renderer.add(synthetic_events(rng, requests, page * 30.0, (page + 1) * 30.0))
+        arrivals = f"budgetpilot:arrivals_total {float((page + 1) * requests)}\n"
+        pages.append(renderer.render() + "# TYPE budgetpilot:arrivals counter\n" + arrivals)
+    return pages
+
+
+class _Collector:
+    def __init__(self, families: Callable[[], list]) -> None:
+        self._families = families
+
+    def collect(self) -> list:
+        return self._families()
+
+
+# ------------------------------------------------------------------------------------------------
+# A page server
+
+
+class PageServer(ThreadingHTTPServer):
+    """Serves pages over HTTP/1.1 on loopback: ``routes[path]()`` gives ``(status, text)``.
+
+    Routes may be replaced while serving (tests inject garbage, NaN, failures or delays).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, routes: Mapping[str, Callable[[], tuple[int, str]]] | None = None) -> None:
+        self.routes: dict[str, Callable[[], tuple[int, str]]] = dict(routes or {})
+        super().__init__(("127.0.0.1", 0), _PageHandler)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def set_text(self, path: str, text: str, status: int = 200) -> None:
+        self.routes[path] = lambda: (status, text)
+
+    def set_sequence(self, path: str, texts: list[str]) -> None:
+        """Serve ``texts`` one after another (the last one from then on)."""
+        served = iter(texts)
+        last = [texts[-1]]
+
+        def next_page() -> tuple[int, str]:
+            last[0] = next(served, last[0])
+            return 200, last[0]
+
+        self.routes[path] = next_page
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (a scrape timeout) is not an error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join()
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    server: PageServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:
+        route = self.server.routes.get(self.path)
+        status, text = (404, "not found\n") if route is None else route()
+        data = text.encode("utf-8", errors="surrogateescape")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _serve_fleet(endpoints: int, ready_file: Path) -> None:
+    """Subprocess entry: serve ``endpoints`` engine pages and a router page until killed."""
+    from slo.spec import default_spec
+
+    spec = default_spec()
+    rng = np.random.default_rng(0)
+    engine = engine_pages(spec, 12, rng)
+    router = router_pages(spec, 12, rng, 600 * endpoints)
+    server = PageServer()
+    for i in range(endpoints):
+        server.set_sequence(f"/engines/strong-{i}/metrics", engine)
+    server.set_sequence("/router/metrics", router)
+    ready_file.write_text(server.url)
+    threading.Event().wait()
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def sidecar_config(policy: Path, base_url: str, endpoints: int, **extra: Any) -> dict[str, Any]:
+    """A config for ``endpoints`` engines (the last one cheap) served at ``base_url``."""
+    engines = [
+        {
+            "name": f"strong-{i}",
+            "url": f"{base_url}/engines/strong-{i}/metrics",
+            "pool": "cheap" if i == endpoints - 1 else "strong",
+            "max_num_seqs": 256,
+        }
+        for i in range(endpoints)
+    ]
+    return {
+        "policy": str(policy),
+        "engines": engines,
+        "counters": [{"name": "router", "url": f"{base_url}/router/metrics"}],
+        "signals": {"arrivals": "budgetpilot:arrivals_total"},
+        **extra,
+    }
+
+
+def _measure(config_path: Path, cycles: int, decisions: int) -> dict[str, Any]:
+    """Subprocess entry: time cycles and decisions of a sidecar built from ``config_path``."""
+    from policies.sidecar.config import load_config
+    from policies.sidecar.loop import Sidecar
+
+    sidecar = Sidecar(load_config(config_path))
+    gc.freeze()  # as `budgetpilot sidecar` does after start-up
+    cycle_s = []
+    now = 1.7e9
+    for _ in range(cycles):
+        start = time.perf_counter()
+        sidecar.scrape(now)
+        sidecar.decide(now)
+        cycle_s.append(time.perf_counter() - start)
+        now += 30.0
+    sidecar.scrape(now)
+    decision_s, decision_cpu_s = [], []
+    for _ in range(decisions):
+        start, cpu = time.perf_counter(), time.thread_time()
+        decision = sidecar.decide(now)
+        decision_s.append(time.perf_counter() - start)
+        decision_cpu_s.append(time.thread_time() - cpu)
+    sidecar.close()
+    return {
+        "decision_p50_ms": float(np.percentile(decision_s, 50) * 1e3),
+        "decision_p99_ms": float(np.percentile(decision_s, 99) * 1e3),
+        # CPU time of the deciding thread: what the decision costs when no other process
+        # preempts it (the wall-clock p99 also measures the machine's load).
+        "decision_p99_cpu_ms": float(np.percentile(decision_cpu_s, 99) * 1e3),
+        "cycle_ms_64_endpoints": float(np.median(cycle_s[1:]) * 1e3),
+        "cycle_p99_ms": float(np.percentile(cycle_s[1:], 99) * 1e3),
+        "last_mode": decision.mode,
+        "forbidden_imports": sorted(m for m in FORBIDDEN_MODULES if m in sys.modules),
+    }
+
+
+def _start_and_watch(config_path: Path, port: int, watch_s: float) -> dict[str, float]:
+    """Launch ``budgetpilot sidecar``; seconds to ``/readyz`` and its peak RSS after ``watch_s``."""
+    command = [sys.executable, "-m", "eval.cli", "sidecar", "--config", str(config_path)]
+    log_path = config_path.with_suffix(".log")
+    with log_path.open("wb") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        startup = _wait_ready(f"http://127.0.0.1:{port}/readyz", process, start, log_path)
+        ticks = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        startup_cpu = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
+        time.sleep(watch_s)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        peak = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    return {
+        "startup_s": startup,
+        "startup_cpu_s": startup_cpu,  # user + system CPU of the process until ready
+        "rss_mb": int(peak.split()[1]) / 1024.0,
+    }
+
+
+def _wait_ready(
+    url: str, process: subprocess.Popen, start: float, log: Path, timeout_s: float = 60.0
+) -> float:
+    while time.perf_counter() - start < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"the sidecar exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"the sidecar was not ready within {timeout_s} s: {log.read_text()[-2000:]}")
+
+
+def run(
+    endpoints: int = 64, cycles: int = 40, decisions: int = 3000, policy: Path | None = None
+) -> dict:
+    """Run the whole benchmark (see the module docstring) and return its figures."""
+    with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-sidecar-") as tmp:
+        work = Path(tmp)
+        if policy is None:
+            policy = linear_policy(work / "linear.onnx", *fleet_contracts())
+        ready = work / "fleet.url"
+        fleet = subprocess.Popen(
+            [sys.executable, "-m", "policies.sidecar.perf", "serve", str(endpoints), str(ready)]
+        )
+        try:
+            base_url = _wait_file(ready, fleet)
+            port = _free_port()
+            config = sidecar_config(policy, base_url, endpoints, port=port, interval_s=1.0)
+            config_path = work / "sidecar.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            measured = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "policies.sidecar.perf",
+                        "measure",
+                        str(config_path),
+                        str(cycles),
+                        str(decisions),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+            measured.update(_start_and_watch(config_path, port, watch_s=3.0))
+        finally:
+            fleet.terminate()
+            fleet.wait(timeout=10)
+    return {
+        "endpoints": endpoints,
+        **measured,
+        "policy": str(policy.name),
+        "load_average_1m": os.getloadavg()[0],  # other work on the machine inflates wall times
+        "cpus": os.cpu_count(),
+    }
+
+
+def _wait_file(path: Path, process: subprocess.Popen, timeout_s: float = 120.0) -> str:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        if process.poll() is not None:
+            raise RuntimeError("the page server exited")
+        time.sleep(0.05)
+    raise RuntimeError("the page server did not start")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Subprocess entry points of the benchmark (``serve``, ``measure``)."""
+    parser = argparse.ArgumentParser(prog="python -m policies.sidecar.perf")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve")
+    serve.add_argument("endpoints", type=int)
+    serve.add_argument("ready_file", type=Path)
+    measure = sub.add_parser("measure")
+    measure.add_argument("config", type=Path)
+    measure.add_argument("cycles", type=int)
+    measure.add_argument("decisions", type=int)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        _serve_fleet(args.endpoints, args.ready_file)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        print(json.dumps(_measure(args.config, args.cycles, args.decisions)))
+
+
+if __name__ == "__main__":
+    main()
