@@ -153,6 +153,39 @@ def test_checkpoint_restores_weights_normalisation_and_steps(tmp_path: Path) -> 
     assert restored.callback.episodes > metrics["episodes"]
 
 
+def test_a_new_policy_starts_at_the_neutral_knobs(tmp_path: Path) -> None:
+    from envs.contract import NEUTRAL_KNOB_VALUES, ActionContract
+    from training.learner import PPOLearner
+
+    preset = load_preset(write_preset(tmp_path, ppo=TINY["ppo"] | {"log_std_init": -1.0}))
+    learner = PPOLearner.create(preset, seed=0)
+    observations = learner.model.get_env().reset()
+    actions, _ = learner.model.predict(observations, deterministic=True)
+    neutral = ActionContract().encode(NEUTRAL_KNOB_VALUES)
+    np.testing.assert_allclose(actions, np.broadcast_to(neutral, actions.shape), atol=0.05)
+    assert float(learner.model.policy.log_std.mean()) == -1.0
+    learner.close()
+
+
+def test_learning_curves_are_drawn_from_the_trials_logs(tmp_path: Path) -> None:
+    from stable_baselines3.common.logger import configure
+
+    from training.report import plot_learning_curves
+
+    for trial in ("seed0_a", "seed1_b"):
+        logger = configure(str(tmp_path / trial / "tensorboard"), ["tensorboard"])
+        for step in range(1, 6):
+            logger.record("rollout/ep_rew_mean", -100.0 / step)
+            logger.record("reward_components/burn/ttft-1s", 1.0 / step)
+            logger.record("burn_rate/ttft-1s", 2.0 / step)
+            logger.dump(step * 1000)
+        logger.close()
+    out = plot_learning_curves(tmp_path, tmp_path / "curves.png")
+    assert out.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="no trial"):
+        plot_learning_curves(tmp_path / "empty", tmp_path / "none.png")
+
+
 def test_best_is_a_symlink_or_a_pointer_file(tmp_path: Path) -> None:
     checkpoint = tmp_path / "trial" / "checkpoint_000002"
     checkpoint.mkdir(parents=True)
@@ -217,3 +250,4 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert {"model.zip", "vecnormalize.pkl", "run.json"} <= {p.name for p in best.iterdir()}
     assert json.loads((best / "run.json").read_text())["timesteps"] == TINY["timesteps"]
     assert list((trial_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "learning_curves.png").stat().st_size > 10_000

@@ -44,6 +44,8 @@ class PPOConfig(_Strict):
     vf_coef: float = Field(0.5, ge=0.0)
     max_grad_norm: float = Field(0.5, gt=0.0)
     net_arch: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 128])
+    #: Initial log standard deviation of the Gaussian actions (exploration around neutral).
+    log_std_init: float = Field(-0.5, ge=-5.0, le=2.0)
 
     @property
     def rollout_steps(self) -> int:
@@ -60,8 +62,11 @@ class PPOConfig(_Strict):
 
     def sb3_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`stable_baselines3.PPO` (all but ``n_envs``)."""
-        kwargs = self.model_dump(exclude={"n_envs", "net_arch"})
-        kwargs["policy_kwargs"] = {"net_arch": list(self.net_arch)}
+        kwargs = self.model_dump(exclude={"n_envs", "net_arch", "log_std_init"})
+        kwargs["policy_kwargs"] = {
+            "net_arch": list(self.net_arch),
+            "log_std_init": self.log_std_init,
+        }
         return kwargs
 
 

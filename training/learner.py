@@ -21,6 +21,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from envs.contract import NEUTRAL_KNOB_VALUES, ActionContract
 from envs.fleet_env import LLMFleetEnv
 from training.callbacks import BudgetMetricsCallback, EpisodeBudgetStats
 from training.config import PPOConfig, Preset
@@ -43,6 +44,22 @@ def env_seed(seed: int, timesteps: int) -> int:
     """Seed of the vectorised environments of trial ``seed`` started at ``timesteps`` (a
     resumed trial draws new scenarios rather than replaying the first ones)."""
     return int(np.random.SeedSequence([_TRAINING_ENTROPY, seed, timesteps]).generate_state(1)[0])
+
+
+def start_at_neutral(model: PPO, contract: ActionContract) -> None:
+    """Centre the initial policy on the neutral knobs (an untouched vLLM fleet).
+
+    The action net's weights start near zero (SB3's orthogonal init, gain 0.01), so its bias is
+    the initial mean action. At zero bias the mean would be the middle of every knob range:
+    shedding the batch tenant, a 4k context and a rate limit below capacity, a fleet far worse
+    than vLLM's defaults that PPO would first have to unlearn. Starting from the defaults, it
+    explores the trades around them instead.
+    """
+    import torch
+
+    neutral = contract.encode(NEUTRAL_KNOB_VALUES)
+    with torch.no_grad():
+        model.policy.action_net.bias.copy_(torch.as_tensor(neutral, dtype=torch.float32))
 
 
 class PPOLearner:
@@ -105,6 +122,7 @@ class PPOLearner:
         vec = cls._vec_env(preset, ppo.n_envs, seed, 0)
         venv = VecNormalize(vec, **preset.vecnormalize.model_dump())
         model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **ppo.sb3_kwargs())
+        start_at_neutral(model, vec.envs[0].unwrapped.action_contract)
         return cls(preset, ppo, seed, model, commit, log_dir)
 
     @classmethod

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from training.config import Preset
+from training.report import plot_learning_curves, trial_logs
 
 REQUEST_FILE = "train.json"
 SUMMARY_FILE = "summary.json"
+LEARNING_CURVES_FILE = "learning_curves.png"
 BEST_LINK = "best"
 #: Metric the best trial and the ASHA scheduler maximise.
 METRIC = "mean_episode_reward"
@@ -259,7 +261,8 @@ def run_training(
     num_cpus: int | None = None,
     verbose: int = 1,
 ) -> RunSummary:
-    """Run (or resume) the trials of ``request`` and write ``summary.json`` and ``best``.
+    """Run (or resume) the trials of ``request`` and write ``summary.json``, ``best`` and
+    ``learning_curves.png``.
 
     Parameters
     ----------
@@ -311,6 +314,9 @@ def run_training(
     (request.out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     if summary.best_checkpoint is not None:
         point_best(request.out, summary.best_checkpoint)
+    experiment = Path(request.experiment_path)
+    if experiment.is_dir() and trial_logs(experiment):  # remote storage: plot it from there
+        plot_learning_curves(experiment, request.out / LEARNING_CURVES_FILE)
     return summary
 
 
