@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.contract import ActionContract, ObservationContract
+from envs.contract import ActionContract, ObservationContract, neutral_knob_values
 
 #: SLI kinds whose budgets are spent by slowness: the ones routing, offload and shedding trade.
 LATENCY_KINDS = frozenset({"ttft", "itl", "e2e", "normalized_latency", "streaming"})
@@ -49,6 +49,7 @@ class ObservationView:
     def __init__(self, contract: ObservationContract, observation: np.ndarray) -> None:
         self._index = {name: i for i, name in enumerate(contract.feature_names)}
         self._obs = np.asarray(observation, dtype=np.float64).reshape(-1)
+        self._max_replicas = dict(zip(contract.pools, contract.max_replicas, strict=False))
 
     def feature(self, name: str) -> float:
         return float(self._obs[self._index[name]])
@@ -69,6 +70,12 @@ class ObservationView:
     def pool(self, pool: str, feature: str) -> float:
         return self.feature(f"pool.{pool}.{feature}")
 
+    def replicas(self, pool: str, state: str) -> int:
+        """Replicas of ``pool`` that are ``state`` (``"serving"``, ``"provisioning"``,
+        ``"draining"`` or ``"desired"``); elastic contracts only."""
+        fraction = self.pool(pool, f"replicas_{state}")
+        return int(round(fraction * self._max_replicas[pool]))
+
 
 class Controller(ABC):
     """Observation in, action in [-1, 1]^n_knobs out.
@@ -81,6 +88,9 @@ class Controller(ABC):
 
     #: Short name used in benchmark tables.
     name: str = "controller"
+    #: Whether the controller scales pools: it needs the replica knobs of an elastic
+    #: environment (``LLMFleetEnv(elastic=True)``).
+    needs_elastic: bool = False
 
     def __init__(self, context: ControlContext) -> None:
         self.context = context
@@ -96,4 +106,6 @@ class Controller(ABC):
         return ObservationView(self.context.observation, observation)
 
     def knobs_to_action(self, values: Mapping[str, float]) -> np.ndarray:
-        return self.context.action.encode(values)
+        """The action setting ``values``; knobs not given are neutral (e.g. the replica knobs of
+        an elastic environment for a controller that does not scale)."""
+        return self.context.action.encode(neutral_knob_values(self.context.action.names) | values)

@@ -5,6 +5,9 @@ with the highest mean episode return. Tuning runs on *training* seeds (:data:`TU
 1000 and up); evaluation must use other seeds (the benchmark's seeds start at 0), otherwise the
 tuned baseline is scored on the very episodes it was fitted to. :func:`make_controller` rebuilds a
 baseline from its name and the tuned parameters stored by ``budgetpilot tune --out``.
+
+Elastic scenarios run in the elastic environment (:func:`envs.scenarios.env_kwargs_for`); the
+baselines that scale pools apply to them only (:func:`applies_to`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from agents.base import ControlContext, Controller
 from agents.baselines import BASELINES, VllmDefaults, params_as_dict
 from envs.contract import NEUTRAL_KNOB_VALUES
 from envs.fleet_env import LLMFleetEnv
-from envs.scenarios import get_scenario
+from envs.scenarios import ELASTIC_SCENARIOS, env_kwargs_for, get_scenario
 
 #: First training seed: tuning uses 1000, 1001, ...; evaluation seeds stay below 1000.
 TUNING_SEED_OFFSET = 1000
@@ -108,6 +111,19 @@ def baseline_class(name: str) -> type[Controller]:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
 
 
+def applies_to(name: str, scenario: str) -> bool:
+    """Whether baseline ``name`` can govern ``scenario``: a baseline that scales pools needs an
+    elastic scenario; the others run everywhere."""
+    return not baseline_class(name).needs_elastic or get_scenario(scenario).elastic
+
+
+def scenario_env(scenario: str, episode_hours: float | None, warmup_s: float) -> LLMFleetEnv:
+    """The environment ``scenario`` is tuned and evaluated in (elastic for an elastic one)."""
+    return LLMFleetEnv(
+        scenario, episode_hours=episode_hours, warmup_s=warmup_s, **env_kwargs_for(scenario)
+    )
+
+
 def control_context(env: LLMFleetEnv) -> ControlContext:
     """What a controller needs to know about ``env``."""
     return ControlContext(env.observation_contract, env.action_contract, env.slo_kinds)
@@ -154,10 +170,11 @@ def evaluate(
     controller_factory: ControllerFactory,
     scenario: str,
     seeds: Sequence[int],
-    episode_hours: float = 2.0,
+    episode_hours: float | None = None,
     warmup_s: float = 600.0,
 ) -> EpisodeScore:
-    """Score a controller: one episode of ``LLMFleetEnv(scenario)`` per seed.
+    """Score a controller: one episode of the scenario's environment (:func:`scenario_env`)
+    per seed.
 
     Parameters
     ----------
@@ -168,9 +185,9 @@ def evaluate(
     seeds:
         One episode per seed (``env.reset(seed=...)``); the controller is reset between them.
     episode_hours, warmup_s:
-        Passed to :class:`envs.fleet_env.LLMFleetEnv`.
+        Passed to :class:`envs.fleet_env.LLMFleetEnv` (``None``: the scenario's own length).
     """
-    env = LLMFleetEnv(scenario, episode_hours=episode_hours, warmup_s=warmup_s)
+    env = scenario_env(scenario, episode_hours, warmup_s)
     return _score(env, controller_factory(control_context(env)), seeds)
 
 
@@ -198,7 +215,7 @@ def tune(
     baseline_name: str,
     scenario: str,
     seeds: Sequence[int] = TUNING_SEEDS,
-    episode_hours: float = 2.0,
+    episode_hours: float | None = None,
     warmup_s: float = 600.0,
     max_candidates: int | None = None,
     progress: ProgressCallback | None = None,
@@ -210,22 +227,28 @@ def tune(
     baseline_name:
         A name of :data:`agents.baselines.BASELINES`; ``vllm-defaults`` has a single candidate.
     scenario:
-        Scenario to tune on.
+        Scenario to tune on (an elastic one for a baseline that scales pools).
     seeds:
         Training seeds, the same episodes for every candidate. Keep them apart from the
         evaluation seeds (:func:`tuning_seeds` starts at 1000).
     episode_hours, warmup_s:
-        Episode length and warm-up of :class:`envs.fleet_env.LLMFleetEnv`.
+        Episode length (``None``: the scenario's own) and warm-up of
+        :class:`envs.fleet_env.LLMFleetEnv`.
     max_candidates:
         Score only the first candidates of the grid (smoke runs, tests).
     progress:
         Called with (episodes done, episodes in total) after every episode.
     """
     get_scenario(scenario)  # fail on a bad name before any work
+    if not applies_to(baseline_name, scenario):
+        raise ValueError(
+            f"baseline {baseline_name!r} scales pools: tune it on an elastic scenario "
+            f"({', '.join(ELASTIC_SCENARIOS)}), not {scenario!r}"
+        )
     if not seeds:
         raise ValueError("tuning needs at least one seed")
     grid = candidate_params(baseline_name, max_candidates)
-    env = LLMFleetEnv(scenario, episode_hours=episode_hours, warmup_s=warmup_s)
+    env = scenario_env(scenario, episode_hours, warmup_s)
     context = control_context(env)
     total, done = len(grid) * len(seeds), 0
 
@@ -244,7 +267,7 @@ def tune(
         baseline=baseline_name,
         scenario=scenario,
         seeds=tuple(int(s) for s in seeds),
-        episode_hours=float(episode_hours),
+        episode_hours=env.max_steps * env.control_interval_s / 3600.0,
         warmup_s=float(warmup_s),
         candidates=scored,
         best_index=int(np.argmax(means)),

@@ -5,11 +5,12 @@ Importing ``envs`` registers the environments (lazily: the simulator loads on ``
     import gymnasium, envs
     env = gymnasium.make("budgetpilot/LLMFleet-v0", scenario="flash-crowd")
     env = gymnasium.make("budgetpilot/LLMFleet-FlashCrowd-v0")
+    env = gymnasium.make("budgetpilot/LLMFleet-SlowRamp-v0")  # elastic=True: the pools scale
 """
 
 from gymnasium.envs.registration import register
 
-from envs.scenario_names import SCENARIO_NAMES
+from envs.scenario_names import ELASTIC_SCENARIO_NAMES, SCENARIO_NAMES
 
 ENV_ID = "budgetpilot/LLMFleet-v0"
 ENTRY_POINT = "envs.fleet_env:LLMFleetEnv"
@@ -23,4 +24,6 @@ def scenario_env_id(scenario: str) -> str:
 
 register(id=ENV_ID, entry_point=ENTRY_POINT)
 for _name in SCENARIO_NAMES:
-    register(id=scenario_env_id(_name), entry_point=ENTRY_POINT, kwargs={"scenario": _name})
+    # An elastic scenario's id makes the elastic environment (its pools scale).
+    _kwargs = {"scenario": _name} | ({"elastic": True} if _name in ELASTIC_SCENARIO_NAMES else {})
+    register(id=scenario_env_id(_name), entry_point=ENTRY_POINT, kwargs=_kwargs)

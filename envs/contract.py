@@ -18,6 +18,7 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 from typing import Literal
 
 import numpy as np
@@ -136,6 +137,76 @@ NEUTRAL_KNOB_VALUES: dict[str, float] = {
     "low_priority_weight": 1.0,
 }
 
+#: Replica knobs (elastic fleets): the largest relative change of a pool's desired replicas in
+#: one control interval, and the dead band below which a change is ignored.
+REPLICA_CHANGE_LIMIT = 0.5
+REPLICA_CHANGE_DEAD_BAND = 0.1
+#: The replica knobs' neutral value: keep the desired replicas.
+REPLICA_CHANGE_NEUTRAL = 0.0
+#: A replica knob is named after its pool with this suffix (``strong_replicas_change``).
+REPLICAS_KNOB_SUFFIX = "_replicas_change"
+
+
+def replicas_knob_name(pool: str) -> str:
+    """Name of the knob that scales ``pool`` (``strong_replicas_change``)."""
+    return f"{pool}{REPLICAS_KNOB_SUFFIX}"
+
+
+def replicas_knob(pool: str) -> KnobSpec:
+    """The knob that scales ``pool``: a relative change of its desired replicas per control
+    interval, in [-:data:`REPLICA_CHANGE_LIMIT`, +:data:`REPLICA_CHANGE_LIMIT`] (see
+    :func:`next_desired_replicas`)."""
+    return KnobSpec(
+        replicas_knob_name(pool),
+        -REPLICA_CHANGE_LIMIT,
+        REPLICA_CHANGE_LIMIT,
+        counterpart="desired replicas of the pool's Deployment (HPA/KEDA target); relative "
+        "change per control interval",
+    )
+
+
+def elastic_knobs(pools: Sequence[str]) -> tuple[KnobSpec, ...]:
+    """The knobs of an elastic fleet: :data:`DEFAULT_KNOBS`, then one replica knob per pool."""
+    return DEFAULT_KNOBS + tuple(replicas_knob(p) for p in pools)
+
+
+def neutral_knob_values(knob_names: Sequence[str]) -> dict[str, float]:
+    """Neutral values of the given knobs: :data:`NEUTRAL_KNOB_VALUES`, and
+    :data:`REPLICA_CHANGE_NEUTRAL` for replica knobs (the replicas stay where they are)."""
+    values = {}
+    for name in knob_names:
+        if name in NEUTRAL_KNOB_VALUES:
+            values[name] = NEUTRAL_KNOB_VALUES[name]
+        elif name.endswith(REPLICAS_KNOB_SUFFIX):
+            values[name] = REPLICA_CHANGE_NEUTRAL
+        else:
+            raise KeyError(f"knob {name!r} has no neutral value")
+    return values
+
+
+def next_desired_replicas(desired: int, change: float, max_replicas: int) -> int:
+    """The desired replicas after a replica knob's ``change``.
+
+    A change inside the dead band (``|change| <`` :data:`REPLICA_CHANGE_DEAD_BAND`, or NaN)
+    keeps ``desired``; any other moves it by ``max(1, round(|change| * desired))`` replicas in
+    the change's direction (rounding halves up), within ``[1, max_replicas]``.
+    """
+    if not abs(change) >= REPLICA_CHANGE_DEAD_BAND:  # NaN too
+        return int(desired)
+    step = max(1, math.floor(abs(change) * desired + 0.5))
+    moved = desired + step if change > 0 else desired - step
+    return int(min(max_replicas, max(1, moved)))
+
+
+def replica_change_toward(desired: int, target: int) -> float:
+    """The replica knob value that moves ``desired`` replicas toward ``target`` as far as one
+    control interval allows (:func:`next_desired_replicas` inverted): 0 when they are equal."""
+    if target == desired:
+        return REPLICA_CHANGE_NEUTRAL
+    relative = (target - desired) / max(desired, 1)
+    magnitude = min(REPLICA_CHANGE_LIMIT, max(REPLICA_CHANGE_DEAD_BAND, abs(relative)))
+    return math.copysign(magnitude, relative)
+
 
 def _digest(payload: Mapping) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -199,8 +270,17 @@ POOL_FEATURES: tuple[str, ...] = (
     "kv_usage_max",
     "waiting_per_replica",  # log1p of vllm:num_requests_waiting per healthy replica
     "running_per_replica",  # vllm:num_requests_running per replica / max_num_seqs
-    "healthy_fraction",  # replicas answering their scrape / replicas configured
+    "healthy_fraction",  # replicas answering their scrape / replicas serving or draining
 )
+#: Per-pool replica counts of elastic fleets (:attr:`ObservationContract.max_replicas`), each
+#: divided by the pool's ``max_replicas``.
+REPLICA_FEATURES: tuple[str, ...] = (
+    "replicas_serving",  # ready pods of the pool's Deployment
+    "replicas_provisioning",  # pods scaled up, not ready yet (node, weights, engine start)
+    "replicas_draining",  # pods terminating: finishing their requests, taking no new ones
+    "replicas_desired",  # the Deployment's spec.replicas
+)
+REPLICA_FEATURE_BOUNDS: dict[str, tuple[float, float]] = dict.fromkeys(REPLICA_FEATURES, (0.0, 1.0))
 #: Fleet-wide signals.
 FLEET_FEATURES: tuple[str, ...] = (
     "arrival_rate_trend",  # log2(arrivals in the last interval / mean over the last hour), clipped
@@ -219,6 +299,21 @@ class FleetSignals:
 
     pools: Mapping[str, Mapping[str, float]]
     fleet: Mapping[str, float]
+
+
+class ReplicaLifecycle(IntEnum):
+    """Lifecycle state of a replica in :class:`ReplicaGauges` (the codes of
+    ``envs.sim.ReplicaState``). On Kubernetes: no pod, a pod not ready yet, a ready pod, a
+    terminating pod."""
+
+    STOPPED = 0
+    PROVISIONING = 1
+    SERVING = 2
+    DRAINING = 3
+
+
+#: Replicas that hold requests and answer scrapes: the ones the load features describe.
+_REPORTING = (ReplicaLifecycle.SERVING, ReplicaLifecycle.DRAINING)
 
 
 @dataclass(frozen=True)
@@ -243,6 +338,12 @@ class ReplicaGauges:
         Requests queued and running (``vllm:num_requests_waiting`` / ``..._running``).
     max_num_seqs:
         The batch limit in force (engines do not export it: the sidecar knows it from config).
+    lifecycle:
+        Each replica's :class:`ReplicaLifecycle` (``None``: all serving, a fixed fleet).
+        Stopped and provisioning replicas hold no requests: the load features leave them out.
+    pool_desired:
+        Desired replicas of each pool of :attr:`ObservationContract.pools` (the Deployments'
+        ``spec.replicas``). An elastic contract needs it and ``lifecycle``.
     """
 
     pool: np.ndarray
@@ -252,6 +353,8 @@ class ReplicaGauges:
     waiting: np.ndarray
     running: np.ndarray
     max_num_seqs: np.ndarray
+    lifecycle: np.ndarray | None = None
+    pool_desired: np.ndarray | None = None
 
 
 class FleetSignalTracker:
@@ -296,20 +399,62 @@ class FleetSignalTracker:
             + (gauges.waiting, gauges.running, gauges.max_num_seqs)
         ]
         replicas = list(zip(*columns, strict=True))
+        lifecycle = self._lifecycle(gauges)
+        reporting = [r for r, state in zip(replicas, lifecycle, strict=True) if state in _REPORTING]
         pools = {
-            name: _pool_features([r for r in replicas if r[0] == p])
+            name: _pool_features([r for r in reporting if r[0] == p])
             for p, name in enumerate(self.contract.pools)
         }
+        if self.contract.elastic:
+            desired = self._pool_desired(gauges)
+            for p, name in enumerate(self.contract.pools):
+                states = [s for r, s in zip(replicas, lifecycle, strict=True) if r[0] == p]
+                cap = self.contract.max_replicas[p]
+                pools[name] |= _replica_features(states, desired[p], cap)
         rate = max(float(arrivals), 0.0) / self.control_interval_s
         self._rates.append(rate)
         mean_rate = sum(self._rates) / len(self._rates)
-        per_replica_s = max(float(preemptions), 0.0) / max(len(gauges.pool), 1)
+        per_replica_s = max(float(preemptions), 0.0) / max(len(reporting), 1)
         fleet = {
             "arrival_rate_trend": math.log2((rate + 1e-3) / (mean_rate + 1e-3)),
             "load_per_capacity": rate / self.contract.nominal_capacity_rps,
             "preemptions_per_replica_s": math.log1p(per_replica_s / self.control_interval_s),
         }
         return FleetSignals(pools=pools, fleet=fleet)
+
+    def _lifecycle(self, gauges: ReplicaGauges) -> list[int]:
+        """Each replica's lifecycle state (all serving when the gauges do not say)."""
+        n = len(gauges.pool)
+        if gauges.lifecycle is None:
+            if self.contract.elastic:
+                raise ValueError("an elastic observation contract needs ReplicaGauges.lifecycle")
+            return [ReplicaLifecycle.SERVING] * n
+        lifecycle = np.asarray(gauges.lifecycle).tolist()
+        if len(lifecycle) != n:
+            raise ValueError(f"ReplicaGauges.lifecycle has {len(lifecycle)} entries, not {n}")
+        return lifecycle
+
+    def _pool_desired(self, gauges: ReplicaGauges) -> list[float]:
+        """The desired replicas of every contract pool."""
+        if gauges.pool_desired is None:
+            raise ValueError("an elastic observation contract needs ReplicaGauges.pool_desired")
+        desired = np.asarray(gauges.pool_desired, dtype=np.float64).tolist()
+        if len(desired) != len(self.contract.pools):
+            raise ValueError(
+                f"ReplicaGauges.pool_desired has {len(desired)} entries, one per pool "
+                f"{list(self.contract.pools)} expected"
+            )
+        return desired
+
+
+def _replica_features(states: list[int], desired: float, max_replicas: int) -> dict[str, float]:
+    """:data:`REPLICA_FEATURES` of one pool from its replicas' lifecycle states."""
+    return {
+        "replicas_serving": states.count(ReplicaLifecycle.SERVING) / max_replicas,
+        "replicas_provisioning": states.count(ReplicaLifecycle.PROVISIONING) / max_replicas,
+        "replicas_draining": states.count(ReplicaLifecycle.DRAINING) / max_replicas,
+        "replicas_desired": desired / max_replicas,
+    }
 
 
 def _pool_features(replicas: list[tuple]) -> dict[str, float]:
@@ -348,6 +493,10 @@ class ObservationContract:
     nominal_capacity_rps:
         Requests/s the fleet is sized for: the load feature (and the ``admission_limit`` knob)
         are relative to it.
+    max_replicas:
+        For an elastic fleet, the most replicas each pool may have (in :attr:`pools` order):
+        every pool then also has the :data:`REPLICA_FEATURES`, relative to it. Empty (the
+        default): a fixed fleet, without them.
     """
 
     slo_names: tuple[str, ...]
@@ -357,20 +506,38 @@ class ObservationContract:
     spec_digest: str = ""
     nominal_capacity_rps: float = 1.0
     version: str = OBSERVATION_VERSION
+    max_replicas: tuple[int, ...] = ()
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.nominal_capacity_rps > 0:
             raise ValueError(f"nominal_capacity_rps must be > 0, got {self.nominal_capacity_rps}")
+        caps = tuple(int(n) for n in self.max_replicas)
+        if caps and (len(caps) != len(self.pools) or min(caps) < 1):
+            raise ValueError(
+                f"max_replicas must give one count >= 1 per pool {list(self.pools)}, got "
+                f"{list(self.max_replicas)}"
+            )
+        object.__setattr__(self, "max_replicas", caps)
         names: list[str] = []
         for slo in self.slo_names:
             names += [f"slo.{slo}.log_burn_rate.{w}" for w in self.windows]
             names += [f"slo.{slo}.budget_remaining", f"slo.{slo}.alert"]
-        names += [f"pool.{p}.{f}" for p in self.pools for f in POOL_FEATURES]
+        names += [f"pool.{p}.{f}" for p in self.pools for f in self.pool_features]
         names += [f"fleet.{f}" for f in FLEET_FEATURES]
         names += [f"knob.{k}" for k in self.knob_names]
         object.__setattr__(self, "feature_names", tuple(names))
         object.__setattr__(self, "_bounds", self._feature_bounds())
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the pools scale (and the replica features are observed)."""
+        return bool(self.max_replicas)
+
+    @property
+    def pool_features(self) -> tuple[str, ...]:
+        """The features of every pool, in order."""
+        return POOL_FEATURES + (REPLICA_FEATURES if self.elastic else ())
 
     @property
     def size(self) -> int:
@@ -384,7 +551,8 @@ class ObservationContract:
     def _feature_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         per_slo = [(0.0, MAX_LOG_BURN)] * len(self.windows) + [(-1.0, 1.0), (0.0, 1.0)]
         ranges = per_slo * len(self.slo_names)
-        ranges += [POOL_FEATURE_BOUNDS[f] for _ in self.pools for f in POOL_FEATURES]
+        bounds = POOL_FEATURE_BOUNDS | REPLICA_FEATURE_BOUNDS
+        ranges += [bounds[f] for _ in self.pools for f in self.pool_features]
         ranges += [FLEET_FEATURE_BOUNDS[f] for f in FLEET_FEATURES]
         ranges += [(-1.0, 1.0)] * len(self.knob_names)
         low, high = np.array(ranges, dtype=np.float32).T
@@ -420,14 +588,14 @@ class ObservationContract:
         per_slo[:, :n_windows] = np.log2(1.0 + np.fmax(burn_rates, 0.0))
         per_slo[:, n_windows] = np.nan_to_num(budget_remaining, nan=1.0)
         per_slo[:, n_windows + 1] = alert_levels
-        rest = [signals.pools[p][f] for p in self.pools for f in POOL_FEATURES]
+        rest = [signals.pools[p][f] for p in self.pools for f in self.pool_features]
         rest += [signals.fleet[f] for f in FLEET_FEATURES]
         rest += [knob_units[k] for k in self.knob_names]
         obs = np.concatenate([per_slo.reshape(-1), np.array(rest, dtype=np.float64)])
         return np.clip(np.nan_to_num(obs, nan=0.0), *self._bounds).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "version": self.version,
             "slo_names": list(self.slo_names),
             "windows": list(self.windows),
@@ -437,6 +605,9 @@ class ObservationContract:
             "nominal_capacity_rps": self.nominal_capacity_rps,
             "feature_names": list(self.feature_names),
         }
+        if self.elastic:  # absent for fixed fleets: their dicts and digests stay as they were
+            data["max_replicas"] = list(self.max_replicas)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ObservationContract:
@@ -448,6 +619,7 @@ class ObservationContract:
             spec_digest=data.get("spec_digest", ""),
             nominal_capacity_rps=float(data["nominal_capacity_rps"]),
             version=data["version"],
+            max_replicas=tuple(data.get("max_replicas", ())),
         )
         if "feature_names" in data and list(data["feature_names"]) != list(contract.feature_names):
             raise ValueError("observation contract: feature_names do not match its definition")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -11,15 +11,29 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.contract import (
-    NEUTRAL_KNOB_VALUES,
+    DEFAULT_KNOBS,
     ActionContract,
     FleetSignals,
     FleetSignalTracker,
     ObservationContract,
     ReplicaGauges,
+    elastic_knobs,
+    neutral_knob_values,
+    next_desired_replicas,
+    replicas_knob_name,
 )
-from envs.scenarios import NOMINAL_CAPACITY, TENANTS, ScenarioSetup, get_scenario
-from envs.sim import FleetStats, Knobs, Simulator
+from envs.scenarios import (
+    DEFAULT_EPISODE_HOURS,
+    MAX_REPLICAS,
+    NOMINAL_CAPACITY,
+    POOL_NAMES,
+    TENANTS,
+    Scenario,
+    ScenarioSetup,
+    get_scenario,
+    scalable,
+)
+from envs.sim import FleetStats, Knobs, ReplicaState, Simulator
 from envs.sim.catalog import get_gpu
 from slo import BudgetEngine, ServiceSpec, default_spec, load_spec
 from slo.engine import AlertLevel
@@ -64,8 +78,9 @@ class RewardConfig:
     exhausted_multiplier:
         Burn costs of an SLO whose budget is already exhausted are multiplied by this.
     serving:
-        Cost of one step of the whole strong pool fully busy (GPU-seconds at the GPU's price);
-        busy GPU time of every pool and CPU offload are charged relative to it.
+        Cost of one step of the strong pool's initial replicas fully busy (GPU-seconds at the
+        GPU's price); busy GPU time of every pool (provisioned GPU time in an elastic
+        environment) and CPU offload are charged relative to it.
     offload_cpu_share:
         Price of offloaded KV per replica, as a share of the replica's GPU price at offload 1.
     """
@@ -97,13 +112,17 @@ class LLMFleetEnv(gym.Env):
     ``feature_names`` name every entry): per SLO, log2(1 + burn rate) over the windows 5m, 30m,
     1h and 6h, the period budget remaining and the alert state (0, 0.5 ticket, 1 page); per pool,
     KV usage (mean, max), waiting and running requests per replica and the healthy share of
-    replicas; fleet-wide, the arrival-rate trend, load relative to nominal capacity and the
-    preemption rate; and the knobs in force, in [-1, 1]. All of these can be computed from real
-    engines' metrics, which is how the sidecar rebuilds the same vector.
+    replicas (of the serving and draining ones); fleet-wide, the arrival-rate trend, load
+    relative to nominal capacity and the preemption rate; and the knobs in force, in [-1, 1].
+    With ``elastic=True`` every pool also has its replicas serving, provisioning, draining and
+    desired, each divided by the pool's ``max_replicas``. All of these can be computed from real
+    engines' metrics (and the Deployments' status), which is how the sidecar rebuilds the same
+    vector.
 
     ## Action Space
 
-    A ``Box(-1, 1, (7,))`` decoded by :class:`envs.contract.ActionContract` into knobs:
+    A ``Box(-1, 1, (7,))`` (``(9,)`` when elastic) decoded by
+    :class:`envs.contract.ActionContract` into knobs:
 
     ====================  ===============  =====================================================
     knob                  range            real-world counterpart
@@ -116,7 +135,15 @@ class LLMFleetEnv(gym.Env):
     max_context_tokens    1k - 16k (log)   prompt truncation (vLLM truncate_prompt_tokens)
     max_num_seqs_scale    0.25 - 1         batch limit (vLLM --max-num-seqs)
     low_priority_weight   0.05 - 1 (log)   queue weight of the batch tenant (QLM-style)
+    <pool>_replicas_      -0.5 - 0.5       elastic only, one per pool (``strong``, ``cheap``):
+    change                                 relative change of the pool's desired replicas (its
+                                           Deployment's HPA/KEDA target) this interval
     ====================  ===============  =====================================================
+
+    A replica change inside the dead band (``|change| < 0.1``) keeps the desired replicas; any
+    other moves them by ``max(1, round(|change| * desired))`` within ``[1, max_replicas]``
+    (:func:`envs.contract.next_desired_replicas`). New replicas serve after their provisioning
+    delay (about 3 minutes); removed ones drain first.
 
     ## Rewards
 
@@ -124,8 +151,10 @@ class LLMFleetEnv(gym.Env):
     ``info["reward_components"]``: for every SLO, ``burn * b + overspend * max(0, b - 1)``
     where ``b`` is the step's burn rate (doubled once the budget is exhausted); ``page`` per SLO
     whose page alert fires; ``exhaustion`` once when a budget runs out; and the serving cost:
-    busy GPU time at each GPU's price plus the CPU cost of offload, relative to the strong pool
-    fully busy, times ``serving``. The reward is minus the sum.
+    busy GPU time at each GPU's price plus the CPU cost of offload, relative to the strong pool's
+    initial replicas fully busy, times ``serving``. When elastic, the GPU time charged is the
+    *provisioned* one (every replica from the start of its provisioning until it stops, busy or
+    idle), since idle capacity is what scaling saves. The reward is minus the sum.
 
     ## Starting State
 
@@ -142,13 +171,20 @@ class LLMFleetEnv(gym.Env):
 
     ``scenario`` (name from :data:`envs.scenarios.SCENARIOS`, or a list of names: each reset
     draws one of them from ``self.np_random``, for domain randomisation), ``spec`` (SLO spec or
-    path), ``control_interval_s`` (30), ``episode_hours`` (2), ``warmup_s`` (600),
+    path), ``control_interval_s`` (30), ``episode_hours`` (``None``: the drawn scenario's own
+    length, 24 h for ``elastic-diurnal``, else 2), ``warmup_s`` (600),
     ``initial_budget_spent`` ((0, 0.6)), ``reward`` (:class:`RewardConfig`), ``render_mode``
-    (``"ansi"`` or ``"rgb_array"``).
+    (``"ansi"`` or ``"rgb_array"``), ``elastic`` (False; True: the pools scale up to
+    :data:`envs.scenarios.MAX_REPLICAS` under the replica knobs, the observation has the
+    replica features and the serving cost counts provisioned GPU time). The elastic scenarios
+    (:data:`envs.scenarios.ELASTIC_SCENARIOS`) are meant for ``elastic=True``; without it their
+    replicas stay at their initial count. With it, every scenario's pools may scale.
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version; later gained ``elastic`` and per-scenario episode lengths
+      (``episode_hours=None``), leaving the fixed environment's contracts and dynamics as they
+      were.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -158,15 +194,17 @@ class LLMFleetEnv(gym.Env):
         scenario: str | Sequence[str] = "steady",
         spec: ServiceSpec | str | None = None,
         control_interval_s: float = 30.0,
-        episode_hours: float = 2.0,
+        episode_hours: float | None = None,
         warmup_s: float = 600.0,
         initial_budget_spent: tuple[float, float] = (0.0, 0.6),
         reward: RewardConfig | None = None,
         render_mode: str | None = None,
+        elastic: bool = False,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
-        if control_interval_s <= 0 or episode_hours <= 0 or warmup_s < 0:
+        hours_ok = episode_hours is None or episode_hours > 0
+        if control_interval_s <= 0 or not hours_ok or warmup_s < 0:
             raise ValueError("control_interval_s and episode_hours must be > 0, warmup_s >= 0")
         low, high = initial_budget_spent
         if not 0.0 <= low <= high <= 1.0:
@@ -180,22 +218,28 @@ class LLMFleetEnv(gym.Env):
         self.scenario = self.scenarios[0]
         self.slo_spec = load_spec(spec) if spec is not None else default_spec()
         self.control_interval_s = float(control_interval_s)
-        self.max_steps = int(round(episode_hours * 3600.0 / control_interval_s))
+        self.episode_hours = episode_hours
+        self.max_steps = self._episode_steps(self.scenario)
         self.warmup_s = float(warmup_s)
         self.initial_budget_spent = (float(low), float(high))
         self.reward_config = reward or RewardConfig()
         self.render_mode = render_mode
+        self.elastic = bool(elastic)
 
         probe = BudgetEngine(self.slo_spec)
         self.slo_names = probe.slo_names
         self.slo_kinds = {s.name: s.sli.llm.kind for s in probe.slos}
+        knobs = elastic_knobs(POOL_NAMES) if self.elastic else DEFAULT_KNOBS
+        self.action_contract = ActionContract(knobs=knobs)
         self.observation_contract = ObservationContract(
             slo_names=self.slo_names,
             windows=("5m", "30m", "1h", "6h"),
+            pools=POOL_NAMES,
+            knob_names=self.action_contract.names,
             spec_digest=probe.spec_fingerprint(),
             nominal_capacity_rps=NOMINAL_CAPACITY,
+            max_replicas=tuple(MAX_REPLICAS[p] for p in POOL_NAMES) if self.elastic else (),
         )
-        self.action_contract = ActionContract()
         self._window_index = [probe.windows.index(w) for w in self.observation_contract.windows]
         low_obs, high_obs = self.observation_contract.bounds()
         self.observation_space = spaces.Box(low_obs, high_obs, dtype=np.float32)
@@ -210,15 +254,20 @@ class LLMFleetEnv(gym.Env):
         super().reset(seed=seed)
         if len(self.scenarios) > 1:
             self.scenario = self.scenarios[int(self.np_random.integers(len(self.scenarios)))]
+        self.max_steps = self._episode_steps(self.scenario)
         self.setup: ScenarioSetup = self.scenario.build(self.np_random, self.warmup_s)
+        if self.elastic:
+            self.setup = replace(self.setup, config=scalable(self.setup.config))
         sim_seed = int(self.np_random.integers(2**63 - 1))
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
         self.engine = BudgetEngine(self.slo_spec)
-        self.knob_values = dict(NEUTRAL_KNOB_VALUES)
+        self.knob_values = neutral_knob_values(self.action_contract.names)
         self._apply_knobs()
         self._contract_pool = np.array(
             [self.observation_contract.pools.index(n) for n in self.sim.pool_names]
         )
+        self._replica_caps = self._check_replica_caps()
+        self._provisioned_mark = (0.0, np.zeros(len(self.sim.pool_names)))
         self._signal_tracker = FleetSignalTracker(
             self.observation_contract, self.control_interval_s
         )
@@ -238,6 +287,8 @@ class LLMFleetEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self.knob_values = self.action_contract.decode(action)
         self._apply_knobs()
+        if self.elastic:
+            self._scale_pools()
         good0, total0 = self.engine.cumulative_counts()
         cost = self._advance(self.sim.now + self.control_interval_s)
         good1, total1 = self.engine.cumulative_counts()
@@ -258,6 +309,36 @@ class LLMFleetEnv(gym.Env):
 
     # ------------------------------------------------------------------------------------------
     # Simulation
+
+    def _episode_steps(self, scenario: Scenario) -> int:
+        """Control steps of an episode of ``scenario``: ``episode_hours`` if given, else the
+        scenario's own length, else :data:`envs.scenarios.DEFAULT_EPISODE_HOURS`."""
+        hours = self.episode_hours or scenario.episode_hours or DEFAULT_EPISODE_HOURS
+        return int(round(hours * 3600.0 / self.control_interval_s))
+
+    def _check_replica_caps(self) -> list[int]:
+        """Replica slots of every pool; an elastic fleet's must be the contract's caps (the
+        replica features are relative to them)."""
+        caps = [p.replica_slots for p in self.setup.config.pools]
+        if not self.elastic:
+            return caps
+        expected = [self.observation_contract.max_replicas[i] for i in self._contract_pool]
+        if caps != expected:
+            raise ValueError(
+                f"scenario {self.scenario.name!r}: pools {list(self.sim.pool_names)} have "
+                f"max_replicas {caps}, the elastic contract {expected}"
+            )
+        return caps
+
+    def _scale_pools(self) -> None:
+        """Apply the replica knobs: each moves its pool's desired replicas (a change inside the
+        dead band leaves the pool alone)."""
+        desired = self.sim.desired_replicas
+        for pool, cap in zip(self.sim.pool_names, self._replica_caps, strict=True):
+            change = self.knob_values[replicas_knob_name(pool)]
+            target = next_desired_replicas(desired[pool], change, cap)
+            if target != desired[pool]:
+                self.sim.set_desired_replicas(pool, target)
 
     def _period_events(self) -> np.ndarray:
         """Per SLO, the events a period holds at this scenario's mean rate (the weight of the
@@ -291,13 +372,29 @@ class LLMFleetEnv(gym.Env):
         self.engine.ingest_events(events)
 
     def _serving_cost(self, stats: FleetStats) -> float:
-        prices = np.array([get_gpu(p.gpu).cost_per_hour * p.tp for p in self.setup.config.pools])[
-            stats.pool
-        ]
+        """GPU time (busy, or provisioned when elastic) and CPU offload at their prices since the
+        previous call, per second, relative to the strong pool's initial replicas fully busy."""
+        pools = self.setup.config.pools
+        gpu_price = np.array([get_gpu(p.gpu).cost_per_hour for p in pools])
+        replica_price = gpu_price * np.array([p.tp for p in pools])
+        prices = replica_price[stats.pool]
         offload = self.knob_values["offload_fraction"] * self.reward_config.offload_cpu_share
-        strong = stats.pool == 0
-        spent = float(np.sum(prices * stats.busy_fraction) + offload * np.sum(prices[strong]))
-        return spent / float(np.sum(prices[strong]))
+        strong_up = (stats.pool == 0) & (stats.lifecycle != ReplicaState.STOPPED)
+        if self.elastic:
+            gpu = self._provisioned_gpu_rate(stats) @ gpu_price
+        else:
+            gpu = np.sum(prices * stats.busy_fraction)
+        spent = float(gpu + offload * np.sum(prices[strong_up]))
+        return spent / float(replica_price[0] * pools[0].replicas)
+
+    def _provisioned_gpu_rate(self, stats: FleetStats) -> np.ndarray:
+        """Per pool, GPUs provisioned on average since the previous call."""
+        t0, gpu_s0 = self._provisioned_mark
+        self._provisioned_mark = (stats.t, stats.pool_provisioned_gpu_s)
+        span = stats.t - t0
+        if span <= 0:
+            return np.zeros(len(gpu_s0))
+        return (stats.pool_provisioned_gpu_s - gpu_s0) / span
 
     def _step_burn(self, good: np.ndarray, total: np.ndarray) -> np.ndarray:
         bad = np.maximum(total - good, 0.0)
@@ -334,6 +431,8 @@ class LLMFleetEnv(gym.Env):
 
     def _fleet_signals(self) -> FleetSignals:
         stats = self.stats
+        desired = np.zeros(len(self.observation_contract.pools))
+        desired[self._contract_pool] = stats.pool_desired
         gauges = ReplicaGauges(
             pool=self._contract_pool[stats.pool],
             healthy=stats.healthy > 0,
@@ -342,6 +441,8 @@ class LLMFleetEnv(gym.Env):
             waiting=stats.waiting,
             running=stats.running,
             max_num_seqs=stats.max_num_seqs,
+            lifecycle=stats.lifecycle,  # the codes of envs.contract.ReplicaLifecycle
+            pool_desired=desired,
         )
         arrivals = self.sim.arrivals - self._arrivals_seen
         self._arrivals_seen = self.sim.arrivals
@@ -354,7 +455,7 @@ class LLMFleetEnv(gym.Env):
     # Info and rendering
 
     def _info(self, step_burn: np.ndarray, components: dict[str, float], cost: float) -> dict:
-        return {
+        info = {
             "time_s": self.sim.now,
             "step_burn_rates": dict(zip(self.slo_names, step_burn.tolist(), strict=True)),
             "budget_remaining": dict(
@@ -369,6 +470,23 @@ class LLMFleetEnv(gym.Env):
             "serving_cost": cost,
             "scenario": self.scenario.name,
             "scenario_parameters": dict(self.setup.parameters),
+        }
+        if self.elastic:
+            info["replicas"] = self._replica_counts()
+        return info
+
+    def _replica_counts(self) -> dict[str, dict[str, int]]:
+        """Per pool, its replicas desired, provisioning, serving and draining now."""
+        stats = self.stats
+        counts = {
+            "desired": stats.pool_desired,
+            "provisioning": stats.pool_provisioning,
+            "serving": stats.pool_serving,
+            "draining": stats.pool_draining,
+        }
+        return {
+            pool: {state: int(n[p]) for state, n in counts.items()}
+            for p, pool in enumerate(stats.pool_names)
         }
 
     def _render_text(self) -> str:

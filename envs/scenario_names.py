@@ -12,6 +12,17 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "trace-conv",
     "trace-code",
     "mixed",
+    "elastic-diurnal",
+    "slow-ramp",
+    "short-flash-crowd",
+    "spot-interruptions",
 )
 #: Scenarios never used by a training preset (they measure generalisation).
 HELD_OUT_SCENARIO_NAMES: tuple[str, ...] = ("trace-conv", "trace-code", "mixed")
+#: Scenarios where scaling the pools matters (``LLMFleetEnv(elastic=True)``); not for training.
+ELASTIC_SCENARIO_NAMES: tuple[str, ...] = (
+    "elastic-diurnal",
+    "slow-ramp",
+    "short-flash-crowd",
+    "spot-interruptions",
+)

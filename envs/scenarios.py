@@ -8,16 +8,23 @@ distribution. Times are seconds from the start of the controlled episode (after 
 
 Scenarios marked ``held_out`` are never part of a training preset: they measure how a policy
 trained on synthetic situations copes with real traces and with combinations it never saw.
+
+Scenarios marked ``elastic`` (:data:`ELASTIC_SCENARIOS`) are the ones where scaling the pools
+matters: their pools may grow to :data:`MAX_REPLICAS` and they are meant for
+``LLMFleetEnv(elastic=True)`` (:func:`env_kwargs_for`), where the replica knobs scale them. In a
+fixed environment they still run, with the replicas staying at their initial count. They are
+neither training nor held-out scenarios.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.sim import PoolConfig, ScheduledFailure, SimConfig, TenantConfig
+from envs.sim import AutoscalingConfig, PoolConfig, ScheduledFailure, SimConfig, TenantConfig
 from envs.sim.workload import (
     Diurnal,
     FlashCrowd,
@@ -47,6 +54,13 @@ TENANTS = (
 
 #: The cheap tier answers as well as the strong one for requests up to this difficulty.
 CHEAP_CAPABILITY = 0.6
+#: The fleet's pools, strongest tier first.
+POOL_NAMES: tuple[str, ...] = ("strong", "cheap")
+#: Most replicas each pool of an elastic fleet may have (the GPUs it may claim); elastic
+#: fleets start with the usual 2 strong and 1 cheap replicas.
+MAX_REPLICAS: Mapping[str, int] = {"strong": 6, "cheap": 3}
+#: Episode length of a scenario that does not set its own.
+DEFAULT_EPISODE_HOURS = 2.0
 
 
 @dataclass
@@ -90,6 +104,11 @@ class Scenario:
         Never used by training presets.
     needs_data:
         Replays a real trace from the reference data.
+    elastic:
+        Scaling the pools matters here (run it with ``LLMFleetEnv(elastic=True)``).
+    episode_hours:
+        The episode length the scenario needs (a day for a daily cycle); ``None``:
+        :data:`DEFAULT_EPISODE_HOURS`. An environment given ``episode_hours`` overrides it.
     """
 
     name: str
@@ -97,15 +116,21 @@ class Scenario:
     build: Callable[[np.random.Generator, float], ScenarioSetup]
     held_out: bool = False
     needs_data: bool = False
+    elastic: bool = False
+    episode_hours: float | None = None
 
 
 def fleet_config(failures: tuple[ScheduledFailure, ...] = ()) -> SimConfig:
     """The two-tier fleet every scenario governs."""
     return SimConfig(
         pools=[
-            PoolConfig(name="strong", model="llama-3-8b", replicas=STRONG_REPLICAS),
+            PoolConfig(name=POOL_NAMES[0], model="llama-3-8b", replicas=STRONG_REPLICAS),
             PoolConfig(
-                name="cheap", model="llama-3.2-1b", replicas=1, tier=1, capability=CHEAP_CAPABILITY
+                name=POOL_NAMES[1],
+                model="llama-3.2-1b",
+                replicas=1,
+                tier=1,
+                capability=CHEAP_CAPABILITY,
             ),
         ],
         tenants=list(TENANTS),
@@ -114,13 +139,64 @@ def fleet_config(failures: tuple[ScheduledFailure, ...] = ()) -> SimConfig:
     )
 
 
+def scalable(config: SimConfig, autoscaling: AutoscalingConfig | None = None) -> SimConfig:
+    """``config`` with pools that may scale: every pool without its own ``max_replicas`` gets
+    :data:`MAX_REPLICAS` (at least its initial replicas), and ``autoscaling`` if given."""
+    pools = []
+    for pool in config.pools:
+        update: dict[str, object] = {}
+        if pool.max_replicas is None:
+            update["max_replicas"] = max(MAX_REPLICAS.get(pool.name, 0), pool.replicas)
+        if autoscaling is not None:
+            update["autoscaling"] = autoscaling.model_dump()
+        pools.append(PoolConfig.model_validate(pool.model_dump() | update))
+    return config.model_copy(update={"pools": pools})
+
+
 TENANT_SHARES = tuple(t.share for t in TENANTS)
 CONV_LENGTHS = get_length_model("azure-conv")
 
 
+class Ramp:
+    """A slow change of the rate: the multiplier goes linearly from 1 at ``start_s`` to
+    ``final_multiplier`` at ``start_s + duration_s`` and stays there (a modulation like
+    :class:`envs.sim.workload.Diurnal`).
+
+    Parameters
+    ----------
+    start_s, duration_s: the ramp in simulated seconds.
+    final_multiplier: rate factor at the end of the ramp (> 0).
+    """
+
+    # The warp integrates the multiplier at cell midpoints, exact for a linear piece: the ramp
+    # needs no grid besides its two breakpoints.
+    resolution_s = math.inf
+
+    def __init__(self, start_s: float, duration_s: float, final_multiplier: float) -> None:
+        if duration_s <= 0 or final_multiplier <= 0:
+            raise ValueError(
+                f"Ramp duration_s and final_multiplier must be > 0, got {duration_s}, "
+                f"{final_multiplier}"
+            )
+        self.start_s, self.duration_s = start_s, duration_s
+        self.final_multiplier = final_multiplier
+
+    def multiplier(self, t: np.ndarray) -> np.ndarray:
+        """Rate multiplier at times ``t``."""
+        end = self.start_s + self.duration_s
+        return np.interp(t, [self.start_s, end], [1.0, self.final_multiplier])
+
+    def breakpoints(self) -> tuple[float, ...]:
+        """Times where the multiplier's slope changes."""
+        return (self.start_s, self.start_s + self.duration_s)
+
+
+Modulation = Diurnal | FlashCrowd | Ramp
+
+
 def poisson_stream(
     load: float,
-    modulations: tuple[Diurnal | FlashCrowd, ...] = (),
+    modulations: tuple[Modulation, ...] = (),
     tenant_shares: tuple[float, ...] = TENANT_SHARES,
     lengths: LengthModel = CONV_LENGTHS,
 ) -> Workload:
@@ -146,7 +222,7 @@ def _diurnal_cycle(rng: np.random.Generator) -> Diurnal:
     )
 
 
-def _describe(load: float, *modulations: Diurnal | FlashCrowd) -> dict[str, float]:
+def _describe(load: float, *modulations: Modulation) -> dict[str, float]:
     parameters = {"load": load}
     for m in modulations:
         parameters |= {f"{type(m).__name__.lower()}_{k}": v for k, v in vars(m).items()}
@@ -262,6 +338,59 @@ def _mixed(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
     )
 
 
+def _elastic_fleet(**autoscaling: float) -> SimConfig:
+    """The usual fleet, with pools that may scale to :data:`MAX_REPLICAS`."""
+    return scalable(fleet_config(), AutoscalingConfig(**autoscaling))
+
+
+def _elastic_diurnal(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    # Peaks of up to ~1.9x nominal need 5 strong replicas; troughs of ~0.25x leave one busy.
+    load = float(rng.uniform(0.8, 1.1))
+    cycle = Diurnal(
+        period_s=86400.0,
+        amplitude=float(rng.uniform(0.5, 0.7)),
+        phase=float(rng.uniform(0.0, 2 * np.pi)),
+    )
+    return ScenarioSetup(
+        _elastic_fleet(), poisson_stream(load, (cycle,)), parameters=_describe(load, cycle)
+    )
+
+
+def _slow_ramp(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    start, end = float(rng.uniform(0.45, 0.55)), float(rng.uniform(1.5, 1.7))
+    ramp = Ramp(
+        start_s=warmup_s + float(rng.uniform(0.0, 900.0)),
+        duration_s=float(rng.uniform(2.5, 3.5)) * 3600.0,
+        final_multiplier=end / start,
+    )
+    return ScenarioSetup(
+        _elastic_fleet(), poisson_stream(start, (ramp,)), parameters=_describe(start, ramp)
+    )
+
+
+def _short_flash_crowd(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load = float(rng.uniform(0.6, 0.8))
+    flash = FlashCrowd(
+        start_s=warmup_s + float(rng.uniform(300.0, 3000.0)),
+        duration_s=float(rng.uniform(60.0, 180.0)),
+        multiplier=float(rng.uniform(2.0, 4.0)),
+    )
+    # A 4-minute provisioning delay (Llama-3-8B: 180 s + 60 s of weights) with little jitter:
+    # replicas asked for when the crowd starts serve after it has gone.
+    fleet = _elastic_fleet(provision_base_s=180.0, provision_jitter=0.1)
+    return ScenarioSetup(fleet, poisson_stream(load, (flash,)), parameters=_describe(load, flash))
+
+
+def _spot_interruptions(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    load, rate = float(rng.uniform(0.6, 0.85)), float(rng.uniform(0.5, 1.0))
+    fleet = _elastic_fleet(spot_rate_per_hour=rate, spot_notice_s=120.0)
+    return ScenarioSetup(
+        fleet,
+        poisson_stream(load),
+        parameters={"load": load, "spot_rate_per_hour": rate, "spot_notice_s": 120.0},
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -302,13 +431,42 @@ SCENARIOS: dict[str, Scenario] = {
             _mixed,
             held_out=True,
         ),
+        Scenario(
+            "elastic-diurnal",
+            "A 24-hour day between ~0.25x and ~1.9x nominal load: scale with it.",
+            _elastic_diurnal,
+            elastic=True,
+            episode_hours=24.0,
+        ),
+        Scenario(
+            "slow-ramp",
+            "Load rises from ~0.5x to ~1.6x nominal over about three hours.",
+            _slow_ramp,
+            elastic=True,
+            episode_hours=4.0,
+        ),
+        Scenario(
+            "short-flash-crowd",
+            "Traffic jumps 2-4x for 1-3 minutes, shorter than the 4-minute provisioning delay: "
+            "replicas asked for then come too late, only headroom or the other knobs help.",
+            _short_flash_crowd,
+            elastic=True,
+        ),
+        Scenario(
+            "spot-interruptions",
+            "Spot GPUs: 0.5-1 interruptions per replica-hour, each with a 2-minute notice.",
+            _spot_interruptions,
+            elastic=True,
+        ),
     )
 }
 
 #: Scenarios a training preset may draw from.
-TRAINING_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if not s.held_out)
+TRAINING_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if not (s.held_out or s.elastic))
 #: Scenarios kept for evaluation only.
 HELD_OUT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.held_out)
+#: Scenarios where scaling the pools matters (run them with ``LLMFleetEnv(elastic=True)``).
+ELASTIC_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.elastic)
 
 
 def get_scenario(name: str) -> Scenario:
@@ -317,3 +475,9 @@ def get_scenario(name: str) -> Scenario:
         return SCENARIOS[name]
     except KeyError:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+
+
+def env_kwargs_for(scenario: str) -> dict[str, bool]:
+    """The :class:`envs.fleet_env.LLMFleetEnv` arguments a scenario needs: ``{"elastic": True}``
+    for an elastic scenario, none otherwise (tuning and the benchmark build envs with them)."""
+    return {"elastic": True} if get_scenario(scenario).elastic else {}

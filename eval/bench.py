@@ -12,6 +12,11 @@ yet: per-step good/total counts per SLO, window burn rates, goodput and GPU-hour
 
 Evaluation seeds are ``0 .. n-1``, kept below :data:`agents.tuning.TUNING_SEED_OFFSET` so that no
 baseline is scored on an episode it was tuned on.
+
+Elastic scenarios (:data:`envs.scenarios.ELASTIC_SCENARIOS`) run in the elastic environment
+(:func:`envs.scenarios.env_kwargs_for`). They are benchmarked when named, not by default; a
+baseline that scales pools runs on them only, and a policy only on scenarios of its own kind
+(fixed or elastic, as its contract says).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from agents.baselines import BASELINES
 from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params, make_controller
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import REPO_ROOT
-from envs.scenarios import SCENARIOS, get_scenario
+from envs.scenarios import SCENARIOS, env_kwargs_for, get_scenario
 from slo.sli import EventBatch, SLIClassifier
 from slo.spec import ServiceSpec
 
@@ -284,15 +289,28 @@ class ControllerSpec:
         The ``.onnx`` file of an exported policy; ``None`` for a baseline.
     trained_on:
         The scenarios a policy was trained on (from its manifest), for the report.
+    elastic:
+        Whether the controller needs an elastic environment (it scales pools, or its policy's
+        contract is elastic).
     """
 
     name: str
     policy_path: str | None = None
     trained_on: tuple[str, ...] = ()
+    elastic: bool = False
 
     @property
     def is_policy(self) -> bool:
         return self.policy_path is not None
+
+    def unfit_reason(self, scenario: str) -> str | None:
+        """Why this controller cannot govern ``scenario``, or ``None`` when it can."""
+        elastic_scenario = get_scenario(scenario).elastic
+        if self.elastic and not elastic_scenario:
+            return f"{self.name} cannot govern {scenario}: it needs an elastic scenario"
+        if self.is_policy and elastic_scenario and not self.elastic:
+            return f"{self.name} cannot govern {scenario}: its policy is for fixed fleets"
+        return None
 
     def build(self, context: ControlContext, params: dict | None) -> Controller:
         """A fresh controller for the environment of ``context`` (``params``: tuned baseline
@@ -308,17 +326,18 @@ def resolve_controllers(
     names: Sequence[str] | None = None, zoo_dir: Path = ZOO_DIR
 ) -> tuple[ControllerSpec, ...]:
     """Controllers by name: a baseline, a policy of the zoo (file stem) or a path to an ``.onnx``
-    file. ``None``: every policy of the zoo, then every baseline. A policy's manifest is read
-    now, so a missing or corrupt policy fails before any run."""
+    file. ``None``: every policy of the zoo, then every baseline that does not scale pools (the
+    default benchmark's fixed fleets). A policy's manifest is read now, so a missing or corrupt
+    policy fails before any run."""
     from policies.runtime import read_manifest
 
     zoo = {p.stem: p for p in sorted(Path(zoo_dir).glob("*.onnx"))}
     if names is None:
-        names = [*zoo, *BASELINES]
+        names = [*zoo, *(b for b, cls in BASELINES.items() if not cls.needs_elastic)]
     specs = []
     for name in names:
         if name in BASELINES:
-            specs.append(ControllerSpec(name))
+            specs.append(ControllerSpec(name, elastic=BASELINES[name].needs_elastic))
             continue
         path = zoo.get(name) or (Path(name) if name.endswith(".onnx") else None)
         if path is None:
@@ -328,7 +347,8 @@ def resolve_controllers(
                 f"to an .onnx file; known: {known}"
             )
         manifest = read_manifest(path)  # PolicyFileError names what is wrong
-        specs.append(ControllerSpec(path.stem, str(path), manifest.provenance.scenarios))
+        elastic = manifest.observation_contract.elastic
+        specs.append(ControllerSpec(path.stem, str(path), manifest.provenance.scenarios, elastic))
     duplicates = {s.name for s in specs if [t.name for t in specs].count(s.name) > 1}
     if duplicates:
         raise ValueError(f"controller names must be unique, repeated: {sorted(duplicates)}")
@@ -347,6 +367,15 @@ class RunSpec:
     warmup_s: float = 600.0
     record_trace: bool = False
 
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """Arguments of the run's :class:`BenchEnv` besides the scenario."""
+        return {
+            "episode_hours": self.episode_hours,
+            "warmup_s": self.warmup_s,
+            **env_kwargs_for(self.scenario),
+        }
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -361,7 +390,7 @@ class RunResult:
 
 def run_episode(run: RunSpec) -> RunResult:
     """Run one episode and measure it (the unit of work of :func:`execute`)."""
-    env = BenchEnv(run.scenario, episode_hours=run.episode_hours, warmup_s=run.warmup_s)
+    env = BenchEnv(run.scenario, **run.env_kwargs)
     controller = run.controller.build(control_context(env), run.params)
     controller.reset()
     obs, info = env.reset(seed=run.seed)
@@ -510,12 +539,13 @@ class BenchResult:
 
 
 def select_scenarios(names: Sequence[str] | None) -> tuple[tuple[str, ...], list[str]]:
-    """The scenarios to run and warnings about the ones skipped: ``None`` takes every scenario
-    whose data is present; a named scenario without its data is an error."""
+    """The scenarios to run and warnings about the ones skipped: ``None`` takes every fixed-fleet
+    scenario whose data is present (elastic ones run when named); a named scenario without its
+    data is an error."""
     warnings = []
     if names is None:
         chosen = []
-        for name in SCENARIOS:
+        for name in (n for n, s in SCENARIOS.items() if not s.elastic):
             reason = scenario_unavailable_reason(name)
             if reason is None:
                 chosen.append(name)
@@ -544,6 +574,11 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
     scenario records traces), the baselines' parameters and warnings."""
     scenarios, warnings = select_scenarios(config.scenarios)
+    unfit = [r for c in config.controllers for s in scenarios if (r := c.unfit_reason(s))]
+    if unfit:
+        raise ValueError(
+            "every controller must govern every scenario of a benchmark: " + "; ".join(unfit)
+        )
     runs, params_used = [], {}
     for controller in config.controllers:
         tunable = not controller.is_policy and controller.name != "vllm-defaults"

@@ -4,7 +4,8 @@ For each baseline with a parameter grid (all but ``vllm-defaults``) and each sce
 is present, runs :func:`agents.tuning.tune` on training seeds 1000, 1001, ... and writes the
 result in the format of ``budgetpilot tune --out`` to ``agents/tuned/<baseline>/<scenario>.json``,
 which ``budgetpilot bench`` loads. Scenarios replaying the reference traces are skipped (with a
-message) when the data is absent.
+message) when the data is absent. Elastic scenarios run in the elastic environment, and the
+baselines that scale pools (``hpa``, ``budget-autoscaler``) are tuned on them only.
 
 Usage: ``python scripts/tune_baselines.py [--seeds 2] [--episode-hours 1] [--max-candidates N]
 [--baselines static pid ...] [--scenarios steady ...] [--out-dir agents/tuned]``.
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 from agents.baselines import BASELINES
-from agents.tuning import candidate_params, tune, tuning_seeds
+from agents.tuning import applies_to, candidate_params, tune, tuning_seeds
 from envs.paths import REPO_ROOT
 from envs.scenarios import SCENARIOS
 from eval.bench import TUNED_DIR, scenario_unavailable_reason, tuned_params_path
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:
             print(f"skip {scenario}: {reason}", file=sys.stderr)
             continue
-        for baseline in args.baselines:
+        for baseline in (b for b in args.baselines if applies_to(b, scenario)):
             t0 = time.perf_counter()
             result = tune(
                 baseline,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
             shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
             print(
-                f"{baseline:14s} {scenario:20s} {len(result.candidates):3d} candidates "
+                f"{baseline:17s} {scenario:20s} {len(result.candidates):3d} candidates "
                 f"{time.perf_counter() - t0:6.1f} s  best {result.best_params} -> {shown}",
                 flush=True,
             )

@@ -10,7 +10,7 @@ from agents.baselines import (
     StaticController,
     VllmDefaults,
 )
-from envs.contract import NEUTRAL_KNOB_VALUES, ActionContract, ObservationContract
+from envs.contract import NEUTRAL_KNOB_VALUES, ActionContract, ObservationContract, elastic_knobs
 
 SLO_KINDS = {"ttft": "ttft", "availability": "availability", "quality": "quality"}
 
@@ -22,6 +22,15 @@ def context() -> ControlContext:
         action=ActionContract(),
         slo_kinds=SLO_KINDS,
     )
+
+
+def elastic_context(pools: tuple[str, ...] = ("strong", "cheap")) -> ControlContext:
+    """The contracts of an elastic fleet (replica knobs and features)."""
+    action = ActionContract(knobs=elastic_knobs(pools))
+    observation = ObservationContract(
+        slo_names=tuple(SLO_KINDS), pools=pools, knob_names=action.names, max_replicas=(6, 3)
+    )
+    return ControlContext(observation, action, SLO_KINDS)
 
 
 def _obs(context: ControlContext, **features: float) -> np.ndarray:
@@ -42,6 +51,8 @@ def _knobs(context: ControlContext, action: np.ndarray) -> dict[str, float]:
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_every_baseline_stays_in_bounds_on_random_observations(name, context) -> None:
+    if BASELINES[name].needs_elastic:
+        context = elastic_context()
     controller = BASELINES[name](context)
     rng = np.random.default_rng(0)
     for _ in range(200):

@@ -8,10 +8,17 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from agents.base import ControlContext
 from agents.baselines import BASELINES
+from agents.tuning import applies_to
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import reference_data_dir
-from envs.scenario_names import HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
-from envs.scenarios import HELD_OUT_SCENARIOS, SCENARIOS, TRAINING_SCENARIOS
+from envs.scenario_names import ELASTIC_SCENARIO_NAMES, HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
+from envs.scenarios import (
+    ELASTIC_SCENARIOS,
+    HELD_OUT_SCENARIOS,
+    SCENARIOS,
+    TRAINING_SCENARIOS,
+    env_kwargs_for,
+)
 
 SHORT = {"episode_hours": 0.1, "warmup_s": 120.0}
 HAS_DATA = (reference_data_dir() / "traces").is_dir()
@@ -33,7 +40,8 @@ def _scenario_params(names=SCENARIO_NAMES):
 def test_scenario_names_match_the_suite() -> None:
     assert tuple(SCENARIOS) == SCENARIO_NAMES
     assert HELD_OUT_SCENARIOS == HELD_OUT_SCENARIO_NAMES
-    assert set(TRAINING_SCENARIOS).isdisjoint(HELD_OUT_SCENARIO_NAMES)
+    assert ELASTIC_SCENARIOS == ELASTIC_SCENARIO_NAMES
+    assert set(TRAINING_SCENARIOS).isdisjoint(HELD_OUT_SCENARIO_NAMES + ELASTIC_SCENARIO_NAMES)
 
 
 @pytest.mark.parametrize("scenario", _scenario_params())
@@ -142,7 +150,9 @@ def test_make_vec_runs() -> None:
 @pytest.mark.parametrize("baseline", sorted(BASELINES))
 @pytest.mark.parametrize("scenario", _scenario_params())
 def test_every_baseline_runs_every_scenario(baseline: str, scenario: str) -> None:
-    env = LLMFleetEnv(scenario, episode_hours=0.05, warmup_s=60.0)
+    if not applies_to(baseline, scenario):
+        pytest.skip(f"{baseline} scales pools: elastic scenarios only (tests/test_elastic.py)")
+    env = LLMFleetEnv(scenario, episode_hours=0.05, warmup_s=60.0, **env_kwargs_for(scenario))
     context = ControlContext(env.observation_contract, env.action_contract, env.slo_kinds)
     controller = BASELINES[baseline](context)
     obs, _ = env.reset(seed=0)
