@@ -35,7 +35,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -503,3 +503,41 @@ def params_as_dict(params: object) -> dict:
     if isinstance(params, dict):
         return dict(params)
     return {f.name: getattr(params, f.name) for f in fields(params)}
+
+
+def baseline_class(name: str) -> type[Controller]:
+    """Look a baseline up by name; the error lists the known ones."""
+    try:
+        return BASELINES[name]
+    except KeyError:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
+
+
+def make_controller(
+    name: str, context: ControlContext, params: Mapping | object | None = None
+) -> Controller:
+    """Build baseline ``name`` with ``params``: its ``Params`` dataclass, a dict of its fields
+    (e.g. ``best_params`` of a tuning result) or, for ``static``, a dict of knob values."""
+    cls = baseline_class(name)
+    if cls is VllmDefaults:
+        if params:
+            raise ValueError(f"baseline {name!r} has no parameters, got {dict(params)}")
+        return cls(context)
+    if params is None:
+        return cls(context)
+    if isinstance(params, Mapping):
+        params = _params_from_dict(name, params)
+    return cls(context, params)
+
+
+def _params_from_dict(name: str, values: Mapping) -> object:
+    """Turn a parameter dict back into what the baseline's constructor takes, checking names."""
+    example = next(iter(baseline_class(name).param_grid()))
+    known = {f.name for f in fields(example)} if is_dataclass(example) else set(NEUTRAL_KNOB_VALUES)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for baseline {name!r}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return type(example)(**values) if is_dataclass(example) else dict(values)

@@ -32,7 +32,10 @@ def tune(
     baseline: Annotated[str, typer.Argument(help="Baseline name, e.g. static, reactive, pid.")],
     scenario: Annotated[str, typer.Option(help="Scenario to tune on.")] = "steady",
     seeds: Annotated[int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.")] = 3,
-    episode_hours: Annotated[float, typer.Option(help="Simulated hours per episode.")] = 2.0,
+    episode_hours: Annotated[
+        float | None,
+        typer.Option(help="Simulated hours per episode [default: the scenario's, else 2]."),
+    ] = None,
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
     max_candidates: Annotated[
         int | None, typer.Option(help="Score only the first candidates of the grid.")

@@ -13,15 +13,14 @@ baselines that scale pools apply to them only (:func:`applies_to`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agents.base import ControlContext, Controller
-from agents.baselines import BASELINES, VllmDefaults, params_as_dict
-from envs.contract import NEUTRAL_KNOB_VALUES
+from agents.baselines import VllmDefaults, baseline_class, make_controller, params_as_dict
 from envs.fleet_env import LLMFleetEnv
 from envs.scenarios import ELASTIC_SCENARIOS, env_kwargs_for, get_scenario
 
@@ -103,14 +102,6 @@ class TuningResult:
         }
 
 
-def baseline_class(name: str) -> type[Controller]:
-    """Look a baseline up by name; the error lists the known ones."""
-    try:
-        return BASELINES[name]
-    except KeyError:
-        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}") from None
-
-
 def applies_to(name: str, scenario: str) -> bool:
     """Whether baseline ``name`` can govern ``scenario``: a baseline that scales pools needs an
     elastic scenario; the others run everywhere."""
@@ -134,36 +125,6 @@ def candidate_params(name: str, max_candidates: int | None = None) -> list[dict]
     cls = baseline_class(name)
     grid = [{}] if cls is VllmDefaults else [params_as_dict(p) for p in cls.param_grid()]
     return grid if max_candidates is None else grid[: max(1, max_candidates)]
-
-
-def make_controller(
-    name: str, context: ControlContext, params: Mapping | object | None = None
-) -> Controller:
-    """Build baseline ``name`` with ``params``: its ``Params`` dataclass, a dict of its fields
-    (e.g. ``best_params`` of a tuning result) or, for ``static``, a dict of knob values."""
-    cls = baseline_class(name)
-    if cls is VllmDefaults:
-        if params:
-            raise ValueError(f"baseline {name!r} has no parameters, got {dict(params)}")
-        return cls(context)
-    if params is None:
-        return cls(context)
-    if isinstance(params, Mapping):
-        params = _params_from_dict(name, params)
-    return cls(context, params)
-
-
-def _params_from_dict(name: str, values: Mapping) -> object:
-    """Turn a parameter dict back into what the baseline's constructor takes, checking names."""
-    example = next(iter(baseline_class(name).param_grid()))
-    known = {f.name for f in fields(example)} if is_dataclass(example) else set(NEUTRAL_KNOB_VALUES)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for baseline {name!r}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    return type(example)(**values) if is_dataclass(example) else dict(values)
 
 
 def evaluate(

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from agents.base import LATENCY_KINDS, ControlContext, Controller
-from agents.baselines import BASELINES
-from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params, make_controller
+from agents.baselines import BASELINES, make_controller
+from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import REPO_ROOT
 from envs.scenarios import SCENARIOS, env_kwargs_for, get_scenario

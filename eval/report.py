@@ -34,7 +34,7 @@ HEADLINE_SHARE = 0.7
 #: The metric the headline, rankings, profiles and probabilities of improvement are about.
 PRIMARY = "budget_spent_total"
 PROFILE_POINTS = 101
-GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out"}
+GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out", "elastic": "elastic"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,20 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def scenario_group(name: str) -> str:
+    """``held_out`` (never trained on), ``elastic`` (pools scale; fixed-fleet policies do not
+    run there) or ``in_distribution``."""
+    scenario = get_scenario(name)
+    if scenario.held_out:
+        return "held_out"
+    return "elastic" if scenario.elastic else "in_distribution"
+
+
 def scenario_groups(scenarios: Sequence[str]) -> dict[str, list[str]]:
-    """The benchmarked scenarios by group (held out from training or not), empty groups left
-    out."""
+    """The benchmarked scenarios by group (:func:`scenario_group`), empty groups left out."""
     groups: dict[str, list[str]] = {key: [] for key in GROUPS}
     for name in scenarios:
-        groups["held_out" if get_scenario(name).held_out else "in_distribution"].append(name)
+        groups[scenario_group(name)].append(name)
     return {key: names for key, names in groups.items() if names}
 
 
@@ -186,7 +194,7 @@ class Analysis:
         }
         ranking = self.ranking(scenario)
         section = {
-            "group": "held_out" if get_scenario(scenario).held_out else "in_distribution",
+            "group": scenario_group(scenario),
             "description": get_scenario(scenario).description,
             "controllers": controllers,
             "ranking": ranking,

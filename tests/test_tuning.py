@@ -3,14 +3,19 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agents.baselines import ReactiveParams, ReactiveThresholds, StaticController, VllmDefaults
+from agents.baselines import (
+    ReactiveParams,
+    ReactiveThresholds,
+    StaticController,
+    VllmDefaults,
+    make_controller,
+)
 from agents.tuning import (
     TUNING_SEED_OFFSET,
     candidate_params,
     control_context,
     evaluate,
     load_tuned_params,
-    make_controller,
     tune,
     tuning_seeds,
 )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any
 
 from agents.base import ControlContext, Controller
-from agents.baselines import BASELINES
+from agents.baselines import make_controller
 
 
 def build_baseline(name: str, params: Mapping[str, Any], context: ControlContext) -> Controller:
@@ -20,22 +18,8 @@ def build_baseline(name: str, params: Mapping[str, Any], context: ControlContext
     ValueError
         Unknown baseline or parameter (naming ``fallback.baseline`` / ``fallback.params``).
     """
-    if name not in BASELINES:
-        raise ValueError(
-            f"fallback.baseline: unknown baseline {name!r} (known: {sorted(BASELINES)})"
-        )
-    cls = BASELINES[name]
-    if not params:
-        return cls(context)
-    hints = typing.get_type_hints(cls.__init__)
-    hints.pop("return", None)
-    hints.pop("context", None)
-    if not hints:
-        raise ValueError(f"fallback.params: baseline {name!r} takes no parameters")
-    (hint,) = hints.values()
-    params_cls = next((t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)), None)
     try:
-        value = dict(params) if params_cls is None else params_cls(**params)
-        return cls(context, value)
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ValueError(f"fallback.params: invalid for baseline {name!r}: {exc}") from None
+        return make_controller(name, context, dict(params) or None)
+    except (TypeError, ValueError) as exc:
+        field = "fallback.params" if "parameter" in str(exc) else "fallback.baseline"
+        raise ValueError(f"{field}: {exc}") from None

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from agents.base import ControlContext, Controller
-from envs.contract import ACTION_VERSION, NEUTRAL_KNOB_VALUES
+from envs.contract import ACTION_VERSION, neutral_knob_values
 from policies.runtime import OnnxPolicy, load_policy
 from policies.sidecar import state as persisted
 from policies.sidecar.actuators import ActuationError, Actuator, build_actuators
@@ -262,9 +262,7 @@ class Sidecar:
 
     def _knob_values(self, values: Mapping[str, float], where: str) -> dict[str, float]:
         """Configured knob values (checked, named by ``where``), neutral for the others."""
-        neutral = {
-            k.name: NEUTRAL_KNOB_VALUES.get(k.name, k.low) for k in self.action_contract.knobs
-        }
+        neutral = neutral_knob_values(self.action_contract.names)
         given = self.guardrails.check_values(values, where)
         return self.guardrails.final_clamp({**neutral, **given}, neutral)[0]
 
