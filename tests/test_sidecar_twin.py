@@ -12,6 +12,7 @@ the sidecar took (before guardrails).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,16 +38,29 @@ SIGNALS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(SIGNALS))
+#: The shipped reference policy (a real exported PPO actor).
+ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx"
+
+
+@pytest.fixture(
+    scope="module",
+    params=[*((mapping, "linear") for mapping in sorted(SIGNALS)), ("vllm", "zoo")],
+    ids=lambda p: "-".join(p),
+)
 def closed_loop(request, tmp_path_factory):
-    """Run the loop with engines of one metric mapping; return what the checks need."""
+    """Run the loop with engines of one metric mapping and a policy (a linear stand-in, or the
+    shipped reference policy); return what the checks need."""
+    mapping, kind = request.param
     tmp = tmp_path_factory.mktemp("loop")
-    policy_path = linear_policy(tmp / "linear.onnx", *fleet_contracts(), seed=5, scale=0.5)
-    twin = EngineTwin("steady", seed=11, speed=0.0, mapping=request.param)
+    if kind == "zoo":
+        policy_path = ZOO_POLICY
+    else:
+        policy_path = linear_policy(tmp / "linear.onnx", *fleet_contracts(), seed=5, scale=0.5)
+    twin = EngineTwin("steady", seed=11, speed=0.0, mapping=mapping)
     twin.start()
     audit = tmp / "audit.jsonl"
     settings = twin_settings(twin.url)
-    settings["signals"].update(SIGNALS[request.param])
+    settings["signals"].update(SIGNALS[mapping])
     config = load_config(
         None,
         {
@@ -55,7 +69,7 @@ def closed_loop(request, tmp_path_factory):
             "interval_s": INTERVAL_S,
             "audit_log": str(audit),
             "guardrails": {"max_step": 0.5},
-            "mapping": request.param,
+            "mapping": mapping,
             **settings,
         },
     )
