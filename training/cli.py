@@ -46,7 +46,12 @@ def train(
         int | None, typer.Option(help="Override the timesteps between checkpoints.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the interrupted run in --out.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run in --out, with the preset, seeds and timesteps it "
+            "was started with (read from its train.json; those flags are ignored).",
+        ),
     ] = False,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
