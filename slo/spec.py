@@ -226,7 +226,8 @@ class StreamingSLI(_Model):
     )
 
 
-RequestSLI = Annotated[
+#: Every SLI that judges requests one by one (a fairness SLI judges slices of one of them).
+_RequestSLIs = (
     TTFTSLI
     | ITLSLI
     | E2ESLI
@@ -234,9 +235,9 @@ RequestSLI = Annotated[
     | AvailabilitySLI
     | QualitySLI
     | ContextSLI
-    | StreamingSLI,
-    Field(discriminator="kind"),
-]
+    | StreamingSLI
+)
+RequestSLI = Annotated[_RequestSLIs, Field(discriminator="kind")]
 
 
 class FairnessSLI(_Model):
@@ -260,18 +261,7 @@ class FairnessSLI(_Model):
     max_tenants: int = Field(default=64, ge=2, le=4096)
 
 
-LLMSLI = Annotated[
-    TTFTSLI
-    | ITLSLI
-    | E2ESLI
-    | NormalizedLatencySLI
-    | AvailabilitySLI
-    | QualitySLI
-    | ContextSLI
-    | StreamingSLI
-    | FairnessSLI,
-    Field(discriminator="kind"),
-]
+LLMSLI = Annotated[_RequestSLIs | FairnessSLI, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------------------------
