@@ -19,7 +19,8 @@ SCENARIO_NAMES: tuple[str, ...] = (
 )
 #: Scenarios never used by a training preset (they measure generalisation).
 HELD_OUT_SCENARIO_NAMES: tuple[str, ...] = ("trace-conv", "trace-code", "mixed")
-#: Scenarios where scaling the pools matters (``LLMFleetEnv(elastic=True)``); not for training.
+#: Scenarios where scaling the pools matters (``LLMFleetEnv(elastic=True)``); only elastic
+#: training presets draw them.
 ELASTIC_SCENARIO_NAMES: tuple[str, ...] = (
     "elastic-diurnal",
     "slow-ramp",

@@ -36,7 +36,14 @@ from agents.baselines import BASELINES, make_controller
 from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import REPO_ROOT
-from envs.scenarios import SCENARIOS, env_kwargs_for, get_scenario
+from envs.scenarios import (
+    ELASTIC_SCENARIOS,
+    HELD_OUT_SCENARIOS,
+    SCENARIOS,
+    TRAINING_SCENARIOS,
+    env_kwargs_for,
+    get_scenario,
+)
 from slo.sli import EventBatch, SLIClassifier
 from slo.spec import ServiceSpec
 
@@ -51,6 +58,14 @@ PINNED_THREADS = {
 }
 #: The burn-rate window recorded for the timeline plots (the long window of the fast page).
 TIMELINE_WINDOW = "1h"
+#: The default benchmark's scenarios: every fixed-fleet one (elastic ones run when named).
+DEFAULT_SCENARIOS = tuple(n for n, s in SCENARIOS.items() if not s.elastic)
+#: The report's scenario groups (keys of its ``groups`` section) and their names.
+GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out", "elastic": "elastic"}
+#: Names that stand for a group's scenarios in ``--scenarios``.
+SCENARIO_GROUPS = dict(
+    zip(GROUPS.values(), (TRAINING_SCENARIOS, HELD_OUT_SCENARIOS, ELASTIC_SCENARIOS), strict=True)
+)
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
@@ -206,8 +221,21 @@ class EpisodeRecorder:
                 "goodput": info["goodput_requests"],
                 "served": info["served_requests"],
                 "gpu_hours": float(info["gpu_hours"]),
+                **self._replicas(info),
             }
         )
+
+    @staticmethod
+    def _replicas(info: dict[str, Any]) -> dict[str, Any]:
+        """Serving and desired replicas per pool (elastic environments only)."""
+        if "replicas" not in info:
+            return {}
+        pools = info["replicas"].values()
+        return {
+            "pool_names": list(info["replicas"]),
+            "replicas_serving": [counts["serving"] for counts in pools],
+            "replicas_desired": [counts["desired"] for counts in pools],
+        }
 
     def _by_slo(self, values: np.ndarray) -> dict[str, float]:
         return dict(zip(self.slo_names, values.tolist(), strict=True))
@@ -270,6 +298,16 @@ class EpisodeRecorder:
             "page": self._column("page").tolist(),
             "knobs": self._column("knobs").tolist(),
             "gpu_hours": np.cumsum(self._column("gpu_hours")).tolist(),
+            **self._replica_trace(),
+        }
+
+    def _replica_trace(self) -> dict[str, Any]:
+        if "pool_names" not in self._rows[0]:
+            return {}
+        return {
+            "pool_names": self._rows[0]["pool_names"],
+            "replicas_serving": self._column("replicas_serving").tolist(),
+            "replicas_desired": self._column("replicas_desired").tolist(),
         }
 
 
@@ -323,17 +361,24 @@ class ControllerSpec:
 
 
 def resolve_controllers(
-    names: Sequence[str] | None = None, zoo_dir: Path = ZOO_DIR
+    names: Sequence[str] | None = None,
+    zoo_dir: Path = ZOO_DIR,
+    scenarios: Sequence[str] | None = None,
 ) -> tuple[ControllerSpec, ...]:
     """Controllers by name: a baseline, a policy of the zoo (file stem) or a path to an ``.onnx``
-    file. ``None``: every policy of the zoo, then every baseline that does not scale pools (the
-    default benchmark's fixed fleets). A policy's manifest is read now, so a missing or corrupt
-    policy fails before any run."""
+    file. ``None``: every policy of the zoo and every baseline that can govern all of
+    ``scenarios`` (``None``: the fixed-fleet scenarios of the default benchmark). A policy's
+    manifest is read now, so a missing or corrupt policy fails before any run."""
     from policies.runtime import read_manifest
 
     zoo = {p.stem: p for p in sorted(Path(zoo_dir).glob("*.onnx"))}
     if names is None:
-        names = [*zoo, *(b for b, cls in BASELINES.items() if not cls.needs_elastic)]
+        fitting = [
+            spec
+            for spec in resolve_controllers([*zoo, *BASELINES], zoo_dir)
+            if all(spec.unfit_reason(s) is None for s in scenarios or DEFAULT_SCENARIOS)
+        ]
+        return tuple(fitting)
     specs = []
     for name in names:
         if name in BASELINES:
@@ -363,7 +408,7 @@ class RunSpec:
     scenario: str
     seed: int
     params: dict | None = None
-    episode_hours: float = 2.0
+    episode_hours: float | None = None
     warmup_s: float = 600.0
     record_trace: bool = False
 
@@ -483,7 +528,8 @@ class BenchConfig:
     seeds:
         Evaluation seeds, all below :data:`agents.tuning.TUNING_SEED_OFFSET`.
     episode_hours, warmup_s:
-        Episode length and warm-up of every run.
+        Episode length (``None``: each scenario's own, 2 h unless it says otherwise) and warm-up
+        of every run.
     tuned_dir:
         Where tuned baseline parameters are read from (:func:`tuned_params_path`).
     bootstrap_reps, bootstrap_seed:
@@ -493,7 +539,7 @@ class BenchConfig:
     controllers: tuple[ControllerSpec, ...]
     scenarios: tuple[str, ...] | None = None
     seeds: tuple[int, ...] = tuple(range(10))
-    episode_hours: float = 2.0
+    episode_hours: float | None = None
     warmup_s: float = 600.0
     tuned_dir: Path = TUNED_DIR
     bootstrap_reps: int = 10_000
@@ -509,7 +555,7 @@ class BenchConfig:
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"evaluation seeds must be distinct, got {list(self.seeds)}")
-        if self.episode_hours <= 0 or self.warmup_s < 0:
+        if (self.episode_hours is not None and self.episode_hours <= 0) or self.warmup_s < 0:
             raise ValueError("episode_hours must be > 0 and warmup_s >= 0")
 
 
@@ -538,6 +584,11 @@ class BenchResult:
     wall_time_s: float = 0.0
 
 
+def expand_scenarios(names: Sequence[str]) -> list[str]:
+    """Scenario names with :data:`SCENARIO_GROUPS` names replaced by their scenarios."""
+    return [s for name in names for s in SCENARIO_GROUPS.get(name, (name,))]
+
+
 def select_scenarios(names: Sequence[str] | None) -> tuple[tuple[str, ...], list[str]]:
     """The scenarios to run and warnings about the ones skipped: ``None`` takes every fixed-fleet
     scenario whose data is present (elastic ones run when named); a named scenario without its
@@ -545,7 +596,7 @@ def select_scenarios(names: Sequence[str] | None) -> tuple[tuple[str, ...], list
     warnings = []
     if names is None:
         chosen = []
-        for name in (n for n, s in SCENARIOS.items() if not s.elastic):
+        for name in DEFAULT_SCENARIOS:
             reason = scenario_unavailable_reason(name)
             if reason is None:
                 chosen.append(name)

@@ -12,7 +12,6 @@ QUICK_SEEDS = 3
 QUICK_EPISODE_HOURS = 0.5
 QUICK_BOOTSTRAP_REPS = 2_000
 DEFAULT_SEEDS = 10
-DEFAULT_EPISODE_HOURS = 2.0
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -32,12 +31,16 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Controllers: baselines, policies of policies/zoo (file stem) or .onnx paths; "
-            "repeat or comma-separate. Default: every zoo policy and every baseline."
+            "repeat or comma-separate. Default: every zoo policy and baseline that can govern "
+            "all the scenarios (elastic scenarios add the autoscalers, drop fixed-fleet policies)."
         ),
     ] = None,
     scenarios: Annotated[
         list[str] | None,
-        typer.Option(help="Scenarios (default: every scenario whose data is present)."),
+        typer.Option(
+            help="Scenarios or groups (in-distribution, held-out, elastic); repeat or "
+            "comma-separate. Default: every fixed-fleet scenario whose data is present."
+        ),
     ] = None,
     seeds: Annotated[
         int | None,
@@ -55,7 +58,10 @@ def bench(
     ] = False,
     episode_hours: Annotated[
         float | None,
-        typer.Option(help=f"Simulated hours per episode (default {DEFAULT_EPISODE_HOURS})."),
+        typer.Option(
+            help="Simulated hours per episode (default: the scenario's own, 2 h unless it says; "
+            f"--quick {QUICK_EPISODE_HOURS})."
+        ),
     ] = None,
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
     out: Annotated[
@@ -88,17 +94,24 @@ def bench(
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from eval.bench import TUNED_DIR, BenchConfig, resolve_controllers, run_bench
+    from eval.bench import (
+        TUNED_DIR,
+        BenchConfig,
+        expand_scenarios,
+        resolve_controllers,
+        run_bench,
+    )
     from eval.report import write_report
 
     console = Console(stderr=True)
     try:
+        chosen = _names(scenarios)
+        chosen = expand_scenarios(chosen) if chosen else None
         config = BenchConfig(
-            controllers=resolve_controllers(_names(policies)),
-            scenarios=_names(scenarios),
+            controllers=resolve_controllers(_names(policies), scenarios=chosen),
+            scenarios=chosen,
             seeds=tuple(range(seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS))),
-            episode_hours=episode_hours
-            or (QUICK_EPISODE_HOURS if quick else DEFAULT_EPISODE_HOURS),
+            episode_hours=episode_hours or (QUICK_EPISODE_HOURS if quick else None),
             warmup_s=warmup_s,
             tuned_dir=tuned_dir or TUNED_DIR,
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),

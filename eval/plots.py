@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from eval.bench import TIMELINE_WINDOW
+from eval.bench import GROUPS, TIMELINE_WINDOW
 from slo.durations import parse_duration
 from slo.spec import ServiceSpec
 
 DPI = 90
 #: Burn rates are drawn on a log axis from here (a burn rate of 0 sits on the floor).
 MIN_BURN = 0.01
-GROUP_TITLES = {"in_distribution": "in-distribution scenarios", "held_out": "held-out scenarios"}
 
 
 def _pyplot() -> Any:
@@ -71,7 +70,7 @@ def _header(fig: Any, title: str, handles: list, labels: list[str]) -> None:
         labels,
         loc="upper center",
         bbox_to_anchor=(0.5, 1.0 - 0.3 / fig.get_figheight()),
-        ncol=min(6, len(labels)),
+        ncol=min(8, len(labels)),  # one row for the default benchmark's controllers
         fontsize=8,
         frameon=False,
     )
@@ -141,7 +140,7 @@ def scenario_timelines(
         ax.axhline(0.25, color="orange", ls=":", lw=0.8)
         ax.axhline(0.0, color="red", ls="--", lw=0.8)
 
-    return {
+    figures = {
         "burn": _timeline(
             traces,
             "window_burn_rate",
@@ -172,6 +171,32 @@ def scenario_timelines(
             colors,
         ),
     }
+    if "pool_names" in traces[0]:
+        figures["replicas"] = replica_timeline(scenario, traces, out, colors)
+    return figures
+
+
+def replica_timeline(scenario: str, traces: list[dict], out: Path, colors: dict) -> str:
+    """Serving (solid) and desired (dashed) replicas of each pool, one line per controller."""
+    pools, seed = traces[0]["pool_names"], traces[0]["seed"]
+    fig, axes = _grid(len(pools))
+    for i, (ax, pool) in enumerate(zip(axes, pools, strict=False)):
+        for trace in traces:
+            color = colors[trace["controller"]]
+            serving = np.asarray(trace["replicas_serving"])[:, i]
+            desired = np.asarray(trace["replicas_desired"])[:, i]
+            ax.plot(trace["hours"], serving, color=color, lw=1.1)
+            ax.plot(trace["hours"], desired, color=color, lw=0.8, ls="--")
+        ax.set_title(f"{pool} pool", fontsize=9, y=1.0)
+        ax.set_ylabel("replicas", fontsize=8)
+        ax.tick_params(labelsize=8)
+    for ax in axes[-2:]:
+        ax.set_xlabel("hours into the episode", fontsize=8)
+    names = [t["controller"] for t in traces]
+    handles = [_pyplot().Line2D([], [], color=colors[name]) for name in names]
+    title = f"{scenario} (seed {seed}): replicas serving (solid) and desired (dashed)"
+    _header(fig, title, handles, names)
+    return _save(fig, out / f"replicas_{scenario}.png")
 
 
 def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
@@ -215,7 +240,7 @@ def performance_profiles(document: dict, out: Path, colors: dict) -> str:
             curve = profile[controller]
             ax.plot(taus, curve["profile"], color=colors[controller], label=controller)
             ax.fill_between(taus, curve["low"], curve["high"], color=colors[controller], alpha=0.15)
-        ax.set_title(GROUP_TITLES[group], fontsize=10, y=1.0)
+        ax.set_title(f"{GROUPS[group]} scenarios", fontsize=10, y=1.0)
         ax.set_xlabel("tau: budget spent (% of period budgets)", fontsize=9)
         ax.set_ylabel("share of runs spending <= tau", fontsize=9)
         ax.set_ylim(0, 1.02)

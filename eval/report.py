@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.scenarios import get_scenario
-from eval.bench import BenchResult
+from envs.scenarios import DEFAULT_EPISODE_HOURS, get_scenario
+from eval.bench import GROUPS, BenchResult
 from eval.stats import (
     Interval,
     bootstrap_ci,
@@ -34,7 +34,6 @@ HEADLINE_SHARE = 0.7
 #: The metric the headline, rankings, profiles and probabilities of improvement are about.
 PRIMARY = "budget_spent_total"
 PROFILE_POINTS = 101
-GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out", "elastic": "elastic"}
 
 
 @dataclass(frozen=True)
@@ -385,7 +384,7 @@ METHOD = """\
 ## Method
 
 **Runs.** A run is one episode of one controller on one scenario with one evaluation seed
-(`LLMFleetEnv`, default SLO spec, {episode_hours} h after a {warmup_s:.0f} s warm-up, knobs set
+(`LLMFleetEnv`, default SLO spec, {episode_hours} after a {warmup_s:.0f} s warm-up, knobs set
 every 30 s). The seed fixes the scenario draw, the initial budgets and the simulator, so all
 controllers face the same episodes (runs are paired by seed). Evaluation seeds are
 {seeds}; the baselines were tuned on training seeds 1000 and up (`scripts/tune_baselines.py`,
@@ -470,6 +469,16 @@ def _metric_header() -> list[str]:
     return [f"{m.label} ({m.unit})" if m.unit else m.label for m in METRICS.values()]
 
 
+def _episode_length(config: dict) -> str:
+    """Episodes of the given hours, or each scenario's own length."""
+    hours = config["episode_hours"]
+    if hours is not None:
+        return f"{hours} h"
+    own = {s: get_scenario(s).episode_hours for s in config["scenarios"]}
+    others = ", ".join(f"{s} {h:g} h" for s, h in own.items() if h)
+    return f"{DEFAULT_EPISODE_HOURS:g} h" + (f" ({others})" if others else "")
+
+
 def _title(document: dict) -> str:
     config, timing = document["config"], document["timing"]
     controllers = [c["name"] for c in config["controllers"]]
@@ -477,7 +486,7 @@ def _title(document: dict) -> str:
         "# budgetpilot benchmark\n\n"
         f"{len(controllers)} controllers ({', '.join(controllers)}) x "
         f"{len(config['scenarios'])} scenarios x {len(config['seeds'])} seeds = "
-        f"{timing['runs']} runs of {config['episode_hours']} h (after {config['warmup_s']:.0f} s "
+        f"{timing['runs']} runs of {_episode_length(config)} (after {config['warmup_s']:.0f} s "
         f"of warm-up), in {timing['wall_time_s']:.0f} s. Figures are IQM over seeds with 95 % "
         "stratified-bootstrap intervals; budget spent is in % of the period error budgets, "
         "summed over the SLOs (see Method)."
@@ -699,7 +708,7 @@ def render_report(document: dict, plots: dict) -> str:
     """``report.md`` from the ``results.json`` document and the plot file names."""
     config = document["config"]
     method = METHOD.format(
-        episode_hours=config["episode_hours"],
+        episode_hours=_episode_length(config),
         warmup_s=config["warmup_s"],
         seeds=f"{config['seeds'][0]} to {config['seeds'][-1]}"
         if config["seeds"] == list(range(config["seeds"][0], config["seeds"][-1] + 1))

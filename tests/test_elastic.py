@@ -33,7 +33,14 @@ from envs.contract import (
 from envs.fleet_env import LLMFleetEnv
 from envs.scenarios import ELASTIC_SCENARIOS, MAX_REPLICAS, SCENARIOS, Ramp
 from envs.sim import ReplicaState
-from eval.bench import BenchConfig, plan_runs, resolve_controllers
+from eval.bench import (
+    BenchConfig,
+    RunSpec,
+    expand_scenarios,
+    plan_runs,
+    resolve_controllers,
+    run_episode,
+)
 from tests.test_baselines import elastic_context
 
 SHORT = {"episode_hours": 0.1, "warmup_s": 120.0}
@@ -365,3 +372,23 @@ def test_scaling_baselines_are_tuned_and_benchmarked_on_elastic_scenarios_only()
     )
     assert all(run.env_kwargs["elastic"] for run in runs)
     assert "hpa" not in [c.name for c in resolve_controllers(None)]
+
+
+def test_the_elastic_benchmark_brings_the_autoscalers_and_its_own_episode_lengths() -> None:
+    scenarios = expand_scenarios(["elastic"])
+    assert scenarios == list(ELASTIC_SCENARIOS)
+    names = [c.name for c in resolve_controllers(None, scenarios=scenarios)]
+    assert {"hpa", "budget-autoscaler", "static"} <= set(names)
+    assert "ppo-standard" not in names  # a fixed-fleet policy cannot scale pools
+    runs, _, _ = plan_runs(BenchConfig(resolve_controllers(["hpa"]), tuple(scenarios), (0,)))
+    lengths = {r.scenario: LLMFleetEnv(r.scenario, **r.env_kwargs).max_steps for r in runs}
+    assert lengths["elastic-diurnal"] == 24 * 120 and lengths["slow-ramp"] == 4 * 120
+
+
+def test_elastic_runs_trace_serving_and_desired_replicas() -> None:
+    spec = resolve_controllers(["hpa"])[0]
+    run = RunSpec(spec, "short-flash-crowd", 0, {"target": 0.05}, 0.25, 60.0, record_trace=True)
+    trace = run_episode(run).trace
+    assert trace["pool_names"] == ["strong", "cheap"]
+    desired = np.asarray(trace["replicas_desired"])
+    assert desired.shape == (30, 2) and desired[:, 0].max() > 2  # scaled up at 5 % KV usage

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from envs.scenarios import TRAINING_SCENARIOS
+from envs.scenarios import ELASTIC_SCENARIOS, TRAINING_SCENARIOS
 from eval.cli import app
 from training.config import PresetError, load_preset
 from training.run import point_best, resolve_best
@@ -37,10 +37,20 @@ def write_preset(directory: Path, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["quick", "standard"])
-def test_bundled_presets_train_on_every_training_scenario(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "scenarios", "elastic"),
+    [
+        ("quick", TRAINING_SCENARIOS, None),
+        ("standard", TRAINING_SCENARIOS, None),
+        ("elastic", ELASTIC_SCENARIOS, True),
+    ],
+)
+def test_bundled_presets_train_on_every_scenario_of_their_fleet_kind(
+    name: str, scenarios: tuple[str, ...], elastic: bool | None
+) -> None:
     preset = load_preset(name)
-    assert set(preset.scenarios) == set(TRAINING_SCENARIOS)
+    assert set(preset.scenarios) == set(scenarios)
+    assert preset.env_kwargs.elastic is elastic
     assert preset.timesteps % preset.chunk_timesteps == 0
 
 
@@ -49,6 +59,15 @@ def test_bundled_presets_train_on_every_training_scenario(name: str) -> None:
     [
         ({"scenarios": ["steady", "tsunami"]}, "scenarios: Value error, unknown scenario"),
         ({"scenarios": ["steady", "mixed"]}, "scenario 'mixed' is held out"),
+        (
+            {"scenarios": ["steady", "slow-ramp"]},
+            "scenarios ['slow-ramp'] are elastic scenarios, the preset's environment is fixed "
+            "(set env_kwargs.elastic: true",
+        ),
+        (
+            {"scenarios": ["steady", "slow-ramp"], "env_kwargs": {"elastic": True}},
+            "scenarios ['steady'] are fixed-fleet scenarios, the preset's environment is elastic",
+        ),
         ({"ppo": {"learning_rate": -1.0}}, "ppo.learning_rate: Input should be greater than 0"),
         ({"ppo": {"n_envs": 2, "n_steps": 128, "batch_size": 100}}, "batch_size 100 must divide"),
         ({"timesteps": 1000}, "timesteps 1000 must be a multiple of one rollout"),
@@ -72,7 +91,9 @@ def test_bad_preset_names_the_field(tmp_path: Path, changes: dict, message: str)
 
 
 def test_unreadable_presets_are_reported(tmp_path: Path) -> None:
-    with pytest.raises(PresetError, match="no preset 'nonesuch'.*bundled: quick, standard"):
+    with pytest.raises(
+        PresetError, match="no preset 'nonesuch'.*bundled: elastic, quick, standard"
+    ):
         load_preset("nonesuch")
     broken = tmp_path / "broken.yaml"
     broken.write_text("timesteps: [1, 2\n")
@@ -153,15 +174,27 @@ def test_checkpoint_restores_weights_normalisation_and_steps(tmp_path: Path) -> 
     assert restored.callback.episodes > metrics["episodes"]
 
 
-def test_a_new_policy_starts_at_the_neutral_knobs(tmp_path: Path) -> None:
-    from envs.contract import NEUTRAL_KNOB_VALUES, ActionContract
+@pytest.mark.parametrize(
+    ("scenarios", "env_kwargs"),
+    [
+        (TINY["scenarios"], TINY["env_kwargs"]),
+        (["slow-ramp"], {"episode_hours": 0.25, "elastic": True}),
+    ],
+)
+def test_a_new_policy_starts_at_the_neutral_knobs(
+    tmp_path: Path, scenarios: list[str], env_kwargs: dict
+) -> None:
+    from envs.contract import neutral_knob_values
     from training.learner import PPOLearner
 
-    preset = load_preset(write_preset(tmp_path, ppo=TINY["ppo"] | {"log_std_init": -1.0}))
-    learner = PPOLearner.create(preset, seed=0)
+    ppo = TINY["ppo"] | {"log_std_init": -1.0}
+    path = write_preset(tmp_path, ppo=ppo, scenarios=scenarios, env_kwargs=env_kwargs)
+    learner = PPOLearner.create(load_preset(path), seed=0)
     observations = learner.model.get_env().reset()
     actions, _ = learner.model.predict(observations, deterministic=True)
-    neutral = ActionContract().encode(NEUTRAL_KNOB_VALUES)
+    contract = learner.model.get_env().env_method("get_wrapper_attr", "action_contract")[0]
+    assert len(contract.names) == (9 if env_kwargs.get("elastic") else 7)
+    neutral = contract.encode(neutral_knob_values(contract.names))
     np.testing.assert_allclose(actions, np.broadcast_to(neutral, actions.shape), atol=0.05)
     assert float(learner.model.policy.log_std.mean()) == -1.0
     learner.close()

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.scenario_names import HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
+from envs.scenario_names import ELASTIC_SCENARIO_NAMES, HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -87,6 +87,7 @@ class EnvKwargs(_Strict):
     episode_hours: float | None = Field(None, gt=0.0)
     warmup_s: float | None = Field(None, ge=0.0)
     initial_budget_spent: tuple[float, float] | None = None
+    elastic: bool | None = None
 
     @field_validator("initial_budget_spent")
     @classmethod
@@ -172,6 +173,8 @@ class Preset(_Strict):
         Timesteps between checkpoints (a resumed run loses at most one chunk).
     scenarios:
         Training scenarios drawn at each reset (domain randomisation); held-out ones are refused.
+        An elastic preset (``env_kwargs.elastic: true``) draws elastic scenarios only, a fixed
+        one fixed-fleet scenarios only (the policy's contract is one or the other).
     """
 
     name: str
@@ -195,6 +198,19 @@ class Preset(_Strict):
                     f"scenario {name!r} is held out for evaluation and never used for training"
                 )
         return scenarios
+
+    @model_validator(mode="after")
+    def _one_fleet_kind(self) -> Preset:
+        elastic = bool(self.env_kwargs.elastic)
+        wrong = [n for n in self.scenarios if (n in ELASTIC_SCENARIO_NAMES) != elastic]
+        if wrong:
+            kind = "fixed-fleet" if elastic else "elastic"
+            fix = "" if elastic else " (set env_kwargs.elastic: true to train on them)"
+            raise ValueError(
+                f"scenarios {wrong} are {kind} scenarios, the preset's environment is "
+                f"{'elastic' if elastic else 'fixed'}{fix}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _whole_rollouts(self) -> Preset:

@@ -21,7 +21,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from envs.contract import NEUTRAL_KNOB_VALUES, ActionContract
+from envs.contract import ActionContract, neutral_knob_values
 from envs.fleet_env import LLMFleetEnv
 from training.callbacks import BudgetMetricsCallback, EpisodeBudgetStats
 from training.config import PPOConfig, Preset
@@ -57,7 +57,7 @@ def start_at_neutral(model: PPO, contract: ActionContract) -> None:
     """
     import torch
 
-    neutral = contract.encode(NEUTRAL_KNOB_VALUES)
+    neutral = contract.encode(neutral_knob_values(contract.names))
     with torch.no_grad():
         model.policy.action_net.bias.copy_(torch.as_tensor(neutral, dtype=torch.float32))
 
