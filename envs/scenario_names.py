@@ -6,6 +6,7 @@ SCENARIO_NAMES: tuple[str, ...] = (
     "diurnal",
     "flash-crowd",
     "long-context-surge",
+    "heavy-prompts",
     "replica-failure",
     "noisy-tenant",
     "model-rollout",

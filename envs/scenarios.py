@@ -282,6 +282,17 @@ def _long_context_surge(rng: np.random.Generator, warmup_s: float) -> ScenarioSe
     )
 
 
+def _heavy_prompts(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+    # A fleet sized in requests meets traffic heavy in tokens (agents, code, long chats): the
+    # request rate is normal, the prefill and KV demand are not, for the whole episode.
+    load, scale = float(rng.uniform(0.5, 0.8)), float(rng.uniform(1.5, 2.5))
+    return ScenarioSetup(
+        fleet_config(),
+        poisson_stream(load, lengths=long_context_lengths(scale)),
+        parameters={"load": load, "prompt_scale": scale},
+    )
+
+
 def _replica_failure(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
     load = float(rng.uniform(0.55, 0.75))
     at = warmup_s + float(rng.uniform(600.0, 3600.0))
@@ -401,6 +412,11 @@ SCENARIOS: dict[str, Scenario] = {
             "long-context-surge",
             "A burst of prompts 3-6x longer than usual fills the KV cache.",
             _long_context_surge,
+        ),
+        Scenario(
+            "heavy-prompts",
+            "Prompts 1.5-2.5x longer than usual all episode: overloaded in tokens, not requests.",
+            _heavy_prompts,
         ),
         Scenario("replica-failure", "A strong replica fails for 10-30 minutes.", _replica_failure),
         Scenario(
