@@ -184,3 +184,27 @@ def test_every_baseline_runs_every_scenario(baseline: str, scenario: str) -> Non
 def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LLMFleetEnv(**kwargs)
+
+
+def test_perf_env_prints_its_figures_and_the_ceiling_the_simulator_sets() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from eval.cli import app
+
+    args = ["perf", "env", "--steps", "20", "--ppo-timesteps", "256", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["env_steps_per_s"] > 0 and figures["sim_steps_per_s"] > 0
+    assert figures["overhead_vs_sim"] == pytest.approx(
+        figures["sim_steps_per_s"] / figures["env_steps_per_s"] - 1.0
+    )
+    assert figures["ppo_steps_per_s_ratio"] == pytest.approx(
+        figures["ppo_steps_per_s"] / figures["cartpole_ppo_steps_per_s"]
+    )
+    cartpole_s, sim_s = 1 / figures["cartpole_ppo_steps_per_s"], 1 / figures["sim_steps_per_s"]
+    ceiling = cartpole_s / (cartpole_s + sim_s)
+    assert figures["ppo_ratio_ceiling_at_sim_speed"] == pytest.approx(ceiling)
+    assert 0.0 < ceiling < 1.0
