@@ -284,3 +284,20 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert json.loads((best / "run.json").read_text())["timesteps"] == TINY["timesteps"]
     assert list((trial_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_the_recorded_commit_marks_a_dirty_checkout(tmp_path: Path) -> None:
+    from training.run import git_commit
+
+    assert git_commit(tmp_path) is None  # not a checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    clean = git_commit(tmp_path)
+    assert clean is not None and len(clean) == 40
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{clean}-dirty"

@@ -142,19 +142,21 @@ class RunSummary:
         return asdict(self)
 
 
-def git_commit() -> str | None:
-    """The commit of the code being run, or ``None`` outside a git checkout."""
+def git_commit(directory: Path = Path(__file__).parent) -> str | None:
+    """The commit of the checkout holding ``directory`` (by default, the code being run),
+    suffixed ``-dirty`` when tracked files differ from it (``git describe --dirty``'s
+    convention), or ``None`` outside a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        head = _git(directory, "rev-parse", "HEAD")
+        dirty = bool(_git(directory, "status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
         return None
-    return out.stdout.strip() or None
+    return f"{head}-dirty" if head and dirty else head or None
+
+
+def _git(directory: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
