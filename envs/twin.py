@@ -6,14 +6,21 @@ accelerated real time and serves, on loopback or any address:
 
 =================================  ==========================================================
 ``GET /engines``                   JSON list of replicas: name, pool, model, metrics URL...
+                                   (elastic: also ``state`` and ``desired_replicas``)
 ``GET /engines/<name>/metrics``    one replica's engine metrics (vLLM or SGLang exposition);
-                                   503 while the replica is down
+                                   503 while the replica is down or provisioning, 404 while
+                                   its slot is stopped
 ``GET /router/metrics``            budgetpilot counters of a budget-aware router (the SLIs
                                    engines cannot see: rejections, quality, tenants) and
                                    ``budgetpilot:arrivals_total``
 ``GET /v1/knobs``                  knob values in force, by :class:`ActionContract` name
 ``POST /v1/knobs``                 JSON object of knob values (partial); 400 naming the knob
+``GET /v1/replicas``               elastic: desired replicas, caps and lifecycle counts per
+                                   pool (409 on a fixed fleet)
+``POST /v1/replicas``              elastic: ``{"desired": {"strong": 4}}``; 400 naming the
+                                   pool and the bound, nothing applied (409 on a fixed fleet)
 ``GET /v1/state``                  simulated time, speed, scenario, knobs, replica health
+                                   (elastic: also the ``/v1/replicas`` document)
 ``GET /healthz``                   the twin itself is up
 =================================  ==========================================================
 
@@ -21,6 +28,15 @@ Each replica behaves like an engine process: its counters count from the moment 
 serving, and when the replica fails its endpoint answers 503 until it recovers, with counters
 restarted from zero (what a crashed and restarted vLLM exposes; the metrics feed reads the drop
 as a restart).
+
+An elastic scenario (:data:`envs.scenarios.ELASTIC_SCENARIOS`) runs the elastic fleet of
+``LLMFleetEnv(elastic=True)``: every pool has replica slots up to its cap, named like the pods of
+a StatefulSet (``strong-0`` ... ``strong-5``), and ``POST /v1/replicas`` scales it. ``GET
+/engines`` lists the slots that hold a replica, each with its ``state`` as a Kubernetes pod
+would show it: ``provisioning`` (not Ready: node, weights, engine start; its endpoint answers 503
+since the engine has not started), ``serving`` (Ready) or ``draining`` (Terminating: finishing
+its requests, taking no new ones, still exporting metrics). A replica that stops takes its
+counters with it; the next one in its slot starts from zero.
 
 Simulated time moves in increments of ``tick_s`` on a fixed grid (so the same seed and the same
 sequence of calls give the same simulation whatever the wall-clock jitter), either by a
@@ -48,9 +64,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from envs.contract import ActionContract, KnobSpec
+from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, KnobSpec
 from envs.fleet_env import LLMFleetEnv, sim_knobs
-from envs.sim import FleetStats
+from envs.scenarios import env_kwargs_for
+from envs.sim import FleetStats, ReplicaState
 from slo.events import REQUEST_EVENT_DTYPE, empty_events
 from slo.exposition import ExpositionRenderer
 from slo.metrics import load_mapping
@@ -106,7 +123,35 @@ class KnobError(ValueError):
 
 
 class ReplicaDownError(RuntimeError):
-    """The replica is failed: its engine does not serve."""
+    """The replica is failed or still provisioning: its engine does not serve."""
+
+
+class ReplicaStoppedError(LookupError):
+    """The replica slot holds no replica (a pod that does not exist)."""
+
+
+class ReplicasError(ValueError):
+    """A desired-replicas update the fleet refuses; ``pool`` names the offending pool (None when
+    the body as a whole is wrong)."""
+
+    def __init__(self, message: str, pool: str | None = None) -> None:
+        super().__init__(message)
+        self.pool = pool
+
+
+class FixedFleetError(RuntimeError):
+    """The twin runs a fixed fleet: its pools do not scale."""
+
+
+#: How ``GET /engines`` names the lifecycle of a replica (as a Kubernetes pod's status reads:
+#: not Ready, Ready, Terminating); stopped slots are not listed.
+STATE_NAMES = {
+    ReplicaState.PROVISIONING: "provisioning",
+    ReplicaState.SERVING: "serving",
+    ReplicaState.DRAINING: "draining",
+}
+#: Lifecycle states whose engine runs (answers its scrape unless failed).
+_RUNNING = (ReplicaState.SERVING, ReplicaState.DRAINING)
 
 
 @dataclass(frozen=True)
@@ -153,7 +198,9 @@ def validate_knob_update(contract: ActionContract, body: Any) -> dict[str, float
 def _checked_knob(specs: Mapping[str, KnobSpec], name: str, value: Any) -> float:
     spec = specs.get(name)
     if spec is None:
-        raise KnobError(f"unknown knob {name!r}; knobs: {', '.join(specs)}", name)
+        replica_knob = name.endswith(REPLICAS_KNOB_SUFFIX)
+        hint = "; desired replicas are set by POST /v1/replicas" if replica_knob else ""
+        raise KnobError(f"unknown knob {name!r}; knobs: {', '.join(specs)}{hint}", name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise KnobError(f"knob {name!r}: expected a finite number, got {value!r}", name)
     if not spec.low <= value <= spec.high:
@@ -161,6 +208,43 @@ def _checked_knob(specs: Mapping[str, KnobSpec], name: str, value: Any) -> float
     if spec.integer and value != round(value):
         raise KnobError(f"knob {name!r} takes whole values, got {value}", name)
     return float(value)
+
+
+def validate_replicas_update(body: Any, max_replicas: Mapping[str, int]) -> dict[str, int]:
+    """Check a JSON desired-replicas update; return it as ``{pool: count}``.
+
+    Parameters
+    ----------
+    body:
+        The decoded JSON: ``{"desired": {"strong": 4, "cheap": 1}}`` (any subset of the pools).
+    max_replicas:
+        Every pool's cap (its replica slots).
+
+    Raises
+    ------
+    ReplicasError
+        Naming the first pool that is unknown, not given a whole number, or given a count
+        outside ``[1, cap]``.
+    """
+    pools = ", ".join(max_replicas)
+    if not isinstance(body, Mapping) or set(body) != {"desired"}:
+        raise ReplicasError(f'expected {{"desired": {{pool: replicas}}}}; pools: {pools}')
+    desired = body["desired"]
+    if not isinstance(desired, Mapping):
+        raise ReplicasError(f'"desired" must map pools ({pools}) to replica counts')
+    checked = {}
+    for pool, count in desired.items():
+        cap = max_replicas.get(pool)
+        if cap is None:
+            raise ReplicasError(f"unknown pool {pool!r}; pools: {pools}", pool)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ReplicasError(
+                f"pool {pool!r}: desired replicas must be a whole number, got {count!r}", pool
+            )
+        if not 1 <= count <= cap:
+            raise ReplicasError(f"pool {pool!r}: desired replicas {count} outside [1, {cap}]", pool)
+        checked[str(pool)] = count
+    return checked
 
 
 def _concat_events(batches: list[np.ndarray]) -> np.ndarray:
@@ -303,6 +387,10 @@ class EngineTwin:
         Simulated seconds per increment: gauges move and knob changes apply at this grid.
     warmup_s:
         Warm-up simulated before the twin starts serving (the environment's default).
+    elastic:
+        Run the elastic fleet (``LLMFleetEnv(elastic=True)``: pools scale up to their caps by
+        :meth:`set_replicas`); ``None``: as the scenario needs (:func:`envs.scenarios.
+        env_kwargs_for`, elastic for the elastic scenarios).
     """
 
     def __init__(
@@ -315,6 +403,7 @@ class EngineTwin:
         *,
         tick_s: float = 1.0,
         warmup_s: float = 600.0,
+        elastic: bool | None = None,
     ) -> None:
         if mapping not in DIALECTS:
             raise ValueError(f"unknown mapping {mapping!r}; the twin speaks {', '.join(DIALECTS)}")
@@ -322,19 +411,26 @@ class EngineTwin:
             raise ValueError(f"speed must be a finite number >= 0, got {speed}")
         if not (math.isfinite(tick_s) and tick_s > 0):
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
-        env = LLMFleetEnv(scenario, spec=spec, warmup_s=warmup_s)
+        kwargs = env_kwargs_for(scenario) if elastic is None else {"elastic": bool(elastic)}
+        env = LLMFleetEnv(scenario, spec=spec, warmup_s=warmup_s, **kwargs)
         env.reset(seed=seed)
-        self.scenario, self.seed = env.scenario.name, seed
+        self.scenario, self.seed, self.elastic = env.scenario.name, seed, env.elastic
         self.speed, self.tick_s = float(speed), float(tick_s)
         self.setup, self.sim, self.spec = env.setup, env.sim, env.slo_spec
-        self.action_contract = env.action_contract
-        self._knob_values: dict[str, float] = dict(env.knob_values)
+        # The replica knobs are changes, not settings: the twin is scaled by POST /v1/replicas.
+        self.action_contract = _serving_knobs(env.action_contract)
+        self._knob_values: dict[str, float] = {
+            name: env.knob_values[name] for name in self.action_contract.names
+        }
+        #: Replica slots of every pool: the most replicas it may have.
+        self.max_replicas = {p.name: p.replica_slots for p in self.setup.config.pools}
         self.mapping, self.dialect = load_mapping(mapping), DIALECTS[mapping]
         rollout = self.setup.rollout_at_s
         self._rollout_pending = rollout is not None and rollout > self.sim.now
         self.stats = self.sim.fleet_stats()
         self.replicas = self._replica_infos(self.stats)
-        self._engines = [_Engine(self, r, bool(self.stats.healthy[r.index])) for r in self.replicas]
+        running = _running(self.stats)
+        self._engines = [_Engine(self, r, running[r.index]) for r in self.replicas]
         self._by_name = {r.name: e for r, e in zip(self.replicas, self._engines, strict=True)}
         self._router = _Router(self)
         self._lock = threading.Lock()
@@ -397,14 +493,19 @@ class EngineTwin:
         batches.append(self.sim.advance(until))
         events = _concat_events(batches)
         self.stats = self.sim.fleet_stats()
-        replica = events["replica"]
-        for engine, healthy in zip(self._engines, self.stats.healthy.tolist(), strict=True):
-            engine.exposition.add(events[replica == engine.info.index])
-            if engine.up and not healthy:
-                engine.restart(self.stats)  # the process died with what it had counted
-            engine.up = healthy
-        self._router.exposition.add(events)
+        self._account(events)
         return events
+
+    def _account(self, events: np.ndarray) -> None:
+        """Give every engine its events and follow which engines run (the caller holds the
+        lock and has just refreshed :attr:`stats`)."""
+        replica = events["replica"]
+        for engine, running in zip(self._engines, _running(self.stats), strict=True):
+            engine.exposition.add(events[replica == engine.info.index])
+            if engine.up and not running:
+                engine.restart(self.stats)  # the process died with what it had counted
+            engine.up = running
+        self._router.exposition.add(events)
 
     def _run_clock(self) -> None:
         """Keep simulated time at ``speed`` x wall time, tick by tick, until :meth:`close`."""
@@ -427,14 +528,23 @@ class EngineTwin:
     def metrics_text(self, replica: str) -> str:
         """Exposition text of one replica's engine.
 
-        Raises ``KeyError`` for an unknown replica, :class:`ReplicaDownError` while it is down.
+        Raises ``KeyError`` for an unknown replica, :class:`ReplicaStoppedError` while its slot
+        holds no replica, :class:`ReplicaDownError` while it is down or provisioning.
         """
         engine = self._by_name.get(replica)
         if engine is None:
             raise KeyError(f"no replica {replica!r}; replicas: {', '.join(self._by_name)}")
         with self._lock:
+            state = self.stats.lifecycle[engine.info.index]
+            when = f"t={self.sim.now:.0f} s"
+            if state == ReplicaState.STOPPED:
+                raise ReplicaStoppedError(f"replica {replica!r} is stopped ({when})")
+            if state == ReplicaState.PROVISIONING:
+                raise ReplicaDownError(
+                    f"replica {replica!r} is provisioning: its engine has not started ({when})"
+                )
             if not engine.up:
-                raise ReplicaDownError(f"replica {replica!r} is down (t={self.sim.now:.0f} s)")
+                raise ReplicaDownError(f"replica {replica!r} is down ({when})")
             return engine.render()
 
     def router_metrics_text(self) -> str:
@@ -461,12 +571,19 @@ class EngineTwin:
             return dict(values)
 
     def engines(self) -> list[dict[str, Any]]:
-        """The replicas as ``GET /engines`` lists them."""
+        """The replicas as ``GET /engines`` lists them: every slot holding a replica (all of a
+        fixed fleet's); an elastic twin adds each one's ``state`` and its pool's
+        ``desired_replicas``."""
         with self._lock:
             up = [e.up for e in self._engines]
+            lifecycle = self.stats.lifecycle.tolist()
+            desired = self.sim.desired_replicas
         base = self.url if self._server is not None else ""
-        return [
-            {
+        listed = []
+        for r, healthy, state in zip(self.replicas, up, lifecycle, strict=True):
+            if state == ReplicaState.STOPPED:
+                continue
+            entry = {
                 "name": r.name,
                 "pool": r.pool,
                 "model": r.model,
@@ -476,13 +593,65 @@ class EngineTwin:
                 "healthy": healthy,
                 "metrics_url": f"{base}/engines/{r.name}/metrics",
             }
-            for r, healthy in zip(self.replicas, up, strict=True)
-        ]
+            if self.elastic:
+                entry |= {"state": STATE_NAMES[state], "desired_replicas": desired[r.pool]}
+            listed.append(entry)
+        return listed
+
+    def replicas_state(self) -> dict[str, Any]:
+        """What ``GET /v1/replicas`` reports: per pool, the desired replicas, the cap and the
+        replicas provisioning, serving and draining.
+
+        Raises :class:`FixedFleetError` on a fixed fleet.
+        """
+        self._require_elastic()
+        with self._lock:
+            return self._replica_counts()
+
+    def set_replicas(self, update: Any) -> dict[str, Any]:
+        """Scale pools from now on (``{"desired": {"strong": 4}}``, as
+        :meth:`envs.sim.Simulator.set_desired_replicas` does); return :meth:`replicas_state`.
+
+        Raises :class:`FixedFleetError` on a fixed fleet, :class:`ReplicasError` (nothing
+        applied) when any entry is invalid.
+        """
+        self._require_elastic()
+        checked = validate_replicas_update(update, self.max_replicas)
+        with self._lock:
+            for pool, count in checked.items():
+                self.sim.set_desired_replicas(pool, count)
+            self.stats = self.sim.fleet_stats()  # provisioning, draining and stopped replicas
+            self._account(empty_events())
+            return self._replica_counts()
+
+    def _require_elastic(self) -> None:
+        if not self.elastic:
+            raise FixedFleetError(
+                f"the twin runs the fixed fleet of scenario {self.scenario!r}: its pools do not "
+                "scale (run an elastic scenario, or EngineTwin(elastic=True) / twin --elastic)"
+            )
+
+    def _replica_counts(self) -> dict[str, Any]:
+        stats = self.stats
+        counts = {
+            "provisioning": stats.pool_provisioning,
+            "serving": stats.pool_serving,
+            "draining": stats.pool_draining,
+        }
+        return {
+            "desired": self.sim.desired_replicas,
+            "max_replicas": dict(self.max_replicas),
+            "replicas": {
+                pool: {state: int(n[p]) for state, n in counts.items()}
+                for p, pool in enumerate(stats.pool_names)
+            },
+        }
 
     def state(self) -> dict[str, Any]:
         """What ``GET /v1/state`` reports."""
         with self._lock:
             healthy = {r.name: e.up for r, e in zip(self.replicas, self._engines, strict=True)}
+            scaling = {"replicas": self._replica_counts()} if self.elastic else {}
             return {
                 "scenario": self.scenario,
                 "seed": self.seed,
@@ -494,6 +663,7 @@ class EngineTwin:
                 "knobs": dict(self._knob_values),
                 "healthy": healthy,
                 "scenario_parameters": dict(self.setup.parameters),
+                **scaling,
             }
 
     # ----------------------------------------------------------------------------------------
@@ -577,9 +747,13 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, content_type = route(self.server.twin, path)
         except KnobError as err:
             status, body, content_type = _json(HTTPStatus.BAD_REQUEST, err, knob=err.knob)
+        except ReplicasError as err:
+            status, body, content_type = _json(HTTPStatus.BAD_REQUEST, err, pool=err.pool)
+        except FixedFleetError as err:
+            status, body, content_type = _json(HTTPStatus.CONFLICT, err)
         except ReplicaDownError as err:
             status, body, content_type = _json(HTTPStatus.SERVICE_UNAVAILABLE, err)
-        except _NotFoundError as err:
+        except (_NotFoundError, ReplicaStoppedError) as err:
             status, body, content_type = _json(HTTPStatus.NOT_FOUND, err)
         except Exception as err:  # a bug must not kill the server thread silently
             _log.exception("twin: %s %s failed", self.command, path)
@@ -595,6 +769,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/healthz": lambda: {"status": "ok"},
             "/engines": twin.engines,
             "/v1/knobs": twin.knobs,
+            "/v1/replicas": twin.replicas_state,
             "/v1/state": twin.state,
         }
         if path in documents:
@@ -610,16 +785,33 @@ class _Handler(BaseHTTPRequestHandler):
         raise _NotFoundError(f"no endpoint GET {path}")
 
     def _post(self, twin: EngineTwin, path: str) -> tuple[int, bytes, str]:
-        if path != "/v1/knobs":
+        routes = {
+            "/v1/knobs": (twin.set_knobs, KnobError),
+            "/v1/replicas": (twin.set_replicas, ReplicasError),
+        }
+        if path not in routes:
             raise _NotFoundError(f"no endpoint POST {path}")
+        apply, error = routes[path]
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            raise KnobError(f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+            raise error(f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
         try:
             update = json.loads(self.rfile.read(length) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise KnobError(f"body is not valid JSON: {err}") from None
-        return _json(HTTPStatus.OK, twin.set_knobs(update))
+            raise error(f"body is not valid JSON: {err}") from None
+        return _json(HTTPStatus.OK, apply(update))
+
+
+def _serving_knobs(contract: ActionContract) -> ActionContract:
+    """``contract`` without its replica knobs (the same contract for a fixed fleet)."""
+    knobs = tuple(k for k in contract.knobs if not k.name.endswith(REPLICAS_KNOB_SUFFIX))
+    return contract if knobs == contract.knobs else ActionContract(knobs, contract.version)
+
+
+def _running(stats: FleetStats) -> list[bool]:
+    """Per replica slot, whether its engine runs: up, and serving or draining."""
+    running = stats.healthy & np.isin(stats.lifecycle, _RUNNING)
+    return running.tolist()
 
 
 def _json(status: int, payload: Any, **extra: Any) -> tuple[int, bytes, str]:

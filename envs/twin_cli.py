@@ -39,12 +39,23 @@ def twin(
     mapping: Annotated[
         str, typer.Option(help=f"Metric names of the engines: {', '.join(_MAPPINGS)}.")
     ] = "vllm",
+    elastic: Annotated[
+        bool | None,
+        typer.Option(
+            "--elastic/--fixed",
+            help="Pools that scale (POST /v1/replicas) or a fixed fleet [the scenario's: "
+            "elastic for the elastic scenarios].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario in accelerated real time; serve each replica's engine metrics and a knob
     control endpoint over HTTP until Ctrl-C.
 
-    Endpoints: GET /engines, GET /engines/<replica>/metrics (503 while the replica is down),
-    GET /router/metrics, GET|POST /v1/knobs, GET /v1/state, GET /healthz.
+    Endpoints: GET /engines (elastic: with each replica's state, provisioning, serving or
+    draining, and its pool's desired replicas), GET /engines/<replica>/metrics (503 while the
+    replica is down or provisioning), GET /router/metrics, GET|POST /v1/knobs, GET|POST
+    /v1/replicas (elastic: desired replicas per pool), GET /v1/state, GET /healthz.
     """
     import signal
     import threading
@@ -53,19 +64,21 @@ def twin(
 
     try:
         host, port = parse_listen(listen)
-        engine_twin = EngineTwin(scenario, seed, speed, mapping=mapping)
+        engine_twin = EngineTwin(scenario, seed, speed, mapping=mapping, elastic=elastic)
     except (ValueError, FileNotFoundError) as exc:  # bad option, trace data missing
         _fail(str(exc))
     try:
         url = engine_twin.start(host, port)
     except OSError as exc:
         _fail(f"cannot listen on {listen}: {exc.strerror or exc}")
+    fleet = "elastic" if engine_twin.elastic else "fixed"
     typer.echo(
-        f"budgetpilot twin: scenario {engine_twin.scenario} (seed {seed}) at {speed:g}x, "
-        f"{mapping} metrics, t={engine_twin.now:.0f} s"
+        f"budgetpilot twin: scenario {engine_twin.scenario} (seed {seed}, {fleet} fleet) at "
+        f"{speed:g}x, {mapping} metrics, t={engine_twin.now:.0f} s"
     )
     rows = [(e["name"], e["metrics_url"]) for e in engine_twin.engines()]
-    rows += [(name, f"{url}{path}") for name, path in _ENDPOINTS]
+    endpoints = _ENDPOINTS + (("replicas", "/v1/replicas"),) if engine_twin.elastic else _ENDPOINTS
+    rows += [(name, f"{url}{path}") for name, path in endpoints]
     width = max(len(name) for name, _ in rows)
     for name, address in rows:
         typer.echo(f"  {name:<{width}}  {address}")

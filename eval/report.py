@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.baselines import BASELINES
 from envs.scenarios import DEFAULT_EPISODE_HOURS, get_scenario
 from eval.bench import GROUPS, BenchResult
 from eval.stats import (
@@ -290,12 +291,23 @@ class Analysis:
             }
         return verdicts
 
+    def autoscaling(self, policy: str) -> dict[str, dict[str, Any]]:
+        """``policy`` against every autoscaler on every elastic scenario: budget spent and cost,
+        paired differences (a :meth:`headline_row` per pair; ``pass``: less budget at no higher
+        cost)."""
+        autoscalers = [b for b in self.scores.baselines if BASELINES[b].needs_elastic]
+        return {
+            s: {a: self.headline_row(policy, s, a) for a in autoscalers}
+            for s in self.groups.get("elastic", [])
+        }
+
     def to_dict(self) -> dict[str, Any]:
         has_rivals = bool(self.scores.baselines)
         return {
             "scenarios": {s: self.scenario_section(s) for s in self.scores.scenarios},
             "groups": {g: self.group_section(names) for g, names in self.groups.items()},
             "headline": {p: self.headline(p) for p in self.scores.policies if has_rivals},
+            "autoscaling": {p: self.autoscaling(p) for p in self.scores.policies},
         }
 
 
@@ -531,6 +543,47 @@ def _headline(document: dict) -> str:
     )
 
 
+def _autoscaling(document: dict) -> str:
+    """Each learned policy against the autoscalers, scenario by scenario."""
+    spent, cost = METRICS[PRIMARY], METRICS["cost_gpu_hours"]
+    parts = []
+    for policy, scenarios in document["analysis"].get("autoscaling", {}).items():
+        rows = [
+            [
+                scenario,
+                autoscaler,
+                f"{_show(row['policy_spent'], spent)} vs {_show(row['baseline_spent'], spent)}",
+                _show_interval(row["spent_difference"], spent),
+                f"{_show(row['policy_cost'], cost)} vs {_show(row['baseline_cost'], cost)}",
+                _show_interval(row["cost_difference"], cost),
+                _scaling_verdict(row),
+            ]
+            for scenario, by_autoscaler in scenarios.items()
+            for autoscaler, row in by_autoscaler.items()
+        ]
+        if rows:
+            header = ["scenario", "autoscaler", "budget spent (%)", "difference (points)"]
+            header += ["cost (GPU-h)", "difference (GPU-h)", "verdict"]
+            parts.append(
+                f"## Autoscaling: {policy}\n\nOn the elastic scenarios, {policy} against each "
+                "autoscaler (policy vs autoscaler, IQM over seeds; differences paired by seed "
+                "with 95 % CIs). The trade shows in the cost-against-budget plot.\n\n"
+                + _table(header, rows)
+            )
+    return "\n\n".join(parts)
+
+
+def _scaling_verdict(row: dict) -> str:
+    """Where the policy stands against one autoscaler on budget spent and GPU-hours."""
+    spent, cost = row["spent_difference"], row["cost_difference"]
+    less = "less budget" if spent["high"] < 0 else "more budget" if spent["low"] > 0 else None
+    cheaper = "fewer GPU-h" if cost["high"] < 0 else "more GPU-h" if cost["low"] > 0 else None
+    if row["pass"]:
+        return "better: less budget at no higher cost"
+    found = [claim for claim in (less, cheaper) if claim]
+    return ", ".join(found) if found else "tie"
+
+
 def _best_stats(analysis: dict, scenario: str) -> dict:
     section = analysis["scenarios"][scenario]
     return section["controllers"][section["best_baseline"]]
@@ -721,6 +774,7 @@ def render_report(document: dict, plots: dict) -> str:
         _title(document),
         _warnings(document),
         _headline(document),
+        _autoscaling(document),
         _group_tables(document, plots),
         _scenario_sections(document, plots),
         _dimension_tables(document),

@@ -297,6 +297,16 @@ class MetricsFeed:
         self._feed(float(t), deltas, bounds, report)
         return report
 
+    def forget(self, endpoints: Iterable[str]) -> None:
+        """Drop all that is remembered of ``endpoints`` (replicas that are gone for good, e.g.
+        pods scaled away): they are no longer reported missing, and an endpoint of the same
+        name seen later counts from a fresh baseline, as a new one would."""
+        gone = {str(e) for e in endpoints}
+        self._endpoints -= gone
+        self._previous = {k: v for k, v in self._previous.items() if k[0] not in gone}
+        for endpoint in gone:
+            self._kv_usage.pop(endpoint, None)
+
     def kv_cache_usage(self) -> dict[str, float]:
         """Per endpoint, the mean KV-cache usage of its series in the last scrape (0..1)."""
         return dict(self._kv_usage)

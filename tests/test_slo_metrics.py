@@ -192,6 +192,16 @@ def test_missing_series_and_endpoints_are_skipped_and_reported():
     assert not report.clean
 
 
+def test_a_forgotten_endpoint_is_not_missing_and_comes_back_as_new():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
+    feed.forget(["a"])
+    report = feed.update(30.0, {"b": ttft_text({"m": (12, 12)})})
+    assert report.clean and counts(feed) == (2.0, 2.0)
+    feed.update(60.0, {"a": ttft_text({"m": (50, 60)}), "b": ttft_text({"m": (12, 12)})})
+    assert counts(feed) == (2.0, 2.0)  # a's first page again is a baseline, not an increase
+
+
 def test_nan_values_are_ignored_and_reported():
     feed = MetricsFeed(ONE_TTFT)
     feed.update(0.0, ttft_text({"m": (10, 10)}))

@@ -6,8 +6,16 @@ vector of the policy's manifest contract, asks the policy (onnxruntime) for knob
 them through guardrails and hands them to actuators (Kubernetes manifests for the router, a
 webhook, the engine twin's control API). It serves its decisions and its own health over HTTP.
 
+An elastic policy (its manifest's observation contract has ``max_replicas``) also scales the
+pools: the engines then come from a discovery listing with each replica's lifecycle
+(provisioning, serving, draining: the engine twin's ``/engines`` or Kubernetes Pods), and the
+sidecar decides the desired replicas of each pool within the ``scaling`` bounds, published as
+the ``budgetpilot_sidecar_desired_replicas`` gauge (for KEDA or an HPA on external metrics), as
+``Deployment`` scale manifests, in the webhook's JSON and to the twin's ``/v1/replicas``.
+
 Modules: :mod:`.config` (settings), :mod:`.scrape` (concurrent HTTP GET), :mod:`.parse`
-(selective exposition parsing), :mod:`.observe` (metrics -> observation), :mod:`.guardrails`,
+(selective exposition parsing), :mod:`.discovery` (engines and their lifecycle),
+:mod:`.observe` (metrics -> observation), :mod:`.guardrails`,
 :mod:`.actuators`, :mod:`.telemetry` (the sidecar's own /metrics), :mod:`.loop` (the
 :class:`~policies.sidecar.loop.Sidecar`), :mod:`.server` (HTTP), :mod:`.cli`, :mod:`.perf`.
 

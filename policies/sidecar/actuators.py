@@ -6,9 +6,21 @@
   by ``cheap_tier_share``, an ``InferenceObjective`` per objective whose priority drops to the
   sheddable priority while ``shed_priority_below`` sheds it, and a ConfigMap with every knob
   (the knobs those resources cannot express: offload, admission, context, batch, weights).
-* :class:`WebhookActuator` POSTs each decision as JSON.
+  For an elastic policy it also writes one manifest per pool, ``<namespace>.<deployment>.scale
+  .yaml``: the pool's ``Deployment`` with only ``spec.replicas``, the desired replicas. Apply
+  it with ``kubectl patch deployment <deployment> -n <namespace> --type merge --patch-file
+  <file>``, or ``kubectl apply --server-side --field-manager budgetpilot-sidecar
+  --force-conflicts -f <file>`` (server-side apply takes ownership of ``spec.replicas`` only;
+  a client-side ``kubectl apply`` of this partial manifest would prune the Deployment's other
+  fields).
+* :class:`WebhookActuator` POSTs each decision as JSON (with ``desired_replicas`` per pool for
+  an elastic policy).
 * :class:`TwinActuator` sets the engine twin's knobs (``POST /v1/knobs``, values by contract
-  knob name).
+  knob name) and an elastic twin's desired replicas (``POST /v1/replicas``).
+
+Desired replicas are also published as the gauge ``budgetpilot_sidecar_desired_replicas{pool,
+deployment}`` of the sidecar's ``/metrics`` (see :mod:`policies.sidecar.telemetry`), for KEDA or
+an HPA on external metrics.
 
 An actuator raises :class:`ActuationError` when it fails; the sidecar records it and goes on.
 """
@@ -30,9 +42,11 @@ import yaml
 from policies.sidecar.config import (
     ActuatorSettings,
     FileActuatorSettings,
+    ScalingSettings,
     TwinActuatorSettings,
     WebhookActuatorSettings,
 )
+from policies.sidecar.guardrails import is_replica_knob
 
 REWRITE_API = "inference.networking.x-k8s.io/v1alpha2"
 POOL_GROUP = "inference.networking.k8s.io"
@@ -46,7 +60,8 @@ class ActuationError(RuntimeError):
 
 class Actuator(Protocol):
     """Applies a decision: ``knobs`` are the published values by knob name, ``payload`` is the
-    JSON form of the whole decision."""
+    JSON form of the whole decision (``payload["desired_replicas"]``: the desired replicas per
+    pool of an elastic policy, empty otherwise)."""
 
     name: str
 
@@ -81,13 +96,41 @@ def k8s_name(text: str) -> str:
     return name[:253] or "budgetpilot"
 
 
+def scale_manifest(scaling: ScalingSettings, replicas: int) -> dict[str, Any]:
+    """The scale patch of a pool's Deployment: ``spec.replicas`` and nothing else."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": scaling.deployment, "namespace": scaling.namespace},
+        "spec": {"replicas": int(replicas)},
+    }
+
+
 class FileActuator:
-    """Kubernetes manifests for the router (see the module docstring)."""
+    """Kubernetes manifests for the router and the pools' Deployments (see the module
+    docstring).
+
+    Parameters
+    ----------
+    settings:
+        Where and what to write.
+    scaling:
+        Per pool, its Deployment (an elastic policy's scale manifests).
+    """
 
     name = "file"
 
-    def __init__(self, settings: FileActuatorSettings) -> None:
+    def __init__(
+        self, settings: FileActuatorSettings, scaling: Mapping[str, ScalingSettings] | None = None
+    ) -> None:
         self.settings = settings
+        self.scaling = dict(scaling or {})
+        self.scale_directory = settings.scale_directory or settings.path.parent
+
+    def scale_path(self, pool: str) -> Path:
+        """The scale manifest of ``pool``."""
+        s = self.scaling[pool]
+        return self.scale_directory / f"{k8s_name(s.namespace)}.{k8s_name(s.deployment)}.scale.yaml"
 
     def manifests(self, knobs: Mapping[str, float]) -> list[dict[str, Any]]:
         """The resources for these knob values."""
@@ -149,11 +192,15 @@ class FileActuator:
         }
 
     def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
-        text = yaml.safe_dump_all(self.manifests(knobs), sort_keys=False)
-        try:
-            write_atomically(self.settings.path, text)
-        except OSError as exc:
-            raise ActuationError(f"cannot write {self.settings.path}: {exc}") from None
+        files = {self.settings.path: yaml.safe_dump_all(self.manifests(knobs), sort_keys=False)}
+        for pool, replicas in (payload.get("desired_replicas") or {}).items():
+            manifest = scale_manifest(self.scaling[pool], replicas)
+            files[self.scale_path(pool)] = yaml.safe_dump(manifest, sort_keys=False)
+        for path, text in files.items():
+            try:
+                write_atomically(path, text)
+            except OSError as exc:
+                raise ActuationError(f"cannot write {path}: {exc}") from None
 
 
 def _post_json(url: str, body: Mapping[str, Any], timeout_s: float, headers: Mapping) -> bytes:
@@ -184,27 +231,42 @@ class WebhookActuator:
 
 
 class TwinActuator:
-    """Sets the engine twin's knobs through its control API."""
+    """Sets the engine twin's knobs (the replica knobs aside) and, for an elastic policy, its
+    desired replicas, through its control API."""
 
     name = "twin"
 
     def __init__(self, settings: TwinActuatorSettings) -> None:
         self.settings = settings
-        self.url = settings.url.rstrip("/") + "/v1/knobs"
+        base = settings.url.rstrip("/")
+        self.url = base + "/v1/knobs"
+        self.replicas_url = base + "/v1/replicas"
 
     def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
-        answer = _post_json(self.url, dict(knobs), self.settings.timeout_s, {})
+        serving = {name: value for name, value in knobs.items() if not is_replica_knob(name)}
+        self._post(self.url, serving)
+        desired = payload.get("desired_replicas")
+        if desired:
+            self._post(self.replicas_url, {"desired": dict(desired)})
+
+    def _post(self, url: str, body: Mapping[str, Any]) -> None:
+        answer = _post_json(url, body, self.settings.timeout_s, {})
         try:
             json.loads(answer or b"{}")
         except ValueError:
-            raise ActuationError(f"POST {self.url}: the answer is not JSON") from None
+            raise ActuationError(f"POST {url}: the answer is not JSON") from None
 
 
-def build_actuators(settings: ActuatorSettings) -> list[Actuator]:
-    """The actuators the settings configure, in a fixed order (file, webhook, twin)."""
-    builders = (
-        (settings.file, FileActuator),
-        (settings.webhook, WebhookActuator),
-        (settings.twin, TwinActuator),
-    )
-    return [cls(s) for s, cls in builders if s is not None]
+def build_actuators(
+    settings: ActuatorSettings, scaling: Mapping[str, ScalingSettings] | None = None
+) -> list[Actuator]:
+    """The actuators the settings configure, in a fixed order (file, webhook, twin);
+    ``scaling`` names the pools' Deployments (the file actuator's scale manifests)."""
+    actuators: list[Actuator] = []
+    if settings.file is not None:
+        actuators.append(FileActuator(settings.file, scaling))
+    if settings.webhook is not None:
+        actuators.append(WebhookActuator(settings.webhook))
+    if settings.twin is not None:
+        actuators.append(TwinActuator(settings.twin))
+    return actuators

@@ -40,7 +40,10 @@ def sidecar(
     ] = None,
     twin: Annotated[
         str | None,
-        typer.Option(help="Engine twin base URL: its engines, router counters and control API."),
+        typer.Option(
+            help="Engine twin base URL: its engines (an elastic twin's as discovery), router "
+            "counters and control API."
+        ),
     ] = None,
     mapping: Annotated[str | None, typer.Option(help="Metric mapping [vllm].")] = None,
     shadow: Annotated[
@@ -62,7 +65,8 @@ def sidecar(
 ) -> None:
     """Govern a fleet's knobs with an exported policy: scrape engine metrics, compute burn rates,
     decide every interval through guardrails, actuate (router manifests, webhook, twin), serve
-    /v1/decision, /metrics, /healthz and /readyz."""
+    /v1/decision, /metrics, /healthz and /readyz. An elastic policy also decides each pool's
+    desired replicas (config sections discovery and scaling; see example.yaml)."""
     from policies.runtime import PolicyFileError, PolicyMismatchError
     from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 
@@ -124,7 +128,8 @@ def _serve(settings: Any, *, once: bool, check: bool) -> None:
     # need not scan it again during decisions.
     gc.freeze()
     if check:
-        typer.echo(f"ok: {settings.policy} fits the config ({len(settings.engines)} engines)")
+        engines = len(sidecar.observer.engines)
+        typer.echo(f"ok: {settings.policy} fits the config ({engines} engines)")
         sidecar.close()
         return
     if once:

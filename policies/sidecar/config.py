@@ -195,6 +195,10 @@ class FileActuatorSettings(_Settings):
     the strong and the cheap model by the ``cheap_tier_share`` knob, one ``InferenceObjective``
     per objective whose priority drops to ``sheddable_priority`` when the
     ``shed_priority_below`` knob sheds it, and a ConfigMap with every knob value.
+
+    An elastic policy's desired replicas go to one more file per pool, in ``scale_directory``
+    (default: the directory of ``path``), named ``<namespace>.<deployment>.scale.yaml``: a
+    ``Deployment`` with only ``spec.replicas`` (see :mod:`policies.sidecar.actuators`).
     """
 
     path: Path
@@ -206,6 +210,7 @@ class FileActuatorSettings(_Settings):
     objectives: dict[str, int] = Field(default={}, description="objective name -> priority")
     sheddable_priority: int = -1
     name_prefix: str = "budgetpilot"
+    scale_directory: Path | None = None
 
 
 class WebhookActuatorSettings(_Settings):
@@ -217,7 +222,8 @@ class WebhookActuatorSettings(_Settings):
 
 
 class TwinActuatorSettings(_Settings):
-    """The engine twin's control API (``POST <url>/v1/knobs``)."""
+    """The engine twin's control API (``POST <url>/v1/knobs``; an elastic twin's desired
+    replicas: ``POST <url>/v1/replicas``)."""
 
     url: URL
     timeout_s: float = Field(default=2.0, gt=0)
@@ -227,6 +233,83 @@ class ActuatorSettings(_Settings):
     file: FileActuatorSettings | None = None
     webhook: WebhookActuatorSettings | None = None
     twin: TwinActuatorSettings | None = None
+
+
+class PodDiscoverySettings(_Settings):
+    """How a Kubernetes Pod listed by discovery becomes an engine.
+
+    Parameters
+    ----------
+    pool_label:
+        The Pod label naming its pool (one of the policy contract's pools).
+    port, path, scheme:
+        Where its engine serves metrics: ``<scheme>://<status.podIP>:<port><path>``.
+    max_num_seqs:
+        Batch limit of each pool's engines (vLLM ``--max-num-seqs``; engines do not export it).
+    """
+
+    pool_label: str = Field(default="budgetpilot.io/pool", min_length=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    path: str = Field(default="/metrics", pattern=r"^/")
+    scheme: Literal["http", "https"] = "http"
+    max_num_seqs: dict[str, Annotated[int, Field(gt=0)]] = Field(min_length=1)
+
+
+class DiscoverySettings(_Settings):
+    """Where the engines are listed, with their lifecycle (replicas come and go).
+
+    ``url`` answers JSON: a list of engines as the engine twin's ``GET /engines`` gives them
+    (``name``, ``pool``, ``metrics_url``, ``max_num_seqs``, and ``state``:
+    ``provisioning|serving|draining``, or ``pod``: the engine's Kubernetes Pod object; optional
+    ``desired_replicas`` of its pool), or Kubernetes Pods (a ``PodList``, e.g. the pods API
+    through ``kubectl proxy``: ``http://127.0.0.1:8001/api/v1/namespaces/llm/pods?
+    labelSelector=budgetpilot.io/pool``), read with ``pods``.
+
+    Parameters
+    ----------
+    url:
+        The listing.
+    refresh_s:
+        Seconds between two listings (default: every scrape round).
+    timeout_s:
+        Deadline of one listing.
+    pods:
+        How Pods become engines (needed when the listing holds Pods).
+    """
+
+    url: URL
+    refresh_s: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    pods: PodDiscoverySettings | None = None
+
+
+class ScalingSettings(_Settings):
+    """The Deployment of one pool and the bounds of its desired replicas (elastic policies).
+
+    Parameters
+    ----------
+    deployment, namespace:
+        The pool's Deployment (label of the desired-replicas gauge, name of the scale manifest).
+    min_replicas, max_replicas:
+        Bounds of the published desired replicas (``max_replicas`` at most the policy
+        contract's cap for the pool).
+    max_step:
+        Most replicas added or removed in one interval.
+    """
+
+    deployment: str = Field(min_length=1)
+    namespace: str = Field(default="default", min_length=1)
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    max_step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}"
+            )
+        return self
 
 
 class StateSettings(_Settings):
@@ -256,7 +339,14 @@ class SidecarConfig(_Settings):
     signals:
         Names of the fleet-signal metrics (defaults follow the mapping's engine family).
     engines:
-        The engines scraped, each with its pool and ``max_num_seqs``.
+        The engines scraped, each with its pool and ``max_num_seqs`` (a fixed list; or
+        ``discovery``).
+    discovery:
+        Where the engines are listed with their lifecycle, refreshed as replicas come and go
+        (an elastic policy needs it).
+    scaling:
+        Per pool, its Deployment and the bounds of its desired replicas (an elastic policy
+        needs one per pool of its contract).
     counters:
         Endpoints exporting budgetpilot counters (router); needed by SLOs engines cannot feed.
     initial_knobs:
@@ -278,7 +368,9 @@ class SidecarConfig(_Settings):
     interval_s: float = Field(default=30.0, gt=0)
     mapping: str | dict[str, Any] = "vllm"
     signals: SignalNames = SignalNames()
-    engines: list[EngineEndpoint] = Field(min_length=1)
+    engines: list[EngineEndpoint] = []
+    discovery: DiscoverySettings | None = None
+    scaling: dict[str, ScalingSettings] = {}
     counters: list[CounterEndpoint] = []
     scrape: ScrapeSettings = ScrapeSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
@@ -291,6 +383,14 @@ class SidecarConfig(_Settings):
     shadow: bool = False
     audit_log: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _engines_or_discovery(self) -> SidecarConfig:
+        if bool(self.engines) == (self.discovery is not None):
+            raise ValueError(
+                "engines: give the engines (a fixed list) or a discovery source, exactly one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> SidecarConfig:
@@ -378,8 +478,9 @@ def load_config(
 
 
 def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Config entries for an engine twin at ``url``: its engines (``GET /engines``), its router
-    counters, its arrivals counter and its control API as actuator.
+    """Config entries for an engine twin at ``url``: its engines (``GET /engines``; an elastic
+    twin's, whose replicas come and go, as the discovery source), its router counters, its
+    arrivals counter and its control API as actuator.
 
     Raises
     ------
@@ -397,10 +498,14 @@ def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
             "max_num_seqs": "max_num_seqs",
         }
         engines = [{ours: r[theirs] for ours, theirs in keys.items()} for r in replicas]
+        elastic = any("state" in r for r in replicas)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SidecarConfigError(f"twin {url}: cannot list its engines: {exc}") from None
+    listing: dict[str, Any] = {"engines": engines}
+    if elastic:
+        listing = {"engines": [], "discovery": {"url": f"{base}/engines"}}
     return {
-        "engines": engines,
+        **listing,
         "counters": [{"name": "router", "url": f"{base}/router/metrics"}],
         "signals": {"arrivals": "budgetpilot:arrivals_total"},
         "actuators": {"twin": {"url": base}},

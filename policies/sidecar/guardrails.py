@@ -6,6 +6,11 @@ hysteresis band of the value in force, limited to ``max_step`` of the knob's ran
 clamped to the bounds again (safety wins over smoothness) and rounded (integer knobs). Whatever
 the path, :meth:`Guardrails.final_clamp` keeps every published value finite and within the action
 contract's ranges. Each change a guardrail makes is recorded as an :class:`Intervention`.
+
+The replica knobs of an elastic policy (``<pool>_replicas_change``) are changes, not settings:
+they skip those rules and :class:`ReplicaGuardrails` turns them into desired replicas per pool
+(:func:`envs.contract.next_desired_replicas`), limited to ``max_step`` replicas per interval and
+to ``[min_replicas, max_replicas]`` (the ``scaling`` settings).
 """
 
 from __future__ import annotations
@@ -16,8 +21,16 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from envs.contract import ActionContract, KnobSpec
-from policies.sidecar.config import GuardrailSettings
+from envs.contract import (
+    REPLICAS_KNOB_SUFFIX,
+    ActionContract,
+    KnobSpec,
+    ObservationContract,
+    next_desired_replicas,
+    replica_change_toward,
+    replicas_knob_name,
+)
+from policies.sidecar.config import GuardrailSettings, ScalingSettings
 
 #: Slack on the [-1, 1] action range (float32 rounding of a tanh output).
 ACTION_TOLERANCE = 1e-5
@@ -28,7 +41,9 @@ class Intervention:
     """A guardrail changed a knob: from ``proposed`` to ``applied``."""
 
     knob: str
-    guardrail: str  # invalid_output, bounds, hysteresis, max_step, final_clamp
+    # invalid_output, bounds, hysteresis, max_step, final_clamp; for a replica knob,
+    # replica_step or replica_bounds, whose proposed and applied values are desired replicas.
+    guardrail: str
     proposed: float | None
     applied: float
 
@@ -74,6 +89,11 @@ class Guardrails:
         self.bounds = {k.name: (k.low, k.high) for k in contract.knobs}
         for name, (low, high) in settings.bounds.items():
             knob = self._knob(name, "guardrails.bounds")
+            if is_replica_knob(name):
+                raise ValueError(
+                    f"guardrails.bounds.{name}: replica knobs are bounded by scaling.<pool> "
+                    "(min_replicas, max_replicas, max_step)"
+                )
             if low < knob.low or high > knob.high:
                 raise ValueError(
                     f"guardrails.bounds.{name}: [{low}, {high}] leaves the knob's range "
@@ -107,7 +127,8 @@ class Guardrails:
     def apply(
         self, proposed: Mapping[str, float], in_force: Mapping[str, float]
     ) -> tuple[dict[str, float], list[Intervention]]:
-        """The values to publish for a proposal, given the values in force."""
+        """The values to publish for a proposal, given the values in force (replica knobs pass
+        unchanged: :class:`ReplicaGuardrails` bounds them)."""
         rules = (
             ("bounds", self._clip),
             ("hysteresis", self._hold_within_band),
@@ -118,6 +139,9 @@ class Guardrails:
         interventions: list[Intervention] = []
         for knob in self.contract.knobs:
             value, current = float(proposed[knob.name]), float(in_force[knob.name])
+            if is_replica_knob(knob.name):
+                values[knob.name] = value
+                continue
             for guardrail, rule in rules:
                 guarded = rule(knob, value, current)
                 if guarded != value:
@@ -169,3 +193,103 @@ class Guardrails:
                 interventions.append(Intervention(knob.name, "final_clamp", raw, value))
             out[knob.name] = value
         return out, interventions
+
+
+def is_replica_knob(name: str) -> bool:
+    """Whether knob ``name`` changes a pool's desired replicas (``strong_replicas_change``)."""
+    return name.endswith(REPLICAS_KNOB_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ReplicaBounds:
+    """The limits of one pool's desired replicas: ``cap`` from the policy's contract, the
+    others from its ``scaling`` settings."""
+
+    cap: int
+    min_replicas: int
+    max_replicas: int
+    max_step: int
+
+
+class ReplicaGuardrails:
+    """Desired replicas per pool from the replica knobs, within the ``scaling`` bounds.
+
+    Parameters
+    ----------
+    contract:
+        The policy's observation contract (its pools and their ``max_replicas`` caps); an
+        elastic one.
+    scaling:
+        Per pool, ``min_replicas``, ``max_replicas`` (at most the cap) and ``max_step``.
+
+    Raises
+    ------
+    ValueError
+        A contract pool without scaling settings, a pool the contract does not know, a
+        ``max_replicas`` above the cap (each named by its field).
+    """
+
+    def __init__(
+        self, contract: ObservationContract, scaling: Mapping[str, ScalingSettings]
+    ) -> None:
+        problems = [
+            f"scaling.{pool}: not a pool of the policy's contract {list(contract.pools)}"
+            for pool in scaling
+            if pool not in contract.pools
+        ]
+        self.bounds: dict[str, ReplicaBounds] = {}
+        for pool, cap in zip(contract.pools, contract.max_replicas, strict=True):
+            settings = scaling.get(pool)
+            if settings is None:
+                problems.append(
+                    f"scaling.{pool}: the policy scales pool {pool!r}; give its deployment, "
+                    "min_replicas, max_replicas and max_step"
+                )
+            elif settings.max_replicas > cap:
+                problems.append(
+                    f"scaling.{pool}.max_replicas: {settings.max_replicas} exceeds the policy's "
+                    f"max_replicas {cap} for the pool"
+                )
+            else:
+                self.bounds[pool] = ReplicaBounds(
+                    cap, settings.min_replicas, settings.max_replicas, settings.max_step
+                )
+        if problems:
+            raise ValueError("\n  ".join(problems))
+
+    def apply(
+        self, desired: Mapping[str, int], knobs: Mapping[str, float]
+    ) -> tuple[dict[str, int], dict[str, float], list[Intervention]]:
+        """The desired replicas after ``knobs``' replica changes, from ``desired``.
+
+        Each pool moves as :func:`~envs.contract.next_desired_replicas` says, then at most
+        ``max_step`` replicas from ``desired``, then into ``[min_replicas, max_replicas]``
+        (bounds win over the step limit, e.g. when the fleet starts outside them). The replica
+        knob is recomputed from the bounded count when a guardrail changed it
+        (:func:`~envs.contract.replica_change_toward`), so the published knob and desired
+        replicas agree.
+
+        Returns
+        -------
+        The desired replicas per pool, the knob values (replica knobs possibly recomputed) and
+        the interventions (proposed and applied desired replicas).
+        """
+        values = dict(knobs)
+        counts: dict[str, int] = {}
+        interventions: list[Intervention] = []
+        for pool, b in self.bounds.items():
+            knob, current = replicas_knob_name(pool), int(desired[pool])
+            count = proposed = next_desired_replicas(current, float(values[knob]), b.cap)
+            limits = (
+                ("replica_step", current - b.max_step, current + b.max_step),
+                ("replica_bounds", b.min_replicas, b.max_replicas),
+            )
+            for guardrail, low, high in limits:
+                guarded = min(high, max(low, count))
+                if guarded != count:
+                    interventions.append(Intervention(knob, guardrail, count, guarded))
+                    count = guarded
+            if count != proposed:
+                values[knob] = replica_change_toward(current, count)
+            counts[pool] = count
+        return counts, values, interventions

@@ -12,6 +12,17 @@ repeats it at multiples of the interval until stopped. The decision mode follows
 * ``kill``: the kill switch is engaged: the kill knobs (neutral by default) are published.
 
 In shadow mode every decision is made and recorded but no actuator is called.
+
+An elastic policy (its observation contract has ``max_replicas``) also decides the desired
+replicas of every pool: its replica knobs move the desired replicas in force through
+:class:`~policies.sidecar.guardrails.ReplicaGuardrails` (``scaling``: at most ``max_step``
+replicas per interval, within ``[min_replicas, max_replicas]``); holding, the kill switch and a
+fallback that does not scale keep them. They start at the listing's desired replicas (or the
+replicas provisioning and serving), survive restarts in the state directory and are published
+with the knobs: in the decision (``desired_replicas``), the ``desired_replicas`` gauge and by
+the actuators. The engines then come from ``discovery``, refreshed every scrape round (or every
+``discovery.refresh_s``), which gives each replica's lifecycle; in shadow mode the desired
+replicas in force follow the listing, since the fleet is scaled by something else.
 """
 
 from __future__ import annotations
@@ -29,14 +40,40 @@ from typing import Any, TextIO
 import numpy as np
 
 from agents.base import ControlContext, Controller
-from envs.contract import ACTION_VERSION, neutral_knob_values
+from envs.contract import (
+    ACTION_VERSION,
+    REPLICA_CHANGE_NEUTRAL,
+    ReplicaLifecycle,
+    neutral_knob_values,
+    replicas_knob_name,
+)
 from policies.runtime import OnnxPolicy, load_policy
 from policies.sidecar import state as persisted
 from policies.sidecar.actuators import ActuationError, Actuator, build_actuators
 from policies.sidecar.config import SidecarConfig, SidecarConfigError
+from policies.sidecar.discovery import (
+    DiscoveredEngine,
+    Discovery,
+    DiscoveryError,
+    Listing,
+    scraped_endpoints,
+)
 from policies.sidecar.fallback import build_baseline
-from policies.sidecar.guardrails import Guardrails, Intervention, action_problem
-from policies.sidecar.observe import FeedabilityError, IngestReport, Observation, Observer, Problem
+from policies.sidecar.guardrails import (
+    Guardrails,
+    Intervention,
+    ReplicaGuardrails,
+    action_problem,
+    is_replica_knob,
+)
+from policies.sidecar.observe import (
+    Engine,
+    FeedabilityError,
+    IngestReport,
+    Observation,
+    Observer,
+    Problem,
+)
 from policies.sidecar.scrape import Scraper, ScrapeResult
 from policies.sidecar.telemetry import SidecarMetrics
 from slo.spec import ServiceSpec, SpecError, load_spec
@@ -79,6 +116,9 @@ class Decision:
         Observation to action, guardrails included.
     actuated:
         Per actuator, ``ok``, the error, or why it was skipped (filled when published).
+    desired_replicas:
+        Desired replicas per pool (an elastic policy's; always within the ``scaling`` bounds),
+        empty for a fixed fleet.
     """
 
     time: float
@@ -95,6 +135,7 @@ class Decision:
     kill_switch: bool
     decision_ms: float
     actuated: dict[str, str] = field(default_factory=dict)
+    desired_replicas: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self, sidecar: Sidecar, *, vector: bool = False) -> dict[str, Any]:
         """JSON-ready form (``vector``: include the full observation vector, for the audit)."""
@@ -106,6 +147,7 @@ class Decision:
             "mode": self.mode,
             "reason": self.reason,
             "knobs": self.knobs,
+            "desired_replicas": self.desired_replicas,
             "proposed": {k: _json_number(v) for k, v in self.proposed.items()},
             "raw_action": None
             if self.raw_action is None
@@ -204,22 +246,28 @@ class Sidecar:
         manifest = self.policy.manifest
         self.observation_contract = manifest.observation_contract
         self.action_contract = manifest.action_contract
+        self.discovery = None if config.discovery is None else Discovery(config.discovery)
+        self._listing: Listing | None = None  # the listing the sidecar started with
+        self._last_listing = -math.inf  # when the engines were last listed
         try:
-            self.observer = self._observer(load_spec(dict(manifest.spec)))
+            engines = self._initial_engines()
+            self.observer = self._observer(load_spec(dict(manifest.spec)), engines)
             self._check_action_contract()
             self.guardrails = Guardrails(self.action_contract, config.guardrails)
+            self.scaling = self._replica_guardrails()
             self.in_force = self._knob_values(config.initial_knobs, "initial_knobs")
             self.kill_knobs = self._knob_values(config.kill_knobs, "kill_knobs")
             self.fallback = self._fallback()
         except (FeedabilityError, SpecError, ValueError) as exc:
             raise SidecarConfigError(f"{config.policy}: {exc}") from None
         self.last_safe = dict(self.in_force)
-        self.actuators = list(build_actuators(config.actuators) if actuators is None else actuators)
-        endpoints = [(e.name, e.url) for e in config.engines] + [
-            (c.name, c.url) for c in config.counters
-        ]
+        #: Desired replicas per pool in force (an elastic policy's; empty otherwise).
+        self.desired: dict[str, int] = self._listed_desired(engines, self._listing)
+        if actuators is None:
+            actuators = build_actuators(config.actuators, config.scaling)
+        self.actuators = list(actuators)
         self.scraper = Scraper(
-            endpoints,
+            self._scraped(engines),
             timeout_s=config.scrape.timeout_s,
             max_workers=config.scrape.max_workers,
             max_page_bytes=config.scrape.max_page_bytes,
@@ -247,23 +295,90 @@ class Sidecar:
         self._restore()
         self.metrics.shadow.set(float(self._shadow))
 
-    def _observer(self, spec: ServiceSpec) -> Observer:
+    def _initial_engines(self) -> Sequence[Engine]:
+        """The configured engines, or the first discovery listing's (an unreachable listing
+        refuses the start: the sidecar would not know what to scrape)."""
+        if self.discovery is None:
+            return self.config.engines
+        try:
+            self._listing = self.discovery.fetch()
+        except DiscoveryError as exc:
+            raise ValueError(f"discovery: {exc}") from None
+        return self._listing.engines
+
+    def _observer(self, spec: ServiceSpec, engines: Sequence[Engine]) -> Observer:
         config = self.config
         return Observer(
             self.observation_contract,
             spec,
             config.mapping,
             config.signal_names(),
-            config.engines,
+            engines,
             [c.name for c in config.counters],
             config.interval_s,
             config.stale_after_s,
         )
 
+    def _replica_guardrails(self) -> ReplicaGuardrails | None:
+        """The scaling bounds of an elastic policy (``None`` for a fixed one), after checking
+        that the config can observe and scale its pools."""
+        contract, config = self.observation_contract, self.config
+        if not contract.elastic:
+            if config.scaling:
+                raise ValueError(
+                    "scaling: the policy does not scale pools (its observation contract has no "
+                    "max_replicas): remove the scaling section"
+                )
+            return None
+        caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
+        if self._listing is None:
+            raise ValueError(
+                f"the policy scales pools (max_replicas {caps}) and observes each replica's "
+                "lifecycle (provisioning, serving, draining), which a fixed engines list does "
+                "not give: configure discovery (a listing of the engines with their state or "
+                "Kubernetes Pod), e.g. the engine twin's /engines"
+            )
+        if not self._listing.reports_lifecycle:
+            raise ValueError(
+                f"discovery {config.discovery.url}: the listing does not give every engine's "
+                f"lifecycle (a state or a Kubernetes Pod); the policy scales pools "
+                f"(max_replicas {caps}) and observes replicas provisioning, serving, draining"
+            )
+        return ReplicaGuardrails(contract, config.scaling)
+
+    def _listed_desired(self, engines: Sequence[Engine], listing: Listing | None) -> dict[str, int]:
+        """Desired replicas per pool as the listing gives them, else the replicas provisioning
+        and serving (empty for a fixed policy)."""
+        if self.scaling is None or listing is None:
+            return {}
+        pools = self.observation_contract.pools
+        if all(pool in listing.desired for pool in pools):
+            return {pool: listing.desired[pool] for pool in pools}
+        active = (ReplicaLifecycle.PROVISIONING, ReplicaLifecycle.SERVING)
+        return {
+            pool: sum(1 for e in engines if e.pool == pool and e.lifecycle in active)
+            for pool in pools
+        }
+
+    def _scraped(self, engines: Sequence[Engine]) -> list[tuple[str, str]]:
+        """``(name, url)`` of the endpoints scraped: the engines that export metrics, the
+        counter endpoints."""
+        if self.discovery is None:
+            scraped = [(e.name, e.url) for e in engines]
+        else:
+            scraped = scraped_endpoints([e for e in engines if isinstance(e, DiscoveredEngine)])
+        return scraped + [(c.name, c.url) for c in self.config.counters]
+
     def _knob_values(self, values: Mapping[str, float], where: str) -> dict[str, float]:
         """Configured knob values (checked, named by ``where``), neutral for the others."""
         neutral = neutral_knob_values(self.action_contract.names)
         given = self.guardrails.check_values(values, where)
+        changes = sorted(name for name in given if is_replica_knob(name))
+        if changes:
+            raise ValueError(
+                f"{where}.{changes[0]}: replica knobs are changes, not settings; the desired "
+                "replicas are kept while holding or killed (bound them with scaling)"
+            )
         return self.guardrails.final_clamp({**neutral, **given}, neutral)[0]
 
     def _fallback(self) -> Controller:
@@ -284,6 +399,15 @@ class Sidecar:
                 f"the observation contract observes knobs {sorted(unknown)} the action contract "
                 "does not define"
             )
+        if self.observation_contract.elastic:
+            pools = self.observation_contract.pools
+            missing = [replicas_knob_name(p) for p in pools]
+            missing = [k for k in missing if k not in self.action_contract.names]
+            if missing:
+                raise ValueError(
+                    f"the observation contract scales pools {list(pools)}, the action contract "
+                    f"lacks their replica knobs {missing}"
+                )
 
     # ----------------------------------------------------------------------------------------
     # Switches (called from HTTP threads)
@@ -326,13 +450,49 @@ class Sidecar:
         return self.publish(decision)
 
     def scrape(self, now: float) -> IngestReport:
-        """Scrape every endpoint and feed the budgets and signals."""
-        return self.ingest(now, self.scraper.scrape(self.observer.parse))
+        """Refresh the engines (when discovery is due), scrape every endpoint and feed the
+        budgets and signals."""
+        listed = self.discover(now)
+        return self.ingest(now, self.scraper.scrape(self.observer.parse), listed)
 
-    def ingest(self, now: float, results: Mapping[str, ScrapeResult]) -> IngestReport:
+    def discover(self, now: float) -> list[Problem]:
+        """Refresh the engines from discovery when due (every scrape round, or every
+        ``discovery.refresh_s``); return the listing's problems. A failed listing keeps the
+        engines known."""
+        if self.discovery is None:
+            return []
+        if 0.0 <= now - self._last_listing < (self.config.discovery.refresh_s or 0.0) - 1e-9:
+            return []
+        try:
+            listing = self.discovery.fetch()
+        except DiscoveryError as exc:
+            return [Problem("discovery", "discovery", str(exc))]
+        self._last_listing = now
+        problems = [Problem("discovery", "discovery", p) for p in listing.problems]
+        problems += self.observer.set_engines(listing.engines)
+        self.scraper.set_endpoints(self._scraped(self.observer.engines))
+        if self.shadow and self.scaling is not None:
+            self.desired = self._listed_desired(self.observer.engines, listing)
+        return problems
+
+    def ingest(
+        self,
+        now: float,
+        results: Mapping[str, ScrapeResult],
+        discovery_problems: Sequence[Problem] = (),
+    ) -> IngestReport:
         """Feed one scrape round (pages parsed by :meth:`Observer.parse`, or errors) taken at
-        ``now``; record its problems in /metrics and the log."""
+        ``now``; record its problems (and the listing's) in /metrics and the log. An elastic
+        policy's metrics are not complete while the listing is stale (the lifecycle is part
+        of its observation)."""
         report = self.observer.ingest(now, results)
+        listing_age = now - self._last_listing
+        listing_stale = self.scaling is not None and listing_age > self._listing_stale_after_s
+        report = replace(
+            report,
+            complete=report.complete and not listing_stale,
+            problems=tuple(discovery_problems) + report.problems,
+        )
         if report.complete:
             self._last_complete = now
         for name, result in results.items():
@@ -343,19 +503,32 @@ class Sidecar:
         self.last_report = report
         return report
 
+    @property
+    def _listing_stale_after_s(self) -> float:
+        """Age after which the last good listing is stale."""
+        return (self.config.discovery.refresh_s or 0.0) + self.config.stale_after_s
+
     def decide(self, now: float) -> Decision:
         """Observe and decide (no actuation): the mode, the proposal, the guardrails."""
         start = time.perf_counter()
         knob_units = {k.name: k.to_unit(self.in_force[k.name]) for k in self.action_contract.knobs}
-        observation = self.observer.observe(now, knob_units)
+        desired = (
+            [self.desired[p] for p in self.observation_contract.pools] if self.desired else None
+        )
+        observation = self.observer.observe(now, knob_units, desired)
         if self._first_cycle is None:
             self._first_cycle = now
         age = now - self._last_complete
         kill, shadow = self.kill_switch, self.shadow
         choice = self._choose(observation.vector, now, age, kill)
         knobs, clamped = self.guardrails.final_clamp(choice.values, self.last_safe)
+        desired_replicas, knobs, scaled = self._scale(knobs)
         if choice.mode in ("policy", "fallback"):
-            self.last_safe = dict(knobs)
+            # Replica knobs are changes: holding must not repeat one.
+            self.last_safe = {
+                name: REPLICA_CHANGE_NEUTRAL if is_replica_knob(name) else value
+                for name, value in knobs.items()
+            }
         return Decision(
             time=now,
             mode=choice.mode,
@@ -363,14 +536,24 @@ class Sidecar:
             knobs=knobs,
             proposed=choice.proposed,
             raw_action=None if choice.raw is None else [float(x) for x in choice.raw],
-            interventions=choice.interventions + clamped,
+            interventions=choice.interventions + clamped + scaled,
             observation=observation,
             metrics_age_s=age,
             problems=self.last_report.problems if self.last_report else (),
             shadow=shadow,
             kill_switch=kill,
             decision_ms=(time.perf_counter() - start) * 1e3,
+            desired_replicas=desired_replicas,
         )
+
+    def _scale(
+        self, knobs: dict[str, float]
+    ) -> tuple[dict[str, int], dict[str, float], list[Intervention]]:
+        """The desired replicas the knobs lead to from those in force (none for a fixed
+        policy), the knobs with their replica changes as bounded, the interventions."""
+        if self.scaling is None:
+            return {}, knobs, []
+        return self.scaling.apply(self.desired, knobs)
 
     def _choose(self, vector: np.ndarray, now: float, age: float, kill: bool) -> _Choice:
         """The decision mode and its proposal (see the module docstring)."""
@@ -423,6 +606,7 @@ class Sidecar:
                 actuated[actuator.name] = self._actuate(actuator, decision)
             if not self.actuators or "ok" in actuated.values():
                 self.in_force = dict(decision.knobs)
+                self.desired = dict(decision.desired_replicas)
         decision = replace(decision, actuated=actuated)
         self._record(decision)
         self.last_decision = decision
@@ -447,6 +631,10 @@ class Sidecar:
             decision.metrics_age_s if math.isfinite(decision.metrics_age_s) else -1.0
         )
         metrics.healthy_replicas.set(decision.observation.healthy_replicas)
+        if self.scaling is not None:
+            deployments = {pool: s.deployment for pool, s in self.config.scaling.items()}
+            counts = decision.observation.replica_counts
+            metrics.record_replicas(self.desired, deployments, counts)
         for intervention in decision.interventions:
             metrics.interventions.labels(intervention.knob, intervention.guardrail).inc()
         if decision.mode != self._mode:
@@ -484,7 +672,7 @@ class Sidecar:
             return
         engine = self.observer.engine
         state = persisted.SidecarState(
-            dict(self.in_force), dict(self.last_safe), self._kill_switch, engine.now
+            dict(self.in_force), dict(self.last_safe), self._kill_switch, engine.now, self.desired
         )
         try:
             persisted.save(directory, engine, state)
@@ -509,6 +697,8 @@ class Sidecar:
         self.in_force, _ = self.guardrails.final_clamp(restored.in_force, self.in_force)
         self.last_safe, _ = self.guardrails.final_clamp(restored.last_safe, self.in_force)
         self._kill_switch = restored.kill_switch
+        if self.desired and set(restored.desired_replicas) == set(self.desired):
+            self.desired = dict(restored.desired_replicas)
         self.metrics.kill_switch.set(float(self._kill_switch))
         log.info("state restored from %s (saved at %.0f)", directory, restored.saved_at)
 

@@ -11,6 +11,14 @@ Missing data never becomes NaN: a replica whose scrape failed or whose page is u
 healthy this cycle (as a failed replica in training); a non-finite or missing gauge of an
 answering replica keeps its last good value (0 before any); non-finite counters are skipped.
 Every such problem is reported in the :class:`IngestReport`.
+
+Replicas may come and go (:meth:`Observer.set_engines`, from discovery): each one's gauge state
+follows its name; only serving and draining replicas are scraped and counted in the load
+features, a provisioning one is neither healthy nor counted (as
+:class:`~envs.contract.FleetSignalTracker` does in training). A replica first listed while
+provisioning has not started its engine: its counters are registered as empty then, so that its
+first page counts from zero rather than as a baseline. With the lifecycle and the desired
+replicas per pool, the observation has the replica features of an elastic contract.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ from envs.contract import (
     FleetSignalTracker,
     ObservationContract,
     ReplicaGauges,
+    ReplicaLifecycle,
 )
 from policies.sidecar.config import EngineEndpoint
+from policies.sidecar.discovery import SCRAPED, STATES, DiscoveredEngine
 from policies.sidecar.parse import Sample, SeriesSelection, read_page
 from policies.sidecar.scrape import ScrapeResult
 from slo.engine import BudgetEngine, BudgetSnapshot
@@ -100,6 +110,7 @@ class Observation:
     replicas: int
     arrivals: float
     preemptions: float
+    replica_counts: dict[str, dict[str, int]] | None = None
 
     def summary(self, contract: ObservationContract) -> dict[str, Any]:
         """A JSON-ready summary: budgets per SLO, pool and fleet signals."""
@@ -119,6 +130,7 @@ class Observation:
             "fleet": dict(self.signals.fleet),
             "healthy_replicas": self.healthy_replicas,
             "replicas": self.replicas,
+            **({} if self.replica_counts is None else {"replica_counts": self.replica_counts}),
         }
 
 
@@ -127,22 +139,73 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: An engine as the observer needs it: a configured one, or one from discovery.
+Engine = EngineEndpoint | DiscoveredEngine
+
+
 @dataclass
 class _Replicas:
-    """Per-engine gauge state, arrays indexed like the configured engines."""
+    """Per-engine gauge state, arrays indexed like the engines (``lifecycle``: ``None`` when
+    every engine is taken as serving, a fixed list)."""
 
+    names: tuple[str, ...]
     pool: np.ndarray
     max_num_seqs: np.ndarray
-    answered_at: np.ndarray  # time of the last readable page (-inf: never)
+    lifecycle: np.ndarray | None
+    answered_at: np.ndarray = field(init=False)  # time of the last readable page (-inf: never)
     values: dict[str, np.ndarray] = field(init=False)  # last good value per gauge
     kv_sum: np.ndarray = field(init=False)  # KV usage samples since the last observation
     kv_samples: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.pool)
+        self.answered_at = np.full(n, -np.inf)
         self.values = {g: np.zeros(n) for g in _GAUGES}
         self.kv_sum = np.zeros(n)
         self.kv_samples = np.zeros(n, dtype=np.int64)
+
+    @classmethod
+    def of(
+        cls, contract: ObservationContract, engines: Sequence[Engine], previous: _Replicas | None
+    ) -> _Replicas:
+        """State of ``engines``: what ``previous`` knew of the same names, fresh for others."""
+        lifecycle = [getattr(e, "lifecycle", None) for e in engines]
+        replicas = cls(
+            names=tuple(e.name for e in engines),
+            pool=np.array([contract.pools.index(e.pool) for e in engines], dtype=np.int64),
+            max_num_seqs=np.array([e.max_num_seqs for e in engines], dtype=float),
+            lifecycle=None if None in lifecycle else np.array(lifecycle, dtype=np.int64),
+        )
+        if previous is not None:
+            rows = {name: i for i, name in enumerate(previous.names)}
+            pairs = [(i, rows[n]) for i, n in enumerate(replicas.names) if n in rows]
+            if pairs:
+                new, old = (list(x) for x in zip(*pairs, strict=True))
+                replicas.answered_at[new] = previous.answered_at[old]
+                replicas.kv_sum[new] = previous.kv_sum[old]
+                replicas.kv_samples[new] = previous.kv_samples[old]
+                for gauge in _GAUGES:
+                    replicas.values[gauge][new] = previous.values[gauge][old]
+        return replicas
+
+    def reporting(self) -> np.ndarray:
+        """Which replicas are serving or draining (hold requests, answer scrapes)."""
+        if self.lifecycle is None:
+            return np.ones(len(self.names), dtype=bool)
+        return np.isin(self.lifecycle, SCRAPED)
+
+    def counts(self, contract: ObservationContract) -> dict[str, dict[str, int]] | None:
+        """Per contract pool, how many of its replicas are in each listed state (``None``
+        without lifecycle)."""
+        if self.lifecycle is None:
+            return None
+        return {
+            pool: {
+                state: int(np.sum((self.pool == p) & (self.lifecycle == code)))
+                for state, code in STATES.items()
+            }
+            for p, pool in enumerate(contract.pools)
+        }
 
 
 class _CounterDeltas:
@@ -168,6 +231,11 @@ class _CounterDeltas:
     def seen(self, endpoint: str) -> None:
         self._endpoints.add(endpoint)
 
+    def forget(self, endpoints: set[str]) -> None:
+        """Drop what is known of ``endpoints`` (replicas gone: pods do not come back)."""
+        self._endpoints -= endpoints
+        self._previous = {k: v for k, v in self._previous.items() if k[0] not in endpoints}
+
 
 class Observer:
     """Builds the policy's observations from scrapes.
@@ -184,7 +252,8 @@ class Observer:
         Names of the ``waiting``, ``running``, ``preemptions``, ``finished`` and ``arrivals``
         metrics (see :class:`~policies.sidecar.config.SignalNames`).
     engines:
-        The engines, with their pool and ``max_num_seqs``.
+        The engines, with their pool and ``max_num_seqs`` (and their lifecycle when they come
+        from discovery; see :meth:`set_engines`).
     counter_endpoints:
         Names of the endpoints exporting budgetpilot counters.
     interval_s:
@@ -213,7 +282,7 @@ class Observer:
         self.engine = BudgetEngine(spec)
         self.feed = MetricsFeed(self.engine, mapping)
         self.signal_names = dict(signal_names)
-        self.engines = tuple(engines)
+        self.engines: tuple[Engine, ...] = tuple(engines)
         self.counter_endpoints = tuple(counter_endpoints)
         check_feedable(contract, self.feed, self.signal_names, self.engines, counter_endpoints)
         self.interval_s = float(interval_s)
@@ -229,14 +298,13 @@ class Observer:
         signals = {*self._gauge_names.values(), *(self.signal_names.get(c) for c in _COUNTERS)}
         self._signal_only = signals - read_by_feed - {None}
         self._window_index = [self.engine.windows.index(w) for w in contract.windows]
-        self._engine_index = {e.name: i for i, e in enumerate(self.engines)}
         self._needs_counters = any(not s.exact_from_engine for s in self.feed.sources)
         self.tracker = FleetSignalTracker(contract, interval_s)
-        self.replicas = _Replicas(
-            pool=np.array([contract.pools.index(e.pool) for e in self.engines]),
-            max_num_seqs=np.array([e.max_num_seqs for e in self.engines], dtype=float),
-            answered_at=np.full(len(self.engines), -np.inf),
-        )
+        self.replicas = _Replicas.of(contract, self.engines, None)
+        self._engine_index = {e.name: i for i, e in enumerate(self.engines)}
+        self._listed = {e.name for e in self.engines}  # the names listed now
+        self._unstarted: set[str] = set()  # newly listed while provisioning, not yet fed
+        self._fed: set[str] = set()  # endpoints the metrics feed has seen
         self._counters = _CounterDeltas()
         self._interval_counts = dict.fromkeys(_COUNTERS, 0.0)
         self._snapshot: BudgetSnapshot | None = None
@@ -256,6 +324,32 @@ class Observer:
 
     # ----------------------------------------------------------------------------------------
 
+    def set_engines(self, engines: Sequence[DiscoveredEngine]) -> list[Problem]:
+        """Observe ``engines`` (a discovery listing) from now on: replicas keep their gauge
+        state by name, new ones start fresh. Engines in pools the contract does not know are
+        left out and reported."""
+        problems = [
+            Problem(e.name, "discovery", f"pool {e.pool!r} is not a pool of the policy's contract")
+            for e in engines
+            if e.pool not in self.contract.pools
+        ]
+        known = tuple(e for e in engines if e.pool in self.contract.pools)
+        names = {e.name for e in known}
+        for engine in known:
+            if (
+                engine.name not in self._listed
+                and engine.lifecycle == ReplicaLifecycle.PROVISIONING
+            ):
+                self._unstarted.add(engine.name)
+        self._counters.forget(self._listed - names)
+        self.feed.forget(self._listed - names)
+        self._listed = names
+        self._unstarted &= {e.name for e in known if e.lifecycle not in SCRAPED}
+        self.replicas = _Replicas.of(self.contract, known, self.replicas)
+        self.engines = known
+        self._engine_index = {e.name: i for i, e in enumerate(known)}
+        return problems
+
     def parse(self, endpoint: str, text: str) -> list[Sample]:
         """Read one endpoint's page (thread-safe: called in the scraping threads)."""
         return read_page(text, self.selection)
@@ -267,8 +361,16 @@ class Observer:
         ]
         pages = {name: r.value for name, r in results.items() if r.ok}
         if pages:
-            report = self.feed.update(now, pages)
-            problems += _feed_problems(report)
+            # Engines that have not started yet have counted nothing: registering them empty
+            # makes their first page count from zero (the feed reads a known endpoint's drop
+            # as a restart already).
+            pending = self._unstarted - set(pages)
+            report = self.feed.update(now, pages | {name: [] for name in pending - self._fed})
+            self._fed |= set(pages) | pending
+            for name in pending:
+                self._counters.seen(name)
+            self._unstarted.clear()
+            problems += self._expected(_feed_problems(report))
             self._snapshot = self.engine.snapshot()
         else:
             report = None  # blind: the engine keeps its clock rather than count silence as good
@@ -282,6 +384,14 @@ class Observer:
             and not (report and report.inexact)
         )
         return IngestReport(now, complete, engines_ok, len(self.engines), tuple(problems))
+
+    def _expected(self, problems: list[Problem]) -> list[Problem]:
+        """``problems`` without the feed's missing endpoints that are not expected to answer:
+        replicas gone, or not serving (the feed remembers every endpoint it has seen)."""
+        scraped = self.replicas.reporting()
+        expected = {n for n, s in zip(self.replicas.names, scraped, strict=True) if s}
+        expected |= set(self.counter_endpoints)
+        return [p for p in problems if p.kind != "missing_endpoint" or p.endpoint in expected]
 
     def _read_signals(self, now: float, endpoint: str, samples: list[Sample]) -> list[Problem]:
         """Update gauges (engines) and signal counters (any endpoint) from one page."""
@@ -319,10 +429,17 @@ class Observer:
 
     # ----------------------------------------------------------------------------------------
 
-    def observe(self, now: float, knob_units: Mapping[str, float]) -> Observation:
-        """The observation at ``now`` with the knobs in force (each in [-1, 1])."""
+    def observe(
+        self,
+        now: float,
+        knob_units: Mapping[str, float],
+        desired: Sequence[float] | None = None,
+    ) -> Observation:
+        """The observation at ``now`` with the knobs in force (each in [-1, 1]) and, for an
+        elastic contract, the desired replicas of every contract pool (in its order)."""
         state = self.replicas
-        healthy = (now - state.answered_at) <= self.stale_after_s
+        reporting = state.reporting()
+        healthy = ((now - state.answered_at) <= self.stale_after_s) & reporting
         kv_now = state.values["kv"]
         kv_mean = np.divide(
             state.kv_sum, state.kv_samples, out=kv_now.copy(), where=state.kv_samples > 0
@@ -335,6 +452,8 @@ class Observer:
             waiting=state.values["waiting"],
             running=state.values["running"],
             max_num_seqs=state.max_num_seqs,
+            lifecycle=state.lifecycle,
+            pool_desired=None if desired is None else np.asarray(desired, dtype=np.float64),
         )
         arrivals, preemptions = self._interval_rates(now, gauges)
         signals = self.tracker.update(gauges, arrivals, preemptions)
@@ -359,9 +478,10 @@ class Observer:
             snapshot=snapshot,
             signals=signals,
             healthy_replicas=int(healthy.sum()),
-            replicas=len(healthy),
+            replicas=int(reporting.sum()),
             arrivals=arrivals,
             preemptions=preemptions,
+            replica_counts=state.counts(self.contract),
         )
 
     def budgets(self) -> BudgetSnapshot:

@@ -77,12 +77,15 @@ def linear_policy(
     scale: float = 0.3,
     bias: np.ndarray | None = None,
     squash: bool = True,
+    weights: np.ndarray | None = None,
 ) -> Path:
     """Write a linear ONNX policy ``tanh(obs @ W + b)`` and its manifest (needs ``onnx``, of the
     train extra: a stand-in for an exported PPO actor, with the same file format).
 
-    ``W`` and ``b`` are drawn from ``seed`` (times ``scale``); ``bias`` replaces ``b``;
-    ``squash=False`` leaves out the tanh (outputs may leave [-1, 1], for guardrail tests).
+    ``W`` and ``b`` are drawn from ``seed`` (times ``scale``); ``weights`` (``[n_obs,
+    n_knobs]``) replaces ``W`` and ``bias`` replaces ``b`` (e.g. a policy scaling a pool by its
+    replica features); ``squash=False`` leaves out the tanh (outputs may leave [-1, 1], for
+    guardrail tests).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -92,7 +95,8 @@ def linear_policy(
 
     rng = np.random.default_rng(seed)
     n_obs, n_act = observation_contract.size, len(action_contract.knobs)
-    weights = (rng.standard_normal((n_obs, n_act)) * scale).astype(np.float32)
+    drawn_weights = rng.standard_normal((n_obs, n_act)) * scale
+    weights = np.asarray(drawn_weights if weights is None else weights, dtype=np.float32)
     drawn = rng.standard_normal(n_act) * scale
     bias = np.asarray(drawn if bias is None else bias, dtype=np.float32)
     last = "action" if not squash else "y"

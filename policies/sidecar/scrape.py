@@ -3,7 +3,8 @@
 Each endpoint keeps one HTTP/1.1 connection open between scrapes (engines serve ``/metrics``
 with keep-alive; reconnecting 64 endpoints every cycle would cost more than parsing them). A
 scrape that misses the deadline is reported as a timeout; its thread finishes in the background
-and the endpoint is skipped, not scraped twice at once, until it does.
+and the endpoint is skipped, not scraped twice at once, until it does. The endpoints may change
+between rounds (:meth:`Scraper.set_endpoints`, for replicas that come and go).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class _Endpoint:
 
     def __init__(self, name: str, url: str, timeout_s: float, max_bytes: int) -> None:
         parts = urlsplit(url)
-        self.name = name
+        self.name, self.url = name, url
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port
@@ -120,7 +121,7 @@ class Scraper:
     timeout_s:
         Deadline of each endpoint's scrape and of a whole round.
     max_workers:
-        Threads scraping at once.
+        Threads scraping at once (started as needed).
     max_page_bytes:
         Larger pages are refused.
     """
@@ -134,9 +135,29 @@ class Scraper:
         max_page_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.timeout_s = float(timeout_s)
-        self._endpoints = [_Endpoint(n, u, timeout_s, max_page_bytes) for n, u in endpoints]
-        workers = max(1, min(max_workers, len(self._endpoints)))
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sidecar-scrape")
+        self.max_page_bytes = int(max_page_bytes)
+        self._endpoints: list[_Endpoint] = []
+        self.set_endpoints(endpoints)
+        self._pool = ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="sidecar-scrape")
+
+    @property
+    def endpoints(self) -> list[tuple[str, str]]:
+        """The ``(name, url)`` pairs scraped, in order."""
+        return [(e.name, e.url) for e in self._endpoints]
+
+    def set_endpoints(self, endpoints: Sequence[tuple[str, str]]) -> None:
+        """Scrape ``endpoints`` from the next round on: endpoints kept (same name and URL) keep
+        their connection; the connections of the others are closed (a scrape still running in
+        the background keeps its own until it ends)."""
+        kept = {(e.name, e.url): e for e in self._endpoints}
+        wanted = [(str(n), str(u)) for n, u in endpoints]
+        for key, endpoint in kept.items():
+            if key not in wanted and endpoint.busy.acquire(blocking=False):
+                endpoint.close()
+                endpoint.busy.release()
+        self._endpoints = [
+            kept.get(key) or _Endpoint(*key, self.timeout_s, self.max_page_bytes) for key in wanted
+        ]
 
     def scrape(self, parse: Callable[[str, str], Any]) -> dict[str, ScrapeResult]:
         """Scrape every endpoint; ``parse(endpoint, text)`` turns a page into the result value

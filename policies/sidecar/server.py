@@ -2,8 +2,10 @@
 
 ====================  =======================================================================
 ``GET /v1/decision``  the last decision: knobs, mode, reason, guardrail interventions,
-                      observation summary, problems (503 before the first)
-``GET /metrics``      the sidecar's Prometheus metrics
+                      observation summary, problems (503 before the first); an elastic
+                      policy's ``desired_replicas`` per pool
+``GET /metrics``      the sidecar's Prometheus metrics (with the desired replicas per pool as
+                      ``budgetpilot_sidecar_desired_replicas{pool,deployment}``)
 ``GET /healthz``      200 while the decision loop is alive
 ``GET /readyz``       200 once a decision was published on fresh metrics, else 503 and why
 ``POST /v1/kill``     ``{"engaged": true|false, "reason": "..."}``: the kill switch

@@ -1,4 +1,5 @@
-"""Persisted sidecar state: the budget engine's windows, the knobs in force, the kill switch.
+"""Persisted sidecar state: the budget engine's windows, the knobs and desired replicas in force,
+the kill switch.
 
 A restart must not forget the budget: the engine state (burn-rate windows, period counts,
 phase, priors) is saved with :meth:`slo.engine.BudgetEngine.save` and the sidecar's own state as
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,15 @@ class SidecarState:
         Whether the kill switch was engaged (it stays engaged across restarts).
     saved_at:
         Engine time of the save.
+    desired_replicas:
+        Desired replicas per pool in force (an elastic policy's; empty otherwise).
     """
 
     in_force: dict[str, float]
     last_safe: dict[str, float]
     kill_switch: bool
     saved_at: float
+    desired_replicas: dict[str, int] = field(default_factory=dict)
 
 
 def save(directory: Path, engine: BudgetEngine, state: SidecarState) -> None:
@@ -89,6 +93,7 @@ def restore(directory: Path, engine: BudgetEngine) -> SidecarState | None:
             last_safe={str(k): float(v) for k, v in body["last_safe"].items()},
             kill_switch=bool(body["kill_switch"]),
             saved_at=float(body["saved_at"]),
+            desired_replicas={str(k): int(v) for k, v in body.get("desired_replicas", {}).items()},
         )
         backup = engine.state_dict()
         try:

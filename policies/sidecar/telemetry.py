@@ -3,6 +3,15 @@
 Budgets (burn rates, budget remaining, alerts), the knobs published and proposed, decision and
 cycle latency, the decision mode (policy, hold, fallback, kill) and every problem: scrape errors
 by endpoint and kind, guardrail interventions, actuation and state errors.
+
+For an elastic policy, ``budgetpilot_sidecar_desired_replicas{pool, deployment}`` is the desired
+replicas of each pool in force (published; in shadow mode, what the fleet runs), the metric an
+autoscaler acts on: a KEDA ``ScaledObject`` for the Deployment with a ``prometheus`` trigger,
+``query: max(budgetpilot_sidecar_desired_replicas{deployment="vllm-strong"})``, ``threshold:
+"1"`` (replicas = ceil(value / threshold)), or an HPA on that external metric with a target
+``averageValue: 1``; the scaler's own ``minReplicaCount``/``maxReplicaCount`` should match the
+sidecar's ``scaling`` bounds. ``budgetpilot_sidecar_replicas{pool, state}`` counts the replicas
+discovered provisioning, serving and draining.
 """
 
 from __future__ import annotations
@@ -102,6 +111,19 @@ class SidecarMetrics:
         )
         self.shadow = Gauge(f"{PREFIX}_shadow_mode", "1 in shadow mode.", registry=r)
         self.kill_switch = Gauge(f"{PREFIX}_kill_switch", "1 while engaged.", registry=r)
+        self.desired_replicas = Gauge(
+            f"{PREFIX}_desired_replicas",
+            "Desired replicas of each pool in force (the target of KEDA or an HPA on external "
+            "metrics).",
+            ["pool", "deployment"],
+            registry=r,
+        )
+        self.replicas = Gauge(
+            f"{PREFIX}_replicas",
+            "Replicas discovered per pool and lifecycle state.",
+            ["pool", "state"],
+            registry=r,
+        )
         self.info = Gauge(
             f"{PREFIX}_policy_info",
             "The policy served (value 1).",
@@ -123,6 +145,20 @@ class SidecarMetrics:
             self.knob.labels(name).set(value)
         for name, value in proposed.items():
             self.proposed_knob.labels(name).set(value)
+
+    def record_replicas(
+        self,
+        desired: Mapping[str, int],
+        deployments: Mapping[str, str],
+        counts: Mapping[str, Mapping[str, int]] | None,
+    ) -> None:
+        """Desired replicas in force per pool (labelled with its Deployment) and the replicas
+        observed in each state."""
+        for pool, replicas in desired.items():
+            self.desired_replicas.labels(pool, deployments[pool]).set(replicas)
+        for pool, by_state in (counts or {}).items():
+            for state, n in by_state.items():
+                self.replicas.labels(pool, state).set(n)
 
     def record_mode(self, mode: str) -> None:
         for candidate in MODES:

@@ -1,0 +1,685 @@
+"""Replica autoscaling: the engine twin's elastic fleet and the sidecar deciding desired replicas.
+
+The closed loops run over real HTTP on loopback between an elastic twin (``short-flash-crowd``)
+and the sidecar with an elastic linear policy that scales the strong pool by its replicas
+serving (up while few serve, down once more serve: with the provisioning delay it overshoots
+and comes back). Checked: the twin runs the desired replicas the sidecar published, each within
+the ``scaling`` bounds and at most ``max_step`` from the previous one; the sidecar's replica
+features are the ones :class:`~envs.contract.FleetSignalTracker` computes from the twin's true
+replica lifecycle, as the environment does; its budgets stay exact while new replicas start;
+the scale manifests, the desired-replicas gauge, the decision JSON and the audit log carry the
+desired replicas. Also: the twin's ``/v1/replicas`` validation, a provisioning replica's 503,
+Kubernetes Pod JSON -> lifecycle, and the start errors of an elastic policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from envs.contract import (
+    FleetSignalTracker,
+    ReplicaGauges,
+    ReplicaLifecycle,
+    neutral_knob_values,
+    replicas_knob_name,
+)
+from envs.fleet_env import LLMFleetEnv
+from envs.twin import EngineTwin
+from policies.sidecar.config import (
+    PodDiscoverySettings,
+    SidecarConfigError,
+    load_config,
+    twin_settings,
+)
+from policies.sidecar.discovery import (
+    DiscoveryError,
+    engine_of_pod,
+    lifecycle_of_pod,
+    lifecycle_of_state,
+    read_listing,
+)
+from policies.sidecar.loop import Sidecar
+from policies.sidecar.perf import FORBIDDEN_MODULES, linear_policy
+from policies.sidecar.server import SidecarServer
+from slo.engine import BudgetEngine
+
+pytest.importorskip("onnx", reason="the test policies are written with onnx (train extra)")
+
+SCENARIO = "short-flash-crowd"
+INTERVAL_S = 30.0
+CYCLES = 16
+SCALING = {
+    "strong": {"deployment": "vllm-strong", "namespace": "llm", "max_replicas": 5},
+    "cheap": {"deployment": "vllm-cheap", "namespace": "llm", "max_replicas": 2},
+}
+
+
+def http(url: str, body: object = None) -> tuple[int, dict | str]:
+    """(status, decoded JSON or text) of a GET, or of a POST of ``body`` as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, text, kind = response.status, response.read().decode(), response.headers
+    except urllib.error.HTTPError as err:
+        status, text, kind = err.code, err.read().decode(), err.headers
+    return status, json.loads(text) if "json" in kind["Content-Type"] else text
+
+
+class Webhook(ThreadingHTTPServer):
+    """Records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        super().__init__(("127.0.0.1", 0), _WebhookHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/decisions"
+
+
+class _WebhookHandler(BaseHTTPRequestHandler):
+    server: Webhook
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
+        length = int(self.headers["Content-Length"])
+        self.server.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base signature)
+        pass
+
+
+@pytest.fixture(scope="module")
+def contracts():
+    env = LLMFleetEnv(SCENARIO, elastic=True)
+    return env.observation_contract, env.action_contract, env.slo_spec
+
+
+def scaling_policy(path, contracts):
+    """A linear policy keeping every knob neutral but the replica knobs: the strong pool grows
+    while at most half its cap serves and shrinks beyond (``0.5 tanh(3 - 6 serving/cap)``), the
+    cheap pool always asks for more."""
+    observation, action, spec = contracts
+    units = action.encode(neutral_knob_values(action.names))
+    bias = np.arctanh(np.clip(units, -0.995, 0.995))
+    weights = np.zeros((observation.size, len(action.knobs)))
+    strong = action.names.index(replicas_knob_name("strong"))
+    bias[strong] = 3.0
+    weights[observation.feature_names.index("pool.strong.replicas_serving"), strong] = -6.0
+    bias[action.names.index(replicas_knob_name("cheap"))] = 1.0
+    return linear_policy(path, observation, action, spec, bias=bias, weights=weights)
+
+
+@pytest.fixture(scope="module")
+def policy_path(contracts, tmp_path_factory):
+    return scaling_policy(tmp_path_factory.mktemp("zoo") / "elastic.onnx", contracts)
+
+
+def elastic_config(policy, twin_url: str, tmp_path, **extra) -> dict:
+    """Sidecar settings for an elastic twin: its discovery, counters and control API, plus
+    router and scale manifests."""
+    settings = twin_settings(twin_url)
+    file_actuator = {
+        "path": str(tmp_path / "router.yaml"),
+        "pool": "llama-pool",
+        "model": "chat",
+        "strong_model": "llama-3-8b",
+        "cheap_model": "llama-3.2-1b",
+    }
+    settings["actuators"]["file"] = file_actuator
+    return {
+        "policy": str(policy),
+        "port": 0,
+        "interval_s": INTERVAL_S,
+        "scaling": copy.deepcopy(SCALING),
+        "audit_log": str(tmp_path / "audit.jsonl"),
+        **settings,
+        **extra,
+    }
+
+
+def expected_pool_features(contract, stats) -> dict:
+    """Pool features of the environment (``LLMFleetEnv._fleet_signals``) for these stats."""
+    pool = np.array([contract.pools.index(n) for n in stats.pool_names])
+    desired = np.zeros(len(contract.pools))
+    desired[pool] = stats.pool_desired
+    gauges = ReplicaGauges(
+        pool=pool[stats.pool],
+        healthy=stats.healthy,
+        kv_usage=stats.kv_usage,
+        kv_usage_mean=stats.kv_usage_mean,
+        waiting=stats.waiting,
+        running=stats.running,
+        max_num_seqs=stats.max_num_seqs,
+        lifecycle=stats.lifecycle,
+        pool_desired=desired,
+    )
+    return FleetSignalTracker(contract, INTERVAL_S).update(gauges, 0.0, 0.0).pools
+
+
+@pytest.fixture(scope="module")
+def closed_loop(policy_path, tmp_path_factory):
+    """The stepped loop (the twin's clock still, the test advancing it): what the checks need."""
+    tmp = tmp_path_factory.mktemp("loop")
+    twin = EngineTwin(SCENARIO, seed=3, speed=0.0)
+    twin.start()
+    sidecar = Sidecar(load_config(None, elastic_config(policy_path, twin.url, tmp)))
+    server = SidecarServer(sidecar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reference = BudgetEngine(twin.spec)  # the same budgets, fed request events directly
+    steps = []
+    try:
+        initial = dict(sidecar.desired)
+        for _ in range(CYCLES):
+            stats = twin.stats  # what discovery and the pages show (actuating changes it)
+            decision = sidecar.cycle(twin.now)
+            steps.append(
+                {
+                    "decision": decision,
+                    "stats": stats,
+                    "twin_desired": twin.sim.desired_replicas,
+                    "sidecar_burn": sidecar.observer.engine.burn_rates(),
+                    "reference_burn": reference.burn_rates(),
+                }
+            )
+            reference.ingest_events(twin.step(INTERVAL_S))
+            reference.advance_to(twin.now)
+        served = {path: http(f"{server.url}{path}")[1] for path in ("/metrics", "/v1/decision")}
+    finally:
+        server.shutdown()
+        sidecar.close()
+        twin.close()
+    records = [json.loads(line) for line in (tmp / "audit.jsonl").read_text().splitlines()]
+    return {"steps": steps, "initial": initial, "served": served, "records": records, "tmp": tmp}
+
+
+def test_the_twin_runs_the_desired_replicas_the_sidecar_published(closed_loop):
+    for step in closed_loop["steps"]:
+        decision = step["decision"]
+        assert decision.mode == "policy" and decision.actuated == {"file": "ok", "twin": "ok"}
+        assert step["twin_desired"] == decision.desired_replicas
+    published = [s["decision"].desired_replicas["strong"] for s in closed_loop["steps"]]
+    assert max(published) == SCALING["strong"]["max_replicas"]  # up to the bound...
+    assert published[-1] < max(published)  # ...and back down once the new replicas serve
+
+
+def test_published_replicas_stay_in_bounds_and_move_by_max_step(closed_loop):
+    previous = closed_loop["initial"]
+    guardrails = set()
+    for step in closed_loop["steps"]:
+        decision = step["decision"]
+        for pool, count in decision.desired_replicas.items():
+            assert 1 <= count <= SCALING[pool]["max_replicas"]
+            assert abs(count - previous[pool]) <= 1
+        guardrails |= {i.guardrail for i in decision.interventions}
+        previous = decision.desired_replicas
+    assert {"replica_step", "replica_bounds"} <= guardrails  # both limits were needed
+
+
+def test_replica_features_are_the_environments_of_the_twins_lifecycle(closed_loop, contracts):
+    contract = contracts[0]
+    states = set()
+    for step in closed_loop["steps"]:
+        expected = expected_pool_features(contract, step["stats"])
+        observed = step["decision"].observation.signals.pools
+        for pool in contract.pools:
+            for feature in contract.pool_features:
+                if feature != "kv_usage_mean":  # the sidecar averages samples, not time
+                    assert observed[pool][feature] == pytest.approx(expected[pool][feature])
+        states |= set(step["stats"].lifecycle[step["stats"].pool == 0].tolist())
+    assert {ReplicaLifecycle.PROVISIONING, ReplicaLifecycle.SERVING} <= states
+
+
+def test_budgets_stay_exact_while_new_replicas_start_serving(closed_loop):
+    # Until the first scale-down: a replica that stops takes the requests it ended since its
+    # last scrape with it (as a real one does).
+    steps = closed_loop["steps"]
+    strong = [s["decision"].desired_replicas["strong"] for s in steps]
+    first_down = next(k for k in range(1, len(steps)) if strong[k] < strong[k - 1])
+    scaling_up = steps[: first_down + 1]
+    assert any(s["stats"].pool_serving[0] > 2 for s in scaling_up)  # new replicas served
+    for step in scaling_up:
+        np.testing.assert_allclose(step["sidecar_burn"], step["reference_burn"], rtol=1e-9)
+
+
+def test_scale_manifests_are_deployment_patches(closed_loop):
+    final = closed_loop["steps"][-1]["decision"].desired_replicas
+    for pool, settings in SCALING.items():
+        path = closed_loop["tmp"] / f"llm.{settings['deployment']}.scale.yaml"
+        assert yaml.safe_load(path.read_text()) == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": settings["deployment"], "namespace": "llm"},
+            "spec": {"replicas": final[pool]},
+        }
+    assert list(yaml.safe_load_all((closed_loop["tmp"] / "router.yaml").read_text()))
+
+
+def test_desired_replicas_are_served_as_a_gauge_decision_and_audit(closed_loop):
+    final = closed_loop["steps"][-1]["decision"].desired_replicas
+    families = {
+        f.name: f for f in text_string_to_metric_families(closed_loop["served"]["/metrics"])
+    }
+    gauge = families["budgetpilot_sidecar_desired_replicas"]
+    assert gauge.type == "gauge"
+    assert {(s.labels["pool"], s.labels["deployment"]): s.value for s in gauge.samples} == {
+        (pool, s["deployment"]): final[pool] for pool, s in SCALING.items()
+    }
+    decision = closed_loop["served"]["/v1/decision"]
+    assert decision["desired_replicas"] == final
+    assert set(decision["observation"]["replica_counts"]) == {"strong", "cheap"}
+    records = closed_loop["records"]
+    assert [r["desired_replicas"] for r in records] == [
+        s["decision"].desired_replicas for s in closed_loop["steps"]
+    ]
+
+
+def test_a_live_loop_at_high_speed_keeps_twin_and_sidecar_in_step(policy_path, tmp_path):
+    """The twin's own clock at 120x and the sidecar's run loop every 0.25 s (30 simulated s)."""
+    with EngineTwin(SCENARIO, seed=5, speed=120.0) as twin:
+        twin.start()
+        config = elastic_config(
+            policy_path, twin.url, tmp_path, interval_s=0.25, scrape={"stale_after_s": 2.0}
+        )
+        sidecar = Sidecar(load_config(None, config))
+        stop = threading.Event()
+        runner = threading.Thread(target=sidecar.run, args=(stop,))
+        runner.start()
+        time.sleep(3.0)
+        stop.set()
+        runner.join(timeout=10)
+        sidecar.close()
+        assert twin.sim.desired_replicas == sidecar.desired
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len(records) >= 5
+    previous = None
+    for record in records:
+        desired = record["desired_replicas"]
+        assert all(1 <= desired[p] <= SCALING[p]["max_replicas"] for p in SCALING)
+        if previous is not None:
+            assert all(abs(desired[p] - previous[p]) <= 1 for p in SCALING)
+        previous = desired if record["actuated"].get("twin") == "ok" else previous
+    assert any(r["desired_replicas"]["strong"] > 2 for r in records)
+
+
+# ------------------------------------------------------------------------------------------------
+# The elastic twin
+
+
+@pytest.fixture(scope="module")
+def idle_twin():
+    with EngineTwin(SCENARIO, seed=1, speed=0.0) as engine_twin:
+        engine_twin.start()
+        yield engine_twin
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"desired": {"giant": 2}}, ["unknown pool 'giant'", "strong, cheap"]),
+        ({"desired": {"strong": 7}}, ["pool 'strong'", "7 outside [1, 6]"]),
+        ({"desired": {"cheap": 0}}, ["pool 'cheap'", "0 outside [1, 3]"]),
+        ({"desired": {"strong": 2.5}}, ["pool 'strong'", "whole number", "2.5"]),
+        ({"desired": {"strong": "3"}}, ["pool 'strong'", "whole number"]),
+        ({"desired": {"strong": True}}, ["pool 'strong'", "whole number"]),
+        ({"desired": {"strong": 3, "cheap": 4}}, ["pool 'cheap'", "4 outside [1, 3]"]),
+        ({"strong": 3}, ['expected {"desired"']),
+        ([3], ['expected {"desired"']),
+    ],
+)
+def test_bad_replica_updates_get_400_naming_pool_and_bound_and_change_nothing(
+    idle_twin, body, words
+):
+    before = idle_twin.replicas_state()
+    status, error = http(f"{idle_twin.url}/v1/replicas", body)
+    assert status == 400
+    for word in words:
+        assert word in error["error"]
+    assert idle_twin.replicas_state() == before == http(f"{idle_twin.url}/v1/replicas")[1]
+
+
+def test_a_fixed_twin_refuses_replicas_and_lists_its_engines_as_before():
+    with EngineTwin("steady", seed=1, speed=0.0) as fixed:
+        fixed.start()
+        for body in (None, {"desired": {"strong": 3}}):
+            status, error = http(f"{fixed.url}/v1/replicas", body)
+            assert status == 409 and "fixed fleet" in error["error"]
+        engines = http(f"{fixed.url}/engines")[1]
+        assert all(set(e) == set(engines[0]) and "state" not in e for e in engines)
+        assert fixed.sim.desired_replicas == {"strong": 2, "cheap": 1}
+
+
+def test_a_provisioning_replica_answers_503_then_serves_then_drains_and_goes():
+    with EngineTwin(SCENARIO, seed=2, speed=0.0) as twin:
+        url = twin.start()
+        assert http(f"{url}/v1/replicas", {"desired": {"strong": 3}})[0] == 200
+        listed = {e["name"]: e for e in http(f"{url}/engines")[1]}
+        assert listed["strong-2"]["state"] == "provisioning" and not listed["strong-2"]["healthy"]
+        assert {e["desired_replicas"] for e in listed.values() if e["pool"] == "strong"} == {3}
+        status, error = http(f"{url}/engines/strong-2/metrics")
+        assert status == 503 and "provisioning" in error["error"]
+        waited = 0.0
+        while {e["name"]: e for e in http(f"{url}/engines")[1]}["strong-2"]["state"] != "serving":
+            assert waited < 600.0, "the replica never became ready"
+            twin.step(10.0)
+            waited += 10.0
+        assert waited >= 120.0  # a Llama-3-8B replica needs minutes (node, weights, start)
+        twin.step(60.0)
+        status, page = http(f"{url}/engines/strong-2/metrics")
+        assert status == 200 and served_total(page) > 0
+        replicas = http(f"{url}/v1/replicas", {"desired": {"strong": 2}})[1]["replicas"]
+        assert replicas["strong"] == {"provisioning": 0, "serving": 2, "draining": 1}
+        draining = [e["name"] for e in http(f"{url}/engines")[1] if e["state"] == "draining"]
+        assert http(f"{url}/engines/{draining[0]}/metrics")[0] == 200  # still exporting
+        twin.step(120.0)  # its requests have ended: it stopped
+        strong = {e["name"] for e in http(f"{url}/engines")[1] if e["pool"] == "strong"}
+        assert strong == {"strong-0", "strong-1", "strong-2"} - {draining[0]}
+        status, error = http(f"{url}/engines/{draining[0]}/metrics")
+        assert status == 404 and "stopped" in error["error"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Lifecycle from discovery: Kubernetes Pods
+
+
+def served_total(page: str) -> float:
+    families = text_string_to_metric_families(page)
+    return sum(s.value for f in families if f.name == "vllm:request_success" for s in f.samples)
+
+
+def _pod(name: str, pool: str) -> dict:
+    """A Ready vLLM pod as ``kubectl get pod -o json`` shows it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "llm",
+            "uid": "0b9b7c8e-3f0e-4a59-9d6b-2d3c7e3f5a11",
+            "creationTimestamp": "2025-03-01T10:00:00Z",
+            "generateName": f"vllm-{pool}-7d9f8b6c5d-",
+            "labels": {
+                "app": f"vllm-{pool}",
+                "budgetpilot.io/pool": pool,
+                "pod-template-hash": "7d9f8b6c5d",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": f"vllm-{pool}-7d9f8b6c5d",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                    "uid": "5c1e2a9d-8b7f-4e3a-9c2d-1f0e6b5a4d33",
+                }
+            ],
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "vllm",
+                    "image": "vllm/vllm-openai:v0.8.5",
+                    "args": ["--model", "meta-llama/Llama-3.1-8B-Instruct"],
+                    "ports": [{"containerPort": 8000, "name": "http", "protocol": "TCP"}],
+                    "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+            "nodeName": "gpu-node-3",
+            "terminationGracePeriodSeconds": 120,
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True"},
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2025-03-01T10:04:12Z"},
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+            "hostIP": "10.0.1.5",
+            "podIP": "10.244.1.17",
+            "podIPs": [{"ip": "10.244.1.17"}],
+            "qosClass": "Burstable",
+            "startTime": "2025-03-01T10:00:03Z",
+        },
+    }
+
+
+def _pending(pod: dict) -> dict:
+    """Unschedulable: no node with a free GPU yet."""
+    pod["spec"].pop("nodeName")
+    pod["status"] = {
+        "phase": "Pending",
+        "qosClass": "Burstable",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    }
+    return pod
+
+
+def _loading(pod: dict) -> dict:
+    """Running, the readiness probe failing while the engine loads the weights."""
+    for condition in pod["status"]["conditions"]:
+        if condition["type"] in ("Ready", "ContainersReady"):
+            condition.update(status="False", reason="ContainersNotReady")
+    return pod
+
+
+def _terminating(pod: dict) -> dict:
+    """Scaled down: deletion requested, the grace period running."""
+    pod["metadata"].update(deletionTimestamp="2025-03-01T11:00:00Z", deletionGracePeriodSeconds=120)
+    return pod
+
+
+def _evicted(pod: dict) -> dict:
+    pod["status"].update(phase="Failed", reason="Evicted", message="The node was low on memory.")
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("variant", "lifecycle"),
+    [
+        (lambda p: p, ReplicaLifecycle.SERVING),
+        (_pending, ReplicaLifecycle.PROVISIONING),
+        (_loading, ReplicaLifecycle.PROVISIONING),
+        (_terminating, ReplicaLifecycle.DRAINING),
+        (lambda p: _terminating(_loading(p)), ReplicaLifecycle.DRAINING),
+        (_evicted, ReplicaLifecycle.STOPPED),
+    ],
+)
+def test_pod_status_gives_the_replica_lifecycle(variant, lifecycle):
+    assert lifecycle_of_pod(variant(_pod("vllm-strong-7d9f8b6c5d-x2k4p", "strong"))) == lifecycle
+
+
+def test_pods_become_engines_and_states_are_read_by_name():
+    settings = PodDiscoverySettings(max_num_seqs={"strong": 256, "cheap": 512})
+    engine = engine_of_pod(_pod("vllm-strong-7d9f8b6c5d-x2k4p", "strong"), settings)
+    assert (engine.name, engine.pool, engine.url, engine.max_num_seqs) == (
+        "vllm-strong-7d9f8b6c5d-x2k4p",
+        "strong",
+        "http://10.244.1.17:8000/metrics",
+        256,
+    )
+    assert engine_of_pod(_pending(_pod("p", "cheap")), settings).url is None  # no IP yet
+    pods = [
+        _pod("s-a", "strong"),
+        _loading(_pod("s-b", "strong")),
+        _terminating(_pod("s-c", "strong")),
+        _evicted(_pod("s-d", "strong")),
+        _pod("c-a", "cheap"),
+        _pod("x-a", "giant"),
+    ]
+    listing = read_listing({"apiVersion": "v1", "kind": "PodList", "items": pods}, settings)
+    assert [(e.name, e.lifecycle.name) for e in listing.engines] == [
+        ("s-a", "SERVING"),
+        ("s-b", "PROVISIONING"),
+        ("s-c", "DRAINING"),
+        ("c-a", "SERVING"),
+    ]
+    assert listing.reports_lifecycle and len(listing.problems) == 1
+    assert "pool 'giant' has no discovery.pods.max_num_seqs" in listing.problems[0]
+    assert lifecycle_of_state("draining") == ReplicaLifecycle.DRAINING
+    with pytest.raises(ValueError, match="'ready' is not one of provisioning, serving"):
+        lifecycle_of_state("ready")
+    with pytest.raises(DiscoveryError, match="expected a JSON list"):
+        read_listing({"kind": "Status", "message": "forbidden"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Start errors, holding, the kill switch, shadow mode, the fallback, restarts
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda c, t: c.update(scaling={"strong": SCALING["strong"]}), "scaling.cheap: the policy"),
+        (
+            lambda c, t: c["scaling"]["strong"].update(max_replicas=7),
+            "scaling.strong.max_replicas: 7 exceeds the policy's max_replicas 6",
+        ),
+        (lambda c, t: c["scaling"].update(giant=SCALING["cheap"]), "scaling.giant: not a pool"),
+        (lambda c, t: c.update(kill_knobs={"strong_replicas_change": 0.5}), "kill_knobs.strong"),
+        (
+            lambda c, t: c.update(
+                discovery=None,
+                engines=[
+                    {"name": e["name"], "url": e["metrics_url"], "pool": e["pool"]}
+                    | {"max_num_seqs": e["max_num_seqs"]}
+                    for e in t.engines()
+                ],
+            ),
+            "configure discovery",
+        ),
+    ],
+)
+def test_an_elastic_policy_that_cannot_scale_is_refused_at_start(
+    edit, words, policy_path, idle_twin, tmp_path
+):
+    config = elastic_config(policy_path, idle_twin.url, tmp_path)
+    edit(config, idle_twin)
+    with pytest.raises(SidecarConfigError, match=words.replace(".", r"\.")):
+        Sidecar(load_config(None, config))
+
+
+def test_an_elastic_policy_refuses_a_listing_without_lifecycle(policy_path, tmp_path):
+    with EngineTwin("steady", seed=1, speed=0.0, elastic=False) as fixed:
+        fixed.start()
+        config = elastic_config(policy_path, fixed.url, tmp_path)
+        config.update(engines=[], discovery={"url": f"{fixed.url}/engines"})
+        with pytest.raises(SidecarConfigError, match="does not give every engine's lifecycle"):
+            Sidecar(load_config(None, config))
+
+
+def test_hold_kill_shadow_and_fallback_keep_or_follow_the_replicas(
+    policy_path, contracts, tmp_path
+):
+    with EngineTwin(SCENARIO, seed=4, speed=0.0) as twin:
+        twin.start()
+        hook = Webhook()
+        state = {"directory": str(tmp_path / "state")}
+        config = elastic_config(
+            policy_path, twin.url, tmp_path, fallback={"baseline": "hpa"}, state=state
+        )
+        config["actuators"]["webhook"] = {"url": hook.url}
+        sidecar = Sidecar(load_config(None, config))
+        t0 = twin.now
+        grown = sidecar.cycle(t0).desired_replicas
+        assert grown == twin.sim.desired_replicas == {"strong": 3, "cheap": 2}
+        assert hook.bodies[-1]["desired_replicas"] == grown
+        held = sidecar.decide(t0 + 60.0)  # no scrape since: stale metrics
+        assert held.mode == "hold" and held.desired_replicas == grown
+        fallback = sidecar.decide(t0 + 600.0)
+        assert fallback.mode == "fallback" and "'hpa'" in fallback.reason
+        sidecar.set_kill_switch(True)
+        killed = sidecar.cycle(t0 + 630.0)
+        assert killed.mode == "kill" and killed.desired_replicas == grown
+        sidecar.set_kill_switch(False)
+        sidecar.set_shadow(True)
+        twin.set_replicas({"desired": {"strong": 1}})  # someone else scales down meanwhile
+        stats = twin.stats
+        shadow = sidecar.cycle(t0 + 660.0)
+        assert set(shadow.actuated.values()) == {"skipped: shadow mode"}
+        assert len(hook.bodies) == 2  # the first decision and the kill switch's
+        counts = shadow.observation.replica_counts["strong"]
+        assert counts == {"provisioning": 0, "serving": 1, "draining": 1}
+        expected = expected_pool_features(contracts[0], stats)["strong"]
+        observed = shadow.observation.signals.pools["strong"]
+        for feature in ("replicas_draining", "replicas_desired", "healthy_fraction"):
+            assert observed[feature] == pytest.approx(expected[feature])
+        assert shadow.desired_replicas == {"strong": 2, "cheap": 2}  # decided from the fleet's
+        assert twin.sim.desired_replicas == sidecar.desired == {"strong": 1, "cheap": 2}
+        sidecar.set_shadow(False)
+        sidecar.close()  # saves the desired replicas in force
+        twin.set_replicas({"desired": {"strong": 4}})
+        restarted = Sidecar(load_config(None, config))
+        assert restarted.desired == {"strong": 1, "cheap": 2}  # its own, not the listing's
+        restarted.close()
+        hook.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line and the example config
+
+
+def test_the_cli_runs_an_elastic_policy_without_the_training_stack(
+    policy_path, idle_twin, tmp_path
+):
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(yaml.safe_dump({"policy": str(policy_path), "scaling": SCALING}))
+    code = (
+        "import sys, json\n"
+        "from eval.cli import app\n"
+        f"app(['sidecar', '--config', {str(config)!r}, '--twin', {idle_twin.url!r}, '--once',"
+        " '--shadow'], standalone_mode=False)\n"
+        f"print(json.dumps([m for m in {list(FORBIDDEN_MODULES)!r} if m in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    decision = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
+    assert decision["mode"] == "policy" and decision["desired_replicas"] == {
+        "strong": 3,
+        "cheap": 2,
+    }
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert idle_twin.sim.desired_replicas == {"strong": 2, "cheap": 1}  # shadow: untouched
+
+
+def test_the_example_configs_elastic_section_is_valid():
+    text = (Path(__file__).resolve().parents[1] / "policies/sidecar/example.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# discovery:")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("# Published"))
+    uncommented = [line[2:] for line in lines[start:end] if line.startswith("# ")]
+    yaml_lines = [line for line in uncommented if re.match(r" |[a-z_]+:", line)]  # not prose
+    data = yaml.safe_load(text) | yaml.safe_load("\n".join(yaml_lines))
+    data.pop("engines")  # discovery lists them
+    config = load_config(None, data)
+    assert config.discovery.pods.max_num_seqs == {"strong": 256, "cheap": 512}
+    assert {p: s.max_replicas for p, s in config.scaling.items()} == {"strong": 6, "cheap": 3}
