@@ -68,9 +68,9 @@ from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, KnobSpec
 from envs.fleet_env import LLMFleetEnv, sim_knobs
 from envs.scenarios import env_kwargs_for
 from envs.sim import FleetStats, ReplicaState
-from slo.events import REQUEST_EVENT_DTYPE, empty_events
+from slo.events import REQUEST_EVENT_DTYPE, Outcome, empty_events
 from slo.exposition import ExpositionRenderer
-from slo.metrics import load_mapping
+from slo.metrics import BUILTIN_MAPPINGS, load_mapping
 from slo.spec import ServiceSpec
 
 _log = logging.getLogger(__name__)
@@ -79,38 +79,24 @@ _log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class EngineDialect:
-    """Scheduler metrics of one engine family: (name, HELP) of each, and the constant labels
-    besides the model label. The request histograms' names come from the metric mapping."""
-
-    kv_usage_help: str
-    waiting: tuple[str, str]
-    running: tuple[str, str]
-    preemptions: tuple[str, str]  # a counter: samples are exposed with ``_total``
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-_VLLM = {
-    "kv_usage_help": "KV-cache usage. 1 means 100 percent usage.",
-    "waiting": ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
-    "running": ("vllm:num_requests_running", "Number of requests in model execution batches."),
-    "preemptions": ("vllm:num_preemptions", "Cumulative number of preemption from the engine."),
+#: HELP texts of the engines' gauges and counters, by metric name (presentation: the names
+#: come from the metric mappings of :mod:`slo.metrics`, which the sidecar reads too).
+ENGINE_HELP: dict[str, str] = {
+    "vllm:kv_cache_usage_perc": "KV-cache usage. 1 means 100 percent usage.",
+    "vllm:gpu_cache_usage_perc": "KV-cache usage. 1 means 100 percent usage.",
+    "vllm:num_requests_waiting": "Number of requests waiting to be processed.",
+    "vllm:num_requests_running": "Number of requests in model execution batches.",
+    "vllm:num_preemptions_total": "Cumulative number of preemption from the engine.",
+    "sglang:token_usage": "The token usage.",
+    "sglang:num_queue_reqs": "The number of requests in the waiting queue.",
+    "sglang:num_running_reqs": "The number of running requests.",
+    "sglang:num_retracted_requests_total": "Total number of retracted requests.",
+    "sglang:num_requests_total": "Number of requests processed.",
 }
-_SGLANG = {
-    "kv_usage_help": "The token usage.",
-    "waiting": ("sglang:num_queue_reqs", "The number of requests in the waiting queue."),
-    "running": ("sglang:num_running_reqs", "The number of running requests."),
-    "preemptions": ("sglang:num_retracted_requests", "Total number of retracted requests."),
-}
-#: Per built-in metric mapping: vLLM v1 labels every series with ``model_name`` and the engine
-#: index (one engine per server here); vLLM v0 and SGLang with ``model_name`` only.
-DIALECTS: dict[str, EngineDialect] = {
-    "vllm": EngineDialect(**_VLLM, labels=(("engine", "0"),)),
-    "vllm-legacy": EngineDialect(**_VLLM),
-    "sglang": EngineDialect(**_SGLANG),
-    "sglang-legacy": EngineDialect(**_SGLANG),
-}
+#: Constant labels of every engine series besides the model label, per built-in mapping: vLLM
+#: v1 labels them with the engine index (one engine per server here); vLLM v0 and SGLang have
+#: ``model_name`` only.
+ENGINE_LABELS: dict[str, tuple[tuple[str, str], ...]] = {"vllm": (("engine", "0"),)}
 
 
 class KnobError(ValueError):
@@ -308,40 +294,63 @@ class _Page:
 
 
 class _Engine(_Page):
-    """One replica's engine process: request metrics, scheduler gauges and the preemption
-    counter. :meth:`restart` starts a new process (counters from zero)."""
+    """One replica's engine process: request metrics, scheduler gauges (KV-cache usage, waiting,
+    running) and counters (preemptions; finished requests when the mapping counts them apart
+    from ``request_success``), named by the metric mapping. :meth:`restart` starts a new process
+    (counters from zero)."""
 
     def __init__(self, twin: EngineTwin, info: ReplicaInfo, healthy: bool) -> None:
         super().__init__()
         self.twin, self.info, self.up = twin, info, healthy
-        self.label_names = [twin.mapping.model_label, *(k for k, _ in twin.dialect.labels)]
-        self.label_values = [info.model, *(v for _, v in twin.dialect.labels)]
+        mapping = twin.mapping
+        self.constant_labels = ENGINE_LABELS.get(mapping.name, ())
+        self.label_names = [mapping.model_label, *(k for k, _ in self.constant_labels)]
+        self.label_values = [info.model, *(v for _, v in self.constant_labels)]
+        # vLLM's finished requests are request_success, which the exposition renders already.
+        counted_apart = mapping.finished != mapping.request_success
+        self.finished_name = mapping.finished if counted_apart else None
         self.restart(twin.stats)
 
     def restart(self, stats: FleetStats) -> None:
         twin = self.twin
-        labels = dict(twin.dialect.labels)
+        labels = dict(self.constant_labels)
         renderer = ExpositionRenderer(twin.spec, twin.mapping, labels=labels, budget_counters=False)
         self.exposition = _LazyExposition(renderer)
         self.preemptions0 = int(stats.preemptions[self.info.index])
+        self.finished = 0
+
+    def add(self, events: np.ndarray) -> None:
+        """Account the request events this replica ended."""
+        self.exposition.add(events)
+        if self.finished_name is not None:
+            self.finished += int(np.count_nonzero(_finished_by_engine(events)))
 
     def collect(self) -> Iterator[Metric]:
-        """Scheduler gauges and the preemption counter, from the last tick's fleet stats."""
-        stats, r, dialect = self.twin.stats, self.info.index, self.twin.dialect
+        """Scheduler gauges and counters, from the last tick's fleet stats."""
+        stats, r, mapping = self.twin.stats, self.info.index, self.twin.mapping
         gauges = (
-            (self.twin.mapping.kv_cache_usage, dialect.kv_usage_help, stats.kv_usage[r]),
-            (*dialect.waiting, stats.waiting[r]),
-            (*dialect.running, stats.running[r]),
+            (mapping.kv_cache_usage, stats.kv_usage[r]),
+            (mapping.waiting, stats.waiting[r]),
+            (mapping.running, stats.running[r]),
         )
-        for name, help_text, value in gauges:
-            if name is None:
-                continue
-            family = GaugeMetricFamily(name, help_text, labels=self.label_names)
-            family.add_metric(self.label_values, float(value))
-            yield family
-        family = CounterMetricFamily(*dialect.preemptions, labels=self.label_names)
-        family.add_metric(self.label_values, float(stats.preemptions[r] - self.preemptions0))
-        yield family
+        counters = (
+            (mapping.preemptions, stats.preemptions[r] - self.preemptions0),
+            (self.finished_name, self.finished),
+        )
+        for kind, series in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+            for name, value in series:
+                if name is None:
+                    continue
+                family = kind(name, ENGINE_HELP[name], labels=self.label_names)
+                family.add_metric(self.label_values, float(value))
+                yield family
+
+
+def _finished_by_engine(events: np.ndarray) -> np.ndarray:
+    """Which requests an engine finished: served, or aborted once it held them (what vLLM's
+    ``request_success`` counts, :mod:`slo.exposition`; failed ones died with the engine)."""
+    outcome = events["outcome"]
+    return (outcome == Outcome.SERVED) | ((outcome == Outcome.ABORTED) & (events["tier"] >= 0))
 
 
 class _Router(_Page):
@@ -382,7 +391,8 @@ class EngineTwin:
         the router counters are per SLO. Default: :func:`slo.default_spec`.
     mapping:
         Built-in metric mapping of the engines: ``vllm`` (v1 names), ``vllm-legacy``,
-        ``sglang`` or ``sglang-legacy``.
+        ``sglang`` or ``sglang-legacy`` (:data:`slo.metrics.BUILTIN_MAPPINGS`: the request
+        histograms' and the scheduler metrics' names, which the sidecar reads too).
     tick_s:
         Simulated seconds per increment: gauges move and knob changes apply at this grid.
     warmup_s:
@@ -405,8 +415,10 @@ class EngineTwin:
         warmup_s: float = 600.0,
         elastic: bool | None = None,
     ) -> None:
-        if mapping not in DIALECTS:
-            raise ValueError(f"unknown mapping {mapping!r}; the twin speaks {', '.join(DIALECTS)}")
+        if mapping not in BUILTIN_MAPPINGS:
+            raise ValueError(
+                f"unknown mapping {mapping!r}; the twin speaks {', '.join(BUILTIN_MAPPINGS)}"
+            )
         if not (math.isfinite(speed) and speed >= 0):
             raise ValueError(f"speed must be a finite number >= 0, got {speed}")
         if not (math.isfinite(tick_s) and tick_s > 0):
@@ -424,7 +436,7 @@ class EngineTwin:
         }
         #: Replica slots of every pool: the most replicas it may have.
         self.max_replicas = {p.name: p.replica_slots for p in self.setup.config.pools}
-        self.mapping, self.dialect = load_mapping(mapping), DIALECTS[mapping]
+        self.mapping = load_mapping(mapping)
         rollout = self.setup.rollout_at_s
         self._rollout_pending = rollout is not None and rollout > self.sim.now
         self.stats = self.sim.fleet_stats()
@@ -501,7 +513,7 @@ class EngineTwin:
         lock and has just refreshed :attr:`stats`)."""
         replica = events["replica"]
         for engine, running in zip(self._engines, _running(self.stats), strict=True):
-            engine.exposition.add(events[replica == engine.info.index])
+            engine.add(events[replica == engine.info.index])
             if engine.up and not running:
                 engine.restart(self.stats)  # the process died with what it had counted
             engine.up = running

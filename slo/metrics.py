@@ -56,7 +56,11 @@ class MetricMapping:
     """Metric names of one serving engine (None: the engine does not export that metric).
 
     Histogram names are base names (without ``_bucket``/``_count``); counters are sample names
-    (with ``_total``).
+    (with ``_total``). Besides the request metrics the SLOs are fed from, the scheduler's:
+    ``waiting`` and ``running`` (gauges: requests queued, requests in the running batch),
+    ``preemptions`` (counter: requests preempted, their KV cache freed to be recomputed or
+    swapped back later) and ``finished`` (counter: requests finished, whatever the reason). The
+    engine twin renders these names and the sidecar reads them.
     """
 
     name: str
@@ -66,10 +70,36 @@ class MetricMapping:
     tpot_request: str | None = None
     request_success: str | None = None
     kv_cache_usage: str | None = None
+    waiting: str | None = None
+    running: str | None = None
+    preemptions: str | None = None
+    finished: str | None = None
     model_label: str = "model_name"
     sli_events: str = "budgetpilot:sli_events_total"
     tenant_sli_events: str = "budgetpilot:tenant_sli_events_total"
 
+
+#: Fields naming histograms (base names) and fields that must name something.
+_HISTOGRAM_FIELDS = ("ttft", "itl", "e2e", "tpot_request")
+_REQUIRED_FIELDS = ("name", "model_label", "sli_events", "tenant_sli_events")
+
+_VLLM_SCHEDULER = {
+    "waiting": "vllm:num_requests_waiting",
+    "running": "vllm:num_requests_running",
+    "preemptions": "vllm:num_preemptions_total",
+    "finished": "vllm:request_success_total",
+}
+# SGLang preempts by retracting requests (their KV cache freed, to be recomputed). Recent SGLang
+# counts them in sglang:num_retracted_requests_total (its series appears at the first
+# retraction); older SGLang has only the gauge sglang:num_retracted_reqs, reset on every publish
+# (unusable as a counter): for it, a custom mapping sets ``preemptions: null`` (no preemptions
+# observed).
+_SGLANG_SCHEDULER = {
+    "waiting": "sglang:num_queue_reqs",
+    "running": "sglang:num_running_reqs",
+    "preemptions": "sglang:num_retracted_requests_total",
+    "finished": "sglang:num_requests_total",
+}
 
 BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
     "vllm": MetricMapping(
@@ -80,6 +110,7 @@ BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
         tpot_request="vllm:request_time_per_output_token_seconds",
         request_success="vllm:request_success_total",
         kv_cache_usage="vllm:kv_cache_usage_perc",
+        **_VLLM_SCHEDULER,
     ),
     # vLLM before inter_token_latency existed: time_per_output_token was observed per token.
     "vllm-legacy": MetricMapping(
@@ -89,6 +120,7 @@ BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
         e2e="vllm:e2e_request_latency_seconds",
         request_success="vllm:request_success_total",
         kv_cache_usage="vllm:gpu_cache_usage_perc",
+        **_VLLM_SCHEDULER,
     ),
     "sglang": MetricMapping(
         name="sglang",
@@ -96,6 +128,7 @@ BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
         itl="sglang:inter_token_latency_seconds",
         e2e="sglang:e2e_request_latency_seconds",
         kv_cache_usage="sglang:token_usage",
+        **_SGLANG_SCHEDULER,
     ),
     "sglang-legacy": MetricMapping(
         name="sglang-legacy",
@@ -103,14 +136,23 @@ BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
         itl="sglang:time_per_output_token_seconds",
         e2e="sglang:e2e_request_latency_seconds",
         kv_cache_usage="sglang:token_usage",
+        **_SGLANG_SCHEDULER,
     ),
 }
 
 
 def load_mapping(source: str | Path | Mapping[str, Any] | MetricMapping) -> MetricMapping:
     """A mapping by built-in name (``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``),
-    from a YAML file, or from a dict. A dict or file may set ``base: <built-in>`` and override
-    some names; unknown keys are refused."""
+    from a YAML file, or from a dict. A dict or file may set ``base: <built-in>`` (default
+    ``vllm``) and override some names (``null``: the engine does not export that metric).
+
+    Raises
+    ------
+    ValueError
+        Naming the problem: an unknown built-in or missing file, an unknown ``base`` or key, a
+        name that is not a string (or null where allowed), a histogram named with a sample
+        suffix (``_bucket``, ``_count``, ``_sum``).
+    """
     if isinstance(source, MetricMapping):
         return source
     if isinstance(source, str) and source in BUILTIN_MAPPINGS:
@@ -122,20 +164,46 @@ def load_mapping(source: str | Path | Mapping[str, Any] | MetricMapping) -> Metr
                 f"unknown metric mapping {str(source)!r}: not a built-in "
                 f"({', '.join(BUILTIN_MAPPINGS)}) nor a file"
             )
-        source = yaml.safe_load(path.read_text()) or {}
+        try:
+            source = yaml.safe_load(path.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"metric mapping file {path}: cannot read it: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"metric mapping file {path}: not valid YAML: {exc}") from None
         if not isinstance(source, Mapping):
             raise ValueError(f"metric mapping file {path} must hold a mapping")
     overrides = dict(source)
     base_name = overrides.pop("base", "vllm")
-    if base_name not in BUILTIN_MAPPINGS:
-        raise ValueError(f"metric mapping base {base_name!r} is not a built-in mapping")
+    if not isinstance(base_name, str) or base_name not in BUILTIN_MAPPINGS:
+        raise ValueError(
+            f"metric mapping base {base_name!r} is not a built-in mapping "
+            f"({', '.join(BUILTIN_MAPPINGS)})"
+        )
     known = {f.name for f in fields(MetricMapping)}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown metric mapping keys: {sorted(unknown)} (known: {sorted(known)})")
-    return replace(
-        BUILTIN_MAPPINGS[base_name], name=str(overrides.pop("name", "custom")), **overrides
-    )
+        raise ValueError(
+            f"unknown metric mapping keys: {sorted(map(str, unknown))} (known: {sorted(known)})"
+        )
+    overrides.setdefault("name", "custom")
+    for key, value in overrides.items():
+        _check_name(key, value)
+    return replace(BUILTIN_MAPPINGS[base_name], **overrides)
+
+
+def _check_name(key: str, value: Any) -> None:
+    """Refuse a metric mapping entry that cannot be a metric name (see :func:`load_mapping`)."""
+    if value is None and key not in _REQUIRED_FIELDS:
+        return
+    if not isinstance(value, str) or not value:
+        allowed = "a non-empty string" + ("" if key in _REQUIRED_FIELDS else " or null")
+        raise ValueError(f"metric mapping key {key!r}: expected {allowed}, got {value!r}")
+    if key in _HISTOGRAM_FIELDS and value.endswith(("_bucket", "_count", "_sum")):
+        base = value.rsplit("_", 1)[0]
+        raise ValueError(
+            f"metric mapping key {key!r}: a histogram is named by its base name ({base!r}), "
+            f"not a sample name ({value!r})"
+        )
 
 
 @dataclass(frozen=True)

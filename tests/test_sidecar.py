@@ -139,6 +139,15 @@ def assert_in_contract(sidecar: Sidecar, decision) -> None:
         (lambda c: c.update(host="0.0.0.0"), "token"),
         (lambda c: c.update(engines=[]), "engines"),
         (lambda c: c.update(guardrails={"max_step": 2}), "guardrails.max_step"),
+        (lambda c: c.update(mapping="tgi"), "mapping: unknown metric mapping 'tgi'"),
+        (
+            lambda c: c.update(mapping={"base": "sglang", "preemptions": 5}),
+            "mapping: metric mapping key 'preemptions': expected a non-empty string or null",
+        ),
+        (
+            lambda c: c.update(signals={"preemptions": None}),
+            "signals: preemptions: engine metric names are set in the metric mapping",
+        ),
     ],
 )
 def test_invalid_config_is_refused_naming_the_field(edit, message, policy_path, fleet, monkeypatch):
@@ -168,12 +177,21 @@ def test_binding_beyond_loopback_needs_a_token(policy_path, fleet, monkeypatch):
     ("extra", "message"),
     [
         ({"counters": []}, "need budgetpilot counters"),
-        ({"mapping": "sglang"}, "signals.preemptions"),
+        ({"mapping": {"base": "sglang", "waiting": None}}, "mapping.waiting: mapping 'custom'"),
+        ({"mapping": {"finished": None}}, r"mapping.finished\) and no arrivals counter"),
         ({"guardrails": {"bounds": {"warp_speed": [0, 1]}}}, "guardrails.bounds.warp_speed"),
         ({"guardrails": {"bounds": {"cheap_tier_share": [0, 2]}}}, "leaves the knob's range"),
         ({"initial_knobs": {"admission_limit": 10.0}}, "initial_knobs.admission_limit"),
         ({"fallback": {"baseline": "oracle"}}, "fallback.baseline"),
         ({"fallback": {"baseline": "reactive", "params": {"kv_hi": 1}}}, "fallback.params"),
+        (
+            {"actuators": {"scale": {"directory": "scale"}}},
+            r"actuators.scale: the policy does not scale pools .* remove actuators.scale",
+        ),
+        (
+            {"scaling": {"strong": {"deployment": "vllm-strong", "max_replicas": 4}}},
+            "scaling: the policy does not scale pools",
+        ),
     ],
 )
 def test_config_that_cannot_serve_the_policy_is_refused(extra, message, policy_path, fleet):

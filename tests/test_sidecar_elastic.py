@@ -44,6 +44,7 @@ from policies.sidecar.config import (
     PodDiscoverySettings,
     SidecarConfigError,
     load_config,
+    twin_scaling,
     twin_settings,
 )
 from policies.sidecar.discovery import (
@@ -145,7 +146,7 @@ def elastic_config(policy, twin_url: str, tmp_path, **extra) -> dict:
         "strong_model": "llama-3-8b",
         "cheap_model": "llama-3.2-1b",
     }
-    settings["actuators"]["file"] = file_actuator
+    settings["actuators"] |= {"file": file_actuator, "scale": {"directory": str(tmp_path)}}
     return {
         "policy": str(policy),
         "port": 0,
@@ -215,7 +216,8 @@ def closed_loop(policy_path, tmp_path_factory):
 def test_the_twin_runs_the_desired_replicas_the_sidecar_published(closed_loop):
     for step in closed_loop["steps"]:
         decision = step["decision"]
-        assert decision.mode == "policy" and decision.actuated == {"file": "ok", "twin": "ok"}
+        assert decision.mode == "policy"
+        assert decision.actuated == {"file": "ok", "scale": "ok", "twin": "ok"}
         assert step["twin_desired"] == decision.desired_replicas
     published = [s["decision"].desired_replicas["strong"] for s in closed_loop["steps"]]
     assert max(published) == SCALING["strong"]["max_replicas"]  # up to the bound...
@@ -319,6 +321,83 @@ def test_a_live_loop_at_high_speed_keeps_twin_and_sidecar_in_step(policy_path, t
             assert all(abs(desired[p] - previous[p]) <= 1 for p in SCALING)
         previous = desired if record["actuated"].get("twin") == "ok" else previous
     assert any(r["desired_replicas"]["strong"] > 2 for r in records)
+
+
+def test_the_scale_actuator_alone_writes_the_manifests(policy_path, idle_twin, tmp_path):
+    config = elastic_config(policy_path, idle_twin.url, tmp_path / "audit")
+    config["actuators"] = {"scale": {"directory": str(tmp_path / "scale")}}
+    sidecar = Sidecar(load_config(None, config))
+    decision = sidecar.cycle(idle_twin.now)
+    sidecar.close()
+    assert decision.actuated == {"scale": "ok"} and sidecar.desired == decision.desired_replicas
+    written = {
+        path.name: yaml.safe_load(path.read_text()) for path in (tmp_path / "scale").iterdir()
+    }
+    assert written == {
+        f"llm.{s['deployment']}.scale.yaml": {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": s["deployment"], "namespace": "llm"},
+            "spec": {"replicas": decision.desired_replicas[pool]},
+        }
+        for pool, s in SCALING.items()
+    }
+    assert decision.desired_replicas != idle_twin.sim.desired_replicas  # the twin was not told
+
+
+def test_scaling_defaults_come_from_the_twin_unless_configured(
+    policy_path, contracts, idle_twin, tmp_path
+):
+    config = elastic_config(policy_path, idle_twin.url, tmp_path)
+    configured = load_config(None, config)
+    del config["scaling"]
+    unconfigured = load_config(None, config)
+    caps = dict(zip(contracts[0].pools, contracts[0].max_replicas, strict=True))
+    assert caps == idle_twin.max_replicas == {"strong": 6, "cheap": 3}
+    assert twin_scaling(unconfigured, idle_twin.url) == {
+        pool: {"deployment": pool, "min_replicas": 1, "max_replicas": cap, "max_step": 1}
+        for pool, cap in caps.items()
+    }
+    assert twin_scaling(configured, idle_twin.url) == {}  # the config wins
+    with EngineTwin("steady", seed=1, speed=0.0) as fixed:
+        fixed.start()
+        with pytest.raises(SidecarConfigError, match="runs a fixed fleet .* --elastic"):
+            twin_scaling(unconfigured, fixed.url)
+
+
+def test_the_cli_scales_the_twin_with_only_a_policy(policy_path, contracts, tmp_path):
+    """``budgetpilot sidecar --policy P --twin URL``: no config file; the twin (at 120x) is the
+    discovery, each pool scales within [1, the policy's cap], and the twin's desired replicas
+    end where the audit log says the last decision put them."""
+    audit = tmp_path / "audit.jsonl"
+    caps = dict(zip(contracts[0].pools, contracts[0].max_replicas, strict=True))
+    with EngineTwin(SCENARIO, seed=6, speed=120.0) as twin:
+        twin.start()
+        initial = twin.sim.desired_replicas
+        arguments = ["sidecar", "--policy", str(policy_path), "--twin", twin.url, "--port", "0"]
+        arguments += ["--interval", "0.25", "--audit-log", str(audit)]
+        code = f"from eval.cli import app\napp({arguments!r})\n"
+        process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60.0
+            while not audit.exists() or len(audit.read_text().splitlines()) < 6:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "the sidecar made no decisions"
+                time.sleep(0.1)
+        finally:
+            process.terminate()
+            _, errors = process.communicate(timeout=30)
+        assert process.returncode == 0, errors
+        final = twin.sim.desired_replicas
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    previous = initial
+    for record in records:
+        assert record["actuated"] == {"twin": "ok"}
+        desired = record["desired_replicas"]
+        assert all(1 <= desired[p] <= caps[p] for p in caps)
+        assert all(abs(desired[p] - previous[p]) <= 1 for p in caps)
+        previous = desired
+    assert final == records[-1]["desired_replicas"] != initial
 
 
 # ------------------------------------------------------------------------------------------------
@@ -680,6 +759,9 @@ def test_the_example_configs_elastic_section_is_valid():
     yaml_lines = [line for line in uncommented if re.match(r" |[a-z_]+:", line)]  # not prose
     data = yaml.safe_load(text) | yaml.safe_load("\n".join(yaml_lines))
     data.pop("engines")  # discovery lists them
+    scale = next(line for line in lines if line.startswith("  # scale:"))
+    data["actuators"] |= yaml.safe_load(scale.replace("# ", "", 1))
     config = load_config(None, data)
     assert config.discovery.pods.max_num_seqs == {"strong": 256, "cheap": 512}
     assert {p: s.max_replicas for p, s in config.scaling.items()} == {"strong": 6, "cheap": 3}
+    assert config.actuators.scale.directory == Path("/etc/budgetpilot/scale")

@@ -6,7 +6,8 @@ them, decides and sets the twin's knobs. Checked: the knobs in force in the twin
 sidecar's published decision; the sidecar's burn rates equal those of an error-budget engine
 fed the twin's request events directly; its fleet features are the twin's replica gauges and
 arrivals; and re-running the policy in-process on the audited observations gives the actions
-the sidecar took (before guardrails).
+the sidecar took (before guardrails). The preemptions (SGLang: retractions) the twin's pages
+count are the sidecar's preemption signal, both naming them by the same metric mapping.
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ CYCLES = 8
 INTERVAL_S = 30.0
 
 
-#: Per engine family: the signals its pages name differently from the defaults.
-SIGNALS = {
-    "vllm": {},
-    "vllm-legacy": {},
-    "sglang": {"preemptions": "sglang:num_retracted_requests_total"},
-}
+#: Metric mappings of the closed loops (the sidecar reads the names the twin renders).
+MAPPINGS = ("sglang", "vllm", "vllm-legacy")
 
 
 #: The shipped reference policy (a real exported PPO actor).
@@ -44,7 +41,7 @@ ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx
 
 @pytest.fixture(
     scope="module",
-    params=[*((mapping, "linear") for mapping in sorted(SIGNALS)), ("vllm", "zoo")],
+    params=[*((mapping, "linear") for mapping in MAPPINGS), ("vllm", "zoo")],
     ids=lambda p: "-".join(p),
 )
 def closed_loop(request, tmp_path_factory):
@@ -60,7 +57,6 @@ def closed_loop(request, tmp_path_factory):
     twin.start()
     audit = tmp / "audit.jsonl"
     settings = twin_settings(twin.url)
-    settings["signals"].update(SIGNALS[mapping])
     config = load_config(
         None,
         {
@@ -138,3 +134,29 @@ def test_the_policy_in_process_repeats_the_audited_actions(closed_loop):
     for record in records:
         vector = np.asarray(record["observation"]["vector"], dtype=np.float32)
         np.testing.assert_array_equal(policy.act(vector), np.float32(record["raw_action"]))
+
+
+@pytest.mark.parametrize("mapping", ["vllm", "sglang"])  # the legacy mappings name them alike
+def test_the_twins_pages_feed_the_sidecars_preemptions(mapping, tmp_path):
+    """Preemptions (SGLang: retractions) counted by the twin's replicas are the sidecar's
+    preemption signal, read by the names of the same metric mapping (no signal override)."""
+    policy_path = linear_policy(tmp_path / "linear.onnx", *fleet_contracts(), seed=5, scale=0.0)
+    with EngineTwin("heavy-prompts", seed=11, speed=0.0, mapping=mapping) as twin:
+        twin.start()
+        settings = twin_settings(twin.url)
+        config = {"policy": str(policy_path), "interval_s": INTERVAL_S, "mapping": mapping}
+        sidecar = Sidecar(load_config(None, config | settings | {"shadow": True}))
+        try:
+            sidecar.cycle(twin.now)  # the counters' baseline
+            seen = []
+            for _ in range(4):
+                before = twin.stats.preemptions.sum()
+                twin.step(INTERVAL_S)
+                decision = sidecar.cycle(twin.now)
+                seen.append(
+                    (decision.observation.preemptions, twin.stats.preemptions.sum() - before)
+                )
+        finally:
+            sidecar.close()
+    assert [observed for observed, _ in seen] == [float(counted) for _, counted in seen]
+    assert sum(counted for _, counted in seen) > 0, seen

@@ -310,6 +310,54 @@ def test_builtin_mappings_name_vllm_and_sglang_metrics():
     assert set(BUILTIN_MAPPINGS) == {"vllm", "vllm-legacy", "sglang", "sglang-legacy"}
 
 
+def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
+    scheduler = {
+        name: (m.waiting, m.running, m.preemptions, m.finished)
+        for name, m in BUILTIN_MAPPINGS.items()
+    }
+    vllm = (
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:num_preemptions_total",
+        "vllm:request_success_total",
+    )
+    sglang = (
+        "sglang:num_queue_reqs",
+        "sglang:num_running_reqs",
+        "sglang:num_retracted_requests_total",  # not the gauge sglang:num_retracted_reqs
+        "sglang:num_requests_total",
+    )
+    assert scheduler == {
+        "vllm": vllm,
+        "vllm-legacy": vllm,
+        "sglang": sglang,
+        "sglang-legacy": sglang,
+    }
+    older_sglang = load_mapping({"base": "sglang", "preemptions": None})
+    assert older_sglang.preemptions is None and older_sglang.waiting == "sglang:num_queue_reqs"
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ({"preemptions": 5}, "key 'preemptions': expected a non-empty string or null, got 5"),
+        ({"waiting": ""}, "key 'waiting': expected a non-empty string or null"),
+        ({"model_label": None}, "key 'model_label': expected a non-empty string, got None"),
+        (
+            {"ttft": "vllm:time_to_first_token_seconds_bucket"},
+            "histogram is named by its base name ('vllm:time_to_first_token_seconds')",
+        ),
+        ({"base": "tgi"}, "base 'tgi' is not a built-in mapping (vllm, vllm-legacy"),
+        ({"base": ["sglang"]}, "base ['sglang'] is not a built-in mapping"),
+        ({"ttfb": "x", 3: "y"}, "unknown metric mapping keys: ['3', 'ttfb']"),
+    ],
+)
+def test_bad_mappings_are_refused_naming_the_key(source, words):
+    with pytest.raises(ValueError) as err:
+        load_mapping(source)
+    assert words in str(err.value)
+
+
 def test_mappings_load_from_dicts_and_files(tmp_path):
     custom = load_mapping({"base": "sglang", "model_label": "model", "ttft": "my:ttft_seconds"})
     assert (custom.ttft, custom.model_label, custom.e2e) == (
@@ -324,6 +372,9 @@ def test_mappings_load_from_dicts_and_files(tmp_path):
         load_mapping({"ttfb": "x"})
     with pytest.raises(ValueError, match="not a built-in"):
         load_mapping("tgi")
+    path.write_text("base: [vllm\n")
+    with pytest.raises(ValueError, match=r"mapping.yaml: not valid YAML"):
+        load_mapping(path)
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,7 @@ SCHEDULER = {
     "sglang": ("sglang:token_usage", "sglang:num_queue_reqs", "sglang:num_running_reqs",
                "sglang:num_retracted_requests"),
 }  # fmt: skip
+SCHEDULER["sglang-legacy"] = SCHEDULER["sglang"]
 HISTOGRAMS = {
     "vllm": ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
              "vllm:e2e_request_latency_seconds", "vllm:request_time_per_output_token_seconds"),
@@ -101,11 +102,15 @@ HISTOGRAMS = {
                     "vllm:e2e_request_latency_seconds"),
     "sglang": ("sglang:time_to_first_token_seconds", "sglang:inter_token_latency_seconds",
                "sglang:e2e_request_latency_seconds"),
+    "sglang-legacy": ("sglang:time_to_first_token_seconds", "sglang:time_per_output_token_seconds",
+                      "sglang:e2e_request_latency_seconds"),
 }  # fmt: skip
-LABELS = {"vllm": {"model_name", "engine"}, "vllm-legacy": {"model_name"}, "sglang": {"model_name"}}
+LABELS = {"vllm": {"model_name", "engine"}} | dict.fromkeys(
+    ("vllm-legacy", "sglang", "sglang-legacy"), {"model_name"}
+)
 
 
-@pytest.mark.parametrize("mapping", ["vllm", "vllm-legacy", "sglang"])
+@pytest.mark.parametrize("mapping", ["vllm", "vllm-legacy", "sglang", "sglang-legacy"])
 def test_replica_pages_parse_and_carry_the_engine_metric_names(mapping):
     with EngineTwin("steady", seed=3, speed=0, mapping=mapping) as engine_twin:
         engine_twin.start()
@@ -134,6 +139,27 @@ def test_replica_pages_parse_and_carry_the_engine_metric_names(mapping):
     ttft_count = next(s for s in found[HISTOGRAMS[mapping][0]].samples if s.name.endswith("count"))
     mine = events[events["replica"] == 0]
     assert ttft_count.value == np.count_nonzero(~np.isnan(mine["ttft_s"])) > 0
+
+
+def test_sglang_pages_count_finished_requests_as_vllm_counts_its_request_success():
+    """SGLang has no request_success counter: its pages count the requests each engine finished
+    (``sglang:num_requests_total``), the sum of what vLLM's pages count by finished reason."""
+    found = {}
+    for mapping in ("vllm", "sglang"):
+        with EngineTwin("steady", seed=3, speed=0, mapping=mapping) as engine_twin:
+            engine_twin.step(60)
+            found[mapping] = {
+                r.name: families(engine_twin.metrics_text(r.name)) for r in engine_twin.replicas
+            }
+    counted = []
+    for name, sglang in found["sglang"].items():
+        assert sglang["sglang:num_requests"].type == "counter"
+        (finished,) = sglang["sglang:num_requests"].samples
+        vllm = found["vllm"][name]
+        assert finished.value == sum(s.value for s in vllm["vllm:request_success"].samples)
+        assert "vllm:num_requests" not in vllm  # request_success is vLLM's finished counter
+        counted.append(finished.value)
+    assert counted[0] > 0
 
 
 def test_scraped_pages_give_the_budgets_of_the_raw_events(twin):

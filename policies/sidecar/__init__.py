@@ -3,8 +3,9 @@
 Every interval the sidecar scrapes the engines' Prometheus metrics (and optionally a router's
 budgetpilot counters), turns them into burn rates with the SLO engine and into the observation
 vector of the policy's manifest contract, asks the policy (onnxruntime) for knob values, passes
-them through guardrails and hands them to actuators (Kubernetes manifests for the router, a
-webhook, the engine twin's control API). It serves its decisions and its own health over HTTP.
+them through guardrails and hands them to actuators (Kubernetes manifests for the router and for
+the pools' Deployments, a webhook, the engine twin's control API). It serves its decisions and
+its own health over HTTP.
 
 An elastic policy (its manifest's observation contract has ``max_replicas``) also scales the
 pools: the engines then come from a discovery listing with each replica's lifecycle

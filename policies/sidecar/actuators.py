@@ -6,13 +6,14 @@
   by ``cheap_tier_share``, an ``InferenceObjective`` per objective whose priority drops to the
   sheddable priority while ``shed_priority_below`` sheds it, and a ConfigMap with every knob
   (the knobs those resources cannot express: offload, admission, context, batch, weights).
-  For an elastic policy it also writes one manifest per pool, ``<namespace>.<deployment>.scale
-  .yaml``: the pool's ``Deployment`` with only ``spec.replicas``, the desired replicas. Apply
+* :class:`ScaleActuator` writes an elastic policy's desired replicas, one manifest per pool in
+  its directory, ``<namespace>.<deployment>.scale.yaml`` (the pool's ``scaling`` entry): the
+  pool's ``Deployment`` with only ``spec.replicas``, atomically and only when it changes. Apply
   it with ``kubectl patch deployment <deployment> -n <namespace> --type merge --patch-file
   <file>``, or ``kubectl apply --server-side --field-manager budgetpilot-sidecar
   --force-conflicts -f <file>`` (server-side apply takes ownership of ``spec.replicas`` only;
   a client-side ``kubectl apply`` of this partial manifest would prune the Deployment's other
-  fields).
+  fields). It works alone or beside the router manifests.
 * :class:`WebhookActuator` POSTs each decision as JSON (with ``desired_replicas`` per pool for
   an elastic policy).
 * :class:`TwinActuator` sets the engine twin's knobs (``POST /v1/knobs``, values by contract
@@ -42,6 +43,7 @@ import yaml
 from policies.sidecar.config import (
     ActuatorSettings,
     FileActuatorSettings,
+    ScaleActuatorSettings,
     ScalingSettings,
     TwinActuatorSettings,
     WebhookActuatorSettings,
@@ -107,30 +109,18 @@ def scale_manifest(scaling: ScalingSettings, replicas: int) -> dict[str, Any]:
 
 
 class FileActuator:
-    """Kubernetes manifests for the router and the pools' Deployments (see the module
-    docstring).
+    """Kubernetes manifests for the router (see the module docstring).
 
     Parameters
     ----------
     settings:
         Where and what to write.
-    scaling:
-        Per pool, its Deployment (an elastic policy's scale manifests).
     """
 
     name = "file"
 
-    def __init__(
-        self, settings: FileActuatorSettings, scaling: Mapping[str, ScalingSettings] | None = None
-    ) -> None:
+    def __init__(self, settings: FileActuatorSettings) -> None:
         self.settings = settings
-        self.scaling = dict(scaling or {})
-        self.scale_directory = settings.scale_directory or settings.path.parent
-
-    def scale_path(self, pool: str) -> Path:
-        """The scale manifest of ``pool``."""
-        s = self.scaling[pool]
-        return self.scale_directory / f"{k8s_name(s.namespace)}.{k8s_name(s.deployment)}.scale.yaml"
 
     def manifests(self, knobs: Mapping[str, float]) -> list[dict[str, Any]]:
         """The resources for these knob values."""
@@ -192,15 +182,45 @@ class FileActuator:
         }
 
     def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
-        files = {self.settings.path: yaml.safe_dump_all(self.manifests(knobs), sort_keys=False)}
+        text = yaml.safe_dump_all(self.manifests(knobs), sort_keys=False)
+        _write(self.settings.path, text)
+
+
+class ScaleActuator:
+    """Deployment scale manifests of the desired replicas (see the module docstring).
+
+    Parameters
+    ----------
+    settings:
+        The directory of the manifests.
+    scaling:
+        Per pool, its Deployment.
+    """
+
+    name = "scale"
+
+    def __init__(
+        self, settings: ScaleActuatorSettings, scaling: Mapping[str, ScalingSettings]
+    ) -> None:
+        self.directory = settings.directory
+        self.scaling = dict(scaling)
+
+    def path(self, pool: str) -> Path:
+        """The scale manifest of ``pool``."""
+        s = self.scaling[pool]
+        return self.directory / f"{k8s_name(s.namespace)}.{k8s_name(s.deployment)}.scale.yaml"
+
+    def apply(self, knobs: Mapping[str, float], payload: Mapping[str, Any]) -> None:
         for pool, replicas in (payload.get("desired_replicas") or {}).items():
             manifest = scale_manifest(self.scaling[pool], replicas)
-            files[self.scale_path(pool)] = yaml.safe_dump(manifest, sort_keys=False)
-        for path, text in files.items():
-            try:
-                write_atomically(path, text)
-            except OSError as exc:
-                raise ActuationError(f"cannot write {path}: {exc}") from None
+            _write(self.path(pool), yaml.safe_dump(manifest, sort_keys=False))
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        write_atomically(path, text)
+    except OSError as exc:
+        raise ActuationError(f"cannot write {path}: {exc}") from None
 
 
 def _post_json(url: str, body: Mapping[str, Any], timeout_s: float, headers: Mapping) -> bytes:
@@ -260,11 +280,13 @@ class TwinActuator:
 def build_actuators(
     settings: ActuatorSettings, scaling: Mapping[str, ScalingSettings] | None = None
 ) -> list[Actuator]:
-    """The actuators the settings configure, in a fixed order (file, webhook, twin);
-    ``scaling`` names the pools' Deployments (the file actuator's scale manifests)."""
+    """The actuators the settings configure, in a fixed order (file, scale, webhook, twin);
+    ``scaling`` names the pools' Deployments (the scale manifests)."""
     actuators: list[Actuator] = []
     if settings.file is not None:
-        actuators.append(FileActuator(settings.file, scaling))
+        actuators.append(FileActuator(settings.file))
+    if settings.scale is not None:
+        actuators.append(ScaleActuator(settings.scale, scaling or {}))
     if settings.webhook is not None:
         actuators.append(WebhookActuator(settings.webhook))
     if settings.twin is not None:

@@ -42,7 +42,8 @@ def sidecar(
         str | None,
         typer.Option(
             help="Engine twin base URL: its engines (an elastic twin's as discovery), router "
-            "counters and control API."
+            "counters and control API; an elastic policy without a scaling section scales the "
+            "twin's pools (deployment = pool, 1 to the policy's cap, 1 replica per interval)."
         ),
     ] = None,
     mapping: Annotated[str | None, typer.Option(help="Metric mapping [vllm].")] = None,
@@ -64,11 +65,17 @@ def sidecar(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
 ) -> None:
     """Govern a fleet's knobs with an exported policy: scrape engine metrics, compute burn rates,
-    decide every interval through guardrails, actuate (router manifests, webhook, twin), serve
-    /v1/decision, /metrics, /healthz and /readyz. An elastic policy also decides each pool's
-    desired replicas (config sections discovery and scaling; see example.yaml)."""
+    decide every interval through guardrails, actuate (router manifests, scale manifests,
+    webhook, twin), serve /v1/decision, /metrics, /healthz and /readyz. An elastic policy also
+    decides each pool's desired replicas (config sections discovery and scaling; see
+    example.yaml; against the twin, --policy P --twin URL needs no config)."""
     from policies.runtime import PolicyFileError, PolicyMismatchError
-    from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
+    from policies.sidecar.config import (
+        SidecarConfigError,
+        load_config,
+        twin_scaling,
+        twin_settings,
+    )
 
     options = {
         "policy": policy,
@@ -96,6 +103,9 @@ def sidecar(
                 {"name": f"counters-{i}", "url": url} for i, url in enumerate(counters)
             ]
         settings = load_config(config, overrides)
+        scaling = {} if twin is None else twin_scaling(settings, twin)
+        if scaling:  # an elastic policy, no scaling configured: the twin's pools
+            settings = load_config(config, {**overrides, "scaling": scaling})
         _configure_logging(settings.log_level)
         _serve(settings, once=once, check=check)
     except (SidecarConfigError, PolicyFileError, PolicyMismatchError) as exc:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from slo.metrics import load_mapping
 
 #: Environment variable holding the token of the actuation and kill-switch endpoints.
 TOKEN_ENV = "BUDGETPILOT_SIDECAR_TOKEN"
@@ -79,39 +83,33 @@ class CounterEndpoint(_Settings):
     url: URL
 
 
-class SignalNames(_Settings):
-    """Metric names of the fleet signals (defaults follow the engine family of ``mapping``).
+#: Signals named by the metric mapping (no longer in ``signals``).
+_MAPPING_SIGNALS = {"waiting", "running", "preemptions", "finished"}
 
-    ``waiting``/``running`` are gauges, ``preemptions``, ``finished`` and ``arrivals`` counters.
-    ``finished`` (all finished requests, any reason) plus the change of queued and running
-    requests estimates arrivals; ``arrivals`` (e.g. a router's request counter, which also sees
-    requests refused at admission) replaces the estimate. ``preemptions: null`` observes zero
-    preemptions (for engines that do not count them).
+
+class SignalNames(_Settings):
+    """Metric names of the fleet signals beyond the engines' own.
+
+    The engines' scheduler metrics (``waiting``, ``running``, ``preemptions``, ``finished``) are
+    named by the metric ``mapping`` (see :class:`slo.metrics.MetricMapping`). Their
+    ``finished`` counter plus the change of queued and running requests estimates arrivals;
+    ``arrivals`` (a counter, e.g. a router's requests, which also sees requests refused at
+    admission) replaces the estimate.
     """
 
-    waiting: str | None = None
-    running: str | None = None
-    preemptions: str | None = None
-    finished: str | None = None
     arrivals: str | None = None
 
-
-#: Signal names of each engine family.
-FAMILY_SIGNALS: dict[str, dict[str, str]] = {
-    "vllm": {
-        "waiting": "vllm:num_requests_waiting",
-        "running": "vllm:num_requests_running",
-        "preemptions": "vllm:num_preemptions_total",
-        "finished": "vllm:request_success_total",
-    },
-    "sglang": {
-        "waiting": "sglang:num_queue_reqs",
-        "running": "sglang:num_running_reqs",
-        # No preemptions: SGLang retracts requests and has no counter of it; the config must
-        # say which counter to use, or null.
-        "finished": "sglang:num_requests_total",
-    },
-}
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_names_belong_to_the_mapping(cls, data: Any) -> Any:
+        moved = sorted(set(data) & _MAPPING_SIGNALS) if isinstance(data, Mapping) else []
+        if moved:
+            example = ", ".join(f"{name}: ..." for name in moved)
+            raise ValueError(
+                f"{', '.join(moved)}: engine metric names are set in the metric mapping, e.g. "
+                f"mapping: {{base: <built-in>, {example}}} (null: the engine has none)"
+            )
+        return data
 
 
 class ScrapeSettings(_Settings):
@@ -195,10 +193,6 @@ class FileActuatorSettings(_Settings):
     the strong and the cheap model by the ``cheap_tier_share`` knob, one ``InferenceObjective``
     per objective whose priority drops to ``sheddable_priority`` when the
     ``shed_priority_below`` knob sheds it, and a ConfigMap with every knob value.
-
-    An elastic policy's desired replicas go to one more file per pool, in ``scale_directory``
-    (default: the directory of ``path``), named ``<namespace>.<deployment>.scale.yaml``: a
-    ``Deployment`` with only ``spec.replicas`` (see :mod:`policies.sidecar.actuators`).
     """
 
     path: Path
@@ -210,7 +204,17 @@ class FileActuatorSettings(_Settings):
     objectives: dict[str, int] = Field(default={}, description="objective name -> priority")
     sheddable_priority: int = -1
     name_prefix: str = "budgetpilot"
-    scale_directory: Path | None = None
+
+
+class ScaleActuatorSettings(_Settings):
+    """Deployment scale manifests of an elastic policy's desired replicas.
+
+    One file per pool in ``directory``, named ``<namespace>.<deployment>.scale.yaml`` after the
+    pool's ``scaling`` entry: a ``Deployment`` with only ``spec.replicas`` (written atomically;
+    see :mod:`policies.sidecar.actuators` for how to apply it).
+    """
+
+    directory: Path
 
 
 class WebhookActuatorSettings(_Settings):
@@ -230,7 +234,10 @@ class TwinActuatorSettings(_Settings):
 
 
 class ActuatorSettings(_Settings):
+    """Where decisions go (any combination; none: decide and publish on /v1/decision only)."""
+
     file: FileActuatorSettings | None = None
+    scale: ScaleActuatorSettings | None = None
     webhook: WebhookActuatorSettings | None = None
     twin: TwinActuatorSettings | None = None
 
@@ -334,10 +341,12 @@ class SidecarConfig(_Settings):
     interval_s:
         Seconds between decisions.
     mapping:
-        Metric names of the engines: ``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``,
-        a mapping file or overrides (``{base: vllm, ttft: ...}``), see :mod:`slo.metrics`.
+        Metric names of the engines (request histograms, KV-cache usage, scheduler gauges and
+        counters): ``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``, a mapping file or
+        overrides (``{base: sglang, preemptions: null}``), see
+        :class:`slo.metrics.MetricMapping`.
     signals:
-        Names of the fleet-signal metrics (defaults follow the mapping's engine family).
+        Names of fleet-signal metrics besides the engines' (``arrivals``).
     engines:
         The engines scraped, each with its pool and ``max_num_seqs`` (a fixed list; or
         ``discovery``).
@@ -400,6 +409,12 @@ class SidecarConfig(_Settings):
             raise ValueError(f"endpoint names must be unique, repeated: {duplicates}")
         return self
 
+    @field_validator("mapping")
+    @classmethod
+    def _loadable_mapping(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        load_mapping(value)  # a ValueError naming what is wrong
+        return value
+
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> SidecarConfig:
         if not is_loopback(self.host) and self.token() is None:
@@ -420,19 +435,6 @@ class SidecarConfig(_Settings):
                 raise ValueError(f"token_file: {self.token_file} is empty")
             return text
         return os.environ.get(TOKEN_ENV) or None
-
-    @property
-    def engine_family(self) -> str:
-        """``vllm`` or ``sglang``: whose signal names are the defaults."""
-        base = self.mapping if isinstance(self.mapping, str) else self.mapping.get("base", "vllm")
-        return "sglang" if str(base).startswith("sglang") else "vllm"
-
-    def signal_names(self) -> dict[str, str | None]:
-        """Signal metric names: the family's defaults, replaced by those the config sets (a
-        signal the family lacks and the config does not set is absent)."""
-        names: dict[str, str | None] = {"arrivals": None, **FAMILY_SIGNALS[self.engine_family]}
-        names.update({k: getattr(self.signals, k) for k in self.signals.model_fields_set})
-        return names
 
     @property
     def stale_after_s(self) -> float:
@@ -489,8 +491,7 @@ def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """
     base = url.rstrip("/")
     try:
-        with urllib.request.urlopen(f"{base}/engines", timeout=timeout_s) as response:
-            replicas = json.loads(response.read())
+        replicas = _get_json(f"{base}/engines", timeout_s)
         keys = {
             "name": "name",
             "url": "metrics_url",
@@ -510,6 +511,56 @@ def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
         "signals": {"arrivals": "budgetpilot:arrivals_total"},
         "actuators": {"twin": {"url": base}},
     }
+
+
+def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The ``scaling`` entries an elastic policy needs against the engine twin at ``url``, when
+    ``config`` has none (else, or for a policy that does not scale: empty, the config wins).
+
+    Per pool of the policy's contract that the twin runs (``GET /v1/replicas``): deployment =
+    the pool's name, ``min_replicas`` 1, ``max_replicas`` the policy contract's cap (at most
+    the twin's, which refuses more), ``max_step`` 1.
+
+    Raises
+    ------
+    SidecarConfigError
+        The twin cannot be reached, or runs a fixed fleet (its pools do not scale).
+    policies.runtime.PolicyFileError
+        The policy's manifest is unusable.
+    """
+    from policies.runtime import read_manifest
+
+    contract = read_manifest(config.policy).observation_contract
+    if config.scaling or not contract.elastic:
+        return {}
+    caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
+    base = url.rstrip("/")
+    try:
+        twin_caps = _get_json(f"{base}/v1/replicas", timeout_s)["max_replicas"]
+    except urllib.error.HTTPError as exc:
+        fixed = exc.code == HTTPStatus.CONFLICT
+        why = "runs a fixed fleet (its pools do not scale)" if fixed else f"HTTP {exc.code}"
+        raise SidecarConfigError(
+            f"twin {url}: {why}; the policy scales pools (max_replicas {caps}): run the twin "
+            "on an elastic scenario or with --elastic, or the sidecar with a config"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SidecarConfigError(f"twin {url}: cannot read its replicas: {exc}") from None
+    return {
+        pool: {
+            "deployment": pool,
+            "min_replicas": 1,
+            "max_replicas": min(cap, twin_caps[pool]),
+            "max_step": 1,
+        }
+        for pool, cap in caps.items()
+        if pool in twin_caps
+    }
+
+
+def _get_json(url: str, timeout_s: float) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return json.loads(response.read())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

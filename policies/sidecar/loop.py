@@ -312,7 +312,7 @@ class Sidecar:
             self.observation_contract,
             spec,
             config.mapping,
-            config.signal_names(),
+            config.signals.arrivals,
             engines,
             [c.name for c in config.counters],
             config.interval_s,
@@ -324,11 +324,13 @@ class Sidecar:
         that the config can observe and scale its pools."""
         contract, config = self.observation_contract, self.config
         if not contract.elastic:
-            if config.scaling:
-                raise ValueError(
-                    "scaling: the policy does not scale pools (its observation contract has no "
-                    "max_replicas): remove the scaling section"
-                )
+            sections = {"scaling": config.scaling, "actuators.scale": config.actuators.scale}
+            for section, given in sections.items():
+                if given:
+                    raise ValueError(
+                        f"{section}: the policy does not scale pools (its observation contract "
+                        f"has no max_replicas): remove {section}"
+                    )
             return None
         caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
         if self._listing is None:

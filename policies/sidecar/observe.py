@@ -247,10 +247,11 @@ class Observer:
     spec:
         The policy's SLO spec (the budget engine is built from it).
     mapping:
-        Metric names of the engines (see :func:`slo.metrics.load_mapping`).
-    signal_names:
-        Names of the ``waiting``, ``running``, ``preemptions``, ``finished`` and ``arrivals``
-        metrics (see :class:`~policies.sidecar.config.SignalNames`).
+        Metric names of the engines, their scheduler's ``waiting``, ``running``,
+        ``preemptions`` and ``finished`` included (see :class:`slo.metrics.MetricMapping`).
+    arrivals:
+        Name of a counter of arrivals (a router's requests; ``None``: estimated from the
+        engines' finished requests and queues).
     engines:
         The engines, with their pool and ``max_num_seqs`` (and their lifecycle when they come
         from discovery; see :meth:`set_engines`).
@@ -272,7 +273,7 @@ class Observer:
         contract: ObservationContract,
         spec: ServiceSpec,
         mapping: str | Mapping[str, Any] | MetricMapping,
-        signal_names: Mapping[str, str | None],
+        arrivals: str | None,
         engines: Sequence[EngineEndpoint],
         counter_endpoints: Sequence[str],
         interval_s: float,
@@ -281,7 +282,14 @@ class Observer:
         self.contract = contract
         self.engine = BudgetEngine(spec)
         self.feed = MetricsFeed(self.engine, mapping)
-        self.signal_names = dict(signal_names)
+        names = self.feed.mapping
+        self.signal_names = {
+            "waiting": names.waiting,
+            "running": names.running,
+            "preemptions": names.preemptions,
+            "finished": names.finished,
+            "arrivals": arrivals,
+        }
         self.engines: tuple[Engine, ...] = tuple(engines)
         self.counter_endpoints = tuple(counter_endpoints)
         check_feedable(contract, self.feed, self.signal_names, self.engines, counter_endpoints)
@@ -578,17 +586,18 @@ def check_feedable(
             f"SLOs {needing} need budgetpilot counters ({feed.mapping.sli_events}, engines do "
             "not export them): configure counters (the router's or the twin's metrics URL)"
         )
-    if feed.mapping.kv_cache_usage is None:
-        problems.append(f"mapping {feed.mapping.name!r} names no KV-cache usage gauge")
-    for signal in ("waiting", "running"):
-        if not signal_names.get(signal):
-            problems.append(f"signals.{signal}: no metric name (the contract observes it)")
-    if "preemptions" not in signal_names:
-        problems.append(
-            "signals.preemptions: this engine family counts no preemptions; name a counter, or "
-            "set it to null to observe zero preemptions"
-        )
+    mapping = feed.mapping
+    gauges = {"kv_cache_usage": "KV-cache usage", "waiting": "waiting", "running": "running"}
+    for field_name, what in gauges.items():
+        if getattr(mapping, field_name) is None:
+            problems.append(
+                f"mapping.{field_name}: mapping {mapping.name!r} names no {what} gauge (the "
+                "contract observes it)"
+            )
     if not signal_names.get("finished") and not signal_names.get("arrivals"):
-        problems.append("signals: name a finished-requests or an arrivals counter (load feature)")
+        problems.append(
+            f"mapping {mapping.name!r} names no finished-requests counter (mapping.finished) "
+            "and no arrivals counter is set (signals.arrivals): the load feature needs one"
+        )
     if problems:
         raise FeedabilityError("the metrics cannot feed the policy:\n  " + "\n  ".join(problems))
