@@ -222,6 +222,11 @@ def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
             )
         ax.set_title(name, fontsize=9, y=1.0)
         ax.tick_params(labelsize=8)
+        # Budgets spent span orders of magnitude between controllers: a log axis keeps the
+        # frugal ones apart.
+        lowest = min(s["budget_spent_total"]["low"] for s in section["controllers"].values())
+        if lowest > 0:
+            ax.set_xscale("log")
         ax.set_xlabel("budget spent (% of period budgets)", fontsize=8)
         ax.set_ylabel("cost (GPU-h)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -380,6 +380,7 @@ def test_the_elastic_benchmark_brings_the_autoscalers_and_its_own_episode_length
     names = [c.name for c in resolve_controllers(None, scenarios=scenarios)]
     assert {"hpa", "budget-autoscaler", "static"} <= set(names)
     assert "ppo-standard" not in names  # a fixed-fleet policy cannot scale pools
+    assert "ppo-elastic" in names and "ppo-elastic" not in [c.name for c in resolve_controllers()]
     runs, _, _ = plan_runs(BenchConfig(resolve_controllers(["hpa"]), tuple(scenarios), (0,)))
     lengths = {r.scenario: LLMFleetEnv(r.scenario, **r.env_kwargs).max_steps for r in runs}
     assert lengths["elastic-diurnal"] == 24 * 120 and lengths["slow-ramp"] == 4 * 120

@@ -765,3 +765,31 @@ def test_the_example_configs_elastic_section_is_valid():
     assert config.discovery.pods.max_num_seqs == {"strong": 256, "cheap": 512}
     assert {p: s.max_replicas for p, s in config.scaling.items()} == {"strong": 6, "cheap": 3}
     assert config.actuators.scale.directory == Path("/etc/budgetpilot/scale")
+
+
+def test_the_shipped_elastic_policy_scales_the_twin_through_the_sidecar(tmp_path):
+    """The reference ``ppo-elastic`` (a real exported PPO actor) in the stepped loop: the twin
+    runs the replicas it publishes, and the policy in-process repeats every audited action."""
+    from policies.runtime import load_policy
+
+    shipped = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-elastic.onnx"
+    twin = EngineTwin("slow-ramp", seed=2, speed=0.0)
+    twin.start()
+    sidecar = Sidecar(load_config(None, elastic_config(shipped, twin.url, tmp_path)))
+    published = []
+    try:
+        for _ in range(CYCLES):
+            decision = sidecar.cycle(twin.now)
+            assert decision.mode == "policy" and decision.actuated["twin"] == "ok"
+            assert twin.sim.desired_replicas == decision.desired_replicas
+            published.append(decision.desired_replicas)
+            twin.step(INTERVAL_S)
+    finally:
+        sidecar.close()
+        twin.close()
+    assert len({tuple(d.values()) for d in published}) > 1  # it scaled
+    policy = load_policy(shipped)
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    for record in records:
+        vector = np.asarray(record["observation"]["vector"], dtype=np.float32)
+        np.testing.assert_array_equal(policy.act(vector), np.float32(record["raw_action"]))
