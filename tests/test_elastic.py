@@ -3,6 +3,7 @@ scenarios and the baselines that scale (hpa, budget-autoscaler); fixed fleets le
 
 from __future__ import annotations
 
+import json
 import math
 
 import gymnasium as gym
@@ -393,3 +394,29 @@ def test_elastic_runs_trace_serving_and_desired_replicas() -> None:
     assert trace["pool_names"] == ["strong", "cheap"]
     desired = np.asarray(trace["replicas_desired"])
     assert desired.shape == (30, 2) and desired[:, 0].max() > 2  # scaled up at 5 % KV usage
+
+
+def test_the_elastic_report_sets_the_policy_against_each_autoscaler(tmp_path) -> None:
+    from eval.bench import run_bench
+    from eval.report import write_report
+
+    config = BenchConfig(
+        resolve_controllers(["ppo-elastic", "hpa", "budget-autoscaler"]),
+        ("short-flash-crowd",),
+        (0, 1),
+        episode_hours=0.1,
+        warmup_s=60.0,
+        bootstrap_reps=200,
+    )
+    report = write_report(run_bench(config, use_ray=False), tmp_path)
+    document = json.loads((tmp_path / "results.json").read_text())
+    rows = document["analysis"]["autoscaling"]["ppo-elastic"]["short-flash-crowd"]
+    assert set(rows) == {"hpa", "budget-autoscaler"}
+    stats = document["analysis"]["scenarios"]["short-flash-crowd"]["controllers"]
+    for autoscaler, row in rows.items():
+        assert row["policy_spent"] == stats["ppo-elastic"]["budget_spent_total"]["point"]
+        assert row["baseline_cost"] == stats[autoscaler]["cost_gpu_hours"]["point"]
+        assert row["spent_difference"]["low"] <= row["spent_difference"]["high"]
+    text = report.read_text()
+    assert "## Autoscaling: ppo-elastic" in text and "replicas_short-flash-crowd.png" in text
+    assert (tmp_path / "replicas_short-flash-crowd.png").stat().st_size > 0
