@@ -41,6 +41,7 @@ from envs.contract import (
 from envs.fleet_env import LLMFleetEnv
 from envs.twin import EngineTwin
 from policies.sidecar.config import (
+    DiscoverySettings,
     PodDiscoverySettings,
     SidecarConfigError,
     load_config,
@@ -48,6 +49,7 @@ from policies.sidecar.config import (
     twin_settings,
 )
 from policies.sidecar.discovery import (
+    Discovery,
     DiscoveryError,
     engine_of_pod,
     lifecycle_of_pod,
@@ -793,3 +795,111 @@ def test_the_shipped_elastic_policy_scales_the_twin_through_the_sidecar(tmp_path
     for record in records:
         vector = np.asarray(record["observation"]["vector"], dtype=np.float32)
         np.testing.assert_array_equal(policy.act(vector), np.float32(record["raw_action"]))
+
+
+LISTING = [
+    {
+        "name": "strong-0",
+        "pool": "strong",
+        "metrics_url": "http://10.0.0.1/metrics",
+        "max_num_seqs": 256,
+        "state": "serving",
+    }
+]
+
+
+class _ApiServer(BaseHTTPRequestHandler):
+    """A pods API stand-in: the listing for the current bearer token, 401 otherwise."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
+        authorized = self.headers.get("Authorization") == f"Bearer {self.server.token}"
+        body = json.dumps(LISTING if authorized else {"reason": "Unauthorized"}).encode()
+        self.send_response(200 if authorized else 401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base signature)
+        pass
+
+
+@pytest.fixture
+def api_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
+    server.token = "first"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (openssl, as an operator would make one)."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_discovery_sends_the_current_bearer_token(api_server, tmp_path):
+    url = f"http://127.0.0.1:{api_server.server_port}/api/v1/namespaces/llm/pods"
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    discovery = Discovery(DiscoverySettings(url=url, token_file=token))
+    assert [e.name for e in discovery.fetch().engines] == ["strong-0"]
+    api_server.token = "rotated"
+    token.write_text("rotated\n")  # the kubelet rotates projected tokens in place
+    assert [e.name for e in discovery.fetch().engines] == ["strong-0"]
+    with pytest.raises(DiscoveryError, match="HTTP 401"):
+        Discovery(DiscoverySettings(url=url)).fetch()
+
+
+def test_discovery_verifies_https_with_the_given_ca(api_server, tmp_path):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    api_server.socket = tls.wrap_socket(api_server.socket, server_side=True)
+    url = f"https://127.0.0.1:{api_server.server_port}/api/v1/namespaces/llm/pods"
+    token = tmp_path / "token"
+    token.write_text("first")
+    trusted = Discovery(DiscoverySettings(url=url, token_file=token, ca_file=cert))
+    assert [e.name for e in trusted.fetch().engines] == ["strong-0"]
+    with pytest.raises(DiscoveryError, match="CERTIFICATE_VERIFY_FAILED"):
+        Discovery(DiscoverySettings(url=url, token_file=token)).fetch()
+
+
+@pytest.mark.parametrize(
+    ("url", "files", "message"),
+    [
+        ("http://10.0.0.2/pods", {"token_file": "token"}, "token would travel in clear"),
+        ("http://127.0.0.1/pods", {"ca_file": "token"}, "ca_file: the discovery url is not https"),
+        ("https://10.0.0.2/pods", {"token_file": "missing"}, "token_file: .*not a readable file"),
+    ],
+)
+def test_discovery_credentials_are_checked(url, files, message, tmp_path):
+    (tmp_path / "token").write_text("t")
+    paths = {name: str(tmp_path / file) for name, file in files.items()}
+    with pytest.raises(ValueError, match=message):
+        DiscoverySettings(url=url, **paths)

@@ -282,12 +282,38 @@ class DiscoverySettings(_Settings):
         Deadline of one listing.
     pods:
         How Pods become engines (needed when the listing holds Pods).
+    token_file:
+        A bearer token sent with every listing, read anew each time (service-account tokens
+        rotate): in a cluster, ``/var/run/secrets/kubernetes.io/serviceaccount/token`` with
+        ``url: https://kubernetes.default.svc/api/v1/namespaces/NS/pods?labelSelector=...``.
+        Only over https, or http to a loopback host.
+    ca_file:
+        CA bundle that verifies an https listing's certificate (in a cluster, the service
+        account's ``ca.crt``); default: the system's.
     """
 
     url: URL
     refresh_s: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=2.0, gt=0)
     pods: PodDiscoverySettings | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DiscoverySettings:
+        for name in ("token_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        parts = urlsplit(self.url)
+        in_clear = parts.scheme != "https" and not is_loopback(parts.hostname or "")
+        if self.token_file is not None and in_clear:
+            raise ValueError(
+                f"token_file: the token would travel in clear to {parts.hostname}; use https"
+            )
+        if self.ca_file is not None and parts.scheme != "https":
+            raise ValueError("ca_file: the discovery url is not https")
+        return self
 
 
 class ScalingSettings(_Settings):

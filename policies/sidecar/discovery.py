@@ -20,6 +20,7 @@ cannot be fetched or is not JSON.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -247,6 +248,19 @@ class Discovery:
 
     def __init__(self, settings: DiscoverySettings) -> None:
         self.settings = settings
+        self._tls = None
+        if settings.ca_file is not None:
+            self._tls = ssl.create_default_context(cafile=str(settings.ca_file))
+
+    def _request(self) -> urllib.request.Request:
+        headers = {"Accept": "application/json"}
+        if self.settings.token_file is not None:
+            try:  # read each time: service-account tokens are rotated on disk
+                token = self.settings.token_file.read_text().strip()
+            except OSError as exc:
+                raise DiscoveryError(f"discovery.token_file: {exc}") from None
+            headers["Authorization"] = f"Bearer {token}"
+        return urllib.request.Request(self.settings.url, headers=headers)
 
     def fetch(self) -> Listing:
         """The current listing.
@@ -257,9 +271,10 @@ class Discovery:
             The URL does not answer 200 with JSON in time, or the JSON is not a listing.
         """
         url = self.settings.url
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        request = self._request()
+        timeout = self.settings.timeout_s
         try:
-            with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=self._tls) as response:
                 body = response.read(MAX_LISTING_BYTES + 1)
         except urllib.error.HTTPError as exc:
             raise DiscoveryError(f"GET {url}: HTTP {exc.code} {exc.reason}") from None
