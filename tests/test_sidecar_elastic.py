@@ -60,6 +60,7 @@ from policies.sidecar.loop import Sidecar
 from policies.sidecar.perf import FORBIDDEN_MODULES, linear_policy
 from policies.sidecar.server import SidecarServer
 from slo.engine import BudgetEngine
+from tests.test_sidecar import _Capture
 
 pytest.importorskip("onnx", reason="the test policies are written with onnx (train extra)")
 
@@ -82,33 +83,6 @@ def http(url: str, body: object = None) -> tuple[int, dict | str]:
     except urllib.error.HTTPError as err:
         status, text, kind = err.code, err.read().decode(), err.headers
     return status, json.loads(text) if "json" in kind["Content-Type"] else text
-
-
-class Webhook(ThreadingHTTPServer):
-    """Records the JSON bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        super().__init__(("127.0.0.1", 0), _WebhookHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/decisions"
-
-
-class _WebhookHandler(BaseHTTPRequestHandler):
-    server: Webhook
-
-    def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
-        length = int(self.headers["Content-Length"])
-        self.server.bodies.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base signature)
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -682,7 +656,7 @@ def test_hold_kill_shadow_and_fallback_keep_or_follow_the_replicas(
 ):
     with EngineTwin(SCENARIO, seed=4, speed=0.0) as twin:
         twin.start()
-        hook = Webhook()
+        hook = _Capture()
         state = {"directory": str(tmp_path / "state")}
         config = elastic_config(
             policy_path, twin.url, tmp_path, fallback={"baseline": "hpa"}, state=state
