@@ -226,12 +226,23 @@ def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
         # frugal ones apart.
         lowest = min(s["budget_spent_total"]["low"] for s in section["controllers"].values())
         if lowest > 0:
-            ax.set_xscale("log")
+            _log_x(ax)
         ax.set_xlabel("budget spent (% of period budgets)", fontsize=8)
         ax.set_ylabel("cost (GPU-h)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     _header(fig, "cost against budget spent (IQM over seeds, 95 % CI)", handles, labels)
     return _save(fig, out / "cost_vs_budget.png")
+
+
+def _log_x(ax: Any) -> None:
+    """A log x axis labelled at 1-2-5 steps in plain numbers (matplotlib's default labels its
+    minor ticks too on short ranges, and they overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def performance_profiles(document: dict, out: Path, colors: dict) -> str:
@@ -249,7 +260,7 @@ def performance_profiles(document: dict, out: Path, colors: dict) -> str:
         ax.set_xlabel("tau: budget spent (% of period budgets)", fontsize=9)
         ax.set_ylabel("share of runs spending <= tau", fontsize=9)
         ax.set_ylim(0, 1.02)
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.legend(fontsize=8)
     return _save(fig, out / "profiles.png", header=False)
 
