@@ -311,6 +311,13 @@ class ScrapeReport:
 Scrape = str | Iterable[Any]
 
 
+def counter_increase(previous: float | None, value: float) -> float:
+    """What a counter counted since its ``previous`` sample: all of ``value`` for a series seen
+    for the first time (a labelled series appears on its first event, from zero) or after a drop
+    (the process restarted and so did its counters)."""
+    return value if previous is None or value < previous else value - previous
+
+
 class MetricsFeed:
     """Feeds an error-budget engine from successive scrapes of engine metrics.
 
@@ -432,13 +439,10 @@ class MetricsFeed:
             previous = self._previous.get(key)
             if not self._started or endpoint not in self._endpoints:
                 delta = 0.0  # baseline: what happened before we watched is not ours to count
-            elif previous is None:
-                delta = value  # a labelled series appears on its first event: from zero
-            elif value < previous:
-                report.resets.append(_describe(key))
-                delta = value  # the process restarted: its counters restarted from zero
             else:
-                delta = value - previous
+                if previous is not None and value < previous:
+                    report.resets.append(_describe(key))
+                delta = counter_increase(previous, value)
             if delta:
                 deltas[name].append((dict(labels), delta))
         for key in self._previous.keys() - current.keys():

@@ -44,7 +44,7 @@ from policies.sidecar.discovery import SCRAPED, STATES, DiscoveredEngine
 from policies.sidecar.parse import Sample, SeriesSelection, read_page
 from policies.sidecar.scrape import ScrapeResult
 from slo.engine import BudgetEngine, BudgetSnapshot
-from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport
+from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport, counter_increase
 from slo.spec import ServiceSpec
 
 #: What the metrics feed reports, by problem kind (``kind`` label of the scrape-error counter).
@@ -225,7 +225,7 @@ class _CounterDeltas:
             self._previous[key] = value
             if not known:
                 continue
-            total += value if previous is None or value < previous else value - previous
+            total += counter_increase(previous, value)
         return total
 
     def seen(self, endpoint: str) -> None:
