@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The example fleet files (``examples/fleets/NAME.yaml``).
+EXAMPLE_FLEETS_DIR = REPO_ROOT / "examples" / "fleets"
 
 
 def reference_data_dir() -> Path:

@@ -23,6 +23,18 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _capacity_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fleet capacities measured by tests go to a cache of this session, not the user's."""
+    previous = os.environ.get("BUDGETPILOT_CACHE_DIR")
+    os.environ["BUDGETPILOT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        del os.environ["BUDGETPILOT_CACHE_DIR"]
+    else:
+        os.environ["BUDGETPILOT_CACHE_DIR"] = previous
+
+
 @dataclass
 class PrometheusServer:
     """A real Prometheus server on loopback (Debian's `prometheus`), started by the fixture."""

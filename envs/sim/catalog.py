@@ -2,12 +2,16 @@
 
 A :class:`Deployment` is one model served on ``tp`` GPUs of one kind with tensor parallelism; it
 knows how many tokens of KV cache fit beside the weights. Adding a GPU or a model is a few lines in
-:data:`GPUS` / :data:`MODELS`.
+:data:`GPUS` / :data:`MODELS`; a model may also come from its Hugging Face ``config.json``
+(:func:`model_from_hf_config`, :func:`resolve_model`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 GiB = 1024**3
 KiB = 1024
@@ -33,6 +37,10 @@ class GpuSpec:
     host_memory_bandwidth: host DRAM bandwidth available to this GPU's CPU share (B/s), the
         limit of CPU-side decode attention over host-resident KV (NEO).
     cost_per_hour: on-demand price of one GPU (USD/h).
+    calibrated: its step-time constants were fitted on profiles (``envs/sim/params``); an
+        uncalibrated GPU runs on the spec-sheet roofline alone.
+    interconnect_bandwidth: GPU-to-GPU bandwidth inside a node (B/s), what the roofline of an
+        uncalibrated GPU's all-reduces needs (calibrated GPUs have fitted all-reduces).
     """
 
     name: str
@@ -43,11 +51,14 @@ class GpuSpec:
     pcie_bandwidth: float
     host_memory_bandwidth: float
     cost_per_hour: float
+    calibrated: bool = True
+    interconnect_bandwidth: float | None = None
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A decoder-only transformer (Llama family: gated MLP, RMSNorm, rotary, optional GQA).
+    """A dense decoder-only transformer (Llama family: gated MLP, RMSNorm, rotary, optional GQA;
+    or a plain two-matrix MLP as in GPT-NeoX or Phi).
 
     Parameters
     ----------
@@ -55,6 +66,7 @@ class ModelSpec:
     layers, hidden, heads, kv_heads, head_dim, mlp_hidden, vocab: architecture.
     dtype_bytes: bytes per weight and per KV element (2 = bf16/fp16).
     tied_embeddings: the LM head reuses the input embedding matrix (Llama-3.2 small models).
+    gated_mlp: the MLP has a gate and an up projection (SwiGLU, GeGLU); else up only.
     """
 
     name: str
@@ -67,6 +79,7 @@ class ModelSpec:
     vocab: int
     dtype_bytes: int = 2
     tied_embeddings: bool = False
+    gated_mlp: bool = True
 
     @property
     def layer_linear_params(self) -> dict[str, int]:
@@ -76,7 +89,7 @@ class ModelSpec:
         return {
             "attn_pre_proj": self.hidden * (q_out + kv_out),  # fused QKV
             "attn_post_proj": q_out * self.hidden,
-            "mlp_up_proj": self.hidden * 2 * self.mlp_hidden,  # fused gate + up
+            "mlp_up_proj": self.hidden * (2 if self.gated_mlp else 1) * self.mlp_hidden,
             "mlp_down_proj": self.mlp_hidden * self.hidden,
         }
 
@@ -252,3 +265,134 @@ def get_gpu(name: str) -> GpuSpec:
 def get_model(name: str) -> ModelSpec:
     """Return the model called ``name`` (case-insensitive); ValueError lists the known names."""
     return _lookup(MODELS, "model", name)
+
+
+def is_model_path(reference: str) -> bool:
+    """Whether a model reference names a ``config.json`` file rather than a catalog entry."""
+    return reference.endswith(".json") or "/" in reference
+
+
+def resolve_model(reference: str) -> ModelSpec:
+    """The model a pool names: a catalog name, or the path of a Hugging Face ``config.json``."""
+    return model_from_hf_config(reference) if is_model_path(reference) else get_model(reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face config.json
+
+#: ``model_type``s whose MLP is gated (gate and up projections: SwiGLU, GeGLU).
+GATED_MLP_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2", "granite"}
+)
+#: ``model_type``s with a plain MLP (up projection, activation, down projection).
+PLAIN_MLP_TYPES = frozenset({"gpt_neox", "phi", "starcoder2"})
+#: ``model_type``s whose ``tie_word_embeddings`` defaults to true in transformers.
+_TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "starcoder2"})
+#: Keys that announce a mixture of experts (its expert weights are not modelled).
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+#: ``torch_dtype``s and the bytes vLLM serves them in (``--dtype auto`` runs float32 in 16 bits).
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 2}
+
+
+def model_from_hf_config(path: str | Path) -> ModelSpec:
+    """The :class:`ModelSpec` of a Hugging Face ``config.json`` (dense decoder-only models).
+
+    Reads ``num_hidden_layers``, ``hidden_size``, ``num_attention_heads``,
+    ``num_key_value_heads`` (default: the attention heads, no GQA), ``head_dim`` (default
+    ``hidden_size / num_attention_heads``), ``intermediate_size``, ``vocab_size``,
+    ``tie_word_embeddings`` (default as in transformers for the ``model_type``) and
+    ``torch_dtype``. The model is named after the folder holding the file. ValueError names the
+    file and the field of anything missing, invalid or not modelled (mixtures of experts,
+    quantised weights, unknown ``model_type``).
+    """
+    path = Path(path)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    return _cached_hf_model(path.resolve(), mtime_ns)
+
+
+@cache
+def _cached_hf_model(path: Path, mtime_ns: int) -> ModelSpec:
+    del mtime_ns  # part of the cache key only
+    try:
+        config = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config.json holds one JSON object")
+    return _HfFields(path, config).model_spec()
+
+
+class _HfFields:
+    """Reads the fields of one ``config.json``; every error names the file and the field."""
+
+    def __init__(self, path: Path, config: dict) -> None:
+        self.path, self.config = path, config
+
+    def error(self, key: str, problem: str) -> ValueError:
+        return ValueError(f"{self.path}: {key}: {problem}")
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        value = self.config.get(key, default)
+        if value is None:
+            raise self.error(key, "missing")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(key, f"must be a positive integer, got {value!r}")
+        return value
+
+    def model_type(self) -> str:
+        kind = self.config.get("model_type")
+        if kind not in GATED_MLP_TYPES | PLAIN_MLP_TYPES:
+            known = ", ".join(sorted(GATED_MLP_TYPES | PLAIN_MLP_TYPES))
+            raise self.error(
+                "model_type", f"{kind!r} is not a supported model type; known: {known}"
+            )
+        return kind
+
+    def refuse_unmodelled(self) -> None:
+        for key in _EXPERT_KEYS:
+            experts = self.config.get(key)
+            if isinstance(experts, int) and experts > 1:
+                raise self.error(key, f"a mixture of {experts} experts is not modelled")
+        if self.config.get("quantization_config") is not None:
+            raise self.error("quantization_config", "quantised weights are not modelled")
+
+    def dtype_bytes(self) -> int:
+        dtype = self.config.get("torch_dtype", "bfloat16")
+        if dtype not in _DTYPE_BYTES:
+            raise self.error("torch_dtype", f"{dtype!r} is not one of {', '.join(_DTYPE_BYTES)}")
+        return _DTYPE_BYTES[dtype]
+
+    def model_spec(self) -> ModelSpec:
+        self.refuse_unmodelled()
+        kind = self.model_type()
+        hidden, heads = self.integer("hidden_size"), self.integer("num_attention_heads")
+        if "head_dim" not in self.config and hidden % heads:
+            raise self.error(
+                "num_attention_heads", f"{heads} heads do not divide hidden_size={hidden}"
+            )
+        kv_heads = self.integer("num_key_value_heads", heads)
+        if heads % kv_heads:
+            raise self.error(
+                "num_key_value_heads", f"{kv_heads} KV heads do not divide {heads} attention heads"
+            )
+        gated = kind in GATED_MLP_TYPES
+        tied = self.config.get("tie_word_embeddings", kind in _TIED_BY_DEFAULT)
+        return ModelSpec(
+            name=self.path.parent.name.lower(),
+            layers=self.integer("num_hidden_layers"),
+            hidden=hidden,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=self.integer("head_dim", hidden // heads),
+            # GPT-NeoX-style configs may leave the MLP width at its conventional 4x.
+            mlp_hidden=self.integer("intermediate_size", None if gated else 4 * hidden),
+            vocab=self.integer("vocab_size"),
+            dtype_bytes=self.dtype_bytes(),
+            tied_embeddings=bool(tied),
+            gated_mlp=gated,
+        )

@@ -20,14 +20,24 @@ A pool that may scale gives its cap and, optionally, how its replicas come and g
         max_replicas: 12
         autoscaling: {drain_timeout_s: 300, spot_rate_per_hour: 0.05, spot_notice_s: 30}
 
-Unknown keys are errors; :meth:`SimConfig.from_yaml` names the file and the field of every
-problem.
+A model is a catalog name or the path of a Hugging Face ``config.json`` (relative to the fleet
+file); a GPU is a catalog name or its spec sheet (:class:`GpuDatasheet`, run uncalibrated, with a
+warning). The traffic is the ``workload``: a named shape (``kind``) at a ``rate`` in requests/s
+or at a ``load`` relative to the fleet's measured capacity (:mod:`envs.sim.capacity`), or a
+trace file with its column mapping and time scale. The fleet file also names the SLO spec
+(``slo_spec``), the control interval and the episode length of the environments built from it.
+Ready-made fleet files are in ``examples/fleets/``.
+
+Unknown keys are errors; :meth:`SimConfig.from_yaml` names the file, the line and the field of
+every problem.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -42,9 +52,24 @@ from pydantic import (
     model_validator,
 )
 
-from envs.sim.catalog import Deployment, get_gpu, get_model
+from envs.sim.catalog import (
+    Deployment,
+    GpuSpec,
+    ModelSpec,
+    get_gpu,
+    get_model,
+    is_model_path,
+    resolve_model,
+)
 from envs.sim.knobs import Knobs
-from envs.sim.workload import LENGTH_MODELS, WORKLOAD_NAMES, Workload, make_workload
+from envs.sim.workload import (
+    LENGTH_MODELS,
+    TRACE_COLUMNS,
+    WORKLOAD_NAMES,
+    TraceReplay,
+    Workload,
+    make_workload,
+)
 
 GiB = 1024**3
 
@@ -59,11 +84,64 @@ class ConfigError(ValueError):
     """A configuration is invalid; the message names the file and the field."""
 
 
+class UncalibratedGpuWarning(UserWarning):
+    """A GPU known by its spec sheet only: its step times are a roofline lower bound."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _resolve_path(path: str, info: ValidationInfo) -> str:
+    """``path`` made absolute against the fleet file's folder (``base_dir`` of the validation
+    context; the working directory without one); ValueError if no such file exists."""
+    base = Path((info.context or {}).get("base_dir", "."))
+    resolved = (base / Path(path).expanduser()).resolve()
+    if not resolved.is_file():
+        raise ValueError(f"no such file: {resolved}")
+    return str(resolved)
+
+
+class GpuDatasheet(_Strict):
+    """A GPU known by its spec sheet only (not in :data:`envs.sim.catalog.GPUS`).
+
+    It runs on the step-time model's roofline part alone (:meth:`envs.sim.steptime.
+    GpuCalibration.roofline`), which is optimistic, and every fleet using it warns that it is
+    uncalibrated: calibrate it with ``scripts/fit_steptime.py`` from profiles of your own.
+    Host figures are per GPU (the node's DRAM and its bandwidth divided by its GPUs).
+    """
+
+    name: str = Field(min_length=1)
+    memory_gib: float = Field(gt=0.0, description="HBM capacity")
+    bf16_tflops: float = Field(gt=0.0, description="dense bf16 tensor-core peak")
+    hbm_tb_s: float = Field(gt=0.0, description="HBM bandwidth")
+    host_memory_gib: float = Field(ge=0.0, description="host DRAM for this GPU")
+    pcie_gb_s: float = Field(gt=0.0, description="effective host<->GPU copy bandwidth")
+    host_memory_gb_s: float = Field(gt=0.0, description="host DRAM bandwidth for this GPU")
+    cost_per_hour: float = Field(ge=0.0, description="price of one GPU, USD/h")
+    interconnect_gb_s: float | None = Field(
+        None, gt=0.0, description="GPU-to-GPU bandwidth in a node (needed for tp > 1)"
+    )
+
+    def spec(self) -> GpuSpec:
+        """The catalog form of this GPU (uncalibrated)."""
+        return GpuSpec(
+            name=self.name.lower(),
+            memory_bytes=int(self.memory_gib * GiB),
+            peak_flops=self.bf16_tflops * 1e12,
+            hbm_bandwidth=self.hbm_tb_s * 1e12,
+            host_memory_bytes=int(self.host_memory_gib * GiB),
+            pcie_bandwidth=self.pcie_gb_s * 1e9,
+            host_memory_bandwidth=self.host_memory_gb_s * 1e9,
+            cost_per_hour=self.cost_per_hour,
+            calibrated=False,
+            interconnect_bandwidth=None
+            if self.interconnect_gb_s is None
+            else self.interconnect_gb_s * 1e9,
+        )
 
 
 class AutoscalingConfig(_Strict):
@@ -118,11 +196,14 @@ class PoolConfig(_Strict):
     ``max_num_seqs``, ``max_num_batched_tokens``, ``chunked_prefill``, ``block_tokens``,
     ``gpu_memory_utilization``, ``swap_space_gib`` and ``preemption_mode`` are vLLM's engine
     settings of the same names.
+
+    ``model`` is a catalog name or the path of a Hugging Face ``config.json`` (made absolute);
+    ``gpu`` a catalog name or a :class:`GpuDatasheet`.
     """
 
     name: str = "strong"
     model: str = "llama-2-7b"
-    gpu: str = "a100-80gb"
+    gpu: str | GpuDatasheet = "a100-80gb"
     tp: int = Field(1, ge=1)
     replicas: int = Field(REFERENCE_REPLICAS, ge=0, description="replicas serving at the start")
     max_replicas: int | None = Field(
@@ -151,15 +232,21 @@ class PoolConfig(_Strict):
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, name: str) -> str:
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
+        if is_model_path(name):
+            path = _resolve_path(name, info)
+            resolve_model(path)
+            return path
         get_model(name)
         return name.lower()
 
     @field_validator("gpu")
     @classmethod
-    def _known_gpu(cls, name: str) -> str:
-        get_gpu(name)
-        return name.lower()
+    def _known_gpu(cls, gpu: str | GpuDatasheet) -> str | GpuDatasheet:
+        if isinstance(gpu, GpuDatasheet):
+            return gpu
+        get_gpu(gpu)
+        return gpu.lower()
 
     @field_validator("max_replicas")
     @classmethod
@@ -172,6 +259,16 @@ class PoolConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> PoolConfig:
         self.deployment()  # raises if the model does not fit the GPUs
+        gpu = self.gpu_spec()
+        if not gpu.calibrated:
+            if self.tp > 1 and gpu.interconnect_bandwidth is None:
+                raise ValueError(f"gpu.interconnect_gb_s: needed for tp={self.tp} (all-reduces)")
+            warnings.warn(
+                f"GPU {gpu.name!r} is uncalibrated: its step times are a spec-sheet roofline "
+                "(a lower bound); calibrate it with scripts/fit_steptime.py",
+                UncalibratedGpuWarning,
+                stacklevel=2,
+            )
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
@@ -186,13 +283,21 @@ class PoolConfig(_Strict):
 
     def nominal_provisioning_s(self) -> float:
         """Median seconds from scale-up to serving for a replica of this pool."""
-        return self.autoscaling.nominal_provisioning_s(get_model(self.model).weight_bytes)
+        return self.autoscaling.nominal_provisioning_s(self.model_spec().weight_bytes)
+
+    def model_spec(self) -> ModelSpec:
+        """The model the pool serves."""
+        return resolve_model(self.model)
+
+    def gpu_spec(self) -> GpuSpec:
+        """The GPU kind of the pool's replicas."""
+        return self.gpu.spec() if isinstance(self.gpu, GpuDatasheet) else get_gpu(self.gpu)
 
     def deployment(self) -> Deployment:
         """The catalog deployment of one replica."""
         return Deployment(
-            get_model(self.model),
-            get_gpu(self.gpu),
+            self.model_spec(),
+            self.gpu_spec(),
             tp=self.tp,
             gpu_memory_utilization=self.gpu_memory_utilization,
             block_tokens=self.block_tokens,
@@ -249,18 +354,40 @@ class ScheduledFailure(_Strict):
     duration_s: float = Field(gt=0.0)
 
 
-class WorkloadConfig(_Strict):
-    """The request source (see :func:`envs.sim.workload.make_workload`).
+class TraceColumns(_Strict):
+    """Which columns of a trace CSV hold what (default: the Azure LLM inference format)."""
 
-    ``rate`` is in requests/s: default :data:`REFERENCE_RATE` for synthetic workloads, the
+    timestamp: str = TRACE_COLUMNS[0]
+    prompt_tokens: str = TRACE_COLUMNS[1]
+    output_tokens: str = TRACE_COLUMNS[2]
+
+    def names(self) -> tuple[str, str, str]:
+        """The column names in :data:`envs.sim.workload.TRACE_COLUMNS` order."""
+        return (self.timestamp, self.prompt_tokens, self.output_tokens)
+
+
+class WorkloadConfig(_Strict):
+    """The request source, the fleet's traffic (see :func:`envs.sim.workload.make_workload`).
+
+    The rate is ``rate`` in requests/s or ``load``, a multiple of the fleet's measured capacity
+    (:func:`envs.sim.capacity.with_load_resolved` turns it into a rate; the simulator does so
+    itself), not both. Without either: :data:`REFERENCE_RATE` for synthetic workloads, the
     trace's own rate for replays. ``options`` passes the remaining make_workload parameters
     (``cv``, ``period_s``, ``flash_multiplier``...).
+
+    A ``trace`` (kind ``trace``; its path relative to the fleet file) is a CSV whose
+    ``columns`` name the timestamp (seconds or date-times), prompt-token and output-token
+    columns, and whose times are multiplied by ``time_scale`` (0.001 for milliseconds) before
+    any rescaling to ``rate`` or ``load``.
     """
 
     kind: str = "poisson"
     rate: float | None = Field(None, gt=0.0)
+    load: float | None = Field(None, gt=0.0, description="multiple of the measured capacity")
     lengths: str = "azure-conv"
     trace: str | None = None
+    columns: TraceColumns = TraceColumns()
+    time_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     difficulty: tuple[float, float] = (2.0, 2.0)
     options: dict[str, float] = Field(default_factory=dict)
 
@@ -278,10 +405,16 @@ class WorkloadConfig(_Strict):
             raise ValueError(f"unknown length model {name!r}; known: {', '.join(LENGTH_MODELS)}")
         return name
 
+    @field_validator("trace")
+    @classmethod
+    def _trace_exists(cls, trace: str | None, info: ValidationInfo) -> str | None:
+        return None if trace is None else _resolve_path(trace, info)
+
     @field_validator("options")
     @classmethod
     def _known_options(cls, options: dict[str, float]) -> dict[str, float]:
         fixed = {"name", "rate", "lengths", "trace", "tenants", "tenant_shares", "difficulty"}
+        fixed |= {"trace_columns", "trace_time_scale"}
         known = set(inspect.signature(make_workload).parameters) - fixed
         unknown = sorted(set(options) - known)
         if unknown:
@@ -292,10 +425,25 @@ class WorkloadConfig(_Strict):
     def _trace_given(self) -> WorkloadConfig:
         if self.kind == "trace" and not self.trace:
             raise ValueError("workload kind 'trace' needs trace: PATH")
+        if self.trace and self.kind != "trace":
+            raise ValueError(f"trace: a trace file needs kind 'trace', not {self.kind!r}")
+        if self.rate is not None and self.load is not None:
+            raise ValueError("give rate (requests/s) or load (of the capacity), not both")
+        if self.trace:
+            TraceReplay(self.trace, columns=self.columns.names())  # names file, row and column
         return self
 
     def build(self, tenant_shares: list[float]) -> Workload:
-        """Instantiate the workload for tenants with these traffic shares."""
+        """Instantiate the workload for tenants with these traffic shares.
+
+        A ``load`` must have been resolved into a ``rate`` first
+        (:func:`envs.sim.capacity.with_load_resolved`).
+        """
+        if self.load is not None:
+            raise ValueError(
+                f"workload.load={self.load} is relative to the fleet's capacity: resolve it "
+                "with envs.sim.capacity.with_load_resolved(config)"
+            )
         replay = self.kind in ("trace", "azure-conv", "azure-code")
         rate = self.rate if self.rate is not None or replay else REFERENCE_RATE
         return make_workload(
@@ -303,6 +451,8 @@ class WorkloadConfig(_Strict):
             rate,
             lengths=self.lengths,
             trace=self.trace,
+            trace_columns=self.columns.names(),
+            trace_time_scale=self.time_scale,
             tenants=len(tenant_shares),
             tenant_shares=tenant_shares,
             difficulty=self.difficulty,
@@ -311,8 +461,14 @@ class WorkloadConfig(_Strict):
 
 
 class SimConfig(_Strict):
-    """A whole simulated fleet and its traffic."""
+    """A whole simulated fleet and its traffic: the fleet file.
 
+    Besides what the simulator runs, it carries what the environments and commands built from
+    it need: ``slo_spec`` (path of the SLO spec, relative to the file; default
+    :func:`slo.default_spec`), ``control_interval_s`` and ``episode_hours``.
+    """
+
+    description: str = ""
     pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig()], min_length=1)
     router: RouterConfig = RouterConfig()
     admission: AdmissionConfig = AdmissionConfig()
@@ -325,13 +481,28 @@ class SimConfig(_Strict):
     series_rows: int = Field(
         10_000, ge=1, description="rows of the fleet time series kept (one per advance call)"
     )
+    slo_spec: str | None = Field(None, description="SLO spec file (default: the built-in spec)")
+    control_interval_s: float = Field(30.0, gt=0.0, allow_inf_nan=False)
+    episode_hours: float = Field(2.0, gt=0.0, allow_inf_nan=False)
+
+    @field_validator("slo_spec")
+    @classmethod
+    def _spec_loads(cls, spec: str | None, info: ValidationInfo) -> str | None:
+        if spec is None:
+            return None
+        from slo import load_spec
+
+        path = _resolve_path(spec, info)
+        load_spec(path)  # SpecError names the spec file, line and SLO
+        return path
 
     @model_validator(mode="after")
     def _consistent(self) -> SimConfig:
-        names = [p.name for p in self.pools]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"pools: duplicate pool name {duplicates[0]!r}")
+        for kind, items in (("pool", self.pools), ("tenant", self.tenants)):
+            names = [item.name for item in items]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{kind}s: duplicate {kind} name {duplicates[0]!r}")
         tiers = sorted({p.tier for p in self.pools})
         if tiers != list(range(len(tiers))):
             raise ValueError(f"pools: tiers must be numbered 0..n-1 without gaps, got {tiers}")
@@ -368,15 +539,18 @@ class SimConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SimConfig:
-        """Load a fleet file; ConfigError names the file and every invalid field."""
+        """Load a fleet file; ConfigError names the file, and the line and path of every invalid
+        field. Relative paths in it (models, trace, SLO spec) are relative to its folder."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            text = path.read_text()
+            data = yaml.safe_load(text)
+            lines = yaml_lines(text)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return validated(cls, data or {}, str(path), lines, base_dir=path.parent)
 
     @classmethod
     def from_dict(cls, data: object, source: str = "config") -> SimConfig:
@@ -384,17 +558,75 @@ class SimConfig(_Strict):
         return validated(cls, data, source)
 
 
-def validated(model: type[_Model], data: object, source: str) -> _Model:
+Loc = tuple[str | int, ...]
+
+
+def yaml_lines(text: str) -> dict[Loc, int]:
+    """The line (from 1) where each key or list item of a YAML document starts, by its path."""
+    lines: dict[Loc, int] = {}
+
+    def walk(node: yaml.Node, path: Loc) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*path, key.value)] = key.start_mark.line + 1
+                walk(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    """The line of the longest prefix of ``loc`` that the document has (pydantic adds the names
+    of union members and validators to a field's path)."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+#: A whole-model check's message that starts with the path it is about (``failures.0.pool: ...``).
+_PATH_IN_MESSAGE = re.compile(r"(?:Value error, )?(\w+(?:\.\w+)*): (.*)", re.DOTALL)
+
+
+def _located(loc: Loc, message: str) -> tuple[Loc, str]:
+    """The path an error is about: its own, or for whole-model checks (an empty path) the one
+    their message starts with."""
+    match = _PATH_IN_MESSAGE.fullmatch(message) if not loc else None
+    if match is None:
+        return tuple(loc), message
+    path = tuple(int(x) if x.isdigit() else x for x in match[1].split("."))
+    return path, match[2]
+
+
+def validated(
+    model: type[_Model],
+    data: object,
+    source: str,
+    lines: dict[Loc, int] | None = None,
+    base_dir: Path | None = None,
+) -> _Model:
     """``model`` validated from ``data``; ConfigError names ``source`` and every invalid field
-    by its path (``pools.0.replicas``)."""
+    by its path (``pools.0.replicas``), and its line when ``lines`` (:func:`yaml_lines`) are
+    given. Relative paths in ``data`` are relative to ``base_dir`` (default: the working
+    directory)."""
+    context = {"base_dir": base_dir} if base_dir is not None else None
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise ConfigError(f"{source}: invalid {model.__name__}\n" + "\n".join(lines)) from None
+        problems = []
+        for err in exc.errors():
+            loc, message = _located(err["loc"], err["msg"])
+            line = _line_of(loc, lines or {})
+            where = f"line {line}, " if line is not None else ""
+            field = ".".join(str(x) for x in loc) or "(top level)"
+            problems.append(f"  {where}{field}: {message}")
+        raise ConfigError(f"{source}: invalid {model.__name__}\n" + "\n".join(problems)) from None
 
 
 def reference_config(replicas: int = REFERENCE_REPLICAS, rate: float | None = None) -> SimConfig:

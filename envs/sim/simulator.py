@@ -473,13 +473,19 @@ class Simulator:
     config:
         The fleet, its router, tenants, failures, workload and initial knobs.
     workload:
-        The request source; default: built from ``config.workload`` and the tenants' shares.
+        The request source; default: built from ``config.workload`` and the tenants' shares
+        (a ``load`` taken relative to the fleet's measured capacity, see
+        :mod:`envs.sim.capacity`).
     seed:
         Seeds every random draw (arrivals, router noise, failures, provisioning delays, spot
         interruptions; one stream each): the same seed and the same calls give identical events.
     """
 
     def __init__(self, config: SimConfig, workload: Workload | None = None, seed: int = 0):
+        if workload is None and config.workload.load is not None:
+            from envs.sim.capacity import with_load_resolved
+
+            config = with_load_resolved(config)
         self.config = config
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
         self._rng_workload, self._rng_router, self._rng_failures = rngs[:3]
@@ -890,7 +896,7 @@ def measure_capacity(
     limit = 2 * sum(p.replicas * p.max_num_seqs for p in config.pools)
     rate = 20.0 * replicas
     while True:
-        workload = config.workload.model_copy(update={"rate": rate})
+        workload = config.workload.model_copy(update={"rate": rate, "load": None})
         saturating = config.model_copy(
             update={"workload": workload, "knobs": Knobs(concurrency_limit=limit)}
         )

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from envs.sim.catalog import Deployment, ModelSpec
+from envs.sim.catalog import Deployment, GpuSpec, ModelSpec
 
 PARAMS_PATH = Path(__file__).resolve().parent / "params" / "steptime.json"
 
@@ -202,6 +202,45 @@ class GpuCalibration:
             )
         return cls(**gpus[gpu_name], name=gpu_name)
 
+    @classmethod
+    def roofline(cls, gpu: GpuSpec) -> GpuCalibration:
+        """Spec-sheet-only constants of an uncalibrated GPU: every operator at its roofline
+        (peak FLOPs, HBM and interconnect bandwidth fully used, no launch or software cost), a
+        lower bound on real step times, since no measurement tells how far below peak it runs.
+
+        Element-wise operators read and write each 16-bit element once; all-reduces move
+        ``2 (tp - 1) / tp`` of their bytes over the interconnect (ring); the matmul knee is
+        nearly a max() of the two rooflines (p = 8: at most 9% above it at the knee).
+        """
+        per_element = 2 * 2 / gpu.hbm_bandwidth
+        elementwise = {op: {"fixed_s": 0.0, "s_per_element": per_element} for op in ELEMENTWISE_OPS}
+        elementwise["emb"] = {"fixed_s": 0.0, "s_per_element": per_element}
+        all_reduce = {}
+        if gpu.interconnect_bandwidth:
+            all_reduce = {
+                str(tp): {
+                    "fixed_s": 0.0,
+                    "s_per_byte": 2 * (tp - 1) / tp / gpu.interconnect_bandwidth,
+                }
+                for tp in (2, 4, 8)
+            }
+        return cls(
+            gemm={"launch_s": 0.0, "mem_efficiency": 1.0, "compute_efficiency": 1.0, "knee_p": 8.0},
+            elementwise=elementwise,
+            all_reduce=all_reduce,
+            attention={
+                "prefill_compute_efficiency": 1.0,
+                "decode_hbm_efficiency": 1.0,
+                "cpu_memory_efficiency": 1.0,
+            },
+            serving_stack={
+                "iteration_s": 0.0,
+                "per_tp_doubling_s": 0.0,
+                "prefill_attn_s_per_flop": 0.0,
+            },
+            name=gpu.name,
+        )
+
     @property
     def stack(self) -> ServingStack:
         """The machine's serving-stack cost; ValueError if it was never fitted."""
@@ -306,13 +345,17 @@ def deployment_coeffs(
 
     Parameters
     ----------
-    deployment: the replica's model, GPU and TP degree.
+    deployment: the replica's model, GPU and TP degree (an uncalibrated GPU gets
+        :meth:`GpuCalibration.roofline`).
     params: the parameter file's content (default: the committed ``steptime.json``).
     stack: serving-stack cost to use instead of the GPU's fitted one (fitting and
         cross-validation evaluate candidate stacks on the same GPU physics).
     """
-    params = params or load_params()
-    cal = GpuCalibration.for_gpu(deployment.gpu.name, params)
+    gpu = deployment.gpu
+    if gpu.calibrated:
+        cal = GpuCalibration.for_gpu(gpu.name, params or load_params())
+    else:
+        cal = GpuCalibration.roofline(gpu)
     stack = stack if stack is not None else cal.stack
     c = np.zeros(N_COEFFS)
     _set_linear_ops(c, cal, deployment)

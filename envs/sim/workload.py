@@ -384,7 +384,7 @@ def _trace_error(path: Path, row: int, column: str, problem: str) -> ValueError:
     return ValueError(f"{path}: row {row} (line {row + 1}), column {column!r}: {problem}")
 
 
-def _parse_times(path: Path, raw: list[str]) -> np.ndarray:
+def _parse_times(path: Path, raw: list[str], column: str) -> np.ndarray:
     """Seconds since the first row, from numbers (seconds) or ISO-like date-times."""
     try:
         return np.array(raw, dtype=np.float64) - float(raw[0])
@@ -398,7 +398,7 @@ def _parse_times(path: Path, raw: list[str]) -> np.ndarray:
                 np.datetime64(text.strip(), "ns")
             except ValueError:
                 raise _trace_error(
-                    path, i, "TIMESTAMP", f"not a time: {text!r} (seconds or date-time)"
+                    path, i, column, f"not a time: {text!r} (seconds or date-time)"
                 ) from None
         raise
     return (stamps - stamps[0]) / 1e9
@@ -421,48 +421,52 @@ def _parse_tokens(path: Path, raw: list[str], column: str) -> np.ndarray:
 
 
 @cache
-def _read_trace(path: Path, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse and validate a trace file (cached per path and modification time)."""
+def _read_trace(
+    path: Path, mtime_ns: int, names: tuple[str, str, str] = TRACE_COLUMNS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse and validate a trace file whose columns ``names`` hold the timestamp, prompt and
+    output tokens (cached per path, modification time and columns)."""
     del mtime_ns  # part of the cache key only
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
-        missing = [c for c in TRACE_COLUMNS if c not in header]
+        missing = [c for c in names if c not in header]
         if missing:
             raise ValueError(f"{path}: missing column {missing[0]!r} (header: {header})")
-        idx = [header.index(c) for c in TRACE_COLUMNS]
+        idx = [header.index(c) for c in names]
         columns: tuple[list[str], ...] = ([], [], [])
         for row, record in enumerate(reader, start=1):
             if not record:
                 continue
-            for col, (name, i) in enumerate(zip(TRACE_COLUMNS, idx, strict=True)):
+            for col, (name, i) in enumerate(zip(names, idx, strict=True)):
                 if i >= len(record) or not record[i].strip():
                     raise _trace_error(path, row, name, "missing value")
                 columns[col].append(record[i])
     if not columns[0]:
         raise ValueError(f"{path}: no requests (only a header)")
-    times = _parse_times(path, columns[0])
+    times = _parse_times(path, columns[0], names[0])
     backwards = np.flatnonzero(np.diff(times) < 0)
     if len(backwards):
         row = int(backwards[0]) + 2
-        raise _trace_error(path, row, "TIMESTAMP", "time earlier than the previous row's")
-    prompt = _parse_tokens(path, columns[1], TRACE_COLUMNS[1])
-    output = _parse_tokens(path, columns[2], TRACE_COLUMNS[2])
+        raise _trace_error(path, row, names[0], "time earlier than the previous row's")
+    prompt = _parse_tokens(path, columns[1], names[1])
+    output = _parse_tokens(path, columns[2], names[2])
     for a in (times, prompt, output):
         a.flags.writeable = False
     return times, prompt, output
 
 
 class TraceReplay(ArrivalProcess):
-    """Replay of a request trace in Azure LLM inference format
+    """Replay of a request trace, by default in Azure LLM inference format
     (``TIMESTAMP, ContextTokens, GeneratedTokens``).
 
     Parameters
     ----------
-    path: CSV file; TIMESTAMP is a date-time or seconds, rows sorted by time.
+    path: CSV file; the timestamp is a date-time or seconds, rows sorted by time.
     time_scale: factor on the trace's time axis (0.5 = twice the rate).
     loop: start over after the last request (the cycle lasts the trace span plus one mean gap).
     modulations: see :class:`ArrivalProcess`.
+    columns: names of the timestamp, prompt-token and output-token columns.
     """
 
     def __init__(
@@ -471,6 +475,7 @@ class TraceReplay(ArrivalProcess):
         time_scale: float = 1.0,
         loop: bool = True,
         modulations: Sequence[RateModulation] = (),
+        columns: tuple[str, str, str] = TRACE_COLUMNS,
     ) -> None:
         super().__init__(modulations)
         path = Path(path)
@@ -479,7 +484,7 @@ class TraceReplay(ArrivalProcess):
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         times, self.prompt_tokens, self.output_tokens = _read_trace(
-            path.resolve(), path.stat().st_mtime_ns
+            path.resolve(), path.stat().st_mtime_ns, tuple(columns)
         )
         self.path, self.loop = path, loop
         self.times = times * time_scale
@@ -639,6 +644,8 @@ def make_workload(
     *,
     lengths: str = "azure-conv",
     trace: str | Path | None = None,
+    trace_columns: tuple[str, str, str] = TRACE_COLUMNS,
+    trace_time_scale: float = 1.0,
     tenants: int = 1,
     tenant_shares: Sequence[float] | None = None,
     difficulty: tuple[float, float] = (2.0, 2.0),
@@ -659,7 +666,9 @@ def make_workload(
         ``mmpp`` (two states whose rates differ by ``mmpp_rate_ratio``, mean ``rate``);
         ``diurnal`` and ``flash-crowd`` (Poisson with that modulation); ``azure-conv``,
         ``azure-code`` (replay of the real traces, lengths included, time rescaled to ``rate``
-        if given); ``trace`` (replay of the file ``trace``).
+        if given); ``trace`` (replay of the file ``trace``, whose ``trace_columns`` hold the
+        timestamp, prompt and output tokens and whose times are multiplied by
+        ``trace_time_scale`` before the rescaling to ``rate``).
     rate: mean requests per second (required for the synthetic ones).
     lengths: length model of the synthetic workloads (see :data:`LENGTH_MODELS`).
     tenants, tenant_shares: number of tenants and their shares (default equal).
@@ -679,10 +688,11 @@ def make_workload(
         if name in AZURE_TRACES:
             from envs.paths import require_reference_file
 
-            trace = require_reference_file(AZURE_TRACES[name])
-        native = TraceReplay(trace)
-        scale = 1.0 if rate is None else native.mean_rate / rate
-        return Workload(TraceReplay(trace, time_scale=scale), None, **common)
+            trace, trace_columns = require_reference_file(AZURE_TRACES[name]), TRACE_COLUMNS
+        native = TraceReplay(trace, time_scale=trace_time_scale, columns=trace_columns)
+        scale = trace_time_scale * (1.0 if rate is None else native.mean_rate / rate)
+        replay = TraceReplay(trace, time_scale=scale, columns=trace_columns)
+        return Workload(replay, None, **common)
     if name not in WORKLOAD_NAMES:
         raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOAD_NAMES)}")
     if rate is None or rate <= 0:

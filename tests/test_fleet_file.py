@@ -1,0 +1,231 @@
+"""The fleet file: loading, errors by file, line and field, the example fleets, traffic from a
+trace with a column mapping, and capacity measured per fleet and traffic, cached by content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from envs.paths import EXAMPLE_FLEETS_DIR
+from envs.scenarios import NOMINAL_CAPACITY, fleet_config, poisson_stream
+from envs.sim import ConfigError, SimConfig, Simulator, simulator
+from envs.sim.capacity import CACHE_ENV, capacity_key, fleet_capacity, with_load_resolved
+from eval.cli import app
+
+runner = CliRunner()
+EXAMPLES = sorted(p.stem for p in EXAMPLE_FLEETS_DIR.glob("*.yaml"))
+HF = Path(__file__).parent / "fixtures" / "hf"
+
+
+@pytest.fixture(autouse=True)
+def capacity_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test measures into its own cache folder (named by the environment variable)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    return cache
+
+
+@pytest.fixture
+def measurements(monkeypatch: pytest.MonkeyPatch) -> list[SimConfig]:
+    """The fleets whose capacity was actually measured (not read from the cache)."""
+    measured: list[SimConfig] = []
+    real = simulator.measure_capacity
+
+    def counting(config: SimConfig, **kwargs) -> float:
+        measured.append(config)
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(simulator, "measure_capacity", counting)
+    return measured
+
+
+def test_there_are_the_four_example_fleets():
+    assert {"reference", "tiered-h100-a100", "fleet-64", "single-tier"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_fleet_loads_and_simulates(name):
+    fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / f"{name}.yaml")
+    assert fleet.description and fleet.workload.load is not None
+    if name == "fleet-64":
+        assert sum(p.replicas for p in fleet.pools) == 64
+        return  # its capacity takes a while to measure: perf sim times it
+    sim = Simulator(fleet, seed=0)
+    assert sim.workload.mean_rate == pytest.approx(fleet.workload.load * fleet_capacity(fleet))
+    events = sim.advance(120.0)
+    assert len(events) > 100 and (events["outcome"] == 0).mean() > 0.9
+
+
+def test_reference_fleet_file_is_the_environments_fleet_seed_for_seed():
+    fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / "reference.yaml")
+    same = {"pools", "router", "admission", "tenants", "failures", "knobs", "series_rows"}
+    assert fleet.model_dump(include=same) == fleet_config().model_dump(include=same)
+    # Its traffic is the steady scenario's stream at the same rate: identical events.
+    resolved = with_load_resolved(fleet)
+    load = resolved.workload.rate / NOMINAL_CAPACITY
+    for seed in (0, 1):
+        from_file = Simulator(resolved, seed=seed).advance(300.0)
+        from_code = Simulator(fleet_config(), poisson_stream(load), seed=seed).advance(300.0)
+        assert len(from_file) > 1000
+        np.testing.assert_array_equal(from_file, from_code)
+
+
+def test_reference_capacity_is_the_nominal_capacity():
+    fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / "reference.yaml")
+    assert fleet_capacity(fleet) == pytest.approx(NOMINAL_CAPACITY, rel=0.05)
+
+
+def test_capacity_is_measured_once_and_cached_by_content(tmp_path, capacity_cache, measurements):
+    fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / "single-tier.yaml")
+    first = fleet_capacity(fleet)
+    assert len(measurements) == 1 and list((capacity_cache / "capacity").glob("*.json"))
+    # Rate, load, knobs, failures and the SLO spec do not change the capacity: cache hits.
+    workload = fleet.workload.model_copy(update={"load": 1.3})
+    knobs = fleet.knobs.replace(cheap_tier_share=0.5)
+    assert fleet_capacity(fleet.model_copy(update={"workload": workload, "knobs": knobs})) == first
+    assert len(measurements) == 1
+    # A different engine limit, length mix or model content measures again.
+    pool = fleet.pools[0].model_copy(update={"max_num_seqs": 8})
+    smaller = fleet_capacity(fleet.model_copy(update={"pools": [pool]}))
+    lengths = fleet.workload.model_copy(update={"lengths": "azure-conv"})
+    fleet_capacity(fleet.model_copy(update={"workload": lengths}))
+    assert len(measurements) == 3 and smaller < first
+
+
+def test_capacity_key_follows_the_model_file_content_not_its_path(tmp_path):
+    model = tmp_path / "m" / "config.json"
+    model.parent.mkdir()
+    model.write_text((HF / "qwen2-0.5b" / "config.json").read_text())
+    fleet = SimConfig.from_dict({"pools": [{"name": "a", "model": str(model)}]})
+    key = capacity_key(fleet)
+    moved = tmp_path / "n" / "config.json"
+    moved.parent.mkdir()
+    moved.write_text(model.read_text())
+    assert capacity_key(SimConfig.from_dict({"pools": [{"name": "a", "model": str(moved)}]})) == key
+    config = json.loads(model.read_text()) | {"num_hidden_layers": 12}
+    model.write_text(json.dumps(config))
+    assert capacity_key(fleet) != key
+
+
+def test_eighty_percent_load_means_the_same_on_every_fleet():
+    # Two fleets unlike each other (models, GPUs, tiers, lengths, arrival process): at 0.5 of
+    # their capacity both serve nearly everything promptly, at 1.5 both queue and time out.
+    for name in ("reference", "single-tier"):
+        fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / f"{name}.yaml")
+        served = {}
+        for load in (0.5, 1.5):
+            workload = fleet.workload.model_copy(update={"load": load})
+            events = Simulator(fleet.model_copy(update={"workload": workload}), seed=0).advance(
+                900.0
+            )
+            served[load] = (events["outcome"] == 0).mean()
+        assert served[0.5] > 0.97 and served[1.5] < 0.9, (name, served)
+
+
+TRACE = "ts_ms,input,output\n0,100,20\n250,300,40\n500,80,10\n1000,1200,200\n"
+
+
+def _trace_fleet(tmp_path: Path, trace_text: str, extra: str = "") -> Path:
+    (tmp_path / "traces").mkdir(exist_ok=True)
+    (tmp_path / "traces" / "mine.csv").write_text(trace_text)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        "pools:\n"
+        "  - {name: strong, model: llama-3-8b, replicas: 1}\n"
+        "workload:\n"
+        "  kind: trace\n"
+        "  trace: traces/mine.csv\n"
+        "  columns: {timestamp: ts_ms, prompt_tokens: input, output_tokens: output}\n"
+        "  time_scale: 0.001\n" + extra
+    )
+    return path
+
+
+def test_trace_with_column_mapping_and_time_scale(tmp_path):
+    fleet = SimConfig.from_yaml(_trace_fleet(tmp_path, TRACE))
+    sim = Simulator(fleet, seed=0)
+    # Four requests in 1 s plus one mean gap (1/3 s): the trace's own rate in seconds.
+    assert sim.workload.mean_rate == pytest.approx(4 / (1 + 1 / 3))
+    first = sim.workload.generate(np.random.default_rng(0), 0.0, 1.2)
+    assert first["t_arrival"].tolist() == pytest.approx([0.0, 0.25, 0.5, 1.0])
+    assert first["prompt_tokens"].tolist() == [100, 300, 80, 1200]
+    loaded = SimConfig.from_yaml(_trace_fleet(tmp_path, TRACE, "  load: 0.5\n"))
+    rate = Simulator(loaded, seed=0).workload.mean_rate
+    assert rate == pytest.approx(0.5 * fleet_capacity(loaded))
+
+
+@pytest.mark.parametrize(
+    ("trace", "message"),
+    [
+        ("ts,input,output\n0,1,1\n", "missing column 'ts_ms'"),
+        ("ts_ms,input,output\n0,10,5\n5,ten,5\n", "row 2 (line 3), column 'input'"),
+        ("ts_ms,input,output\n0,10,5\nnoon,10,5\n", "row 2 (line 3), column 'ts_ms'"),
+        ("ts_ms,input,output\n0,10,5\n10,,5\n", "row 2 (line 3), column 'input': missing"),
+    ],
+)
+def test_bad_trace_rows_name_file_row_and_column(tmp_path, capacity_cache, trace, message):
+    path = _trace_fleet(tmp_path, trace, "  load: 0.8\n")
+    with pytest.raises(ConfigError) as info:
+        SimConfig.from_yaml(path)
+    assert f"{path}: invalid SimConfig" in str(info.value) and "line 3, workload" in str(info.value)
+    assert str(tmp_path / "traces" / "mine.csv") in str(info.value)
+    assert message in str(info.value)
+    assert not capacity_cache.exists()  # nothing written
+    result = runner.invoke(app, ["simulate", "--fleet", str(path), "--hours", "0.01"])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [
+        ("pools:\n  - name: a\n    replicas: 2\n    max_num_seq: 8\n", 4, "pools.0.max_num_seq"),
+        ("pools:\n  - {name: a}\ntenants:\n  - {name: t}\n  - {name: t}\n", 3, "tenants: dup"),
+        ("failures:\n  - {pool: b, replica: 0, at_s: 1, duration_s: 1}\n", 2, "failures.0.pool"),
+        ("workload:\n  kind: poisson\n  rate: 3\n  load: 0.8\n", 1, "not both"),
+        ("workload:\n  kind: poisson\n\n  load: -1\n", 4, "workload.load"),
+        ("workload:\n  kind: trace\n  trace: nowhere.csv\n", 3, "workload.trace"),
+        ("workload: {kind: poisson, columns: {time: t}}\n", 1, "workload.columns.time"),
+        ("slo_spec: specs/none.yaml\n", 1, "slo_spec"),
+        ("episode_hours: 0\n", 1, "episode_hours"),
+        ("pools:\n  - name: a\n    model: models/x/config.json\n", 3, "pools.0.model"),
+        ("pools:\n  - name: a\n    gpu: {name: g, memory_gib: 8}\n", 3, "pools.0.gpu"),
+    ],
+)
+def test_fleet_file_errors_name_file_line_and_field(tmp_path, text, line, field):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        SimConfig.from_yaml(path)
+    message = str(info.value)
+    assert str(path) in message and field in message, message
+    if line is not None:
+        assert f"line {line}, " in message, message
+
+
+def test_slo_spec_is_relative_to_the_fleet_file_and_must_load(tmp_path):
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "mine.yaml"
+    spec.write_text(Path("slo/specs/default.yaml").read_text())
+    path = tmp_path / "fleet.yaml"
+    path.write_text("slo_spec: specs/mine.yaml\ncontrol_interval_s: 15\nepisode_hours: 4\n")
+    fleet = SimConfig.from_yaml(path)
+    assert fleet.slo_spec == str(spec) and fleet.control_interval_s == 15.0
+    spec.write_text("version: prometheus/v1\nslos: [{name: x, objective: 200}]\n")
+    with pytest.raises(ConfigError) as info:
+        SimConfig.from_yaml(path)
+    assert "slo_spec" in str(info.value) and str(spec) in str(info.value)
+
+
+@pytest.mark.parametrize("option", ["--fleet", "--config"])
+def test_simulate_takes_a_fleet_file(option):
+    path = EXAMPLE_FLEETS_DIR / "single-tier.yaml"
+    result = runner.invoke(app, ["simulate", option, str(path), "--hours", "0.02", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    fleet = SimConfig.from_yaml(path)
+    expected = fleet.workload.load * fleet_capacity(fleet) * 72.0
+    assert figures["requests"] == pytest.approx(expected, rel=0.35)
