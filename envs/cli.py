@@ -43,7 +43,12 @@ def simulate(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="Fleet YAML (pools, router, tenants...); replaces the pool flags."),
+        typer.Option(
+            "--fleet",
+            "--config",
+            help="Fleet file (pools, router, tenants, traffic...; examples/fleets/); replaces "
+            "the pool flags.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -80,7 +85,7 @@ def _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config):
     given = {k: v for k, v in pool_flags.items() if v is not None}
     if config is not None:
         if given:
-            raise ValueError(f"--config describes the pools: drop --{', --'.join(given)}")
+            raise ValueError(f"--fleet describes the pools: drop --{', --'.join(given)}")
         base = SimConfig.from_yaml(config)
         if workload is None and rate is None and trace is None:
             return base  # the file's own workload
@@ -102,6 +107,11 @@ def _run(config, hours: float, seed: int, progress: bool) -> dict:
 
     from envs.sim.simulator import Simulator
 
+    if config.workload.load is not None:
+        from envs.sim.capacity import with_load_resolved
+
+        with Console(stderr=True).status("measuring the fleet's capacity (cached)"):
+            config = with_load_resolved(config)
     sim = Simulator(config, seed=seed)
     if not progress:
         return sim.run(hours)

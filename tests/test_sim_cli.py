@@ -77,11 +77,16 @@ def test_yaml_syntax_error_and_conflicting_flags(tmp_path):
 
 
 def test_perf_sim_figures():
-    result = benchmark(hours=0.01, scaling=(1, 2), scaling_hours=0.01, repeats=1)
+    result = benchmark(
+        hours=0.01, scaling=(1, 2), scaling_hours=0.01, repeats=1, fleets=("single-tier",)
+    )
     for key in ("requests_per_wall_s", "sim_s_per_wall_s", "prompt_time_mape", "token_time_mape"):
         assert key in result
     assert [row["load_factor"] for row in result["scaling"]] == [1, 2]
     assert result["scaling"][1]["requests"] > 1.5 * result["scaling"][0]["requests"]
+    (fleet,) = result["fleets"]
+    assert fleet["fleet"] == "examples/fleets/single-tier.yaml" and fleet["replicas"] == 4
+    assert fleet["requests"] > 100 and fleet["requests_per_wall_s"] > 0
     assert (result["prompt_time_mape"] is None) == ("fidelity_reason" in result)
     help_text = runner.invoke(app, ["perf", "sim", "--help"])
     assert help_text.exit_code == 0 and "--json" in help_text.stdout

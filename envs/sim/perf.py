@@ -6,26 +6,33 @@ few identical runs, since other processes on the machine can only slow a run dow
 is single-threaded (no parallel loops): the figures are for one core whatever
 ``NUMBA_NUM_THREADS`` says.
 Scaling runs multiply replicas and arrival rate together: the cost per request should stay flat.
+The example fleets (``examples/fleets``, :data:`FLEETS`) run their own traffic, at the load
+their file states (the capacity it is relative to is measured once, cached, and not timed).
 """
 
 from __future__ import annotations
 
 import time
 
-from envs.sim.config import REFERENCE_REPLICAS, reference_config
+from envs.paths import EXAMPLE_FLEETS_DIR
+from envs.sim.capacity import with_load_resolved
+from envs.sim.config import REFERENCE_REPLICAS, SimConfig, reference_config
 from envs.sim.simulator import Simulator
 
+#: Example fleets timed besides the reference workload.
+FLEETS = ("fleet-64",)
 
-def _timed_run(replicas: int, hours: float, seed: int, repeats: int) -> dict[str, float]:
+
+def _timed_run(config: SimConfig, hours: float, seed: int, repeats: int) -> dict[str, float]:
     """The fastest of ``repeats`` identical runs (other processes only ever slow a run down)."""
     wall = float("inf")
     for _ in range(repeats):
-        sim = Simulator(reference_config(replicas=replicas), seed=seed)
+        sim = Simulator(config, seed=seed)
         start = time.perf_counter()
         summary = sim.run(hours, step_s=60.0)
         wall = min(wall, time.perf_counter() - start)
     return {
-        "replicas": replicas,
+        "replicas": sum(p.replicas for p in config.pools),
         "requests": summary["requests"],
         "sim_seconds": summary["sim_seconds"],
         "wall_seconds": wall,
@@ -34,12 +41,20 @@ def _timed_run(replicas: int, hours: float, seed: int, repeats: int) -> dict[str
     }
 
 
+def _fleet_run(name: str, hours: float, seed: int, repeats: int) -> dict:
+    """Speed on the example fleet ``name`` under its own traffic."""
+    config = with_load_resolved(SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / f"{name}.yaml"))
+    return {"fleet": f"examples/fleets/{name}.yaml"} | _timed_run(config, hours, seed, repeats)
+
+
 def benchmark(
     hours: float = 1.0,
     scaling: tuple[int, ...] = (1, 4, 16),
     scaling_hours: float = 0.25,
     seed: int = 0,
     repeats: int = 3,
+    fleets: tuple[str, ...] = FLEETS,
+    fleet_hours: float = 0.1,
 ) -> dict:
     """Measure simulation speed on the reference workload and gather the step-time fidelity.
 
@@ -50,12 +65,17 @@ def benchmark(
     scaling_hours: simulated hours of each scaling run.
     seed: seed of every run.
     repeats: runs of each measurement; the fastest counts.
+    fleets: example fleets (``examples/fleets/NAME.yaml``) timed under their own traffic.
+    fleet_hours: simulated hours of each example fleet's run.
     """
     from envs.sim.fidelity import fidelity_report
 
     Simulator(reference_config(), seed=seed).advance(1.0)  # load or compile the kernel
-    headline = _timed_run(REFERENCE_REPLICAS, hours, seed, repeats)
-    rows = [_timed_run(REFERENCE_REPLICAS * f, scaling_hours, seed, repeats) for f in scaling]
+    headline = _timed_run(reference_config(), hours, seed, repeats)
+    rows = [
+        _timed_run(reference_config(REFERENCE_REPLICAS * f), scaling_hours, seed, repeats)
+        for f in scaling
+    ]
     base = rows[0]["requests_per_wall_s"]
     for factor, row in zip(scaling, rows, strict=True):
         row["load_factor"] = factor
@@ -71,6 +91,7 @@ def benchmark(
         "requests_per_wall_s": headline["requests_per_wall_s"],
         "sim_s_per_wall_s": headline["sim_s_per_wall_s"],
         "scaling": rows,
+        "fleets": [_fleet_run(name, fleet_hours, seed, repeats) for name in fleets],
         "prompt_time_mape": fidelity.get("prompt_time_mape_percent"),
         "token_time_mape": fidelity.get("token_time_mape_percent"),
         "mape_unit": "percent",
