@@ -191,6 +191,7 @@ def test_bad_trace_rows_name_file_row_and_column(tmp_path, capacity_cache, trace
         ("workload: {kind: poisson, columns: {time: t}}\n", 1, "workload.columns.time"),
         ("slo_spec: specs/none.yaml\n", 1, "slo_spec"),
         ("episode_hours: 0\n", 1, "episode_hours"),
+        ("pools:\n  - name: a\n    replicas: 2\n    min_replicas: 3\n", 4, "pools.0.min_replicas"),
         ("pools:\n  - name: a\n    model: models/x/config.json\n", 3, "pools.0.model"),
         ("pools:\n  - name: a\n    gpu: {name: g, memory_gib: 8}\n", 3, "pools.0.gpu"),
     ],
@@ -229,3 +230,12 @@ def test_simulate_takes_a_fleet_file(option):
     fleet = SimConfig.from_yaml(path)
     expected = fleet.workload.load * fleet_capacity(fleet) * 72.0
     assert figures["requests"] == pytest.approx(expected, rel=0.35)
+
+
+def test_elastic_pool_scales_within_its_min_and_max():
+    fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / "tiered-h100-a100.yaml")
+    pool = fleet.pools[1].model_copy(update={"min_replicas": 2, "max_replicas": 10})
+    sim = Simulator(fleet.model_copy(update={"pools": [fleet.pools[0], pool]}), seed=0)
+    assert sim.set_desired_replicas("fast", 0) == 2
+    assert sim.set_desired_replicas("fast", 50) == 10
+    assert sim.set_desired_replicas("strong", 0) == 0  # no floor: the tier falls back

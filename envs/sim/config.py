@@ -190,8 +190,8 @@ class PoolConfig(_Strict):
     """Identical replicas of one deployment (one model on ``tp`` GPUs), serving one tier.
 
     ``replicas`` serve from the start; :meth:`envs.sim.Simulator.set_desired_replicas` scales
-    the pool between 0 and ``max_replicas`` (default: ``replicas``, a fixed pool), with the
-    delays and interruptions of ``autoscaling``.
+    the pool between ``min_replicas`` (default 0) and ``max_replicas`` (default: ``replicas``, a
+    fixed pool), with the delays and interruptions of ``autoscaling``.
 
     ``max_num_seqs``, ``max_num_batched_tokens``, ``chunked_prefill``, ``block_tokens``,
     ``gpu_memory_utilization``, ``swap_space_gib`` and ``preemption_mode`` are vLLM's engine
@@ -206,6 +206,7 @@ class PoolConfig(_Strict):
     gpu: str | GpuDatasheet = "a100-80gb"
     tp: int = Field(1, ge=1)
     replicas: int = Field(REFERENCE_REPLICAS, ge=0, description="replicas serving at the start")
+    min_replicas: int = Field(0, ge=0, description="fewest replicas the pool scales down to")
     max_replicas: int | None = Field(
         None, ge=0, description="most replicas provisioned at once (the GPUs the pool may use)"
     )
@@ -247,6 +248,14 @@ class PoolConfig(_Strict):
             return gpu
         get_gpu(gpu)
         return gpu.lower()
+
+    @field_validator("min_replicas")
+    @classmethod
+    def _floor_below_start(cls, floor: int, info: ValidationInfo) -> int:
+        replicas = info.data.get("replicas")  # absent when replicas itself is invalid
+        if replicas is not None and floor > replicas:
+            raise ValueError(f"must be at most replicas ({replicas}), got {floor}")
+        return floor
 
     @field_validator("max_replicas")
     @classmethod

@@ -548,7 +548,8 @@ class Simulator:
 
     def set_desired_replicas(self, pool: str, n: int) -> int:
         """Scale ``pool`` to ``n`` replicas from now on; return the count applied: ``n`` clamped
-        to ``[0, max_replicas]`` (0 leaves the pool's tier to the router's fallback).
+        to ``[min_replicas, max_replicas]`` (0 leaves the pool's tier to the router's
+        fallback).
 
         Scaling up first returns draining replicas to service (at once), then provisions
         stopped slots: each serves after its provisioning delay (drawn from the simulator's
@@ -561,7 +562,7 @@ class Simulator:
         p = self._pool_index(pool)
         if isinstance(n, bool) or not isinstance(n, int | np.integer):
             raise TypeError(f"desired replicas of pool {pool!r} must be an integer, got {n!r}")
-        applied = int(min(max(n, 0), self._lifecycle.cap[p]))
+        applied = int(min(max(n, self.config.pools[p].min_replicas), self._lifecycle.cap[p]))
         self._lifecycle.desired[p] = applied
         self._lifecycle.active = True
         self._lifecycle.reconcile(self._fleet, self.now)
