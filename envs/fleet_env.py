@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -23,42 +24,26 @@ from envs.contract import (
     replicas_knob_name,
 )
 from envs.scenarios import (
-    DEFAULT_EPISODE_HOURS,
-    MAX_REPLICAS,
-    NOMINAL_CAPACITY,
-    POOL_NAMES,
-    TENANTS,
+    REFERENCE_FLEET,
+    GovernedFleet,
     Scenario,
     ScenarioSetup,
     get_scenario,
     scalable,
 )
-from envs.sim import FleetStats, Knobs, ReplicaState, Simulator
-from envs.sim.catalog import get_gpu
+from envs.sim import FleetStats, Knobs, ReplicaState, SimConfig, Simulator
 from slo import BudgetEngine, ServiceSpec, default_spec, load_spec
 from slo.engine import AlertLevel
 
 #: Burn rates above this count as this in the reward (100% errors on a 99% SLO is 100x).
 MAX_REWARD_BURN = 50.0
 
-_LOW_PRIORITY = min(t.priority for t in TENANTS)
 
-
-def sim_knobs(values: Mapping[str, float]) -> Knobs:
-    """The simulator's :class:`Knobs` for knob values of the :class:`ActionContract` (what the
-    environment, the engine twin's control API and the sidecar's twin actuator all apply)."""
-    weights = tuple(
-        values["low_priority_weight"] if t.priority == _LOW_PRIORITY else t.weight for t in TENANTS
-    )
-    return Knobs(
-        cheap_tier_share=values["cheap_tier_share"],
-        offload_fraction=values["offload_fraction"],
-        admission_rate_limit=values["admission_limit"] * NOMINAL_CAPACITY,
-        shed_priority_below=values["shed_priority_below"],
-        max_context_tokens=values["max_context_tokens"],
-        max_num_seqs_scale=values["max_num_seqs_scale"],
-        tenant_weights=weights,
-    )
+def sim_knobs(values: Mapping[str, float], fleet: GovernedFleet = REFERENCE_FLEET) -> Knobs:
+    """The simulator's :class:`Knobs` for knob values of the :class:`ActionContract` on
+    ``fleet`` (what the environment, the engine twin's control API and the sidecar's twin
+    actuator all apply; see :meth:`envs.scenarios.GovernedFleet.knobs`)."""
+    return fleet.knobs(values)
 
 
 @dataclass(frozen=True)
@@ -171,12 +156,18 @@ class LLMFleetEnv(gym.Env):
 
     ``scenario`` (name from :data:`envs.scenarios.SCENARIOS`, or a list of names: each reset
     draws one of them from ``self.np_random``, for domain randomisation), ``spec`` (SLO spec or
-    path), ``control_interval_s`` (30), ``episode_hours`` (``None``: the drawn scenario's own
-    length, 24 h for ``elastic-diurnal``, else 2), ``warmup_s`` (600),
+    path; default: the fleet file's, else :func:`slo.default_spec`), ``control_interval_s``
+    (``None``: the fleet file's, 30 for the reference fleet), ``episode_hours`` (``None``: the
+    drawn scenario's own length, 24 h for ``elastic-diurnal``, else the fleet file's, 2 for the
+    reference fleet), ``warmup_s`` (600),
     ``initial_budget_spent`` ((0, 0.6)), ``reward`` (:class:`RewardConfig`), ``render_mode``
     (``"ansi"`` or ``"rgb_array"``), ``elastic`` (False; True: the pools scale up to
     :data:`envs.scenarios.MAX_REPLICAS` under the replica knobs, the observation has the
-    replica features and the serving cost counts provisioned GPU time). The elastic scenarios
+    replica features and the serving cost counts provisioned GPU time), ``fleet`` (``None``:
+    the reference fleet; a fleet file's :class:`envs.sim.SimConfig` or path: its pools, router,
+    tenants, SLO spec, interval and episode length, with scenario loads relative to its measured
+    capacity; knobs it has no counterpart for are held neutral and listed in
+    ``info["fixed_knobs"]``). The elastic scenarios
     (:data:`envs.scenarios.ELASTIC_SCENARIOS`) are meant for ``elastic=True``; without it their
     replicas stay at their initial count. With it, every scenario's pools may scale.
 
@@ -193,16 +184,20 @@ class LLMFleetEnv(gym.Env):
         self,
         scenario: str | Sequence[str] = "steady",
         spec: ServiceSpec | str | None = None,
-        control_interval_s: float = 30.0,
+        control_interval_s: float | None = None,
         episode_hours: float | None = None,
         warmup_s: float = 600.0,
         initial_budget_spent: tuple[float, float] = (0.0, 0.6),
         reward: RewardConfig | None = None,
         render_mode: str | None = None,
         elastic: bool = False,
+        fleet: SimConfig | str | Path | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
+        self.fleet = _governed(fleet)
+        if control_interval_s is None:
+            control_interval_s = self.fleet.config.control_interval_s
         hours_ok = episode_hours is None or episode_hours > 0
         if control_interval_s <= 0 or not hours_ok or warmup_s < 0:
             raise ValueError("control_interval_s and episode_hours must be > 0, warmup_s >= 0")
@@ -216,6 +211,7 @@ class LLMFleetEnv(gym.Env):
             raise ValueError("scenario: give a scenario name or a non-empty list of names")
         self.scenarios = tuple(get_scenario(name) for name in names)
         self.scenario = self.scenarios[0]
+        spec = spec if spec is not None else self.fleet.config.slo_spec
         self.slo_spec = load_spec(spec) if spec is not None else default_spec()
         self.control_interval_s = float(control_interval_s)
         self.episode_hours = episode_hours
@@ -229,16 +225,18 @@ class LLMFleetEnv(gym.Env):
         probe = BudgetEngine(self.slo_spec)
         self.slo_names = probe.slo_names
         self.slo_kinds = {s.name: s.sli.llm.kind for s in probe.slos}
-        knobs = elastic_knobs(POOL_NAMES) if self.elastic else DEFAULT_KNOBS
+        pools = tuple(p.name for p in self.fleet.config.pools)
+        knobs = elastic_knobs(pools) if self.elastic else DEFAULT_KNOBS
         self.action_contract = ActionContract(knobs=knobs)
+        caps = tuple(p.replica_slots for p in scalable(self.fleet.config).pools)
         self.observation_contract = ObservationContract(
             slo_names=self.slo_names,
             windows=("5m", "30m", "1h", "6h"),
-            pools=POOL_NAMES,
+            pools=pools,
             knob_names=self.action_contract.names,
             spec_digest=probe.spec_fingerprint(),
-            nominal_capacity_rps=NOMINAL_CAPACITY,
-            max_replicas=tuple(MAX_REPLICAS[p] for p in POOL_NAMES) if self.elastic else (),
+            nominal_capacity_rps=self.fleet.capacity_rps,
+            max_replicas=caps if self.elastic else (),
         )
         self._window_index = [probe.windows.index(w) for w in self.observation_contract.windows]
         low_obs, high_obs = self.observation_contract.bounds()
@@ -255,7 +253,7 @@ class LLMFleetEnv(gym.Env):
         if len(self.scenarios) > 1:
             self.scenario = self.scenarios[int(self.np_random.integers(len(self.scenarios)))]
         self.max_steps = self._episode_steps(self.scenario)
-        self.setup: ScenarioSetup = self.scenario.build(self.np_random, self.warmup_s)
+        self.setup: ScenarioSetup = self.scenario.build(self.np_random, self.warmup_s, self.fleet)
         if self.elastic:
             self.setup = replace(self.setup, config=scalable(self.setup.config))
         sim_seed = int(self.np_random.integers(2**63 - 1))
@@ -285,7 +283,7 @@ class LLMFleetEnv(gym.Env):
         return self._observation(), dict(self._last_info)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self.knob_values = self.action_contract.decode(action)
+        self.knob_values = self.fleet.in_force(self.action_contract.decode(action))
         self._apply_knobs()
         if self.elastic:
             self._scale_pools()
@@ -312,8 +310,9 @@ class LLMFleetEnv(gym.Env):
 
     def _episode_steps(self, scenario: Scenario) -> int:
         """Control steps of an episode of ``scenario``: ``episode_hours`` if given, else the
-        scenario's own length, else :data:`envs.scenarios.DEFAULT_EPISODE_HOURS`."""
-        hours = self.episode_hours or scenario.episode_hours or DEFAULT_EPISODE_HOURS
+        scenario's own length, else the fleet's (:data:`envs.scenarios.DEFAULT_EPISODE_HOURS`
+        for the reference fleet)."""
+        hours = self.episode_hours or scenario.episode_hours or self.fleet.config.episode_hours
         return int(round(hours * 3600.0 / self.control_interval_s))
 
     def _check_replica_caps(self) -> list[int]:
@@ -351,7 +350,7 @@ class LLMFleetEnv(gym.Env):
         return per_request * self.setup.workload.mean_rate * self.slo_spec.budgetpilot.period
 
     def _apply_knobs(self) -> None:
-        self.sim.set_knobs(sim_knobs(self.knob_values))
+        self.sim.set_knobs(sim_knobs(self.knob_values, self.fleet))
 
     def _advance(self, until: float) -> float:
         """Simulate to ``until`` (applying the scenario's rollout), feed the budget engine, and
@@ -359,7 +358,7 @@ class LLMFleetEnv(gym.Env):
         rollout = self.setup.rollout_at_s
         if rollout is not None and not self._rolled_out and rollout <= until:
             self._ingest(self.sim.advance(max(rollout, self.sim.now)))
-            self.sim.set_capability("cheap", self.setup.rollout_capability)
+            self.fleet.roll_out(self.sim, self.setup.rollout_capability)
             self.engine.start_phase("rollout", self.sim.now)
             self._rolled_out = True
         self._ingest(self.sim.advance(until))
@@ -375,7 +374,7 @@ class LLMFleetEnv(gym.Env):
         """GPU time (busy, or provisioned when elastic) and CPU offload at their prices since the
         previous call, per second, relative to the strong pool's initial replicas fully busy."""
         pools = self.setup.config.pools
-        gpu_price = np.array([get_gpu(p.gpu).cost_per_hour for p in pools])
+        gpu_price = np.array([p.gpu_spec().cost_per_hour for p in pools])
         replica_price = gpu_price * np.array([p.tp for p in pools])
         prices = replica_price[stats.pool]
         offload = self.knob_values["offload_fraction"] * self.reward_config.offload_cpu_share
@@ -470,6 +469,7 @@ class LLMFleetEnv(gym.Env):
             "serving_cost": cost,
             "scenario": self.scenario.name,
             "scenario_parameters": dict(self.setup.parameters),
+            "fixed_knobs": dict(self.fleet.fixed_knobs),
         }
         if self.elastic:
             info["replicas"] = self._replica_counts()
@@ -522,3 +522,12 @@ class LLMFleetEnv(gym.Env):
         image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
         plt.close(fig)
         return image
+
+
+def _governed(fleet: SimConfig | str | Path | None) -> GovernedFleet:
+    """The fleet an environment governs: the reference one, or a fleet file's (a path or a
+    loaded :class:`envs.sim.SimConfig`) with its capacity measured."""
+    if fleet is None:
+        return REFERENCE_FLEET
+    config = fleet if isinstance(fleet, SimConfig) else SimConfig.from_yaml(fleet)
+    return GovernedFleet.from_config(config)

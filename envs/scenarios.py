@@ -1,10 +1,13 @@
 """The scenario suite: the situations a fleet governor must handle.
 
-Every scenario builds the same two-tier fleet (a strong pool of Llama-3-8B replicas and a cheap
-pool of one Llama-3.2-1B replica, both on A100-80GB, three tenants of different priority) and
-differs in what happens to it. Each draw is randomised from a :class:`numpy.random.Generator`, so
-training sees a distribution of situations and evaluation uses fixed seeds of the same
-distribution. Times are seconds from the start of the controlled episode (after warm-up).
+Every scenario governs one fleet, by default the reference two-tier fleet (a strong pool of
+Llama-3-8B replicas and a cheap pool of one Llama-3.2-1B replica, both on A100-80GB, three
+tenants of different priority; :data:`REFERENCE_FLEET`), or any fleet file's
+(:meth:`GovernedFleet.from_config`), and differs in what happens to it. Load levels are
+multiples of the fleet's capacity, so a scenario means the same on every fleet. Each draw is
+randomised from a :class:`numpy.random.Generator`, so training sees a distribution of situations
+and evaluation uses fixed seeds of the same distribution. Times are seconds from the start of
+the controlled episode (after warm-up).
 
 Scenarios marked ``held_out`` are never part of a training preset: they measure how a policy
 trained on synthetic situations copes with real traces and with combinations it never saw.
@@ -24,7 +27,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.sim import AutoscalingConfig, PoolConfig, ScheduledFailure, SimConfig, TenantConfig
+from envs.contract import neutral_knob_values
+from envs.sim import (
+    AutoscalingConfig,
+    PoolConfig,
+    ScheduledFailure,
+    SimConfig,
+    Simulator,
+    TenantConfig,
+)
+from envs.sim.knobs import Knobs
 from envs.sim.workload import (
     Diurnal,
     FlashCrowd,
@@ -98,8 +110,8 @@ class Scenario:
         Identifier (also in the Gymnasium id).
     description:
         One sentence for reports.
-    build:
-        ``build(rng, warmup_s) -> ScenarioSetup``.
+    builder:
+        ``builder(rng, warmup_s, fleet) -> ScenarioSetup`` (see :meth:`build`).
     held_out:
         Never used by training presets.
     needs_data:
@@ -113,11 +125,17 @@ class Scenario:
 
     name: str
     description: str
-    build: Callable[[np.random.Generator, float], ScenarioSetup]
+    builder: Callable[[np.random.Generator, float, GovernedFleet], ScenarioSetup]
     held_out: bool = False
     needs_data: bool = False
     elastic: bool = False
     episode_hours: float | None = None
+
+    def build(
+        self, rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet | None = None
+    ) -> ScenarioSetup:
+        """One draw of the scenario on ``fleet`` (default :data:`REFERENCE_FLEET`)."""
+        return self.builder(rng, warmup_s, fleet or REFERENCE_FLEET)
 
 
 def fleet_config(failures: tuple[ScheduledFailure, ...] = ()) -> SimConfig:
@@ -139,6 +157,120 @@ def fleet_config(failures: tuple[ScheduledFailure, ...] = ()) -> SimConfig:
     )
 
 
+@dataclass(frozen=True)
+class GovernedFleet:
+    """The fleet the scenarios run on and the capacity their load levels are multiples of.
+
+    Parameters
+    ----------
+    config:
+        The fleet: pools, router, gateway, tenants, the traffic's length mix and, from a fleet
+        file, its SLO spec, control interval and episode length (scenarios bring their own
+        failures and arrivals).
+    capacity_rps:
+        Requests per second the fleet serves saturated (load 1): its nominal capacity.
+    """
+
+    config: SimConfig
+    capacity_rps: float
+
+    @classmethod
+    def from_config(cls, config: SimConfig) -> GovernedFleet:
+        """A fleet file's fleet, its capacity measured (or read from the cache) for its traffic's
+        length mix (:func:`envs.sim.capacity.fleet_capacity`)."""
+        from envs.sim.capacity import fleet_capacity
+
+        return cls(config.model_copy(update={"failures": []}), fleet_capacity(config))
+
+    @property
+    def strong_pool(self) -> str:
+        """The first pool of tier 0 (the one scenarios fail replicas of)."""
+        return next(p.name for p in self.config.pools if p.tier == 0)
+
+    @property
+    def cheap_pool(self) -> str | None:
+        """The first pool of the tier downgraded traffic goes to, ``None`` in a single tier."""
+        if self.config.n_tiers == 1:
+            return None
+        return next(p.name for p in self.config.pools if p.tier == self.config.cheap_tier)
+
+    @property
+    def tenant_shares(self) -> tuple[float, ...]:
+        return tuple(t.share for t in self.config.tenants)
+
+    @property
+    def main_tenant(self) -> int:
+        """The tenant with the largest share of traffic (the first one among equals)."""
+        return int(np.argmax(self.tenant_shares))
+
+    @property
+    def low_priority_tenant(self) -> int:
+        """The tenant of the lowest priority (the last one among equals)."""
+        priorities = [t.priority for t in self.config.tenants]
+        return len(priorities) - 1 - int(np.argmin(priorities[::-1]))
+
+    @property
+    def lengths(self) -> LengthModel:
+        """Prompt and output lengths of the fleet's traffic."""
+        return get_length_model(self.config.workload.lengths)
+
+    @property
+    def fixed_knobs(self) -> dict[str, str]:
+        """Knobs without a counterpart in this fleet, held at their neutral value
+        (:data:`envs.contract.NEUTRAL_KNOB_VALUES`): name -> why."""
+        if self.cheap_pool is None:
+            return {"cheap_tier_share": "a single-tier fleet has no cheap tier: fixed at 0"}
+        return {}
+
+    def roll_out(self, sim: Simulator, capability: float) -> None:
+        """Serve a new cheap model of ``capability`` in ``sim`` (a single tier has none)."""
+        if self.cheap_pool is not None:
+            sim.set_capability(self.cheap_pool, capability)
+
+    def with_failures(self, failures: tuple[ScheduledFailure, ...] = ()) -> SimConfig:
+        """The fleet with these scheduled failures."""
+        return self.config.model_copy(update={"failures": list(failures)})
+
+    def stream(
+        self,
+        load: float,
+        modulations: tuple[Modulation, ...] = (),
+        tenant_shares: tuple[float, ...] | None = None,
+        lengths: LengthModel | None = None,
+    ) -> Workload:
+        """Poisson arrivals at ``load`` times the capacity, modulated, over the fleet's tenants
+        (or ``tenant_shares``) with its lengths (or ``lengths``)."""
+        return Workload(
+            Poisson(load * self.capacity_rps, modulations),
+            lengths or self.lengths,
+            tenant_shares or self.tenant_shares,
+        )
+
+    def in_force(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Knob values as they act on this fleet: :attr:`fixed_knobs` at their neutral value."""
+        return dict(values) | neutral_knob_values(tuple(self.fixed_knobs))
+
+    def knobs(self, values: Mapping[str, float]) -> Knobs:
+        """The simulator's :class:`Knobs` for knob values of the :class:`ActionContract`:
+        admission limits are multiples of the capacity, the low-priority weight applies to the
+        tenants of the lowest priority, fixed knobs (:attr:`fixed_knobs`) stay neutral."""
+        values = self.in_force(values)
+        low = min(t.priority for t in self.config.tenants)
+        weights = tuple(
+            values["low_priority_weight"] if t.priority == low else t.weight
+            for t in self.config.tenants
+        )
+        return Knobs(
+            cheap_tier_share=values["cheap_tier_share"],
+            offload_fraction=values["offload_fraction"],
+            admission_rate_limit=values["admission_limit"] * self.capacity_rps,
+            shed_priority_below=values["shed_priority_below"],
+            max_context_tokens=values["max_context_tokens"],
+            max_num_seqs_scale=values["max_num_seqs_scale"],
+            tenant_weights=weights,
+        )
+
+
 def scalable(config: SimConfig, autoscaling: AutoscalingConfig | None = None) -> SimConfig:
     """``config`` with pools that may scale: every pool without its own ``max_replicas`` gets
     :data:`MAX_REPLICAS` (at least its initial replicas), and ``autoscaling`` if given."""
@@ -155,6 +287,8 @@ def scalable(config: SimConfig, autoscaling: AutoscalingConfig | None = None) ->
 
 TENANT_SHARES = tuple(t.share for t in TENANTS)
 CONV_LENGTHS = get_length_model("azure-conv")
+#: The reference fleet at its nominal capacity: what every environment governs by default.
+REFERENCE_FLEET = GovernedFleet(fleet_config(), NOMINAL_CAPACITY)
 
 
 class Ramp:
@@ -200,8 +334,8 @@ def poisson_stream(
     tenant_shares: tuple[float, ...] = TENANT_SHARES,
     lengths: LengthModel = CONV_LENGTHS,
 ) -> Workload:
-    """Poisson arrivals at ``load`` times the nominal capacity, modulated."""
-    return Workload(Poisson(load * NOMINAL_CAPACITY, modulations), lengths, tenant_shares)
+    """Poisson arrivals at ``load`` times the reference fleet's nominal capacity, modulated."""
+    return REFERENCE_FLEET.stream(load, modulations, tenant_shares, lengths)
 
 
 def _flash(
@@ -229,132 +363,150 @@ def _describe(load: float, *modulations: Modulation) -> dict[str, float]:
     return parameters
 
 
-def _steady(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _steady(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
     load = float(rng.uniform(0.6, 0.95))
-    return ScenarioSetup(fleet_config(), poisson_stream(load), parameters=_describe(load))
+    return ScenarioSetup(fleet.with_failures(), fleet.stream(load), parameters=_describe(load))
 
 
-def _diurnal(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _diurnal(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
     load, cycle = float(rng.uniform(0.55, 0.8)), _diurnal_cycle(rng)
     return ScenarioSetup(
-        fleet_config(), poisson_stream(load, (cycle,)), parameters=_describe(load, cycle)
+        fleet.with_failures(), fleet.stream(load, (cycle,)), parameters=_describe(load, cycle)
     )
 
 
-def _flash_crowd(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _flash_crowd(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
     load, flash = float(rng.uniform(0.5, 0.7)), _flash(rng, warmup_s, (1.8, 3.0))
     return ScenarioSetup(
-        fleet_config(), poisson_stream(load, (flash,)), parameters=_describe(load, flash)
+        fleet.with_failures(), fleet.stream(load, (flash,)), parameters=_describe(load, flash)
     )
 
 
-def long_context_lengths(scale: float) -> LengthModel:
-    """Azure-conversation lengths with prompts ``scale`` times longer (RAG, documents)."""
+def long_context_lengths(scale: float, base: LengthModel = CONV_LENGTHS) -> LengthModel:
+    """``base`` lengths (Azure-conversation ones by default) with prompts ``scale`` times longer
+    (RAG, documents)."""
     return LengthModel(
-        CONV_LENGTHS.z_grid,
-        CONV_LENGTHS.prompt_quantiles * scale,
-        CONV_LENGTHS.output_quantiles,
-        CONV_LENGTHS.correlation,
+        base.z_grid, base.prompt_quantiles * scale, base.output_quantiles, base.correlation
     )
 
 
-def _by_tenant(streams: dict[str, Workload]) -> MixedWorkload:
-    """One stream per tenant, each labelled with its tenant id."""
-    ids = {t.name: i for i, t in enumerate(TENANTS)}
-    return MixedWorkload([(ids[name], stream) for name, stream in streams.items()])
+def _per_tenant(fleet: GovernedFleet, load: float, **overrides: Workload) -> MixedWorkload:
+    """Every tenant's share of ``load`` as its own Poisson stream (labelled with its tenant id),
+    some replaced by name."""
+    tenants = fleet.config.tenants
+    total = sum(fleet.tenant_shares)
+    streams = [
+        overrides.get(t.name) or fleet.stream(load * t.share / total, tenant_shares=(1.0,))
+        for t in tenants
+    ]
+    return MixedWorkload(list(enumerate(streams)))
 
 
-def _per_tenant(load: float, **overrides: Workload) -> MixedWorkload:
-    """Every tenant's share of ``load`` as its own Poisson stream, some replaced or added."""
-    streams = {t.name: poisson_stream(load * t.share, tenant_shares=(1.0,)) for t in TENANTS}
-    return _by_tenant(streams | overrides)
-
-
-def _long_context_surge(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _long_context_surge(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     load, flash = float(rng.uniform(0.5, 0.7)), _flash(rng, warmup_s, (15.0, 30.0))
     scale = float(rng.uniform(3.0, 6.0))
-    workload = _per_tenant(load)
-    # The standard tenant's document product: rare long prompts, then a burst of them.
-    documents = poisson_stream(0.02, (flash,), (1.0,), long_context_lengths(scale))
-    workload.components.append((1, documents))
+    workload = _per_tenant(fleet, load)
+    # The main tenant's document product: rare long prompts, then a burst of them.
+    lengths = long_context_lengths(scale, fleet.lengths)
+    documents = fleet.stream(0.02, (flash,), (1.0,), lengths)
+    workload.components.append((fleet.main_tenant, documents))
     return ScenarioSetup(
-        fleet_config(), workload, parameters={**_describe(load, flash), "prompt_scale": scale}
+        fleet.with_failures(),
+        workload,
+        parameters={**_describe(load, flash), "prompt_scale": scale},
     )
 
 
-def _heavy_prompts(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _heavy_prompts(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     # A fleet sized in requests meets traffic heavy in tokens (agents, code, long chats): the
     # request rate is normal, the prefill and KV demand are not, for the whole episode.
     load, scale = float(rng.uniform(0.5, 0.8)), float(rng.uniform(1.5, 2.5))
     return ScenarioSetup(
-        fleet_config(),
-        poisson_stream(load, lengths=long_context_lengths(scale)),
+        fleet.with_failures(),
+        fleet.stream(load, lengths=long_context_lengths(scale, fleet.lengths)),
         parameters={"load": load, "prompt_scale": scale},
     )
 
 
-def _replica_failure(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _replica_failure(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     load = float(rng.uniform(0.55, 0.75))
     at = warmup_s + float(rng.uniform(600.0, 3600.0))
     duration = float(rng.uniform(600.0, 1800.0))
-    failure = ScheduledFailure(pool="strong", replica=0, at_s=at, duration_s=duration)
+    failure = ScheduledFailure(pool=fleet.strong_pool, replica=0, at_s=at, duration_s=duration)
     return ScenarioSetup(
-        fleet_config((failure,)),
-        poisson_stream(load),
+        fleet.with_failures((failure,)),
+        fleet.stream(load),
         parameters={"load": load, "failure_at_s": at, "failure_duration_s": duration},
     )
 
 
-def _noisy_tenant(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _noisy_tenant(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
     load, flash = float(rng.uniform(0.5, 0.7)), _flash(rng, warmup_s, (4.0, 8.0))
-    batch = poisson_stream(load * TENANTS[2].share, (flash,), tenant_shares=(1.0,))
+    noisy = fleet.config.tenants[fleet.low_priority_tenant]
+    share = noisy.share / sum(fleet.tenant_shares)
+    stream = fleet.stream(load * share, (flash,), tenant_shares=(1.0,))
     return ScenarioSetup(
-        fleet_config(), _per_tenant(load, batch=batch), parameters=_describe(load, flash)
+        fleet.with_failures(),
+        _per_tenant(fleet, load, **{noisy.name: stream}),
+        parameters=_describe(load, flash),
     )
 
 
-def _model_rollout(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _model_rollout(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     load = float(rng.uniform(0.6, 0.9))
     at = warmup_s + float(rng.uniform(1200.0, 4800.0))
     capability = float(rng.uniform(0.35, 0.8))
     return ScenarioSetup(
-        fleet_config(),
-        poisson_stream(load),
+        fleet.with_failures(),
+        fleet.stream(load),
         rollout_at_s=at,
         rollout_capability=capability,
         parameters={"load": load, "rollout_at_s": at, "rollout_capability": capability},
     )
 
 
-def _trace(kind: str) -> Callable[[np.random.Generator, float], ScenarioSetup]:
-    def build(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _trace(kind: str) -> Callable[[np.random.Generator, float, GovernedFleet], ScenarioSetup]:
+    def build(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
         load = float(rng.uniform(0.6, 0.9))
+        shares = fleet.tenant_shares
         workload = make_workload(
-            kind, load * NOMINAL_CAPACITY, tenants=len(TENANTS), tenant_shares=TENANT_SHARES
+            kind, load * fleet.capacity_rps, tenants=len(shares), tenant_shares=shares
         )
-        return ScenarioSetup(fleet_config(), workload, parameters={"load": load})
+        return ScenarioSetup(fleet.with_failures(), workload, parameters={"load": load})
 
     return build
 
 
-def _mixed(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _mixed(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
     load, cycle = float(rng.uniform(0.5, 0.7)), _diurnal_cycle(rng)
     flash = _flash(rng, warmup_s, (1.5, 2.5))
     at = warmup_s + float(rng.uniform(600.0, 5400.0))
-    failure = ScheduledFailure(pool="strong", replica=1, at_s=at, duration_s=900.0)
+    strong = next(p for p in fleet.config.pools if p.name == fleet.strong_pool)
+    replica = min(1, strong.replica_slots - 1)
+    failure = ScheduledFailure(pool=strong.name, replica=replica, at_s=at, duration_s=900.0)
     return ScenarioSetup(
-        fleet_config((failure,)),
-        poisson_stream(load, (cycle, flash)),
+        fleet.with_failures((failure,)),
+        fleet.stream(load, (cycle, flash)),
         parameters={**_describe(load, cycle, flash), "failure_at_s": at},
     )
 
 
-def _elastic_fleet(**autoscaling: float) -> SimConfig:
-    """The usual fleet, with pools that may scale to :data:`MAX_REPLICAS`."""
-    return scalable(fleet_config(), AutoscalingConfig(**autoscaling))
+def _elastic_fleet(fleet: GovernedFleet, **autoscaling: float) -> SimConfig:
+    """The fleet, with pools that may scale (see :func:`scalable`)."""
+    return scalable(fleet.with_failures(), AutoscalingConfig(**autoscaling))
 
 
-def _elastic_diurnal(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _elastic_diurnal(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     # Peaks of up to ~1.9x nominal need 5 strong replicas; troughs of ~0.25x leave one busy.
     load = float(rng.uniform(0.8, 1.1))
     cycle = Diurnal(
@@ -363,11 +515,11 @@ def _elastic_diurnal(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup
         phase=float(rng.uniform(0.0, 2 * np.pi)),
     )
     return ScenarioSetup(
-        _elastic_fleet(), poisson_stream(load, (cycle,)), parameters=_describe(load, cycle)
+        _elastic_fleet(fleet), fleet.stream(load, (cycle,)), parameters=_describe(load, cycle)
     )
 
 
-def _slow_ramp(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _slow_ramp(rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet) -> ScenarioSetup:
     start, end = float(rng.uniform(0.45, 0.55)), float(rng.uniform(1.5, 1.7))
     ramp = Ramp(
         start_s=warmup_s + float(rng.uniform(0.0, 900.0)),
@@ -375,11 +527,13 @@ def _slow_ramp(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
         final_multiplier=end / start,
     )
     return ScenarioSetup(
-        _elastic_fleet(), poisson_stream(start, (ramp,)), parameters=_describe(start, ramp)
+        _elastic_fleet(fleet), fleet.stream(start, (ramp,)), parameters=_describe(start, ramp)
     )
 
 
-def _short_flash_crowd(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _short_flash_crowd(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     load = float(rng.uniform(0.6, 0.8))
     flash = FlashCrowd(
         start_s=warmup_s + float(rng.uniform(300.0, 3000.0)),
@@ -388,16 +542,18 @@ def _short_flash_crowd(rng: np.random.Generator, warmup_s: float) -> ScenarioSet
     )
     # A 4-minute provisioning delay (Llama-3-8B: 180 s + 60 s of weights) with little jitter:
     # replicas asked for when the crowd starts serve after it has gone.
-    fleet = _elastic_fleet(provision_base_s=180.0, provision_jitter=0.1)
-    return ScenarioSetup(fleet, poisson_stream(load, (flash,)), parameters=_describe(load, flash))
+    elastic = _elastic_fleet(fleet, provision_base_s=180.0, provision_jitter=0.1)
+    return ScenarioSetup(elastic, fleet.stream(load, (flash,)), parameters=_describe(load, flash))
 
 
-def _spot_interruptions(rng: np.random.Generator, warmup_s: float) -> ScenarioSetup:
+def _spot_interruptions(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
     load, rate = float(rng.uniform(0.6, 0.85)), float(rng.uniform(0.5, 1.0))
-    fleet = _elastic_fleet(spot_rate_per_hour=rate, spot_notice_s=120.0)
+    elastic = _elastic_fleet(fleet, spot_rate_per_hour=rate, spot_notice_s=120.0)
     return ScenarioSetup(
-        fleet,
-        poisson_stream(load),
+        elastic,
+        fleet.stream(load),
         parameters={"load": load, "spot_rate_per_hour": rate, "spot_notice_s": 120.0},
     )
 

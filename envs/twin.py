@@ -56,6 +56,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,7 +68,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, KnobSpec
 from envs.fleet_env import LLMFleetEnv, sim_knobs
 from envs.scenarios import env_kwargs_for
-from envs.sim import FleetStats, ReplicaState
+from envs.sim import FleetStats, ReplicaState, SimConfig
 from slo.events import REQUEST_EVENT_DTYPE, Outcome, empty_events
 from slo.exposition import ExpositionRenderer
 from slo.metrics import BUILTIN_MAPPINGS, load_mapping
@@ -401,6 +402,9 @@ class EngineTwin:
         Run the elastic fleet (``LLMFleetEnv(elastic=True)``: pools scale up to their caps by
         :meth:`set_replicas`); ``None``: as the scenario needs (:func:`envs.scenarios.
         env_kwargs_for`, elastic for the elastic scenarios).
+    fleet:
+        A fleet file (path or :class:`envs.sim.SimConfig`) to run instead of the reference
+        fleet (``LLMFleetEnv(fleet=...)``); its SLO spec applies unless ``spec`` is given.
     """
 
     def __init__(
@@ -414,6 +418,7 @@ class EngineTwin:
         tick_s: float = 1.0,
         warmup_s: float = 600.0,
         elastic: bool | None = None,
+        fleet: SimConfig | str | Path | None = None,
     ) -> None:
         if mapping not in BUILTIN_MAPPINGS:
             raise ValueError(
@@ -424,8 +429,9 @@ class EngineTwin:
         if not (math.isfinite(tick_s) and tick_s > 0):
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
         kwargs = env_kwargs_for(scenario) if elastic is None else {"elastic": bool(elastic)}
-        env = LLMFleetEnv(scenario, spec=spec, warmup_s=warmup_s, **kwargs)
+        env = LLMFleetEnv(scenario, spec=spec, warmup_s=warmup_s, fleet=fleet, **kwargs)
         env.reset(seed=seed)
+        self.fleet = env.fleet
         self.scenario, self.seed, self.elastic = env.scenario.name, seed, env.elastic
         self.speed, self.tick_s = float(speed), float(tick_s)
         self.setup, self.sim, self.spec = env.setup, env.sim, env.slo_spec
@@ -500,7 +506,7 @@ class EngineTwin:
         batches = []
         if self._rollout_pending and self.setup.rollout_at_s <= until:
             batches.append(self.sim.advance(max(self.setup.rollout_at_s, self.sim.now)))
-            self.sim.set_capability("cheap", self.setup.rollout_capability)
+            self.fleet.roll_out(self.sim, self.setup.rollout_capability)
             self._rollout_pending = False
         batches.append(self.sim.advance(until))
         events = _concat_events(batches)
@@ -576,8 +582,8 @@ class EngineTwin:
         """
         checked = validate_knob_update(self.action_contract, update)
         with self._lock:
-            values = {**self._knob_values, **checked}
-            self.sim.set_knobs(sim_knobs(values))
+            values = self.fleet.in_force({**self._knob_values, **checked})
+            self.sim.set_knobs(sim_knobs(values, self.fleet))
             self._knob_values = values
             self.stats = self.sim.fleet_stats()  # capacity (offload) and batch limits changed
             return dict(values)

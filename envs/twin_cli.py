@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -31,6 +32,10 @@ def twin(
     scenario: Annotated[
         str, typer.Option(help=f"Scenario to run: {', '.join(SCENARIO_NAMES)}.", show_default=False)
     ],
+    fleet: Annotated[
+        Path | None,
+        typer.Option(help="Fleet file to run instead of the reference fleet (examples/fleets/)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the scenario draw and the simulation.")] = 0,
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve on (port 0: any).")] = (
         "127.0.0.1:8000"
@@ -64,8 +69,10 @@ def twin(
 
     try:
         host, port = parse_listen(listen)
-        engine_twin = EngineTwin(scenario, seed, speed, mapping=mapping, elastic=elastic)
-    except (ValueError, FileNotFoundError) as exc:  # bad option, trace data missing
+        engine_twin = EngineTwin(
+            scenario, seed, speed, mapping=mapping, elastic=elastic, fleet=fleet
+        )
+    except (ValueError, FileNotFoundError) as exc:  # bad option or fleet file, trace data missing
         _fail(str(exc))
     try:
         url = engine_twin.start(host, port)

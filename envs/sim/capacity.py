@@ -49,6 +49,7 @@ def measured_fleet(config: SimConfig) -> SimConfig:
     workload's rate and load cleared."""
     workload = config.workload.model_copy(update={"rate": None, "load": None})
     unrelated = {"failures": [], "knobs": Knobs(), "series_rows": 16, "slo_spec": None}
+    unrelated |= {"capacity_rps": None}
     return config.model_copy(update={"workload": workload, "description": ""} | unrelated)
 
 
@@ -72,7 +73,8 @@ def capacity_key(config: SimConfig) -> str:
 
 
 def fleet_capacity(config: SimConfig, cache: Path | None = None) -> float:
-    """Requests per second the fleet of ``config`` serves saturated by its traffic's mix.
+    """Requests per second the fleet of ``config`` serves saturated by its traffic's mix: its
+    ``capacity_rps`` if the file states one, else measured (or read from the cache).
 
     Parameters
     ----------
@@ -81,6 +83,8 @@ def fleet_capacity(config: SimConfig, cache: Path | None = None) -> float:
     """
     from envs.sim.simulator import measure_capacity
 
+    if config.capacity_rps is not None:
+        return config.capacity_rps
     key = capacity_key(config)
     path = (cache or cache_dir()) / "capacity" / f"{key}.json"
     try:

@@ -474,7 +474,9 @@ class SimConfig(_Strict):
 
     Besides what the simulator runs, it carries what the environments and commands built from
     it need: ``slo_spec`` (path of the SLO spec, relative to the file; default
-    :func:`slo.default_spec`), ``control_interval_s`` and ``episode_hours``.
+    :func:`slo.default_spec`), ``control_interval_s`` and ``episode_hours``; and
+    ``capacity_rps``, the capacity loads are relative to when it is known (from a load test),
+    instead of the one measured in simulation (:mod:`envs.sim.capacity`).
     """
 
     description: str = ""
@@ -489,6 +491,13 @@ class SimConfig(_Strict):
     knobs: Knobs = Knobs()
     series_rows: int = Field(
         10_000, ge=1, description="rows of the fleet time series kept (one per advance call)"
+    )
+    capacity_rps: float | None = Field(
+        None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="requests/s at saturation a workload.load is relative to (a load test's "
+        "figure); default: measured in simulation",
     )
     slo_spec: str | None = Field(None, description="SLO spec file (default: the built-in spec)")
     control_interval_s: float = Field(30.0, gt=0.0, allow_inf_nan=False)
