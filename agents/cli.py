@@ -42,6 +42,10 @@ def tune(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the result as JSON to this file.")] = None,
+    fleet: Annotated[
+        Path | None,
+        typer.Option(help="Fleet file to tune on instead of the reference fleet."),
+    ] = None,
 ) -> None:
     """Grid-search a baseline's parameters on one scenario, on training seeds 1000 and up.
 
@@ -66,8 +70,9 @@ def tune(
                 warmup_s=warmup_s,
                 max_candidates=max_candidates,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                fleet=None if fleet is None else str(fleet),
             )
-    except ValueError as exc:
+    except ValueError as exc:  # also ConfigError: a bad fleet file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     summary = result.to_dict()

@@ -66,6 +66,11 @@ class TuningResult:
         Every candidate's parameters as a dict, in grid order, with its score.
     best_index:
         Index into ``candidates`` of the highest mean return (the first one on ties).
+    fleet:
+        The fleet file tuned on (``None``: the reference fleet).
+    observation_contract:
+        Digest of the environment's observation contract (its pools, capacity, SLOs and
+        knobs): parameters tuned on one fleet are refused on another.
     """
 
     baseline: str
@@ -75,6 +80,8 @@ class TuningResult:
     warmup_s: float
     candidates: tuple[tuple[dict, EpisodeScore], ...]
     best_index: int
+    fleet: str | None = None
+    observation_contract: str | None = None
 
     @property
     def best_params(self) -> dict:
@@ -89,6 +96,8 @@ class TuningResult:
         return {
             "baseline": self.baseline,
             "scenario": self.scenario,
+            "fleet": self.fleet,
+            "observation_contract": self.observation_contract,
             "seeds": list(self.seeds),
             "episode_hours": self.episode_hours,
             "warmup_s": self.warmup_s,
@@ -108,11 +117,12 @@ def applies_to(name: str, scenario: str) -> bool:
     return not baseline_class(name).needs_elastic or get_scenario(scenario).elastic
 
 
-def scenario_env(scenario: str, episode_hours: float | None, warmup_s: float) -> LLMFleetEnv:
+def scenario_env(
+    scenario: str, episode_hours: float | None, warmup_s: float, fleet: str | None = None
+) -> LLMFleetEnv:
     """The environment ``scenario`` is tuned and evaluated in (elastic for an elastic one)."""
-    return LLMFleetEnv(
-        scenario, episode_hours=episode_hours, warmup_s=warmup_s, **env_kwargs_for(scenario)
-    )
+    kwargs = env_kwargs_for(scenario) | ({"fleet": fleet} if fleet is not None else {})
+    return LLMFleetEnv(scenario, episode_hours=episode_hours, warmup_s=warmup_s, **kwargs)
 
 
 def control_context(env: LLMFleetEnv) -> ControlContext:
@@ -180,6 +190,7 @@ def tune(
     warmup_s: float = 600.0,
     max_candidates: int | None = None,
     progress: ProgressCallback | None = None,
+    fleet: str | None = None,
 ) -> TuningResult:
     """Grid-search a baseline's ``param_grid()`` on one scenario.
 
@@ -199,6 +210,8 @@ def tune(
         Score only the first candidates of the grid (smoke runs, tests).
     progress:
         Called with (episodes done, episodes in total) after every episode.
+    fleet:
+        A fleet file to tune on instead of the reference fleet.
     """
     get_scenario(scenario)  # fail on a bad name before any work
     if not applies_to(baseline_name, scenario):
@@ -209,7 +222,7 @@ def tune(
     if not seeds:
         raise ValueError("tuning needs at least one seed")
     grid = candidate_params(baseline_name, max_candidates)
-    env = scenario_env(scenario, episode_hours, warmup_s)
+    env = scenario_env(scenario, episode_hours, warmup_s, fleet)
     context = control_context(env)
     total, done = len(grid) * len(seeds), 0
 
@@ -232,15 +245,28 @@ def tune(
         warmup_s=float(warmup_s),
         candidates=scored,
         best_index=int(np.argmax(means)),
+        fleet=fleet,
+        observation_contract=env.observation_contract.digest,
     )
 
 
-def load_tuned_params(path: str | Path) -> tuple[str, str, dict]:
-    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``."""
+def load_tuned_params(path: str | Path, contract: str | None = None) -> tuple[str, str, dict]:
+    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``.
+
+    With ``contract`` (an observation contract's digest), the parameters must have been tuned in
+    an environment of that contract, i.e. on the same fleet: ValueError names both otherwise.
+    """
     try:
         data = json.loads(Path(path).read_text())
-        return data["baseline"], data["scenario"], dict(data["best_params"])
+        result = data["baseline"], data["scenario"], dict(data["best_params"])
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read tuning result {path}: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise ValueError(f"tuning result {path} lacks field {exc}") from None
+    tuned_for = data.get("observation_contract")
+    if contract is not None and tuned_for != contract:
+        raise ValueError(
+            f"{path}: tuned on fleet {data.get('fleet') or 'reference'} (observation contract "
+            f"{tuned_for}), not on this one ({contract}): tune it again with --fleet"
+        )
+    return result

@@ -13,6 +13,10 @@ yet: per-step good/total counts per SLO, window burn rates, goodput and GPU-hour
 Evaluation seeds are ``0 .. n-1``, kept below :data:`agents.tuning.TUNING_SEED_OFFSET` so that no
 baseline is scored on an episode it was tuned on.
 
+With a fleet file (:attr:`BenchConfig.fleet`) every run governs that fleet instead of the
+reference one; baselines take parameters tuned on it (``budgetpilot tune --fleet``), and a
+policy runs only if its observation contract is the fleet's.
+
 Elastic scenarios (:data:`envs.scenarios.ELASTIC_SCENARIOS`) run in the elastic environment
 (:func:`envs.scenarios.env_kwargs_for`). They are benchmarked when named, not by default; a
 baseline that scales pools runs on them only, and a policy only on scenarios of its own kind
@@ -330,24 +334,37 @@ class ControllerSpec:
     elastic:
         Whether the controller needs an elastic environment (it scales pools, or its policy's
         contract is elastic).
+    contract:
+        A policy's observation contract digest (from its manifest).
     """
 
     name: str
     policy_path: str | None = None
     trained_on: tuple[str, ...] = ()
     elastic: bool = False
+    contract: str | None = None
 
     @property
     def is_policy(self) -> bool:
         return self.policy_path is not None
 
-    def unfit_reason(self, scenario: str) -> str | None:
-        """Why this controller cannot govern ``scenario``, or ``None`` when it can."""
+    def unfit_reason(self, scenario: str, fleet: str | None = None) -> str | None:
+        """Why this controller cannot govern ``scenario`` (on the fleet file ``fleet``), or
+        ``None`` when it can."""
         elastic_scenario = get_scenario(scenario).elastic
         if self.elastic and not elastic_scenario:
             return f"{self.name} cannot govern {scenario}: it needs an elastic scenario"
         if self.is_policy and elastic_scenario and not self.elastic:
             return f"{self.name} cannot govern {scenario}: its policy is for fixed fleets"
+        if (
+            self.is_policy
+            and fleet is not None
+            and self.contract != fleet_contract(scenario, fleet)
+        ):
+            return (
+                f"{self.name} cannot govern {scenario} on {fleet}: its observation contract "
+                "(pools, capacity, SLOs) is another fleet's"
+            )
         return None
 
     def build(self, context: ControlContext, params: dict | None) -> Controller:
@@ -360,15 +377,25 @@ class ControllerSpec:
         return OnnxController(context, self.policy_path)
 
 
+@cache
+def fleet_contract(scenario: str, fleet: str) -> str:
+    """The observation contract digest of ``scenario``'s environment on the fleet file
+    ``fleet``."""
+    env = LLMFleetEnv(scenario, fleet=fleet, **env_kwargs_for(scenario))
+    return env.observation_contract.digest
+
+
 def resolve_controllers(
     names: Sequence[str] | None = None,
     zoo_dir: Path = ZOO_DIR,
     scenarios: Sequence[str] | None = None,
+    fleet: str | None = None,
 ) -> tuple[ControllerSpec, ...]:
     """Controllers by name: a baseline, a policy of the zoo (file stem) or a path to an ``.onnx``
     file. ``None``: every policy of the zoo and every baseline that can govern all of
-    ``scenarios`` (``None``: the fixed-fleet scenarios of the default benchmark). A policy's
-    manifest is read now, so a missing or corrupt policy fails before any run."""
+    ``scenarios`` (``None``: the fixed-fleet scenarios of the default benchmark) on ``fleet``
+    (a fleet file; ``None``: the reference fleet). A policy's manifest is read now, so a
+    missing or corrupt policy fails before any run."""
     from policies.runtime import read_manifest
 
     zoo = {p.stem: p for p in sorted(Path(zoo_dir).glob("*.onnx"))}
@@ -376,7 +403,7 @@ def resolve_controllers(
         fitting = [
             spec
             for spec in resolve_controllers([*zoo, *BASELINES], zoo_dir)
-            if all(spec.unfit_reason(s) is None for s in scenarios or DEFAULT_SCENARIOS)
+            if all(spec.unfit_reason(s, fleet) is None for s in scenarios or DEFAULT_SCENARIOS)
         ]
         return tuple(fitting)
     specs = []
@@ -392,8 +419,16 @@ def resolve_controllers(
                 f"to an .onnx file; known: {known}"
             )
         manifest = read_manifest(path)  # PolicyFileError names what is wrong
-        elastic = manifest.observation_contract.elastic
-        specs.append(ControllerSpec(path.stem, str(path), manifest.provenance.scenarios, elastic))
+        contract = manifest.observation_contract
+        specs.append(
+            ControllerSpec(
+                path.stem,
+                str(path),
+                manifest.provenance.scenarios,
+                contract.elastic,
+                contract.digest,
+            )
+        )
     duplicates = {s.name for s in specs if [t.name for t in specs].count(s.name) > 1}
     if duplicates:
         raise ValueError(f"controller names must be unique, repeated: {sorted(duplicates)}")
@@ -411,6 +446,7 @@ class RunSpec:
     episode_hours: float | None = None
     warmup_s: float = 600.0
     record_trace: bool = False
+    fleet: str | None = None
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -419,6 +455,7 @@ class RunSpec:
             "episode_hours": self.episode_hours,
             "warmup_s": self.warmup_s,
             **env_kwargs_for(self.scenario),
+            **({"fleet": self.fleet} if self.fleet is not None else {}),
         }
 
 
@@ -531,9 +568,12 @@ class BenchConfig:
         Episode length (``None``: each scenario's own, 2 h unless it says otherwise) and warm-up
         of every run.
     tuned_dir:
-        Where tuned baseline parameters are read from (:func:`tuned_params_path`).
+        Where tuned baseline parameters are read from (:func:`tuned_params_path`); ``None``:
+        nowhere, baselines run with their defaults (and the report says so).
     bootstrap_reps, bootstrap_seed:
         Replicates and seed of every bootstrap of the report.
+    fleet:
+        A fleet file every run governs instead of the reference fleet.
     """
 
     controllers: tuple[ControllerSpec, ...]
@@ -541,9 +581,10 @@ class BenchConfig:
     seeds: tuple[int, ...] = tuple(range(10))
     episode_hours: float | None = None
     warmup_s: float = 600.0
-    tuned_dir: Path = TUNED_DIR
+    tuned_dir: Path | None = TUNED_DIR
     bootstrap_reps: int = 10_000
     bootstrap_seed: int = 0
+    fleet: str | None = None
 
     def __post_init__(self) -> None:
         if not self.controllers:
@@ -610,12 +651,22 @@ def select_scenarios(names: Sequence[str] | None) -> tuple[tuple[str, ...], list
     return tuple(names), warnings
 
 
-def tuned_params(baseline: str, scenario: str, tuned_dir: Path) -> tuple[dict | None, str | None]:
-    """The tuned parameters of a baseline on a scenario, or ``(None, warning)`` when missing."""
+def tuned_params(
+    baseline: str, scenario: str, tuned_dir: Path | None, fleet: str | None = None
+) -> tuple[dict | None, str | None]:
+    """The tuned parameters of a baseline on a scenario (on the fleet file ``fleet``: tuned on
+    that fleet, else ValueError), or ``(None, warning)`` when missing."""
+    if tuned_dir is None:
+        how = f"budgetpilot tune {baseline} --scenario {scenario} --fleet {fleet} --out DIR/"
+        return None, (
+            f"{baseline} on {scenario}: not tuned on this fleet, default parameters (tune: "
+            f"{how}{baseline}/{scenario}.json, then bench --tuned-dir DIR)"
+        )
     path = tuned_params_path(baseline, scenario, tuned_dir)
     if not path.is_file():
         return None, f"{baseline} on {scenario}: no tuned parameters ({path}), default parameters"
-    name, tuned_on, params = load_tuned_params(path)
+    contract = None if fleet is None else fleet_contract(scenario, fleet)
+    name, tuned_on, params = load_tuned_params(path, contract)
     if (name, tuned_on) != (baseline, scenario):
         raise ValueError(f"{path} holds {name} tuned on {tuned_on}, not {baseline} on {scenario}")
     return params, None
@@ -625,7 +676,9 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
     scenario records traces), the baselines' parameters and warnings."""
     scenarios, warnings = select_scenarios(config.scenarios)
-    unfit = [r for c in config.controllers for s in scenarios if (r := c.unfit_reason(s))]
+    unfit = [
+        r for c in config.controllers for s in scenarios if (r := c.unfit_reason(s, config.fleet))
+    ]
     if unfit:
         raise ValueError(
             "every controller must govern every scenario of a benchmark: " + "; ".join(unfit)
@@ -636,7 +689,9 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
         for scenario in scenarios:
             params = None
             if tunable:
-                params, warning = tuned_params(controller.name, scenario, config.tuned_dir)
+                params, warning = tuned_params(
+                    controller.name, scenario, config.tuned_dir, config.fleet
+                )
                 params_used.setdefault(controller.name, {})[scenario] = params
                 warnings += [warning] if warning else []
             runs += [
@@ -648,6 +703,7 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                     config.episode_hours,
                     config.warmup_s,
                     record_trace=seed == config.seeds[0],
+                    fleet=config.fleet,
                 )
                 for seed in config.seeds
             ]

@@ -78,7 +78,18 @@ def bench(
         bool, typer.Option("--no-ray", help="Run serially in this process (same results).")
     ] = False,
     tuned_dir: Annotated[
-        Path | None, typer.Option(help="Tuned baseline parameters (default agents/tuned).")
+        Path | None,
+        typer.Option(
+            help="Tuned baseline parameters (default agents/tuned; with --fleet, none: tune "
+            "them with `budgetpilot tune --fleet`)."
+        ),
+    ] = None,
+    fleet: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fleet file to govern instead of the reference fleet (examples/fleets/); "
+            "policies run only if their contract is this fleet's."
+        ),
     ] = None,
     bootstrap_reps: Annotated[
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
@@ -107,15 +118,17 @@ def bench(
     try:
         chosen = _names(scenarios)
         chosen = expand_scenarios(chosen) if chosen else None
+        fleet_file = None if fleet is None else str(fleet)
         config = BenchConfig(
-            controllers=resolve_controllers(_names(policies), scenarios=chosen),
+            controllers=resolve_controllers(_names(policies), scenarios=chosen, fleet=fleet_file),
             scenarios=chosen,
             seeds=tuple(range(seeds or (QUICK_SEEDS if quick else DEFAULT_SEEDS))),
             episode_hours=episode_hours or (QUICK_EPISODE_HOURS if quick else None),
             warmup_s=warmup_s,
-            tuned_dir=tuned_dir or TUNED_DIR,
+            tuned_dir=tuned_dir or (TUNED_DIR if fleet is None else None),
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
             bootstrap_seed=bootstrap_seed,
+            fleet=fleet_file,
         )
         columns = (
             *Progress.get_default_columns()[:-1],
@@ -131,7 +144,7 @@ def bench(
                 num_cpus=num_cpus,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-    except ValueError as exc:  # also PolicyFileError: a missing or corrupt policy
+    except ValueError as exc:  # also PolicyFileError, ConfigError: a bad policy or fleet file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     for warning in result.warnings:

@@ -347,6 +347,7 @@ def results_document(result: BenchResult, analysis: dict[str, Any]) -> dict[str,
                 "bootstrap_reps": config.bootstrap_reps,
                 "bootstrap_seed": config.bootstrap_seed,
                 "tuned_dir": str(config.tuned_dir),
+                **({"fleet": config.fleet} if config.fleet is not None else {}),
             },
             "warnings": list(result.warnings),
             "tuned_params": result.tuned_params,
@@ -494,9 +495,11 @@ def _episode_length(config: dict) -> str:
 def _title(document: dict) -> str:
     config, timing = document["config"], document["timing"]
     controllers = [c["name"] for c in config["controllers"]]
+    fleet = config.get("fleet")
     return (
         "# budgetpilot benchmark\n\n"
-        f"{len(controllers)} controllers ({', '.join(controllers)}) x "
+        + (f"Fleet: `{fleet}` (instead of the reference fleet).\n\n" if fleet else "")
+        + f"{len(controllers)} controllers ({', '.join(controllers)}) x "
         f"{len(config['scenarios'])} scenarios x {len(config['seeds'])} seeds = "
         f"{timing['runs']} runs of {_episode_length(config)} (after {config['warmup_s']:.0f} s "
         f"of warm-up), in {timing['wall_time_s']:.0f} s. Figures are IQM over seeds with 95 % "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from envs.fleet_env import LLMFleetEnv
 from envs.paths import EXAMPLE_FLEETS_DIR
 from envs.scenarios import NOMINAL_CAPACITY, fleet_config, poisson_stream
 from envs.sim import ConfigError, SimConfig, Simulator, simulator
@@ -74,9 +75,12 @@ def test_reference_fleet_file_is_the_environments_fleet_seed_for_seed():
         np.testing.assert_array_equal(from_file, from_code)
 
 
-def test_reference_capacity_is_the_nominal_capacity():
+def test_reference_capacity_is_the_nominal_capacity(measurements):
     fleet = SimConfig.from_yaml(EXAMPLE_FLEETS_DIR / "reference.yaml")
-    assert fleet_capacity(fleet) == pytest.approx(NOMINAL_CAPACITY, rel=0.05)
+    assert fleet_capacity(fleet) == fleet.capacity_rps == NOMINAL_CAPACITY  # as stated
+    assert not measurements
+    measured = fleet_capacity(fleet.model_copy(update={"capacity_rps": None}))
+    assert measured == pytest.approx(NOMINAL_CAPACITY, rel=0.05) and len(measurements) == 1
 
 
 def test_capacity_is_measured_once_and_cached_by_content(tmp_path, capacity_cache, measurements):
@@ -239,3 +243,127 @@ def test_elastic_pool_scales_within_its_min_and_max():
     assert sim.set_desired_replicas("fast", 0) == 2
     assert sim.set_desired_replicas("fast", 50) == 10
     assert sim.set_desired_replicas("strong", 0) == 0  # no floor: the tier falls back
+
+
+def _episode(env: LLMFleetEnv, seed: int, steps: int) -> list[tuple]:
+    actions = np.random.default_rng(seed).uniform(-1, 1, (steps, env.action_space.shape[0]))
+    obs, _ = env.reset(seed=seed)
+    trajectory = [(obs,)]
+    for action in actions:
+        obs, reward, _, _, info = env.step(action.astype(np.float32))
+        trajectory.append((obs, reward, info["knobs"]))
+    return trajectory
+
+
+@pytest.mark.parametrize("scenario", ["steady", "mixed", "model-rollout"])
+def test_environment_on_the_reference_fleet_file_is_todays_seed_for_seed(scenario):
+    today = LLMFleetEnv(scenario)
+    from_file = LLMFleetEnv(scenario, fleet=EXAMPLE_FLEETS_DIR / "reference.yaml")
+    assert from_file.observation_contract.digest == today.observation_contract.digest
+    assert from_file.action_contract.digest == today.action_contract.digest
+    for seed in (0, 1):
+        for a, b in zip(_episode(today, seed, 8), _episode(from_file, seed, 8), strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+            assert a[1:] == b[1:]
+
+
+def test_environment_on_a_single_tier_fleet_holds_the_cheap_tier_share():
+    path = EXAMPLE_FLEETS_DIR / "single-tier.yaml"
+    env = LLMFleetEnv("model-rollout", fleet=path, episode_hours=0.1)
+    fleet = SimConfig.from_yaml(path)
+    assert env.observation_contract.pools == ("main",)
+    assert env.observation_contract.nominal_capacity_rps == fleet_capacity(fleet)
+    assert env.control_interval_s == fleet.control_interval_s
+    _, info = env.reset(seed=0)
+    assert "no cheap tier" in info["fixed_knobs"]["cheap_tier_share"]
+    truncated, steps = False, 0
+    while not truncated:
+        _, reward, _, truncated, info = env.step(np.ones(env.action_space.shape, np.float32))
+        assert info["knobs"]["cheap_tier_share"] == env.sim.knobs.cheap_tier_share == 0.0
+        assert np.isfinite(reward)
+        steps += 1
+    assert steps == 12 and info["knobs"]["offload_fraction"] == 0.5  # the other knobs act
+
+
+def test_environment_scenarios_load_relative_to_the_fleets_capacity():
+    path = EXAMPLE_FLEETS_DIR / "tiered-h100-a100.yaml"
+    env = LLMFleetEnv("steady", fleet=path)
+    env.reset(seed=0)
+    load = env.setup.parameters["load"]
+    capacity = fleet_capacity(SimConfig.from_yaml(path))
+    assert env.setup.workload.mean_rate == pytest.approx(load * capacity)
+    assert env.observation_contract.pools == ("strong", "fast")
+    assert env.episode_hours is None and env.max_steps == 4 * 3600 / 30  # the file's 4 hours
+
+
+def test_twin_serves_a_fleet_files_replicas():
+    from envs.twin import EngineTwin
+
+    twin = EngineTwin("steady", 0, speed=0.0, fleet=EXAMPLE_FLEETS_DIR / "single-tier.yaml")
+    engines = twin.engines()
+    assert len(engines) == 4 and {e["pool"] for e in engines} == {"main"}
+    applied = twin.set_knobs({"cheap_tier_share": 0.5, "offload_fraction": 0.2})
+    assert twin.sim.knobs.cheap_tier_share == 0.0 and twin.sim.knobs.offload_fraction == 0.2
+    assert applied["offload_fraction"] == 0.2 and applied["cheap_tier_share"] == 0.0
+
+
+SINGLE_TIER = str(EXAMPLE_FLEETS_DIR / "single-tier.yaml")
+
+
+def test_bench_on_a_fleet_file_runs_fitting_controllers_and_says_untuned(tmp_path):
+    from eval.bench import BenchConfig, resolve_controllers, run_bench
+
+    default = resolve_controllers(None, scenarios=["steady"], fleet=SINGLE_TIER)
+    assert default and not any(c.is_policy for c in default)  # v2 policies govern 2 pools
+    reference = resolve_controllers(
+        None, scenarios=["steady"], fleet=str(EXAMPLE_FLEETS_DIR / "reference.yaml")
+    )
+    assert "ppo-standard" in {c.name for c in reference}  # the same contract: it fits
+    config = BenchConfig(
+        resolve_controllers(["static"]),
+        scenarios=("steady",),
+        seeds=(0,),
+        episode_hours=0.05,
+        tuned_dir=None,
+        fleet=SINGLE_TIER,
+    )
+    result = run_bench(config, use_ray=False)
+    (run,) = result.runs
+    assert run.metrics["served_rps"] > 0.5 * fleet_capacity(SimConfig.from_yaml(SINGLE_TIER))
+    assert result.warnings == [w for w in result.warnings if "not tuned on this fleet" in w]
+    assert len(result.warnings) == 1 and f"--fleet {SINGLE_TIER}" in result.warnings[0]
+
+
+def test_bench_refuses_a_policy_or_parameters_of_another_fleet(tmp_path):
+    from eval.bench import TUNED_DIR, BenchConfig, plan_runs, resolve_controllers
+
+    policy = BenchConfig(resolve_controllers(["ppo-standard"]), ("steady",), fleet=SINGLE_TIER)
+    with pytest.raises(ValueError, match="observation contract"):
+        plan_runs(policy)
+    tuned = BenchConfig(
+        resolve_controllers(["pid"]), ("steady",), tuned_dir=TUNED_DIR, fleet=SINGLE_TIER
+    )
+    with pytest.raises(ValueError, match="tuned on fleet reference"):
+        plan_runs(tuned)
+
+
+def test_parameters_tuned_on_a_fleet_are_used_by_its_benchmark(tmp_path):
+    from eval.bench import BenchConfig, plan_runs, resolve_controllers
+
+    out = tmp_path / "tuned" / "static" / "steady.json"
+    out.parent.mkdir(parents=True)
+    args = ["tune", "static", "--scenario", "steady", "--fleet", SINGLE_TIER, "--seeds", "1"]
+    args += ["--episode-hours", "0.05", "--max-candidates", "2", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["fleet"] == SINGLE_TIER and saved["observation_contract"]
+    config = BenchConfig(
+        resolve_controllers(["static"]),
+        ("steady",),
+        tuned_dir=tmp_path / "tuned",
+        fleet=SINGLE_TIER,
+    )
+    runs, params, warnings = plan_runs(config)
+    assert params["static"]["steady"] == saved["best_params"] and not warnings
+    assert runs[0].env_kwargs["fleet"] == SINGLE_TIER
