@@ -86,7 +86,7 @@ def test_perf_sim_figures():
     assert result["scaling"][1]["requests"] > 1.5 * result["scaling"][0]["requests"]
     (fleet,) = result["fleets"]
     assert fleet["fleet"] == "examples/fleets/single-tier.yaml" and fleet["replicas"] == 4
-    assert fleet["requests"] > 100 and fleet["requests_per_wall_s"] > 0
+    assert fleet["requests"] > 100 and fleet["requests_per_cpu_s"] > 0
     assert (result["prompt_time_mape"] is None) == ("fidelity_reason" in result)
     help_text = runner.invoke(app, ["perf", "sim", "--help"])
     assert help_text.exit_code == 0 and "--json" in help_text.stdout
