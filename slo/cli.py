@@ -64,11 +64,15 @@ def rules(
         Path | None, typer.Option("-o", "--output", help="Rule file (default: stdout).")
     ] = None,
     mapping: MappingOption = "vllm",
+    prometheus_rule: Annotated[
+        str | None,
+        typer.Option(help="Write them as a prometheus-operator PrometheusRule of this name."),
+    ] = None,
 ) -> None:
     """Write Prometheus recording and alerting rules (Sloth's names) for a spec."""
     from slo.rules import render_rules
 
-    text, warnings = render_rules(_load(spec), _mapping(mapping))
+    text, warnings = render_rules(_load(spec), _mapping(mapping), prometheus_rule=prometheus_rule)
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     if output is None:
