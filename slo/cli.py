@@ -22,6 +22,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
     )
     slo_app.command("check")(check)
     slo_app.command("rules")(rules)
+    slo_app.command("dashboard")(dashboard)
     app.add_typer(slo_app, name="slo")
     perf.command("slo")(perf_slo)
 
@@ -75,6 +76,35 @@ def rules(
     text, warnings = render_rules(_load(spec), _mapping(mapping), prometheus_rule=prometheus_rule)
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+def dashboard(
+    spec: SpecArgument,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Dashboard JSON (default: stdout).")
+    ] = None,
+) -> None:
+    """Write a Grafana dashboard for a spec: per SLO its burn rates by window, budget remaining
+    and alert; the sidecar's decisions (mode, knobs, guardrail interventions, latency). It reads
+    the series of `slo rules` and of the sidecar's /metrics."""
+    from slo.dashboard import build_dashboard
+
+    loaded = _load(spec)
+    try:
+        model = build_dashboard(loaded)
+    except ModuleNotFoundError as err:
+        if err.name != "grafana_foundation_sdk":
+            raise
+        typer.echo(
+            "error: needs grafana-foundation-sdk: pip install 'budgetpilot[dashboard]'", err=True
+        )
+        raise typer.Exit(1) from None
+    text = json.dumps(model, indent=1) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:

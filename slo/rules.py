@@ -74,6 +74,14 @@ def render_rules(
     return header + yaml.dump(rules, Dumper=_RulesDumper, sort_keys=False, width=100), warnings
 
 
+def slo_queries(spec: ServiceSpec, slo: SLOSpec) -> tuple[dict[str, str], str]:
+    """PromQL over the rules of :func:`generate_rules`: an SLO's burn rate per window (its
+    windows and its period, by name) and its period budget remaining (for dashboards)."""
+    rules = _SLORules(spec, slo, load_mapping("vllm"))  # the mapping only shapes the SLI rules
+    windows = [name for name, _ in rules.windows] + [rules.period]
+    return {name: rules.burn_rate(name) for name in windows}, rules.budget_remaining()
+
+
 class _RulesDumper(yaml.SafeDumper):
     """Writes multi-line PromQL as literal blocks, as people write rule files, without anchors."""
 
@@ -123,6 +131,17 @@ class _SLORules:
     def _ratio(self, window: str) -> str:
         return f"slo:sli_error:ratio_rate{window}{{{self.selector}}}"
 
+    def burn_rate(self, window: str) -> str:
+        """The burn rate over ``window`` from the recorded error ratio and error budget."""
+        budget = f"slo:error_budget:ratio{{{self.selector}}}"
+        return (
+            f"{self._ratio(window)}\n/ on(sloth_id, sloth_slo, sloth_service) group_left\n{budget}"
+        )
+
+    def budget_remaining(self) -> str:
+        """The recorded period budget remaining."""
+        return f"slo:period_error_budget_remaining:ratio{{{self.selector}}}"
+
     def _sli_rules(self) -> list[dict[str, Any]]:
         rules = []
         fairness = isinstance(self.slo.sli.llm, FairnessSLI) and self._promql_sli() is None
@@ -157,16 +176,14 @@ class _SLORules:
         return rules
 
     def _meta_rules(self) -> list[dict[str, Any]]:
-        budget_sel = f"slo:error_budget:ratio{{{self.selector}}}"
-        on = "/ on(sloth_id, sloth_slo, sloth_service) group_left\n"
         shortest = self.windows[0][0]
         days = self.spec.period_of(self.slo) / 86400.0
         records = [
             ("slo:objective:ratio", f"vector({floatToGoString(self.slo.objective)})"),
             ("slo:error_budget:ratio", f"vector({floatToGoString(self.budget)})"),
             ("slo:time_period:days", f"vector({floatToGoString(days)})"),
-            ("slo:current_burn_rate:ratio", f"{self._ratio(shortest)}\n{on}{budget_sel}"),
-            ("slo:period_burn_rate:ratio", f"{self._ratio(self.period)}\n{on}{budget_sel}"),
+            ("slo:current_burn_rate:ratio", self.burn_rate(shortest)),
+            ("slo:period_burn_rate:ratio", self.burn_rate(self.period)),
             (
                 "slo:period_error_budget_remaining:ratio",
                 f"1 - slo:period_burn_rate:ratio{{{self.selector}}}",
