@@ -94,16 +94,7 @@ def dashboard(
     the series of `slo rules` and of the sidecar's /metrics."""
     from slo.dashboard import build_dashboard
 
-    loaded = _load(spec)
-    try:
-        model = build_dashboard(loaded)
-    except ModuleNotFoundError as err:
-        if err.name != "grafana_foundation_sdk":
-            raise
-        typer.echo(
-            "error: needs grafana-foundation-sdk: pip install 'budgetpilot[dashboard]'", err=True
-        )
-        raise typer.Exit(1) from None
+    model = build_dashboard(_load(spec))
     text = json.dumps(model, indent=1) + "\n"
     if output is None:
         typer.echo(text, nl=False)

@@ -24,7 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from eval.cli import app
-from policies.sidecar.actuators import FileActuator
+from policies.sidecar.actuators import FileActuator, build_actuators
 from policies.sidecar.config import SidecarConfigError, load_config
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.rbac import granted_permissions, required_permissions
@@ -187,7 +187,8 @@ def test_the_pod_fits_the_config(built, tmp_path):
     assert token_mount["mountPath"] == "/etc/budgetpilot/token"
     assert volumes["token"]["secret"]["secretName"] == "budgetpilot-sidecar-token"
     script = config_map(objects)["apply.sh"]
-    actuation = re.search(r"^actuation=(\S+)$", script, re.MULTILINE).group(1)
+    default = re.search(r"^actuation=\$\{BUDGETPILOT_ACTUATION:-(\S+)\}$", script, re.MULTILINE)
+    actuation = default.group(1)
     assert config.actuators.scale.directory == local_state / "actuation" / "scale"
     assert '"$actuation"/scale/*.scale.yaml' in script and actuation.endswith("/actuation")
     if config.actuators.file is not None:
@@ -204,6 +205,36 @@ def test_the_router_objects_the_sidecar_writes_are_valid(tmp_path):
     }  # fmt: skip
     for manifest in manifests:
         validate(manifest)
+
+
+def test_the_applier_applies_what_the_actuators_write(tmp_path):
+    """apply.sh, run once on the manifests the real actuators wrote, with a stand-in kubectl
+    that records its arguments (no API server here): server-side apply of the router objects,
+    ``kubectl scale`` of each pool's Deployment to the desired replicas."""
+    objects = build("overlays/llm-d")
+    config = pod_config(objects, tmp_path)
+    knobs = {"cheap_tier_share": 0.2, "shed_priority_below": 0.5}
+    payload = {"desired_replicas": {"strong": 4, "cheap": 2}}
+    for actuator in build_actuators(config.actuators, config.scaling):
+        actuator.apply(knobs, payload)
+    calls = tmp_path / "kubectl.calls"
+    stub = tmp_path / "bin" / "kubectl"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    stub.chmod(0o755)
+    script = tmp_path / "apply.sh"
+    script.write_text(config_map(objects)["apply.sh"])
+    environment = {
+        "PATH": f"{stub.parent}:/usr/bin:/bin",
+        "BUDGETPILOT_ACTUATION": str(tmp_path / "state" / "actuation"),
+    }
+    subprocess.run(["sh", str(script), "once"], env=environment, check=True, timeout=60)
+    router = config.actuators.file.path.parent
+    assert sorted(calls.read_text().splitlines()) == [
+        f"apply --server-side --field-manager=budgetpilot-sidecar --force-conflicts -f {router}/",
+        "scale deployment vllm-cheap --namespace llm --replicas 2",
+        "scale deployment vllm-strong --namespace llm --replicas 4",
+    ]
 
 
 def test_a_deployment_the_roles_do_not_cover_is_refused_at_start(built, tmp_path):

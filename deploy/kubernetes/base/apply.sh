@@ -1,9 +1,10 @@
 #!/bin/sh
 # The applier: applies what the sidecar's actuators write, with the pod's ServiceAccount (its
 # Roles grant exactly this). Router objects by server-side apply, pool sizes by the Deployments'
-# scale subresource (`kubectl scale`).
-actuation=/var/lib/budgetpilot/actuation
-while true; do
+# scale subresource (`kubectl scale`), every 10 s; `apply.sh once` applies once.
+actuation=${BUDGETPILOT_ACTUATION:-/var/lib/budgetpilot/actuation}
+
+apply_once() {
   if ls "$actuation"/router/*.yaml >/dev/null 2>&1; then
     kubectl apply --server-side --field-manager=budgetpilot-sidecar --force-conflicts \
       -f "$actuation/router/"
@@ -15,5 +16,13 @@ while true; do
     [ -n "$replicas" ] || continue
     kubectl scale deployment "${name#*.}" --namespace "${name%%.*}" --replicas "$replicas"
   done
+}
+
+if [ "${1:-}" = once ]; then
+  apply_once
+  exit
+fi
+while true; do
+  apply_once
   sleep 10
 done
