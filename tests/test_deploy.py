@@ -27,7 +27,7 @@ from eval.cli import app
 from policies.sidecar.actuators import FileActuator, build_actuators
 from policies.sidecar.config import SidecarConfigError, load_config
 from policies.sidecar.loop import Sidecar
-from policies.sidecar.rbac import granted_permissions, required_permissions
+from policies.sidecar.rbac import allows, granted_permissions, required_permissions
 from slo.rules import render_rules
 from slo.spec import default_spec
 
@@ -159,6 +159,32 @@ def test_the_roles_grant_exactly_what_the_actuators_use(built, tmp_path):
     bindings = of_kind(objects, "RoleBinding")
     bound = {b["roleRef"]["name"] for b in bindings if subject in b["subjects"]}
     assert bound == {r["metadata"]["name"] for r in roles}
+
+
+SCALE = {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"]}
+PODS = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+
+
+@pytest.mark.parametrize(
+    ("rules", "namespace", "covered"),
+    [
+        ([PODS, {**SCALE, "verbs": ["get", "patch", "update"]}], "llm", True),
+        ([PODS, {**SCALE, "verbs": ["*"]}], "llm", True),
+        ([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], "llm", True),
+        ([PODS, {**SCALE, "verbs": ["get", "patch"]}], "other", False),
+        ([PODS, {**SCALE, "verbs": ["patch"]}], "llm", False),
+        (
+            [PODS, {**SCALE, "verbs": ["get", "patch"], "resourceNames": ["vllm-strong"]}],
+            "llm",
+            False,
+        ),
+    ],
+)
+def test_any_role_granting_the_permissions_covers_them(tmp_path, rules, namespace, covered):
+    config = pod_config(build("base"), tmp_path)
+    role = {"kind": "Role", "metadata": {"name": "r", "namespace": namespace}, "rules": rules}
+    granted = granted_permissions([role])
+    assert all(allows(granted, p) for p in required_permissions(config)) is covered
 
 
 def test_the_pod_fits_the_config(built, tmp_path):
