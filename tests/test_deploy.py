@@ -23,9 +23,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from envs.twin import EngineTwin
 from eval.cli import app
 from policies.sidecar.actuators import FileActuator, build_actuators
-from policies.sidecar.config import SidecarConfigError, load_config
+from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.rbac import allows, granted_permissions, required_permissions
 from slo.rules import render_rules
@@ -220,6 +221,30 @@ def test_the_pod_fits_the_config(built, tmp_path):
     if config.actuators.file is not None:
         assert config.actuators.file.path.parent == local_state / "actuation" / "router"
     assert applier["command"][-1] == "/etc/budgetpilot/config/apply.sh"
+
+
+def test_the_config_fits_its_policy_and_actuates(built, tmp_path):
+    """One cycle of the pod's config and policy (``ppo-elastic``), with an elastic engine twin
+    standing in for the cluster: its listing for the API server's Pods, its router counters for
+    the router's. The policy decides and every configured actuator writes its manifests."""
+    config = pod_config(built, tmp_path)
+    with EngineTwin("slow-ramp", seed=1, speed=0.0) as twin:
+        twin.start()
+        twin_entries = twin_settings(twin.url)
+        settings = yaml.safe_load((tmp_path / "sidecar.yaml").read_text())
+        settings.update({key: twin_entries[key] for key in ("discovery", "counters")})
+        sidecar = Sidecar(load_config(None, settings))
+        try:
+            decision = sidecar.cycle()
+        finally:
+            sidecar.close()
+    assert decision.mode == "policy"
+    assert set(decision.desired_replicas) == set(config.scaling)
+    expected = {"scale"} | ({"file"} if config.actuators.file is not None else set())
+    assert decision.actuated == dict.fromkeys(expected, "ok")
+    assert sorted(p.name for p in config.actuators.scale.directory.iterdir()) == [
+        "llm.vllm-cheap.scale.yaml", "llm.vllm-strong.scale.yaml"
+    ]  # fmt: skip
 
 
 def test_the_router_objects_the_sidecar_writes_are_valid(tmp_path):
