@@ -6,9 +6,10 @@ Importing ``envs`` registers the environments (lazily: the simulator loads on ``
     env = gymnasium.make("budgetpilot/LLMFleet-v0", scenario="flash-crowd")
     env = gymnasium.make("budgetpilot/LLMFleet-FlashCrowd-v0")
     env = gymnasium.make("budgetpilot/LLMFleet-SlowRamp-v0")  # elastic=True: the pools scale
-"""
 
-from gymnasium.envs.registration import register
+The slim install (the sidecar's) has no Gymnasium: there ``envs`` offers only its numpy-only
+contracts (:mod:`envs.contract`) and registers nothing.
+"""
 
 from envs.scenario_names import ELASTIC_SCENARIO_NAMES, SCENARIO_NAMES
 
@@ -22,8 +23,18 @@ def scenario_env_id(scenario: str) -> str:
     return f"budgetpilot/LLMFleet-{camel}-v0"
 
 
-register(id=ENV_ID, entry_point=ENTRY_POINT)
-for _name in SCENARIO_NAMES:
-    # An elastic scenario's id makes the elastic environment (its pools scale).
-    _kwargs = {"scenario": _name} | ({"elastic": True} if _name in ELASTIC_SCENARIO_NAMES else {})
-    register(id=scenario_env_id(_name), entry_point=ENTRY_POINT, kwargs=_kwargs)
+def _register_environments() -> None:
+    try:
+        from gymnasium.envs.registration import register
+    except ModuleNotFoundError as exc:
+        if exc.name != "gymnasium":
+            raise
+        return  # the slim install: nothing to register the environments with
+    register(id=ENV_ID, entry_point=ENTRY_POINT)
+    for name in SCENARIO_NAMES:
+        # An elastic scenario's id makes the elastic environment (its pools scale).
+        kwargs = {"scenario": name} | ({"elastic": True} if name in ELASTIC_SCENARIO_NAMES else {})
+        register(id=scenario_env_id(name), entry_point=ENTRY_POINT, kwargs=kwargs)
+
+
+_register_environments()

@@ -1,4 +1,5 @@
-"""``budgetpilot bench``: every controller on every scenario over evaluation seeds, reported."""
+"""``budgetpilot bench`` (every controller on every scenario over evaluation seeds, reported) and
+``budgetpilot perf sidecar``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,25 @@ DEFAULT_SEEDS = 10
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
-    """Add ``bench`` to the root app (it has no ``perf`` benchmark)."""
+    """Add ``bench`` to the root app and the sidecar's benchmark to ``perf``."""
     app.command("bench")(bench)
+    perf.command("sidecar")(perf_sidecar)
+
+
+def perf_sidecar(
+    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.")] = 64,
+    cycles: Annotated[int, typer.Option(help="Cycles timed.")] = 40,
+    decisions: Annotated[int, typer.Option(help="Decisions timed.")] = 3000,
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy to time (default: a linear stand-in).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Sidecar decision latency (p99), 64-endpoint cycle time, peak RSS and start-up time."""
+    from eval.perf_sidecar import run
+    from slo.cli import echo_figures
+
+    echo_figures(run(endpoints, cycles, decisions, policy), as_json)
 
 
 def _names(values: list[str] | None) -> list[str] | None:

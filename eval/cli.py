@@ -40,9 +40,34 @@ for module in (
     module.register(app, perf)
 
 
+#: Top-level modules of the optional extras, by extra (what a slim install lacks).
+EXTRA_OF_MODULE = {
+    "numba": "sim",
+    "gymnasium": "sim",
+    "matplotlib": "sim",
+    "torch": "train",
+    "stable_baselines3": "train",
+    "ray": "train",
+    "onnx": "train",
+    "grafana_foundation_sdk": "dashboard",
+}
+
+
 def main() -> None:
-    """Entry point of the ``budgetpilot`` console script."""
-    app()
+    """Entry point of the ``budgetpilot`` console script. A command that needs an extra the
+    install lacks (the slim install has the sidecar's dependencies only) says which."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        typer.echo(
+            f"error: this command needs {exc.name} (extra {extra!r}): "
+            f"pip install 'budgetpilot[{extra}]'",
+            err=True,
+        )
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
     )
     slo_app.command("check")(check)
     slo_app.command("rules")(rules)
+    slo_app.command("dashboard")(dashboard)
     app.add_typer(slo_app, name="slo")
     perf.command("slo")(perf_slo)
 
@@ -64,13 +65,37 @@ def rules(
         Path | None, typer.Option("-o", "--output", help="Rule file (default: stdout).")
     ] = None,
     mapping: MappingOption = "vllm",
+    prometheus_rule: Annotated[
+        str | None,
+        typer.Option(help="Write them as a prometheus-operator PrometheusRule of this name."),
+    ] = None,
 ) -> None:
     """Write Prometheus recording and alerting rules (Sloth's names) for a spec."""
     from slo.rules import render_rules
 
-    text, warnings = render_rules(_load(spec), _mapping(mapping))
+    text, warnings = render_rules(_load(spec), _mapping(mapping), prometheus_rule=prometheus_rule)
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+def dashboard(
+    spec: SpecArgument,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Dashboard JSON (default: stdout).")
+    ] = None,
+) -> None:
+    """Write a Grafana dashboard for a spec: per SLO its burn rates by window, budget remaining
+    and alert; the sidecar's decisions (mode, knobs, guardrail interventions, latency). It reads
+    the series of `slo rules` and of the sidecar's /metrics."""
+    from slo.dashboard import build_dashboard
+
+    model = build_dashboard(_load(spec))
+    text = json.dumps(model, indent=1) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:

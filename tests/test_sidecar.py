@@ -26,6 +26,15 @@ from typer.testing import CliRunner
 
 from envs.contract import ActionContract
 from eval.cli import app
+from eval.perf_sidecar import (
+    FORBIDDEN_MODULES,
+    PageServer,
+    _free_port,
+    engine_pages,
+    fleet_contracts,
+    linear_policy,
+    router_pages,
+)
 from policies.runtime import PolicyFileError
 from policies.sidecar.actuators import FileActuator
 from policies.sidecar.config import (
@@ -37,15 +46,6 @@ from policies.sidecar.config import (
 )
 from policies.sidecar.guardrails import Guardrails, action_problem
 from policies.sidecar.loop import Sidecar
-from policies.sidecar.perf import (
-    FORBIDDEN_MODULES,
-    PageServer,
-    _free_port,
-    engine_pages,
-    fleet_contracts,
-    linear_policy,
-    router_pages,
-)
 from policies.sidecar.server import SidecarServer
 
 pytest.importorskip("onnx", reason="the test policies are written with onnx (train extra)")

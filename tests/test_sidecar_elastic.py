@@ -40,6 +40,7 @@ from envs.contract import (
 )
 from envs.fleet_env import LLMFleetEnv
 from envs.twin import EngineTwin
+from eval.perf_sidecar import FORBIDDEN_MODULES, linear_policy
 from policies.sidecar.config import (
     DiscoverySettings,
     PodDiscoverySettings,
@@ -57,7 +58,6 @@ from policies.sidecar.discovery import (
     read_listing,
 )
 from policies.sidecar.loop import Sidecar
-from policies.sidecar.perf import FORBIDDEN_MODULES, linear_policy
 from policies.sidecar.server import SidecarServer
 from slo.engine import BudgetEngine
 from tests.test_sidecar import _Capture

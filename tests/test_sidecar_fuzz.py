@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envs.contract import ActionContract
+from eval.perf_sidecar import engine_pages, fleet_contracts, linear_policy, router_pages
 from policies.sidecar.config import GuardrailSettings, SidecarConfigError, load_config
 from policies.sidecar.guardrails import Guardrails
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.parse import PageError, SeriesSelection, read_page
-from policies.sidecar.perf import engine_pages, fleet_contracts, linear_policy, router_pages
 from policies.sidecar.scrape import ERROR_KINDS, ScrapeResult
 
 pytest.importorskip("onnx", reason="the test policy is written with onnx (train extra)")

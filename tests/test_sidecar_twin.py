@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from envs.twin import EngineTwin
+from eval.perf_sidecar import fleet_contracts, linear_policy
 from policies.runtime import load_policy
 from policies.sidecar.config import load_config, twin_settings
 from policies.sidecar.loop import Sidecar
-from policies.sidecar.perf import fleet_contracts, linear_policy
 from slo.engine import BudgetEngine
 
 pytest.importorskip("onnx", reason="the test policy is written with onnx (train extra)")

@@ -18,7 +18,8 @@ Modules: :mod:`.config` (settings), :mod:`.scrape` (concurrent HTTP GET), :mod:`
 (selective exposition parsing), :mod:`.discovery` (engines and their lifecycle),
 :mod:`.observe` (metrics -> observation), :mod:`.guardrails`,
 :mod:`.actuators`, :mod:`.telemetry` (the sidecar's own /metrics), :mod:`.loop` (the
-:class:`~policies.sidecar.loop.Sidecar`), :mod:`.server` (HTTP), :mod:`.cli`, :mod:`.perf`.
+:class:`~policies.sidecar.loop.Sidecar`), :mod:`.server` (HTTP), :mod:`.cli`. Its benchmark is
+:mod:`eval.perf_sidecar` (it builds observations through the simulated environment).
 
 Nothing here imports torch, ray, stable-baselines3, numba or the simulator.
 """

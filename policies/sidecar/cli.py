@@ -1,4 +1,4 @@
-"""``budgetpilot sidecar`` and ``budgetpilot perf sidecar``.
+"""``budgetpilot sidecar``.
 
 Only typer is imported at module level; the sidecar's modules load inside the commands, so that
 ``budgetpilot`` starts fast and the sidecar process never loads the training stack.
@@ -18,9 +18,8 @@ import typer
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
-    """Add ``sidecar`` to the root app and ``sidecar`` to ``perf``."""
+    """Add ``sidecar`` to the root app (its benchmark, ``perf sidecar``, is in :mod:`eval`)."""
     app.command("sidecar")(sidecar)
-    perf.command("sidecar")(perf_sidecar)
 
 
 def sidecar(
@@ -164,23 +163,3 @@ def _serve(settings: Any, *, once: bool, check: bool) -> None:
     server.shutdown()
     loop.join(timeout=settings.scrape.timeout_s + 5.0)
     sidecar.close()
-
-
-def perf_sidecar(
-    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.")] = 64,
-    cycles: Annotated[int, typer.Option(help="Cycles timed.")] = 40,
-    decisions: Annotated[int, typer.Option(help="Decisions timed.")] = 3000,
-    policy: Annotated[
-        Path | None, typer.Option(help="Policy to time (default: a linear stand-in).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Sidecar decision latency (p99), 64-endpoint cycle time, peak RSS and start-up time."""
-    from policies.sidecar.perf import run
-
-    figures = run(endpoints, cycles, decisions, policy)
-    if as_json:
-        typer.echo(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            typer.echo(f"{key:24s} {value}")

@@ -394,6 +394,10 @@ class SidecarConfig(_Settings):
         Decide and log, never actuate.
     audit_log:
         JSONL file receiving every decision.
+    rbac:
+        Kubernetes manifest files whose ``Role`` objects are what the pod's ServiceAccount is
+        granted (in a cluster: the Roles the cluster was given); a config whose actuators or
+        discovery need more is refused at start (see :mod:`policies.sidecar.rbac`).
     """
 
     policy: Path
@@ -417,6 +421,7 @@ class SidecarConfig(_Settings):
     kill_switch_file: Path | None = None
     shadow: bool = False
     audit_log: Path | None = None
+    rbac: list[Path] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

@@ -74,6 +74,7 @@ from policies.sidecar.observe import (
     Observer,
     Problem,
 )
+from policies.sidecar.rbac import check_rbac
 from policies.sidecar.scrape import Scraper, ScrapeResult
 from policies.sidecar.telemetry import SidecarMetrics
 from slo.spec import ServiceSpec, SpecError, load_spec
@@ -240,6 +241,7 @@ class Sidecar:
         actuators: Sequence[Actuator] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        check_rbac(config)  # before anything is loaded or scraped
         self.config = config
         self.clock = clock
         self.policy = policy if policy is not None else load_policy(config.policy)

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-_SELF = (sys.executable, "-m", "policies.sidecar.perf")
 #: Modules that must never be imported by a sidecar process.
 FORBIDDEN_MODULES = ("torch", "ray", "stable_baselines3", "numba", "envs.sim")
 #: Filler families of a vLLM v1 page (name, kind, bucket bounds): what the sidecar skips.
@@ -417,7 +416,7 @@ def run(
             policy = linear_policy(work / "linear.onnx", *fleet_contracts())
         ready = work / "fleet.url"
         fleet = subprocess.Popen(
-            [sys.executable, "-m", "policies.sidecar.perf", "serve", str(endpoints), str(ready)]
+            [sys.executable, "-m", "eval.perf_sidecar", "serve", str(endpoints), str(ready)]
         )
         try:
             base_url = _wait_file(ready, fleet)
@@ -430,7 +429,7 @@ def run(
                     [
                         sys.executable,
                         "-m",
-                        "policies.sidecar.perf",
+                        "eval.perf_sidecar",
                         "measure",
                         str(config_path),
                         str(cycles),
@@ -475,7 +474,7 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Subprocess entry points of the benchmark (``serve``, ``measure``)."""
-    parser = argparse.ArgumentParser(prog="python -m policies.sidecar.perf")
+    parser = argparse.ArgumentParser(prog="python -m eval.perf_sidecar")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve")
     serve.add_argument("endpoints", type=int)
