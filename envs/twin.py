@@ -814,29 +814,6 @@ class _Handler(BaseHTTPRequestHandler):
         return _json(HTTPStatus.OK, apply(update))
 
 
-def prometheus_scrape_configs(
-    base_url: str, engines: list[Mapping[str, Any]], scrape_interval: str = "1s"
-) -> list[dict[str, Any]]:
-    """Prometheus ``scrape_configs`` for a twin at ``base_url``: one target per replica of
-    ``engines`` (its ``GET /engines`` listing) labelled ``replica`` and ``pool``, and the router
-    (``replica="router"``), as a real fleet's service discovery would label its pods."""
-    address = urlsplit(base_url).netloc
-
-    def target(name: str, path: str, pool: str | None) -> dict[str, Any]:
-        labels = {"replica": name, "__metrics_path__": path} | ({"pool": pool} if pool else {})
-        return {"targets": [address], "labels": labels}
-
-    replicas = [target(e["name"], urlsplit(e["metrics_url"]).path, e["pool"]) for e in engines]
-    return [
-        {"job_name": "engines", "scrape_interval": scrape_interval, "static_configs": replicas},
-        {
-            "job_name": "router",
-            "scrape_interval": scrape_interval,
-            "static_configs": [target("router", "/router/metrics", None)],
-        },
-    ]
-
-
 def _serving_knobs(contract: ActionContract) -> ActionContract:
     """``contract`` without its replica knobs (the same contract for a fixed fleet)."""
     knobs = tuple(k for k in contract.knobs if not k.name.endswith(REPLICAS_KNOB_SUFFIX))

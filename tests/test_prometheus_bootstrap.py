@@ -20,24 +20,13 @@ from policies.sidecar.config import load_config, twin_settings
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.prometheus import PrometheusAPI, bootstrap_budgets
 from slo import BudgetEngine
-from slo.history import OpenMetricsHistory, backfill
-from slo.metrics import load_mapping, metric_source
+from slo.history import OpenMetricsHistory, SLISeries, backfill
+from slo.metrics import load_mapping
 from tests.test_prometheus_rules import short_period_spec
 
 pytestmark = pytest.mark.slow
 
 ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx"
-
-
-def sli_series(spec) -> set[str]:
-    """Names of the samples the SLIs of ``spec`` are computed from (vLLM names)."""
-    mapping = load_mapping("vllm")
-    names = set()
-    for slo in spec.engine_slos:
-        source = metric_source(slo, spec, mapping)
-        suffixes = ("_bucket", "_count") if source.kind == "histogram" else ("",)
-        names |= {source.metric + suffix for suffix in suffixes}
-    return names
 
 
 def twin_history(twin: EngineTwin, hours: float, step_s: float, tsdb: Path):
@@ -47,7 +36,7 @@ def twin_history(twin: EngineTwin, hours: float, step_s: float, tsdb: Path):
     end = math.floor(time.time() / step_s) * step_s
     offset = end - steps * step_s - twin.now  # wall time = simulated time + offset
     reference = BudgetEngine(twin.spec, start_time=twin.now + offset)
-    history = OpenMetricsHistory(keep=sli_series(twin.spec).__contains__)
+    history = OpenMetricsHistory(keep=SLISeries.of(twin.spec))
     targets = {r.name: {"replica": r.name, "pool": r.pool} for r in twin.replicas}
     for _ in range(steps):
         events = twin.step(step_s)

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from envs.twin import EngineTwin, prometheus_scrape_configs
+from envs.twin import EngineTwin
 from slo import BudgetEngine
+from slo.prometheus_server import scrape_configs
 from slo.rules import render_rules
 from slo.spec import load_spec
 
@@ -92,7 +93,7 @@ def test_recording_rules_and_page_alert_agree_with_the_engine(prometheus_server,
         url = twin.start()
         rules = tmp_path / "rules.yaml"
         rules.write_text(render_rules(spec)[0])
-        configs = prometheus_scrape_configs(url, twin.engines(), f"{SCRAPE_S:g}s")
+        configs = scrape_configs(url, twin.engines(), scrape_interval=f"{SCRAPE_S:g}s")
         server = prometheus_server(configs, [rules], evaluation_interval=f"{SCRAPE_S:g}s")
         engine = BudgetEngine(spec, start_time=twin.now)
         run = _Run(twin, engine)

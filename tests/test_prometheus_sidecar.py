@@ -8,6 +8,7 @@ sidecar reports it, holds and falls back, and reads again once Prometheus is bac
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import time
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from envs.twin import EngineTwin, prometheus_scrape_configs
-from policies.sidecar.config import load_config, twin_settings
+from envs.twin import EngineTwin
+from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 from policies.sidecar.loop import Sidecar
+from slo.prometheus_server import scrape_configs
 from tests.conftest import stop_process
 
 ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx"
@@ -62,7 +65,7 @@ def fleet(prometheus_server):
     """A stepped twin and a real Prometheus scraping its replicas and router every second."""
     twin = EngineTwin("steady", seed=5, speed=0.0)
     twin.start()
-    server = prometheus_server(prometheus_scrape_configs(twin.url, twin.engines()))
+    server = prometheus_server(scrape_configs(twin.url, twin.engines()))
     wait_for(lambda: scraped_since(server, 0.0), "Prometheus's first scrapes")
     yield twin, server
     twin.close()
@@ -172,3 +175,23 @@ def _ready(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def test_the_example_configs_prometheus_section_is_valid():
+    text = (Path(__file__).resolve().parents[1] / "policies/sidecar/example.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# prometheus:")
+    section = list(itertools.takewhile(lambda line: line.startswith("# "), lines[start:]))
+    data = yaml.safe_load(text) | yaml.safe_load("\n".join(line[2:] for line in section))
+    config = load_config(None, data)
+    assert config.prometheus.endpoint_label == "pod"
+    assert config.prometheus.read and config.prometheus.bootstrap
+
+
+def test_engine_urls_are_needed_only_without_prometheus():
+    engines = [{"name": "strong-0", "pool": "strong", "max_num_seqs": 256}]
+    base = {"policy": str(ZOO_POLICY), "engines": engines}
+    prometheus = {"url": "http://127.0.0.1:9090"}
+    assert load_config(None, base | {"prometheus": prometheus}).engines[0].url is None
+    with pytest.raises(SidecarConfigError, match=r"engines\[0\]\.url: required"):
+        load_config(None, base | {"prometheus": prometheus | {"read": False}})

@@ -190,7 +190,7 @@ class PrometheusSource:
         try:
             for future in futures:
                 for series in future.result():
-                    labels = dict(series["metric"])
+                    labels = series["metric"]  # a dict of its own, fresh from the JSON
                     rows = samples.get(labels.get(label, ""))
                     if rows is not None:
                         name = labels.pop("__name__", "")
