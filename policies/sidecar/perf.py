@@ -12,7 +12,11 @@ contracts (or a zoo policy). Figures:
 * ``rss_mb`` (peak) and ``startup_s`` (launch to ``/readyz``: imports, policy, first cycle;
   ``startup_cpu_s`` its CPU time) of a real ``budgetpilot sidecar`` process, and
   ``forbidden_imports`` found in the measuring sidecar process;
-* ``load_average_1m``: the machine's load when the benchmark ended (wall times grow with it).
+* ``load_average_1m``: the machine's load when the benchmark ended (wall times grow with it);
+* with Prometheus installed (:func:`prometheus_figures`): ``cycle_ms_prometheus_256`` (median;
+  ``cycle_cpu_ms_prometheus_256`` its CPU time), one cycle reading 256 replicas' signals from a
+  real Prometheus scraping the page server, and ``bootstrap_s_30d``, the budgets bootstrapped
+  from 30 days of history every 30 s (backfilled with promtool first: ``history_write_s``).
 """
 
 from __future__ import annotations
