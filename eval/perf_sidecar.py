@@ -12,7 +12,11 @@ contracts (or a zoo policy). Figures:
 * ``rss_mb`` (peak) and ``startup_s`` (launch to ``/readyz``: imports, policy, first cycle;
   ``startup_cpu_s`` its CPU time) of a real ``budgetpilot sidecar`` process, and
   ``forbidden_imports`` found in the measuring sidecar process;
-* ``load_average_1m``: the machine's load when the benchmark ended (wall times grow with it).
+* ``load_average_1m``: the machine's load when the benchmark ended (wall times grow with it);
+* with Prometheus installed (:func:`prometheus_figures`): ``cycle_ms_prometheus_256`` (median;
+  ``cycle_cpu_ms_prometheus_256`` its CPU time), one cycle reading 256 replicas' signals from a
+  real Prometheus scraping the page server, and ``bootstrap_s_30d``, the budgets bootstrapped
+  from 30 days of history every 30 s (backfilled with promtool first: ``history_write_s``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+#: This module run as a script: the fleet server and the measuring sidecar are processes of it.
+_SELF = (sys.executable, "-m", "eval.perf_sidecar")
 #: Modules that must never be imported by a sidecar process.
 FORBIDDEN_MODULES = ("torch", "ray", "stable_baselines3", "numba", "envs.sim")
 #: Filler families of a vLLM v1 page (name, kind, bucket bounds): what the sidecar skips.
@@ -337,13 +343,14 @@ def _measure(config_path: Path, cycles: int, decisions: int) -> dict[str, Any]:
 
     sidecar = Sidecar(load_config(config_path))
     gc.freeze()  # as `budgetpilot sidecar` does after start-up
-    cycle_s = []
+    cycle_s, cycle_cpu_s = [], []
     now = 1.7e9
     for _ in range(cycles):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sidecar.scrape(now)
         sidecar.decide(now)
         cycle_s.append(time.perf_counter() - start)
+        cycle_cpu_s.append(time.process_time() - cpu)
         now += 30.0
     sidecar.scrape(now)
     decision_s, decision_cpu_s = [], []
@@ -361,6 +368,8 @@ def _measure(config_path: Path, cycles: int, decisions: int) -> dict[str, Any]:
         "decision_p99_cpu_ms": float(np.percentile(decision_cpu_s, 99) * 1e3),
         "cycle_ms_64_endpoints": float(np.median(cycle_s[1:]) * 1e3),
         "cycle_p99_ms": float(np.percentile(cycle_s[1:], 99) * 1e3),
+        # CPU time of the process (every thread) per cycle: the cost without other processes
+        "cycle_cpu_ms": float(np.median(cycle_cpu_s[1:]) * 1e3),
         "last_mode": decision.mode,
         "forbidden_imports": sorted(m for m in FORBIDDEN_MODULES if m in sys.modules),
     }
@@ -415,9 +424,7 @@ def run(
         if policy is None:
             policy = linear_policy(work / "linear.onnx", *fleet_contracts())
         ready = work / "fleet.url"
-        fleet = subprocess.Popen(
-            [sys.executable, "-m", "eval.perf_sidecar", "serve", str(endpoints), str(ready)]
-        )
+        fleet = subprocess.Popen([*_SELF, "serve", str(endpoints), str(ready)])
         try:
             base_url = _wait_file(ready, fleet)
             port = _free_port()
@@ -427,9 +434,7 @@ def run(
             measured = json.loads(
                 subprocess.run(
                     [
-                        sys.executable,
-                        "-m",
-                        "eval.perf_sidecar",
+                        *_SELF,
                         "measure",
                         str(config_path),
                         str(cycles),
@@ -441,6 +446,7 @@ def run(
                 ).stdout
             )
             measured.update(_start_and_watch(config_path, port, watch_s=3.0))
+            measured.update(prometheus_figures(policy, work))
         finally:
             fleet.terminate()
             fleet.wait(timeout=10)
@@ -451,6 +457,184 @@ def run(
         "load_average_1m": os.getloadavg()[0],  # other work on the machine inflates wall times
         "cpus": os.cpu_count(),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading from Prometheus
+
+
+#: Replicas whose signals one cycle reads from Prometheus.
+PROMETHEUS_REPLICAS = 256
+#: Days of history the bootstrap reads, and the seconds between its samples (the default spec's
+#: resolution).
+HISTORY_DAYS, HISTORY_STEP_S = 30, 30.0
+
+
+def prometheus_figures(policy: Path, work: Path) -> dict[str, Any]:
+    """``cycle_ms_prometheus_256`` and ``bootstrap_s_30d`` (with what they read), or why they
+    could not be measured."""
+    import shutil
+
+    if shutil.which("prometheus") is None or shutil.which("promtool") is None:
+        reason = "prometheus and promtool (Debian package `prometheus`) are not installed"
+        return {"cycle_ms_prometheus_256": None, "bootstrap_s_30d": None, "prometheus": reason}
+    return {**_prometheus_cycle(policy, work), **_bootstrap_30d(work)}
+
+
+def _prometheus_cycle(policy: Path, work: Path) -> dict[str, Any]:
+    """Median cycle of a sidecar reading 256 replicas' signals from a real Prometheus that
+    scrapes them (the realistic pages of :func:`engine_pages`)."""
+    from slo.prometheus_server import scrape_configs, start_prometheus
+
+    replicas = PROMETHEUS_REPLICAS
+    ready = work / "fleet-256.url"
+    fleet = subprocess.Popen([*_SELF, "serve", str(replicas), str(ready)])
+    server = None
+    try:
+        base_url = _wait_file(ready, fleet)
+        engines = [
+            {"name": f"strong-{i}", "metrics_url": f"{base_url}/engines/strong-{i}/metrics"}
+            for i in range(replicas)
+        ]
+        scrape = scrape_configs(base_url, engines)
+        server = start_prometheus(
+            work / "cycle.yml", work / "tsdb-cycle", scrape, scrape_interval="5s"
+        )
+        deadline = time.monotonic() + 120.0
+        while _targets_up(server) < replicas + 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("Prometheus did not scrape the 256 replicas within 120 s")
+            time.sleep(0.5)
+        prometheus = {"url": server.url, "endpoint_label": "replica", "bootstrap": False}
+        config = sidecar_config(policy, base_url, replicas, prometheus=prometheus, port=0)
+        config_path = work / "sidecar-prometheus.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        measured = json.loads(
+            subprocess.run(
+                [*_SELF, "measure", str(config_path), "30", "10"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+    finally:
+        if server is not None:
+            server.process.terminate()
+            server.process.wait(timeout=30)
+        fleet.terminate()
+        fleet.wait(timeout=10)
+    return {
+        "cycle_ms_prometheus_256": measured["cycle_ms_64_endpoints"],
+        "cycle_p99_ms_prometheus_256": measured["cycle_p99_ms"],
+        "cycle_cpu_ms_prometheus_256": measured["cycle_cpu_ms"],
+    }
+
+
+def _targets_up(server: Any) -> int:
+    try:
+        result = server.query("count(up == 1)")
+    except OSError:
+        return 0
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def _bootstrap_30d(work: Path) -> dict[str, Any]:
+    """Seconds to bootstrap the default spec's budgets from 30 days of one replica's and its
+    router's history, sampled every 30 s and backfilled with promtool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from policies.sidecar.prometheus import PrometheusAPI, bootstrap_budgets
+    from slo import BudgetEngine
+    from slo.history import backfill
+    from slo.metrics import load_mapping
+    from slo.prometheus_server import start_prometheus
+    from slo.spec import default_spec
+
+    spec = default_spec()
+    end = float(np.floor(time.time() / HISTORY_STEP_S) * HISTORY_STEP_S)
+    start = time.perf_counter()
+    tsdb = work / "tsdb-history"
+
+    def backfilled(chunk: Path) -> None:
+        backfill(chunk, tsdb)
+        chunk.unlink()
+
+    with ThreadPoolExecutor(2) as pool:  # promtool works on a block while the next is written
+        list(pool.map(backfilled, _write_history_30d(work / "history", spec, end)))
+    written_s = time.perf_counter() - start
+    retention = ["--storage.tsdb.retention.time=90d"]
+    server = start_prometheus(
+        work / "history.yml", tsdb, [], extra_args=retention, ready_within_s=300
+    )
+    try:
+        engine = BudgetEngine(spec)
+        api = PrometheusAPI(server.url, timeout_s=60.0)
+        report = bootstrap_budgets(api, engine, load_mapping("vllm"), end)
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)
+    return {
+        "bootstrap_s_30d": report.seconds,
+        "bootstrap_coverage_min": min(report.coverage.values()),
+        "bootstrap_events": sum(report.events.values()),
+        "history_write_s": written_s,  # OpenMetrics and promtool: the setup, not the figure
+    }
+
+
+#: promtool writes blocks of two hours and reads its whole input for each: the history is
+#: written one block per file.
+_BLOCK_S = 7200.0
+
+
+def _write_history_30d(directory: Path, spec: Any, end: float) -> Iterator[Path]:
+    """Write 30 days of one replica's and its router's SLI series (every 30 s, ending at
+    ``end``), one OpenMetrics file per two-hour block, yielding each file once written: the
+    counters of 12 successive realistic pages, repeated as traffic that keeps coming."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.samples import Sample
+
+    from slo.history import SLISeries, write_family
+
+    rng = np.random.default_rng(0)
+    wanted = SLISeries.of(spec, "vllm")
+    sources = (
+        (engine_pages(spec, 12, rng), {"replica": "strong-0", "pool": "strong"}),
+        (router_pages(spec, 12, rng, 600), {"replica": "router"}),
+    )
+    families: dict[str, tuple[str, dict[tuple, list[float]]]] = {}
+    for pages, labels in sources:
+        for page in pages:
+            for family in text_string_to_metric_families(page):
+                for sample in family.samples:
+                    if wanted.keeps(sample.name, sample.labels):
+                        key = (sample.name, tuple(sorted({**sample.labels, **labels}.items())))
+                        kind, series = families.setdefault(family.name, (family.type, {}))
+                        series.setdefault(key, []).append(sample.value)
+    points = int(HISTORY_DAYS * 86400 / HISTORY_STEP_S)
+    times = end - HISTORY_STEP_S * np.arange(points - 1, -1, -1)
+    cycles, within = np.divmod(np.arange(points), 12)
+    values = {
+        key: cycles * history[-1] + np.asarray(history)[within]
+        for _, series in families.values()
+        for key, history in series.items()
+    }
+    blocks = np.floor(times / _BLOCK_S)
+    directory.mkdir(parents=True, exist_ok=True)
+    for block in np.unique(blocks):
+        rows = np.flatnonzero(blocks == block)
+        path = directory / f"{int(block)}.om.txt"
+        with path.open("w") as out:
+            for name, (kind, series) in families.items():
+                samples = (
+                    Sample(sample_name, dict(label_items), float(v), float(t))
+                    for (sample_name, label_items) in series
+                    for v, t in zip(
+                        values[(sample_name, label_items)][rows], times[rows], strict=True
+                    )
+                )
+                write_family(out, name, kind, samples)
+            out.write("# EOF\n")
+        yield path
 
 
 def _wait_file(path: Path, process: subprocess.Popen, timeout_s: float = 120.0) -> str:

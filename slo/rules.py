@@ -268,23 +268,33 @@ class _SLORules:
         return attainment, f"({unfair})\nand on ()\n(count({tenants}) >= 2)"
 
 
+def sli_rates(
+    slo: SLOSpec, spec: ServiceSpec, mapping: MetricMapping, window: str, matchers: str = ""
+) -> tuple[str, str]:
+    """PromQL rates of the bad and the total events of a (non-fairness) ``llm`` SLI over
+    ``window`` (e.g. ``5m``), the rules' own; ``matchers`` (``job="vllm"``) narrow every
+    selector."""
+    return _bad_and_total(metric_source(slo, spec, mapping), slo, mapping, window, matchers)
+
+
 def _bad_and_total(
-    source: MetricSource, slo: SLOSpec, mapping: MetricMapping, window: str
+    source: MetricSource, slo: SLOSpec, mapping: MetricMapping, window: str, matchers: str = ""
 ) -> tuple[str, str]:
     """PromQL rates of the bad and the total events of a (non-fairness) SLI over ``window``."""
     models = _model_matcher(source.models, mapping.model_label)
     if source.kind == "histogram":
         le = 'le="' + floatToGoString(source.threshold) + '"'
-        total = f"sum(rate({_selector(source.metric + '_count', models)}[{window}]))"
-        good = f"sum(rate({_selector(source.metric + '_bucket', le, models)}[{window}]))"
+        total = f"sum(rate({_selector(source.metric + '_count', models, matchers)}[{window}]))"
+        good = f"sum(rate({_selector(source.metric + '_bucket', le, models, matchers)}[{window}]))"
         return f"{total}\n  -\n  {good}", total
     if source.kind == "request_success":
         length, finished = 'finished_reason="length"', 'finished_reason=~"stop|length"'
-        bad = f"sum(rate({_selector(source.metric, length, models)}[{window}]))"
-        return bad, f"sum(rate({_selector(source.metric, finished, models)}[{window}]))"
+        bad = f"sum(rate({_selector(source.metric, length, models, matchers)}[{window}]))"
+        return bad, f"sum(rate({_selector(source.metric, finished, models, matchers)}[{window}]))"
     slo_matcher = f'slo="{_escape(slo.name)}"'
-    bad = f'sum(rate({source.metric}{{{slo_matcher}, result="bad"}}[{window}]))'
-    return bad, f"sum(rate({source.metric}{{{slo_matcher}}}[{window}]))"
+    bad_matcher = 'result="bad"'
+    bad = f"sum(rate({_selector(source.metric, slo_matcher, bad_matcher, matchers)}[{window}]))"
+    return bad, f"sum(rate({_selector(source.metric, slo_matcher, matchers)}[{window}]))"
 
 
 def _model_matcher(models: tuple[str, ...] | None, label: str) -> str:

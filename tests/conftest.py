@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
+
+from slo.prometheus_server import PrometheusServer, start_prometheus
 
 # Benchmarks pin their own threads; tests keep numba and BLAS to one thread so two test processes
 # on a 2-core machine do not oversubscribe it.
@@ -33,37 +28,6 @@ def _capacity_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         del os.environ["BUDGETPILOT_CACHE_DIR"]
     else:
         os.environ["BUDGETPILOT_CACHE_DIR"] = previous
-
-
-@dataclass
-class PrometheusServer:
-    """A real Prometheus server on loopback (Debian's `prometheus`), started by the fixture."""
-
-    url: str
-    config_path: Path
-    process: subprocess.Popen
-
-    def query(self, promql: str, at: float | None = None) -> list[dict]:
-        """Run an instant query over the HTTP API and return its `result` list."""
-        params = {"query": promql} | ({"time": f"{at:.3f}"} if at is not None else {})
-        return self._get("/api/v1/query", params)["result"]
-
-    def reload(self) -> None:
-        """Re-read the configuration and rule files (needs --web.enable-lifecycle)."""
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"))
-
-    def _get(self, path: str, params: dict) -> dict:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -85,8 +49,7 @@ def prometheus_server(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer
     Call it with `scrape_configs` (Prometheus's own YAML structure), optional `rule_files`
     and `evaluation_interval`; every server is stopped at teardown.
     """
-    binary = shutil.which("prometheus")
-    if binary is None:
+    if shutil.which("prometheus") is None:
         pytest.skip("the prometheus server (Debian package `prometheus`) is not installed")
     started: list[PrometheusServer] = []
 
@@ -97,38 +60,16 @@ def prometheus_server(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer
         extra_args: list[str] = (),
     ) -> PrometheusServer:
         index = len(started)
-        config_path = tmp_path / f"prometheus-{index}.yml"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": evaluation_interval},
-            "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": scrape_configs,
-        }
-        config_path.write_text(yaml.safe_dump(config))
-        port = _free_port()
-        command = [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={tmp_path / f'tsdb-{index}'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
-            "--log.level=warn",
-            *extra_args,
-        ]
-        log = (tmp_path / f"prometheus-{index}.log").open("w")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        server = PrometheusServer(f"http://127.0.0.1:{port}", config_path, process)
+        server = start_prometheus(
+            tmp_path / f"prometheus-{index}.yml",
+            tmp_path / f"tsdb-{index}",
+            scrape_configs,
+            rule_files,
+            evaluation_interval=evaluation_interval,
+            extra_args=extra_args,
+        )
         started.append(server)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {log.name}")
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return server
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"prometheus did not become ready within 60 s: {log.name}")
+        return server
 
     yield start
     for server in started:

@@ -63,7 +63,8 @@ class EngineEndpoint(_Settings):
     name:
         Unique name (used in logs, the audit log and ``/metrics`` labels).
     url:
-        Its metrics URL, e.g. ``http://10.0.0.7:8000/metrics``.
+        Its metrics URL, e.g. ``http://10.0.0.7:8000/metrics`` (not needed when read from
+        Prometheus).
     pool:
         The pool it serves in; one of the policy contract's pools (``strong``, ``cheap``).
     max_num_seqs:
@@ -71,7 +72,7 @@ class EngineEndpoint(_Settings):
     """
 
     name: str = Field(min_length=1)
-    url: URL
+    url: URL | None = None
     pool: str
     max_num_seqs: int = Field(gt=0)
 
@@ -80,7 +81,7 @@ class CounterEndpoint(_Settings):
     """An endpoint exporting budgetpilot counters (a budget-aware router, the engine twin)."""
 
     name: str = Field(default="router", min_length=1)
-    url: URL
+    url: URL | None = None
 
 
 #: Signals named by the metric mapping (no longer in ``signals``).
@@ -345,6 +346,40 @@ class ScalingSettings(_Settings):
         return self
 
 
+class PrometheusSettings(_Settings):
+    """A Prometheus server that already scrapes the engines (and the router).
+
+    With ``read`` the sidecar queries it over the HTTP API instead of scraping the engines:
+    one instant query per metric it needs per cycle, the engines and counter endpoints told
+    apart by ``endpoint_label``. With ``bootstrap`` a sidecar that starts without a saved state
+    reads the budgets' history over each SLO's period (or all Prometheus holds, reported as
+    coverage), from either source.
+
+    Parameters
+    ----------
+    url:
+        The server, e.g. ``http://prometheus:9090``.
+    endpoint_label:
+        The label whose value names the engine (``engines[].name``, a discovered replica) or
+        the counters endpoint (``counters[].name``) a series was scraped from.
+    selector:
+        Extra label matchers of every query, e.g. ``job=~"vllm|router"``.
+    read:
+        Read the metrics from Prometheus (else scrape the engines, and only bootstrap).
+    bootstrap:
+        Bootstrap the budgets from Prometheus's history when no state was restored.
+    timeout_s:
+        Deadline of one query (a slow server counts as down for the cycle).
+    """
+
+    url: URL
+    endpoint_label: str = Field(default="pod", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    selector: str = ""
+    read: bool = True
+    bootstrap: bool = True
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
 class StateSettings(_Settings):
     """Where the burn-rate window state is persisted (restored at start)."""
 
@@ -376,6 +411,9 @@ class SidecarConfig(_Settings):
     engines:
         The engines scraped, each with its pool and ``max_num_seqs`` (a fixed list; or
         ``discovery``).
+    prometheus:
+        A Prometheus server to read the metrics from (instead of scraping the engines) and to
+        bootstrap the budgets from at start.
     discovery:
         Where the engines are listed with their lifecycle, refreshed as replicas come and go
         (an elastic policy needs it).
@@ -409,6 +447,7 @@ class SidecarConfig(_Settings):
     signals: SignalNames = SignalNames()
     engines: list[EngineEndpoint] = []
     discovery: DiscoverySettings | None = None
+    prometheus: PrometheusSettings | None = None
     scaling: dict[str, ScalingSettings] = {}
     counters: list[CounterEndpoint] = []
     scrape: ScrapeSettings = ScrapeSettings()
@@ -430,6 +469,19 @@ class SidecarConfig(_Settings):
             raise ValueError(
                 "engines: give the engines (a fixed list) or a discovery source, exactly one"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _urls_unless_prometheus_reads(self) -> SidecarConfig:
+        if self.prometheus is not None and self.prometheus.read:
+            return self
+        for section, endpoints in (("engines", self.engines), ("counters", self.counters)):
+            for i, endpoint in enumerate(endpoints):
+                if endpoint.url is None:
+                    raise ValueError(
+                        f"{section}[{i}].url: required, unless the metrics are read from "
+                        "Prometheus (prometheus.read)"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -74,8 +74,9 @@ from policies.sidecar.observe import (
     Observer,
     Problem,
 )
+from policies.sidecar.prometheus import BootstrapReport, bootstrap_sidecar, build_source
 from policies.sidecar.rbac import check_rbac
-from policies.sidecar.scrape import Scraper, ScrapeResult
+from policies.sidecar.scrape import ScrapeResult
 from policies.sidecar.telemetry import SidecarMetrics
 from slo.spec import ServiceSpec, SpecError, load_spec
 
@@ -268,12 +269,7 @@ class Sidecar:
         if actuators is None:
             actuators = build_actuators(config.actuators, config.scaling)
         self.actuators = list(actuators)
-        self.scraper = Scraper(
-            self._scraped(engines),
-            timeout_s=config.scrape.timeout_s,
-            max_workers=config.scrape.max_workers,
-            max_page_bytes=config.scrape.max_page_bytes,
-        )
+        self.scraper = build_source(config, self.observer.selection, self._scraped(engines))
         self.metrics = SidecarMetrics(self.observation_contract.windows)
         self.metrics.info.labels(
             str(self.policy.path), manifest.onnx_sha256, manifest.spec_hash
@@ -295,6 +291,9 @@ class Sidecar:
         self._last_save = -math.inf
         self._save_requested = False
         self._restore()
+        self.bootstrap: BootstrapReport | None = None
+        if config.prometheus is not None and self.observer.engine.now == 0.0:  # not restored
+            self.bootstrap = bootstrap_sidecar(config, self.observer, self.metrics, clock())
         self.metrics.shadow.set(float(self._shadow))
 
     def _initial_engines(self) -> Sequence[Engine]:

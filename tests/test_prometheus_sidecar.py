@@ -1,0 +1,197 @@
+"""The sidecar reading its metrics from a real Prometheus that scrapes the engine twin.
+
+The twin is stepped by the test; after each step the test waits until Prometheus has scraped
+every target again, then a sidecar reading Prometheus and one scraping the twin itself decide
+on the same pages: their budgets must be equal. Prometheus down, slow or answering errors: the
+sidecar reports it, holds and falls back, and reads again once Prometheus is back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from envs.twin import EngineTwin
+from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
+from policies.sidecar.loop import Sidecar
+from slo.prometheus_server import scrape_configs
+from tests.conftest import stop_process
+
+ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx"
+INTERVAL_S = 30.0
+DEADLINE_S = 60.0
+
+
+def wait_for(condition, what: str, deadline_s: float = DEADLINE_S) -> None:
+    """Poll ``condition()`` until it holds (generous deadline)."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def scraped_since(server, wall: float, targets: int = 4) -> bool:
+    """Whether Prometheus has scraped every target (the twin's three replicas and its router)
+    since ``wall`` (Unix seconds)."""
+    try:
+        scrapes = server.query("timestamp(up)")
+    except OSError:
+        return False
+    return len(scrapes) == targets and all(float(s["value"][1]) > wall for s in scrapes)
+
+
+def sidecar_config(twin: EngineTwin, tmp_path: Path, prometheus: dict | None, **extra):
+    settings = twin_settings(twin.url)
+    if prometheus is not None:
+        settings["actuators"] = {}  # the twin is actuated by the sidecar that scrapes it
+        settings["prometheus"] = {"endpoint_label": "replica", "bootstrap": False, **prometheus}
+    return load_config(
+        None,
+        {"policy": str(ZOO_POLICY), "port": 0, "interval_s": INTERVAL_S, **settings, **extra},
+    )
+
+
+@pytest.fixture
+def fleet(prometheus_server):
+    """A stepped twin and a real Prometheus scraping its replicas and router every second."""
+    twin = EngineTwin("steady", seed=5, speed=0.0)
+    twin.start()
+    server = prometheus_server(scrape_configs(twin.url, twin.engines()))
+    wait_for(lambda: scraped_since(server, 0.0), "Prometheus's first scrapes")
+    yield twin, server
+    twin.close()
+
+
+def step_and_scrape(twin: EngineTwin, server, seconds: float) -> None:
+    twin.step(seconds)
+    stepped = time.time()
+    wait_for(lambda: scraped_since(server, stepped), "Prometheus to scrape the new pages")
+
+
+@pytest.mark.slow
+def test_budgets_read_from_prometheus_equal_the_scraped_ones(fleet, tmp_path):
+    twin, server = fleet
+    reading = Sidecar(sidecar_config(twin, tmp_path, {"url": server.url}))
+    scraping = Sidecar(sidecar_config(twin, tmp_path, None))
+    try:
+        assert type(reading.scraper).__name__ == "PrometheusSource"
+        for _ in range(6):
+            ours = reading.cycle(twin.now)
+            theirs = scraping.cycle(twin.now)
+            assert ours.mode == theirs.mode == "policy", ours.reason
+            assert reading.last_report.complete and reading.last_report.engines_ok == 3
+            for mine, reference in zip(
+                reading.observer.engine.cumulative_counts(),
+                scraping.observer.engine.cumulative_counts(),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(mine, reference)
+            np.testing.assert_allclose(
+                ours.observation.snapshot.burn_rates, theirs.observation.snapshot.burn_rates
+            )
+            assert ours.observation.healthy_replicas == 3
+            step_and_scrape(twin, server, INTERVAL_S)
+        good, total = reading.observer.engine.cumulative_counts()
+        assert total.sum() > 0 and good.sum() > 0
+    finally:
+        reading.close()
+        scraping.close()
+
+
+@pytest.mark.slow
+def test_prometheus_down_holds_falls_back_and_recovers(fleet, tmp_path):
+    twin, server = fleet
+    sidecar = Sidecar(sidecar_config(twin, tmp_path, {"url": server.url, "timeout_s": 2.0}))
+    try:
+        assert sidecar.cycle(twin.now).mode == "policy"
+        stop_process(server.process)
+        modes, kinds = [], set()
+        for _ in range(6):
+            step_and_wait = twin.now + INTERVAL_S
+            twin.step(INTERVAL_S)
+            decision = sidecar.cycle(step_and_wait)
+            modes.append(decision.mode)
+            kinds |= {p.kind for p in decision.problems}
+            assert_within_contract(sidecar, decision.knobs)
+        assert modes[0] == "hold" and modes[-1] == "fallback", modes
+        assert kinds == {"prometheus_connection"}
+        # The same server again (same port and storage): the sidecar reads again.
+        log = (Path(server.config_path).parent / "prometheus-restart.log").open("w")
+        server.process = subprocess.Popen(server.process.args, stdout=log, stderr=log)
+        wait_for(lambda: _ready(server.url), "Prometheus to restart")
+        stepped = time.time()
+        wait_for(lambda: scraped_since(server, stepped), "Prometheus to scrape again")
+        decision = sidecar.cycle(twin.now)
+        assert decision.mode == "policy", decision.reason
+        assert sidecar.last_report.complete
+    finally:
+        sidecar.close()
+
+
+@pytest.mark.parametrize("failure", ["slow", "error"])
+def test_prometheus_slow_or_erroring_is_reported_and_held(fleet, tmp_path, failure):
+    """A server that accepts but never answers times out; a query Prometheus refuses (a bad
+    selector in the config) comes back as its error: either way, reported and held."""
+    twin, server = fleet
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        prometheus = {
+            "slow": {"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "timeout_s": 0.5},
+            "error": {"url": server.url, "selector": 'job=~"('},
+        }[failure]
+        sidecar = Sidecar(sidecar_config(twin, tmp_path, prometheus))
+        try:
+            sidecar.cycle(twin.now)
+            twin.step(INTERVAL_S)
+            decision = sidecar.cycle(twin.now)
+        finally:
+            sidecar.close()
+    kind = {"slow": "prometheus_timeout", "error": "prometheus_http_status"}[failure]
+    assert decision.mode == "hold"
+    assert {p.kind for p in decision.problems} == {kind}
+    detail = decision.problems[0].detail
+    assert ("no answer within 0.5 s" if failure == "slow" else "parse error") in detail, detail
+    assert_within_contract(sidecar, decision.knobs)
+
+
+def assert_within_contract(sidecar: Sidecar, knobs: dict[str, float]) -> None:
+    for knob in sidecar.action_contract.knobs:
+        assert knob.low <= knobs[knob.name] <= knob.high
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_the_example_configs_prometheus_section_is_valid():
+    text = (Path(__file__).resolve().parents[1] / "policies/sidecar/example.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# prometheus:")
+    section = list(itertools.takewhile(lambda line: line.startswith("# "), lines[start:]))
+    data = yaml.safe_load(text) | yaml.safe_load("\n".join(line[2:] for line in section))
+    config = load_config(None, data)
+    assert config.prometheus.endpoint_label == "pod"
+    assert config.prometheus.read and config.prometheus.bootstrap
+
+
+def test_engine_urls_are_needed_only_without_prometheus():
+    engines = [{"name": "strong-0", "pool": "strong", "max_num_seqs": 256}]
+    base = {"policy": str(ZOO_POLICY), "engines": engines}
+    prometheus = {"url": "http://127.0.0.1:9090"}
+    assert load_config(None, base | {"prometheus": prometheus}).engines[0].url is None
+    with pytest.raises(SidecarConfigError, match=r"engines\[0\]\.url: required"):
+        load_config(None, base | {"prometheus": prometheus | {"read": False}})
