@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from agents.baseline_names import BASELINE_NAMES
 from slo.cli import echo_figures
 
 
@@ -29,12 +30,12 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
 
 def tune(
-    baseline: Annotated[str, typer.Argument(help="Baseline name, e.g. static, reactive, pid.")],
+    baseline: Annotated[str, typer.Argument(help=f"Baseline: {', '.join(BASELINE_NAMES)}.")],
     scenario: Annotated[str, typer.Option(help="Scenario to tune on.")] = "steady",
     seeds: Annotated[int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.")] = 3,
     episode_hours: Annotated[
         float | None,
-        typer.Option(help="Simulated hours per episode [default: the scenario's, else 2]."),
+        typer.Option(help="Simulated hours per episode.", show_default="the scenario's, else 2"),
     ] = None,
     warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
     max_candidates: Annotated[
@@ -45,7 +46,7 @@ def tune(
 ) -> None:
     """Grid-search a baseline's parameters on one scenario, on training seeds 1000 and up.
 
-    Evaluate the tuned baseline on other seeds (below 1000); ``--out`` writes the best parameters
+    Evaluate the tuned baseline on other seeds (below 1000); --out writes the best parameters
     and every candidate's score for the benchmark to load.
     """
     from rich.console import Console

@@ -23,7 +23,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 def simulate(
     workload: Annotated[
         str | None,
-        typer.Option(help=f"Request source: {', '.join(_WORKLOADS)} [default: poisson]."),
+        typer.Option(help=f"Request source: {', '.join(_WORKLOADS)}.", show_default="poisson"),
     ] = None,
     rate: Annotated[
         float | None,
@@ -32,10 +32,14 @@ def simulate(
             "workloads), the trace's own rate (replays)."
         ),
     ] = None,
-    replicas: Annotated[int | None, typer.Option(help="Replicas of the pool [default: 8].")] = None,
-    model: Annotated[str | None, typer.Option(help="Model [default: llama-2-7b].")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU [default: a100-80gb].")] = None,
-    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree [default: 1].")] = None,
+    replicas: Annotated[
+        int | None, typer.Option(help="Replicas of the pool.", show_default="8")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model.", show_default="llama-2-7b")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU.", show_default="a100-80gb")] = None,
+    tp: Annotated[
+        int | None, typer.Option(help="Tensor-parallel degree.", show_default="1")
+    ] = None,
     hours: Annotated[float, typer.Option(help="Simulated hours.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
     trace: Annotated[
@@ -126,7 +130,9 @@ def _print_table(summary: dict) -> None:
 def perf_sim(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Simulator speed (reference workload, 1 h, one core, compile excluded), its scaling with
+    """Simulator speed, its scaling with load and the step-time model's error.
+
+    Speed on the reference workload (1 h, one core, compile excluded), its cost at 4x and 16x
     load, and the step-time model's error against real measurements."""
     from envs.sim.perf import benchmark
 

@@ -43,19 +43,18 @@ def twin(
         bool | None,
         typer.Option(
             "--elastic/--fixed",
-            help="Pools that scale (POST /v1/replicas) or a fixed fleet [the scenario's: "
-            "elastic for the elastic scenarios].",
-            show_default=False,
+            help="Pools that scale (POST /v1/replicas) or a fixed fleet.",
+            show_default="the scenario's: elastic for the elastic scenarios",
         ),
     ] = None,
 ) -> None:
-    """Run a scenario in accelerated real time; serve each replica's engine metrics and a knob
-    control endpoint over HTTP until Ctrl-C.
+    """Run a scenario in accelerated real time, serving engine metrics and knobs over HTTP.
 
-    Endpoints: GET /engines (elastic: with each replica's state, provisioning, serving or
-    draining, and its pool's desired replicas), GET /engines/<replica>/metrics (503 while the
-    replica is down or provisioning), GET /router/metrics, GET|POST /v1/knobs, GET|POST
-    /v1/replicas (elastic: desired replicas per pool), GET /v1/state, GET /healthz.
+    Serves until Ctrl-C. Endpoints: GET /engines (elastic: with each replica's state,
+    provisioning, serving or draining, and its pool's desired replicas), GET
+    /engines/<replica>/metrics (503 while the replica is down or provisioning), GET
+    /router/metrics, GET|POST /v1/knobs, GET|POST /v1/replicas (elastic: desired replicas per
+    pool), GET /v1/state, GET /healthz.
     """
     import signal
     import threading
@@ -114,8 +113,10 @@ def _fail(message: str) -> NoReturn:
 def perf_twin(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Engine twin costs on the steady scenario: wall time of one scrape of one replica, and the
-    speed-ups it sustains with every endpoint scraped every 30 simulated seconds."""
+    """Engine twin costs: scrape time and the speed-ups it sustains while scraped.
+
+    On the steady scenario: wall time of one scrape of one replica, and the speed-ups it
+    sustains with every endpoint scraped every 30 simulated seconds."""
     echo_figures(_benchmark(), as_json)
 
 

@@ -33,7 +33,7 @@ def export(
     """Export a trained checkpoint to ONNX plus a JSON manifest (contracts, SLO spec, provenance).
 
     The graph takes raw observations (normalisation baked in) and returns actions in [-1, 1];
-    load it with ``policies.runtime.load_policy``.
+    load it with policies.runtime.load_policy.
     """
     from policies.export import ExportError, export_checkpoint
 

@@ -9,6 +9,9 @@ import typer
 
 from slo.cli import echo_figures
 
+#: The bundled presets, found without importing the training stack (for --help).
+_PRESETS = sorted(path.stem for path in (Path(__file__).parent / "presets").glob("*.yaml"))
+
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add this package's commands to the root app and its benchmarks to ``perf``."""
@@ -32,9 +35,9 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
 def train(
     out: Annotated[Path, typer.Option(help="Run directory (runs/NAME).")],
-    preset: Annotated[str, typer.Option(help="Preset name (quick, standard) or YAML path.")] = (
-        "quick"
-    ),
+    preset: Annotated[
+        str, typer.Option(help=f"Preset name ({', '.join(_PRESETS)}) or YAML path.")
+    ] = "quick",
     seeds: Annotated[int, typer.Option(help="Trials per configuration: seeds 0..N-1.")] = 1,
     search: Annotated[
         int, typer.Option(help="Hyperparameter samples from the preset's space (ASHA).")
@@ -63,11 +66,11 @@ def train(
         int | None, typer.Option(help="CPUs of a local Ray (default: all).")
     ] = None,
 ) -> None:
-    """Train PPO policies with Ray Tune: one trial per (configuration, seed), a checkpoint per
-    chunk, TensorBoard logs per trial; ``--resume`` continues an interrupted run.
+    """Train PPO policies with Ray Tune, one trial per (configuration, seed).
 
-    Ends with a summary table; ``OUT/summary.json`` records every trial and ``OUT/best`` points
-    at the best trial's last checkpoint.
+    Every trial writes a checkpoint per chunk and TensorBoard logs; --resume continues an
+    interrupted run. Ends with a summary table; OUT/summary.json records every trial and OUT/best
+    points at the best trial's last checkpoint.
     """
     from training.config import PresetError, load_preset
     from training.run import TrainingError, TrainRequest, run_training

@@ -16,6 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
+from agents.baseline_names import BASELINE_NAMES
+from slo.cli import MAPPING_HELP
+
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add ``sidecar`` to the root app and ``sidecar`` to ``perf``."""
@@ -28,9 +31,13 @@ def sidecar(
     policy: Annotated[
         Path | None, typer.Option(help="Exported policy (NAME.onnx, manifest NAME.json beside).")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address [127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [9464].")] = None,
-    interval: Annotated[float | None, typer.Option(help="Seconds between decisions [30].")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.", show_default="127.0.0.1")] = (
+        None
+    ),
+    port: Annotated[int | None, typer.Option(help="Listen port.", show_default="9464")] = None,
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between decisions.", show_default="30")
+    ] = None,
     engine: Annotated[
         list[str] | None,
         typer.Option(help="An engine: 'name=N,url=U,pool=P,max_num_seqs=K' (repeatable)."),
@@ -46,11 +53,17 @@ def sidecar(
             "twin's pools (deployment = pool, 1 to the policy's cap, 1 replica per interval)."
         ),
     ] = None,
-    mapping: Annotated[str | None, typer.Option(help="Metric mapping [vllm].")] = None,
+    mapping: Annotated[str | None, typer.Option(help=MAPPING_HELP, show_default="vllm")] = None,
     shadow: Annotated[
         bool | None, typer.Option("--shadow/--no-shadow", help="Decide and log, do not actuate.")
     ] = None,
-    fallback: Annotated[str | None, typer.Option(help="Fallback baseline [reactive].")] = None,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Baseline that takes over on stale metrics: {', '.join(BASELINE_NAMES)}.",
+            show_default="reactive",
+        ),
+    ] = None,
     audit_log: Annotated[Path | None, typer.Option(help="JSONL audit log of decisions.")] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Directory of the persisted state.")
@@ -62,11 +75,15 @@ def sidecar(
     check: Annotated[
         bool, typer.Option("--check", help="Validate the config against the policy and exit.")
     ] = False,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning, error.", show_default="info")
+    ] = None,
 ) -> None:
-    """Govern a fleet's knobs with an exported policy: scrape engine metrics, compute burn rates,
-    decide every interval through guardrails, actuate (router manifests, scale manifests,
-    webhook, twin), serve /v1/decision, /metrics, /healthz and /readyz. An elastic policy also
+    """Govern a fleet's knobs with an exported policy, beside the serving stack.
+
+    Scrape engine metrics, compute burn rates, decide every interval through guardrails,
+    actuate (router manifests, scale manifests, webhook, twin), serve /v1/decision, /metrics,
+    /healthz and /readyz on --port (9464). An elastic policy also
     decides each pool's desired replicas (config sections discovery and scaling; see
     example.yaml; against the twin, --policy P --twin URL needs no config)."""
     from policies.runtime import PolicyFileError, PolicyMismatchError
