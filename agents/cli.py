@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from agents.baseline_names import BASELINE_NAMES
-from slo.cli import echo_figures
+from slo.cli import echo_figures, positive
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -19,8 +19,10 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
     @perf.command("env")
     def perf_env(
         scenario: str = typer.Option("steady", help="Scenario to step."),
-        steps: int = typer.Option(400, help="Environment steps timed."),
-        ppo_timesteps: int = typer.Option(8192, help="PPO timesteps timed on each environment."),
+        steps: int = typer.Option(400, help="Environment steps timed.", min=1),
+        ppo_timesteps: int = typer.Option(
+            8192, help="PPO timesteps timed on each environment.", min=1
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Environment steps/s, overhead over the raw simulator, PPO throughput vs CartPole."""
@@ -32,14 +34,22 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 def tune(
     baseline: Annotated[str, typer.Argument(help=f"Baseline: {', '.join(BASELINE_NAMES)}.")],
     scenario: Annotated[str, typer.Option(help="Scenario to tune on.")] = "steady",
-    seeds: Annotated[int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.")] = 3,
+    seeds: Annotated[
+        int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.", min=1)
+    ] = 3,
     episode_hours: Annotated[
         float | None,
-        typer.Option(help="Simulated hours per episode.", show_default="the scenario's, else 2"),
+        typer.Option(
+            help="Simulated hours per episode.",
+            callback=positive,
+            show_default="the scenario's, else 2",
+        ),
     ] = None,
-    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
+    warmup_s: Annotated[
+        float, typer.Option(help="Warm-up seconds before each episode.", min=0)
+    ] = 600.0,
     max_candidates: Annotated[
-        int | None, typer.Option(help="Score only the first candidates of the grid.")
+        int | None, typer.Option(help="Score only the first candidates of the grid.", min=1)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the result as JSON to this file.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from slo.cli import echo_figures
+from slo.cli import echo_figures, positive
 
 _WORKLOADS = ("poisson", "bursty", "mmpp", "diurnal", "flash-crowd", "azure-conv", "azure-code",
               "trace")  # fmt: skip
@@ -29,19 +29,20 @@ def simulate(
         float | None,
         typer.Option(
             help="Mean requests/s. Default: the reference rate scaled to the replicas (synthetic "
-            "workloads), the trace's own rate (replays)."
+            "workloads), the trace's own rate (replays).",
+            callback=positive,
         ),
     ] = None,
     replicas: Annotated[
-        int | None, typer.Option(help="Replicas of the pool.", show_default="8")
+        int | None, typer.Option(help="Replicas of the pool.", min=1, show_default="8")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model.", show_default="llama-2-7b")] = None,
     gpu: Annotated[str | None, typer.Option(help="GPU.", show_default="a100-80gb")] = None,
     tp: Annotated[
-        int | None, typer.Option(help="Tensor-parallel degree.", show_default="1")
+        int | None, typer.Option(help="Tensor-parallel degree.", min=1, show_default="1")
     ] = None,
-    hours: Annotated[float, typer.Option(help="Simulated hours.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    hours: Annotated[float, typer.Option(help="Simulated hours.", callback=positive)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.", min=0)] = 0,
     trace: Annotated[
         Path | None, typer.Option(help="Trace CSV (Azure format) for --workload trace.")
     ] = None,

@@ -7,7 +7,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from envs.scenario_names import SCENARIO_NAMES
-from slo.cli import echo_figures
+from slo.cli import echo_figures, positive
 
 _MAPPINGS = ("vllm", "vllm-legacy", "sglang", "sglang-legacy")
 
@@ -31,11 +31,15 @@ def twin(
     scenario: Annotated[
         str, typer.Option(help=f"Scenario to run: {', '.join(SCENARIO_NAMES)}.", show_default=False)
     ],
-    seed: Annotated[int, typer.Option(help="Seed of the scenario draw and the simulation.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the scenario draw and the simulation.", min=0)
+    ] = 0,
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve on (port 0: any).")] = (
         "127.0.0.1:8000"
     ),
-    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 1.0,
+    speed: Annotated[
+        float, typer.Option(help="Simulated seconds per wall second.", callback=positive)
+    ] = 1.0,
     mapping: Annotated[
         str, typer.Option(help=f"Metric names of the engines: {', '.join(_MAPPINGS)}.")
     ] = "vllm",

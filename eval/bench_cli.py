@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from slo.cli import positive
+
 #: ``--quick``: fewer seeds and shorter episodes (within 5 minutes on 2 cores).
 QUICK_SEEDS = 3
 QUICK_EPISODE_HOURS = 0.5
@@ -45,7 +47,8 @@ def bench(
     seeds: Annotated[
         int | None,
         typer.Option(
-            help=f"Evaluation seeds 0..N-1 (default {DEFAULT_SEEDS}, --quick {QUICK_SEEDS})."
+            help=f"Evaluation seeds 0..N-1 (default {DEFAULT_SEEDS}, --quick {QUICK_SEEDS}).",
+            min=1,
         ),
     ] = None,
     quick: Annotated[
@@ -60,10 +63,13 @@ def bench(
         float | None,
         typer.Option(
             help="Simulated hours per episode (default: the scenario's own, 2 h unless it says; "
-            f"--quick {QUICK_EPISODE_HOURS})."
+            f"--quick {QUICK_EPISODE_HOURS}).",
+            callback=positive,
         ),
     ] = None,
-    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
+    warmup_s: Annotated[
+        float, typer.Option(help="Warm-up seconds before each episode.", min=0)
+    ] = 600.0,
     out: Annotated[
         Path | None,
         typer.Option(help="Report directory (default bench-out/full, --quick bench-out/quick)."),
@@ -72,7 +78,7 @@ def bench(
         str | None, typer.Option(help="Ray cluster address (default: a local Ray).")
     ] = None,
     num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of the local Ray (default: all).")
+        int | None, typer.Option(help="CPUs of the local Ray (default: all).", min=1)
     ] = None,
     no_ray: Annotated[
         bool, typer.Option("--no-ray", help="Run serially in this process (same results).")
@@ -81,9 +87,9 @@ def bench(
         Path | None, typer.Option(help="Tuned baseline parameters (default agents/tuned).")
     ] = None,
     bootstrap_reps: Annotated[
-        int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
+        int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).", min=1)
     ] = None,
-    bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.")] = 0,
+    bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.", min=0)] = 0,
 ) -> None:
     """Benchmark learned policies against tuned baselines; write report.md, results.json, plots.
 

@@ -80,8 +80,8 @@ def rules(
 
 def perf_slo(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    events: Annotated[int, typer.Option(help="Events to ingest.")] = 2_097_152,
-    batch: Annotated[int, typer.Option(help="Events per ingest_events call.")] = 8192,
+    events: Annotated[int, typer.Option(help="Events to ingest.", min=1)] = 2_097_152,
+    batch: Annotated[int, typer.Option(help="Events per ingest_events call.", min=1)] = 8192,
 ) -> None:
     """Error-budget engine: batch ingestion (events/s) and full burn-rate query time (us)."""
     from slo.perf import benchmark
@@ -101,6 +101,13 @@ def echo_figures(figures: Mapping[str, Any], as_json: bool) -> None:
         if isinstance(value, float):
             text = f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
         typer.echo(f"{key:{width}s}{text}")
+
+
+def positive(value: float | None) -> float | None:
+    """Option callback that refuses a value not above zero (typer's ``min`` admits its bound)."""
+    if value is not None and not value > 0:  # also NaN
+        raise typer.BadParameter(f"must be above 0, got {value:g}")
+    return value
 
 
 def _load(path: Path):

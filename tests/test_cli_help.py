@@ -86,3 +86,17 @@ def test_shell_completion_script():
     result = RUNNER.invoke(app, ["--show-completion", "bash"], prog_name="budgetpilot")
     assert result.exit_code == 0, result.output
     assert "_BUDGETPILOT_COMPLETE" in result.output
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=IDS)
+def test_numeric_options_are_range_checked(path, command):
+    unchecked = [
+        p.name
+        for p in command.params
+        if getattr(p, "type_descriptor", None) is not None
+        and p.type_descriptor.annotation in (int, float)
+        and p.min is None
+        and p.max is None
+        and p.callback is None
+    ]
+    assert not unchecked, f"{' '.join(path)}: no range on {unchecked}"

@@ -19,7 +19,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
     @perf.command("train")
     def perf_train(
-        timesteps: int = typer.Option(16384, help="PPO timesteps per trial."),
+        timesteps: int = typer.Option(16384, help="PPO timesteps per trial.", min=1),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """PPO steps/s of one Ray trial alone and of two at once (parallel efficiency)."""
@@ -38,15 +38,15 @@ def train(
     preset: Annotated[
         str, typer.Option(help=f"Preset name ({', '.join(_PRESETS)}) or YAML path.")
     ] = "quick",
-    seeds: Annotated[int, typer.Option(help="Trials per configuration: seeds 0..N-1.")] = 1,
+    seeds: Annotated[int, typer.Option(help="Trials per configuration: seeds 0..N-1.", min=1)] = 1,
     search: Annotated[
-        int, typer.Option(help="Hyperparameter samples from the preset's space (ASHA).")
+        int, typer.Option(help="Hyperparameter samples from the preset's space (ASHA).", min=0)
     ] = 0,
     timesteps: Annotated[
-        int | None, typer.Option(help="Override the preset's timesteps per trial.")
+        int | None, typer.Option(help="Override the preset's timesteps per trial.", min=1)
     ] = None,
     chunk_timesteps: Annotated[
-        int | None, typer.Option(help="Override the timesteps between checkpoints.")
+        int | None, typer.Option(help="Override the timesteps between checkpoints.", min=1)
     ] = None,
     resume: Annotated[
         bool,
@@ -63,7 +63,7 @@ def train(
         str | None, typer.Option(help="Tune storage root (shared on a cluster); default: --out.")
     ] = None,
     num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of a local Ray (default: all).")
+        int | None, typer.Option(help="CPUs of a local Ray (default: all).", min=1)
     ] = None,
 ) -> None:
     """Train PPO policies with Ray Tune, one trial per (configuration, seed).

@@ -45,6 +45,7 @@ from pydantic import (
 from envs.sim.catalog import Deployment, get_gpu, get_model
 from envs.sim.knobs import Knobs
 from envs.sim.workload import LENGTH_MODELS, WORKLOAD_NAMES, Workload, make_workload
+from slo.files import TextFileError, read_text
 
 GiB = 1024**3
 
@@ -371,9 +372,11 @@ class SimConfig(_Strict):
         """Load a fleet file; ConfigError names the file and every invalid field."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(read_text(path))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except TextFileError as exc:
+            raise ConfigError(str(exc)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         return cls.from_dict(data or {}, source=str(path))

@@ -12,6 +12,7 @@ vectorised numpy driven by the ``numpy.random.Generator`` passed in.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from slo.files import TextFileError, read_text
 
 ARRIVAL_DTYPE = np.dtype(
     [
@@ -424,7 +427,11 @@ def _parse_tokens(path: Path, raw: list[str], column: str) -> np.ndarray:
 def _read_trace(path: Path, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse and validate a trace file (cached per path and modification time)."""
     del mtime_ns  # part of the cache key only
-    with path.open(newline="") as f:
+    try:
+        text = read_text(path)
+    except TextFileError as exc:
+        raise ValueError(f"{exc} (expected a CSV trace)") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
         missing = [c for c in TRACE_COLUMNS if c not in header]

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from agents.baseline_names import BASELINE_NAMES
-from slo.cli import MAPPING_HELP
+from slo.cli import MAPPING_HELP, positive
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -34,9 +34,12 @@ def sidecar(
     host: Annotated[str | None, typer.Option(help="Listen address.", show_default="127.0.0.1")] = (
         None
     ),
-    port: Annotated[int | None, typer.Option(help="Listen port.", show_default="9464")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Listen port.", min=0, max=65535, show_default="9464")
+    ] = None,
     interval: Annotated[
-        float | None, typer.Option(help="Seconds between decisions.", show_default="30")
+        float | None,
+        typer.Option(help="Seconds between decisions.", callback=positive, show_default="30"),
     ] = None,
     engine: Annotated[
         list[str] | None,
@@ -184,9 +187,9 @@ def _serve(settings: Any, *, once: bool, check: bool) -> None:
 
 
 def perf_sidecar(
-    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.")] = 64,
-    cycles: Annotated[int, typer.Option(help="Cycles timed.")] = 40,
-    decisions: Annotated[int, typer.Option(help="Decisions timed.")] = 3000,
+    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.", min=1)] = 64,
+    cycles: Annotated[int, typer.Option(help="Cycles timed.", min=1)] = 40,
+    decisions: Annotated[int, typer.Option(help="Decisions timed.", min=1)] = 3000,
     policy: Annotated[
         Path | None, typer.Option(help="Policy to time (default: a linear stand-in).")
     ] = None,
