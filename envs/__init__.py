@@ -1,11 +1,13 @@
 """budgetpilot environments: the fleet simulator and the Gymnasium environments on top of it.
 
-Importing ``envs`` registers the environments (lazily: the simulator loads on ``make``)::
+Importing ``envs`` registers the environments (lazily: the simulator loads on ``make``). The
+``envs:`` prefix makes gymnasium import it first, so that the ids work in any process, such as
+RLlib's env runners, which never import ``envs`` (gymnasium 1.x loads no plugin entry points)::
 
-    import gymnasium, envs
-    env = gymnasium.make("budgetpilot/LLMFleet-v0", scenario="flash-crowd")
-    env = gymnasium.make("budgetpilot/LLMFleet-FlashCrowd-v0")
-    env = gymnasium.make("budgetpilot/LLMFleet-SlowRamp-v0")  # elastic=True: the pools scale
+    import gymnasium
+    env = gymnasium.make("envs:budgetpilot/LLMFleet-v0", scenario="flash-crowd")
+    env = gymnasium.make("envs:budgetpilot/LLMFleet-FlashCrowd-v0")
+    env = gymnasium.make("envs:budgetpilot/LLMFleet-SlowRamp-v0")  # elastic: the pools scale
 """
 
 from gymnasium.envs.registration import register
@@ -13,6 +15,8 @@ from gymnasium.envs.registration import register
 from envs.scenario_names import ELASTIC_SCENARIO_NAMES, SCENARIO_NAMES
 
 ENV_ID = "budgetpilot/LLMFleet-v0"
+#: Prefix of an id that makes gymnasium import this package before looking the id up.
+IMPORT_PREFIX = "envs:"
 ENTRY_POINT = "envs.fleet_env:LLMFleetEnv"
 
 
@@ -27,3 +31,6 @@ for _name in SCENARIO_NAMES:
     # An elastic scenario's id makes the elastic environment (its pools scale).
     _kwargs = {"scenario": _name} | ({"elastic": True} if _name in ELASTIC_SCENARIO_NAMES else {})
     register(id=scenario_env_id(_name), entry_point=ENTRY_POINT, kwargs=_kwargs)
+
+#: Every id registered here (the generic one first).
+ENV_IDS: tuple[str, ...] = (ENV_ID, *(scenario_env_id(name) for name in SCENARIO_NAMES))

@@ -62,8 +62,11 @@ def read_manifest(onnx_path: str | Path) -> PolicyManifest:
     Raises
     ------
     PolicyFileError
-        The manifest is missing, unreadable or invalid (the message names the field).
+        The ONNX file or its manifest is missing, or the manifest is unreadable or invalid
+        (the message names the field).
     """
+    if not Path(onnx_path).is_file():  # named first: the manifest is looked for beside it
+        raise PolicyFileError(f"{onnx_path}: ONNX file not found")
     path = manifest_path(onnx_path)
     try:
         text = read_text(path)

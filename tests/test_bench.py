@@ -281,7 +281,7 @@ def test_run_episode_measures_one_seed_deterministically() -> None:
     ("args", "message"),
     [
         (["--policies", "nope"], "unknown controller 'nope'"),
-        (["--policies", "missing.onnx"], "manifest not found"),
+        (["--policies", "missing.onnx"], "missing.onnx: ONNX file not found"),
         (["--scenarios", "nope"], "unknown scenario 'nope'"),
         (["--seeds", "1001"], "evaluation seeds must be in"),
     ],

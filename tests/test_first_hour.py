@@ -4,17 +4,29 @@ not text, models the fidelity data does not know."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import stop_process
 from typer.testing import CliRunner
 
 from envs.sim import ConfigError, SimConfig
 from envs.sim.fidelity import load_splitwise
+from envs.twin import EngineTwin
 from eval.cli import app
 from policies.runtime import PolicyFileError, read_manifest
+from policies.sidecar.cli import TWIN_AUDIT_LOG
 from policies.sidecar.config import SidecarConfigError, load_config
+from policies.sidecar.decision_log import changes, worst_burn
+from slo import BudgetEngine, default_spec
 from slo.metrics import load_mapping
 from slo.spec import SpecError, load_spec
 from training.config import PresetError, load_preset
@@ -115,3 +127,109 @@ def test_splitwise_model_outside_the_catalog_is_named(tmp_path):
     message = str(info.value)
     assert str(csv) in message and "line 3" in message and "'llama2-13b'" in message
     assert "SPLITWISE_MODELS" in message and "catalog" in message
+
+
+def test_a_process_that_imports_only_gymnasium_makes_every_id():
+    """What RLlib's env runners do: ``gymnasium.make`` in a process that never imported envs."""
+    import envs
+
+    script = (
+        "import sys, gymnasium\n"
+        "assert 'envs' not in sys.modules\n"
+        "for env_id in sys.argv[1:]:\n"
+        "    env = gymnasium.make(env_id)\n"
+        "    assert env.unwrapped.action_space.shape[0] >= 7, env_id\n"
+        "    env.close()\n"
+        "env = gymnasium.make(sys.argv[1], scenario='steady', episode_hours=0.05)\n"
+        "env.reset(seed=0)\n"
+        "print('made', len(sys.argv) - 1)\n"
+    )
+    ids = [envs.IMPORT_PREFIX + env_id for env_id in envs.ENV_IDS]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *ids], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["made", str(len(ids))]
+
+
+# ------------------------------------------------------------------------------------------------
+# The sidecar demo: one line per decision, a line at shutdown, the audit log, bad policies first
+
+ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (None, {"a": 0.5, "b": 2.0}, "a 0.5, b 2"),
+        ({"a": 0.5, "b": 2.0}, {"a": 0.5, "b": 2.0}, "unchanged"),
+        ({"a": 0.5, "b": 2.0}, {"a": 0.25, "b": 2.0}, "a 0.5->0.25"),
+    ],
+)
+def test_decision_line_lists_the_knobs_that_changed(before, after, expected):
+    assert changes(before, after) == expected
+
+
+def test_worst_burn_names_the_slo_or_says_no_data():
+    engine = BudgetEngine(default_spec())
+    engine.advance_to(600.0)
+    snapshot = engine.snapshot()
+    snapshot.burn_rates[:, 0] = np.nan
+    assert worst_burn(snapshot, "5m") == "worst burn over 5m: no data"
+    snapshot.burn_rates[2, 0] = 3.5
+    assert worst_burn(snapshot, "5m") == f"worst burn {snapshot.slo_names[2]} 3.5x over 5m"
+
+
+def _sidecar_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "eval.cli", "sidecar", *arguments]
+
+
+@pytest.mark.slow
+def test_sidecar_against_the_twin_logs_decisions_audits_and_stops_cleanly(tmp_path):
+    with EngineTwin("steady", seed=0, speed=60.0) as twin:
+        twin.start()
+        command = _sidecar_command("--policy", str(ZOO_POLICY), "--twin", twin.url)
+        process = subprocess.Popen(
+            [*command, "--interval", "0.25", "--port", "0"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        audit = tmp_path / TWIN_AUDIT_LOG  # on by default against the twin
+        try:
+            deadline = time.monotonic() + 120.0
+            while not audit.exists() or len(audit.read_text().splitlines()) < 4:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "no audited decisions"
+                time.sleep(0.1)
+            # Two signals at once (Ctrl-C twice, or a supervisor's TERM to the whole group).
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGINT)
+            _, log = process.communicate(timeout=60)
+        finally:
+            stop_process(process)
+    assert process.returncode == 0, log
+    line = re.compile(r"budgetpilot\.sidecar: decision (policy|hold|fallback): knobs .+; worst")
+    decisions = [text for text in log.splitlines() if line.search(text)]
+    assert len(decisions) >= len(audit.read_text().splitlines()) - 1 >= 3
+    assert "WARNING" not in log.split("decision policy")[0], "a normal start logged as a warning"
+    assert f"audit log {audit}" in log and "serving on http://127.0.0.1:" in log
+    assert re.search(r"stopped after \d+ decisions \(last: \w+\)", log), log[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda d: None, "policy.onnx: ONNX file not found"),
+        (lambda d: (d / "policy.onnx").write_bytes(b"not onnx"), "policy.json: manifest not found"),
+    ],
+)
+def test_a_bad_policy_is_reported_before_the_twin_is_contacted(tmp_path, setup, expected):
+    setup(tmp_path)
+    policy = tmp_path / "policy.onnx"
+    result = runner.invoke(
+        app, ["sidecar", "--policy", str(policy), "--twin", "http://127.0.0.1:9"]
+    )
+    assert result.exit_code == 2
+    assert expected in result.stderr and "twin" not in result.stderr

@@ -19,6 +19,9 @@ import typer
 from agents.baseline_names import BASELINE_NAMES
 from slo.cli import MAPPING_HELP, positive
 
+#: Where ``--twin`` runs append their decisions unless told otherwise (a demo one can replay).
+TWIN_AUDIT_LOG = Path("sidecar-audit.jsonl")
+
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add ``sidecar`` to the root app and ``sidecar`` to ``perf``."""
@@ -67,7 +70,13 @@ def sidecar(
             show_default="reactive",
         ),
     ] = None,
-    audit_log: Annotated[Path | None, typer.Option(help="JSONL audit log of decisions.")] = None,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL audit log of decisions.",
+            show_default=f"the config's; with --twin {TWIN_AUDIT_LOG}",
+        ),
+    ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Directory of the persisted state.")
     ] = None,
@@ -89,7 +98,7 @@ def sidecar(
     /healthz and /readyz on --port (9464). An elastic policy also
     decides each pool's desired replicas (config sections discovery and scaling; see
     example.yaml; against the twin, --policy P --twin URL needs no config)."""
-    from policies.runtime import PolicyFileError, PolicyMismatchError
+    from policies.runtime import PolicyFileError, PolicyMismatchError, load_policy
     from policies.sidecar.config import (
         SidecarConfigError,
         load_config,
@@ -115,6 +124,8 @@ def sidecar(
         overrides["state"] = {"directory": state_dir}
     try:
         if twin is not None:
+            if policy is not None:
+                load_policy(policy)  # a bad policy is reported as such, not as a twin problem
             overrides.update(twin_settings(twin))
         if engine:
             overrides["engines"] = [_key_values(e, "--engine") for e in engine]
@@ -126,6 +137,8 @@ def sidecar(
         scaling = {} if twin is None else twin_scaling(settings, twin)
         if scaling:  # an elastic policy, no scaling configured: the twin's pools
             settings = load_config(config, {**overrides, "scaling": scaling})
+        if twin is not None and settings.audit_log is None and not check:
+            settings = settings.model_copy(update={"audit_log": TWIN_AUDIT_LOG})
         _configure_logging(settings.log_level)
         _serve(settings, once=once, check=check)
     except (SidecarConfigError, PolicyFileError, PolicyMismatchError) as exc:
@@ -175,15 +188,35 @@ def _serve(settings: Any, *, once: bool, check: bool) -> None:
         sidecar.close()
         typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", err=True)
         raise typer.Exit(2) from None
+    signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        # Handlers only note the signal: taking a lock in one (stop.set()) deadlocks when a
+        # second signal arrives while the first handler holds it.
+        signal.signal(signum, lambda received, _: signals.append(received))
     loop.start()
     threading.Thread(target=server.serve_forever, name="sidecar-http", daemon=True).start()
-    logging.getLogger("budgetpilot.sidecar").info("serving on %s", server.url)
-    stop.wait()
+    log = logging.getLogger("budgetpilot.sidecar")
+    log.info(
+        "serving on %s (GET /v1/decision, /metrics, /healthz, /readyz): %s every %g s%s%s",
+        server.url,
+        settings.policy,
+        settings.interval_s,
+        ", shadow mode" if settings.shadow else "",
+        f", audit log {settings.audit_log.resolve()}" if settings.audit_log else ", no audit log",
+    )
+    while not signals:
+        stop.wait(0.2)
+    stop.set()
     server.shutdown()
     loop.join(timeout=settings.scrape.timeout_s + 5.0)
     sidecar.close()
+    last = sidecar.last_decision
+    log.info(
+        "stopped after %d decisions (last: %s)%s",
+        sidecar.decision_log.count,
+        last.mode if last else "none",
+        f"; state saved in {settings.state.directory}" if settings.state.directory else "",
+    )
 
 
 def perf_sidecar(
