@@ -59,16 +59,12 @@ def tune(
     Evaluate the tuned baseline on other seeds (below 1000); --out writes the best parameters
     and every candidate's score for the benchmark to load.
     """
-    from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from agents.tuning import tune as run_tune
     from agents.tuning import tuning_seeds
+    from slo.progress import ProgressReport
 
-    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(f"tuning {baseline} on {scenario}", total=None)
+        with ProgressReport(f"tuning {baseline} on {scenario}: episodes") as report:
             result = run_tune(
                 baseline,
                 scenario,
@@ -76,7 +72,7 @@ def tune(
                 episode_hours=episode_hours,
                 warmup_s=warmup_s,
                 max_candidates=max_candidates,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=report.update,
             )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

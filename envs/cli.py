@@ -61,7 +61,7 @@ def simulate(
 
     try:
         sim_config = _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config)
-        summary = _run(sim_config, hours, seed, progress=not as_json)
+        summary = _run(sim_config, hours, seed)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -100,19 +100,14 @@ def _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config):
     return base.model_copy(update={"workload": source})
 
 
-def _run(config, hours: float, seed: int, progress: bool) -> dict:
-    """Run the simulation, with a progress bar on stderr when asked."""
-    from rich.console import Console
-    from rich.progress import Progress
-
+def _run(config, hours: float, seed: int) -> dict:
+    """Run the simulation, reporting its progress on stderr."""
     from envs.sim.simulator import Simulator
+    from slo.progress import ProgressReport
 
-    sim = Simulator(config, seed=seed)
-    if not progress:
-        return sim.run(hours)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("simulating", total=hours * 3600.0)
-        return sim.run(hours, progress=lambda done: bar.update(task, completed=done))
+    with ProgressReport("simulating", hours * 3600.0, unit="simulated s") as report:
+        sim = Simulator(config, seed=seed)  # compiles the simulator on a first run
+        return sim.run(hours, progress=report.update)
 
 
 def _print_table(summary: dict) -> None:

@@ -98,7 +98,6 @@ def bench(
     improvement, performance profiles and the headline test on the held-out scenarios.
     """
     from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from eval.bench import (
         TUNED_DIR,
@@ -108,6 +107,7 @@ def bench(
         run_bench,
     )
     from eval.report import write_report
+    from slo.progress import ProgressReport
 
     console = Console(stderr=True)
     try:
@@ -123,19 +123,13 @@ def bench(
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
             bootstrap_seed=bootstrap_seed,
         )
-        columns = (
-            *Progress.get_default_columns()[:-1],
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("benchmark runs", total=None)
+        with ProgressReport("benchmark runs") as report:
             result = run_bench(
                 config,
                 use_ray=not no_ray,
                 address=address,
                 num_cpus=num_cpus,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=report.update,
             )
     except ValueError as exc:  # also PolicyFileError: a missing or corrupt policy
         typer.echo(f"error: {exc}", err=True)

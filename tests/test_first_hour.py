@@ -3,6 +3,7 @@ not text, models the fidelity data does not know."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from policies.sidecar.config import SidecarConfigError, load_config
 from policies.sidecar.decision_log import changes, worst_burn
 from slo import BudgetEngine, default_spec
 from slo.metrics import load_mapping
+from slo.progress import ProgressReport
 from slo.spec import SpecError, load_spec
 from training.config import PresetError, load_preset
 
@@ -233,3 +235,29 @@ def test_a_bad_policy_is_reported_before_the_twin_is_contacted(tmp_path, setup, 
     )
     assert result.exit_code == 2
     assert expected in result.stderr and "twin" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress where output is not a terminal
+
+
+def test_progress_prints_lines_while_work_goes_on():
+    stream = io.StringIO()
+    with ProgressReport("benchmark runs", stream=stream, every_s=0.05) as report:
+        report.update(3, 10)
+        deadline = time.monotonic() + 30.0
+        while "benchmark runs: 3/10 (30%), " not in stream.getvalue():
+            assert time.monotonic() < deadline, stream.getvalue()
+            time.sleep(0.05)
+        report.update(10)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "benchmark runs: started"
+    assert re.fullmatch(r"benchmark runs: done: 10/10 \(100%\) in \d+ s", lines[-1])
+
+
+def test_simulate_reports_progress_when_output_is_not_a_terminal():
+    result = runner.invoke(app, ["simulate", "--hours", "0.01", "--replicas", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "simulating: started" in result.stderr
+    assert re.search(r"simulating: done: 36/36 simulated s \(100%\) in \d+ s", result.stderr)
+    assert json.loads(result.stdout)["sim_seconds"] == pytest.approx(36.0)
