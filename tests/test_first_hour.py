@@ -32,6 +32,7 @@ from slo.metrics import load_mapping
 from slo.progress import ProgressReport
 from slo.spec import SpecError, load_spec
 from training.config import PresetError, load_preset
+from training.report import learning_curves_figure
 
 runner = CliRunner()
 
@@ -261,3 +262,37 @@ def test_simulate_reports_progress_when_output_is_not_a_terminal():
     assert "simulating: started" in result.stderr
     assert re.search(r"simulating: done: 36/36 simulated s \(100%\) in \d+ s", result.stderr)
     assert json.loads(result.stdout)["sim_seconds"] == pytest.approx(36.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training output
+
+
+def test_every_line_of_the_learning_curves_is_distinguishable(tmp_path):
+    writer_module = pytest.importorskip("torch.utils.tensorboard", reason="train extra")
+    components = ["burn/ttft-1s", "burn/itl-100ms", "page", "exhaustion", "serving"]
+    for trial in range(3):
+        writer = writer_module.SummaryWriter(str(tmp_path / f"seed{trial}_x" / "tensorboard"))
+        for step in (1024, 2048):
+            writer.add_scalar("rollout/ep_rew_mean", -step / (trial + 1), step)
+            for i, name in enumerate(components):
+                writer.add_scalar(f"reward_components/{name}", -0.1 * i * step, step)
+            writer.add_scalar("burn_rate/ttft-1s", 0.5 * step, step)
+        writer.close()
+    figure = learning_curves_figure(tmp_path)
+    components_axis = figure.axes[2]
+    assert len(components_axis.lines) == 3 * 4  # the burn/ terms are one component
+    for axis in figure.axes:
+        styles = [(str(line.get_color()), line.get_linestyle()) for line in axis.lines]
+        assert len(set(styles)) == len(styles), f"{axis.get_title()}: lines look alike"
+
+
+def test_tune_status_names_the_run_directory(tmp_path, capsys):
+    pytest.importorskip("ray.tune", reason="train extra")
+    from training.run import _reporter
+
+    reporter = _reporter(tmp_path / "runs" / "demo")(metric_columns={"timesteps": "steps"})
+    reporter._print("== Status ==\nResult logdir: /tmp/ray/session_1/artifacts/demo\n1 RUNNING")
+    printed = capsys.readouterr().out
+    assert f"Run directory: {tmp_path / 'runs' / 'demo'}" in printed
+    assert "/tmp/ray/" not in printed and "1 RUNNING" in printed
