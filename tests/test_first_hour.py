@@ -23,6 +23,8 @@ from envs.sim import ConfigError, SimConfig
 from envs.sim.fidelity import load_splitwise
 from envs.twin import EngineTwin
 from eval.cli import app
+from eval.plots import timeline_figure
+from eval.report import PRIMARY, _scope
 from policies.runtime import PolicyFileError, read_manifest
 from policies.sidecar.cli import TWIN_AUDIT_LOG
 from policies.sidecar.config import SidecarConfigError, load_config
@@ -296,3 +298,61 @@ def test_tune_status_names_the_run_directory(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"Run directory: {tmp_path / 'runs' / 'demo'}" in printed
     assert "/tmp/ray/" not in printed and "1 RUNNING" in printed
+
+
+# ------------------------------------------------------------------------------------------------
+# The quick report
+
+
+def _traces(hours: np.ndarray) -> list[dict]:
+    """Two controllers' traces: SLO b never burns; budgets fall from 0.9 by 0.1% at most."""
+    traces = []
+    for i, controller in enumerate(("pid", "reactive")):
+        burn = np.zeros((hours.size, 3))
+        burn[:, 0] = 2.0 + i
+        burn[:, 2] = np.linspace(0, 5, hours.size)
+        remaining = 0.9 - np.outer(np.linspace(0, 1e-3 * (i + 1), hours.size), np.ones(3))
+        traces.append(
+            {
+                "controller": controller,
+                "hours": hours,
+                "window_burn_rate": burn,
+                "budget_remaining": remaining,
+            }  # fmt: skip
+        )
+    return traces
+
+
+def test_budget_timelines_show_budget_spent_since_the_episode_start():
+    traces, colors = _traces(np.linspace(0, 0.5, 61)), {"pid": "C0", "reactive": "C1"}
+    figure = timeline_figure(
+        traces, "budget_remaining", ["a", "b", "c"], "budget", colors,
+        transform=lambda remaining: 100.0 * (remaining[0] - remaining),
+    )  # fmt: skip
+    lines = [line.get_ydata() for line in figure.axes[0].lines]
+    assert [values[0] for values in lines] == [0.0, 0.0]
+    assert lines[0][-1] == pytest.approx(0.1) and lines[1][-1] == pytest.approx(0.2)
+
+
+def test_burn_timelines_drop_slos_that_never_burn():
+    traces, colors = _traces(np.linspace(0, 0.5, 61)), {"pid": "C0", "reactive": "C1"}
+    figure = timeline_figure(
+        traces, "window_burn_rate", ["a", "b", "c"], "burn", colors, floor=0.01
+    )
+    titles = [ax.get_title() for ax in figure.axes if ax.get_visible() and ax.lines]
+    assert titles == ["a", "c"]
+    assert "never above 0.01: b" in figure._suptitle.get_text()
+
+
+@pytest.mark.parametrize(("seeds", "hours", "shown"), [(3, 0.5, True), (10, None, False)])
+def test_a_short_run_says_what_it_can_show(seeds, hours, shown):
+    stats = {PRIMARY: {"point": 0.02, "low": 0.01, "high": 0.05}}
+    document = {
+        "config": {"seeds": list(range(seeds)), "episode_hours": hours, "scenarios": ["steady"]},
+        "analysis": {"groups": {"in-distribution": {"controllers": {"pid": stats}}}},
+    }
+    text = _scope(document)
+    assert bool(text) == shown
+    if shown:
+        assert "3 seeds of 0.5 h episodes" in text and "+/- 2 percentage points" in text
+        assert "judged on the full run" in text
