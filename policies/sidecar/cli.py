@@ -137,7 +137,7 @@ def sidecar(
         scaling = {} if twin is None else twin_scaling(settings, twin)
         if scaling:  # an elastic policy, no scaling configured: the twin's pools
             settings = load_config(config, {**overrides, "scaling": scaling})
-        if twin is not None and settings.audit_log is None and not check:
+        if twin is not None and settings.audit_log is None and not (check or once):
             settings = settings.model_copy(update={"audit_log": TWIN_AUDIT_LOG})
         _configure_logging(settings.log_level)
         _serve(settings, once=once, check=check)
