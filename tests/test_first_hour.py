@@ -110,7 +110,7 @@ def test_a_file_that_is_not_text_is_named_with_its_line(tmp_path, name, load, er
     assert str(path.with_suffix(".json") if name == "policy.onnx" else path) in message
 
 
-@pytest.mark.parametrize("content", [NOT_UTF8, bytes(range(256)) * 4])
+@pytest.mark.parametrize("content", [NOT_UTF8, bytes(range(256)) * 4], ids=["latin-1", "binary"])
 def test_simulate_names_a_trace_that_is_not_text(tmp_path, content):
     trace = tmp_path / "trace.csv"
     trace.write_bytes(content)
