@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from slo.cli import echo_figures
+from agents.baseline_names import BASELINE_NAMES
+from slo.cli import echo_figures, positive
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -18,8 +19,10 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
     @perf.command("env")
     def perf_env(
         scenario: str = typer.Option("steady", help="Scenario to step."),
-        steps: int = typer.Option(400, help="Environment steps timed."),
-        ppo_timesteps: int = typer.Option(8192, help="PPO timesteps timed on each environment."),
+        steps: int = typer.Option(400, help="Environment steps timed.", min=1),
+        ppo_timesteps: int = typer.Option(
+            8192, help="PPO timesteps timed on each environment.", min=1
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Environment steps/s, overhead over the raw simulator, PPO throughput vs CartPole."""
@@ -29,16 +32,24 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
 
 def tune(
-    baseline: Annotated[str, typer.Argument(help="Baseline name, e.g. static, reactive, pid.")],
+    baseline: Annotated[str, typer.Argument(help=f"Baseline: {', '.join(BASELINE_NAMES)}.")],
     scenario: Annotated[str, typer.Option(help="Scenario to tune on.")] = "steady",
-    seeds: Annotated[int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.")] = 3,
+    seeds: Annotated[
+        int, typer.Option(help="Training seeds (1000, 1001, ...) per candidate.", min=1)
+    ] = 3,
     episode_hours: Annotated[
         float | None,
-        typer.Option(help="Simulated hours per episode [default: the scenario's, else 2]."),
+        typer.Option(
+            help="Simulated hours per episode.",
+            callback=positive,
+            show_default="the scenario's, else 2",
+        ),
     ] = None,
-    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
+    warmup_s: Annotated[
+        float, typer.Option(help="Warm-up seconds before each episode.", min=0)
+    ] = 600.0,
     max_candidates: Annotated[
-        int | None, typer.Option(help="Score only the first candidates of the grid.")
+        int | None, typer.Option(help="Score only the first candidates of the grid.", min=1)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the result as JSON to this file.")] = None,
@@ -49,19 +60,15 @@ def tune(
 ) -> None:
     """Grid-search a baseline's parameters on one scenario, on training seeds 1000 and up.
 
-    Evaluate the tuned baseline on other seeds (below 1000); ``--out`` writes the best parameters
+    Evaluate the tuned baseline on other seeds (below 1000); --out writes the best parameters
     and every candidate's score for the benchmark to load.
     """
-    from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from agents.tuning import tune as run_tune
     from agents.tuning import tuning_seeds
+    from slo.progress import ProgressReport
 
-    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(f"tuning {baseline} on {scenario}", total=None)
+        with ProgressReport(f"tuning {baseline} on {scenario}: episodes") as report:
             result = run_tune(
                 baseline,
                 scenario,
@@ -69,7 +76,7 @@ def tune(
                 episode_hours=episode_hours,
                 warmup_s=warmup_s,
                 max_candidates=max_candidates,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=report.update,
                 fleet=None if fleet is None else str(fleet),
             )
     except ValueError as exc:  # also ConfigError: a bad fleet file

@@ -23,6 +23,7 @@ from agents.base import ControlContext, Controller
 from agents.baselines import VllmDefaults, baseline_class, make_controller, params_as_dict
 from envs.fleet_env import LLMFleetEnv
 from envs.scenarios import ELASTIC_SCENARIOS, env_kwargs_for, get_scenario
+from slo.files import TextFileError, read_text
 
 #: First training seed: tuning uses 1000, 1001, ...; evaluation seeds stay below 1000.
 TUNING_SEED_OFFSET = 1000
@@ -257,9 +258,9 @@ def load_tuned_params(path: str | Path, contract: str | None = None) -> tuple[st
     an environment of that contract, i.e. on the same fleet: ValueError names both otherwise.
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_text(path))
         result = data["baseline"], data["scenario"], dict(data["best_params"])
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, TextFileError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read tuning result {path}: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise ValueError(f"tuning result {path} lacks field {exc}") from None

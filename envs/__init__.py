@@ -1,11 +1,13 @@
 """budgetpilot environments: the fleet simulator and the Gymnasium environments on top of it.
 
-Importing ``envs`` registers the environments (lazily: the simulator loads on ``make``)::
+Importing ``envs`` registers the environments (lazily: the simulator loads on ``make``). The
+``envs:`` prefix makes gymnasium import it first, so that the ids work in any process, such as
+RLlib's env runners, which never import ``envs`` (gymnasium 1.x loads no plugin entry points)::
 
-    import gymnasium, envs
-    env = gymnasium.make("budgetpilot/LLMFleet-v0", scenario="flash-crowd")
-    env = gymnasium.make("budgetpilot/LLMFleet-FlashCrowd-v0")
-    env = gymnasium.make("budgetpilot/LLMFleet-SlowRamp-v0")  # elastic=True: the pools scale
+    import gymnasium
+    env = gymnasium.make("envs:budgetpilot/LLMFleet-v0", scenario="flash-crowd")
+    env = gymnasium.make("envs:budgetpilot/LLMFleet-FlashCrowd-v0")
+    env = gymnasium.make("envs:budgetpilot/LLMFleet-SlowRamp-v0")  # elastic: the pools scale
 
 The slim install (the sidecar's) has no Gymnasium: there ``envs`` offers only its numpy-only
 contracts (:mod:`envs.contract`) and registers nothing.
@@ -14,6 +16,8 @@ contracts (:mod:`envs.contract`) and registers nothing.
 from envs.scenario_names import ELASTIC_SCENARIO_NAMES, SCENARIO_NAMES
 
 ENV_ID = "budgetpilot/LLMFleet-v0"
+#: Prefix of an id that makes gymnasium import this package before looking the id up.
+IMPORT_PREFIX = "envs:"
 ENTRY_POINT = "envs.fleet_env:LLMFleetEnv"
 
 
@@ -38,3 +42,6 @@ def _register_environments() -> None:
 
 
 _register_environments()
+
+#: Every id registered here (the generic one first).
+ENV_IDS: tuple[str, ...] = (ENV_ID, *(scenario_env_id(name) for name in SCENARIO_NAMES))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from slo.cli import echo_figures
+from slo.cli import echo_figures, positive
 
 _WORKLOADS = ("poisson", "bursty", "mmpp", "diurnal", "flash-crowd", "azure-conv", "azure-code",
               "trace")  # fmt: skip
@@ -23,21 +23,26 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 def simulate(
     workload: Annotated[
         str | None,
-        typer.Option(help=f"Request source: {', '.join(_WORKLOADS)} [default: poisson]."),
+        typer.Option(help=f"Request source: {', '.join(_WORKLOADS)}.", show_default="poisson"),
     ] = None,
     rate: Annotated[
         float | None,
         typer.Option(
             help="Mean requests/s. Default: the reference rate scaled to the replicas (synthetic "
-            "workloads), the trace's own rate (replays)."
+            "workloads), the trace's own rate (replays).",
+            callback=positive,
         ),
     ] = None,
-    replicas: Annotated[int | None, typer.Option(help="Replicas of the pool [default: 8].")] = None,
-    model: Annotated[str | None, typer.Option(help="Model [default: llama-2-7b].")] = None,
-    gpu: Annotated[str | None, typer.Option(help="GPU [default: a100-80gb].")] = None,
-    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree [default: 1].")] = None,
-    hours: Annotated[float, typer.Option(help="Simulated hours.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    replicas: Annotated[
+        int | None, typer.Option(help="Replicas of the pool.", min=1, show_default="8")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model.", show_default="llama-2-7b")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU.", show_default="a100-80gb")] = None,
+    tp: Annotated[
+        int | None, typer.Option(help="Tensor-parallel degree.", min=1, show_default="1")
+    ] = None,
+    hours: Annotated[float, typer.Option(help="Simulated hours.", callback=positive)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.", min=0)] = 0,
     trace: Annotated[
         Path | None, typer.Option(help="Trace CSV (Azure format) for --workload trace.")
     ] = None,
@@ -61,7 +66,7 @@ def simulate(
 
     try:
         sim_config = _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config)
-        summary = _run(sim_config, hours, seed, progress=not as_json)
+        summary = _run(sim_config, hours, seed)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -100,24 +105,21 @@ def _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config):
     return base.model_copy(update={"workload": source})
 
 
-def _run(config, hours: float, seed: int, progress: bool) -> dict:
-    """Run the simulation, with a progress bar on stderr when asked."""
-    from rich.console import Console
-    from rich.progress import Progress
-
+def _run(config, hours: float, seed: int) -> dict:
+    """Run the simulation, reporting its progress on stderr."""
     from envs.sim.simulator import Simulator
+    from slo.progress import ProgressReport
 
     if config.workload.load is not None:
+        from rich.console import Console
+
         from envs.sim.capacity import with_load_resolved
 
         with Console(stderr=True).status("measuring the fleet's capacity (cached)"):
             config = with_load_resolved(config)
-    sim = Simulator(config, seed=seed)
-    if not progress:
-        return sim.run(hours)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("simulating", total=hours * 3600.0)
-        return sim.run(hours, progress=lambda done: bar.update(task, completed=done))
+    with ProgressReport("simulating", hours * 3600.0, unit="simulated s") as report:
+        sim = Simulator(config, seed=seed)  # compiles the simulator on a first run
+        return sim.run(hours, progress=report.update)
 
 
 def _print_table(summary: dict) -> None:
@@ -136,7 +138,9 @@ def _print_table(summary: dict) -> None:
 def perf_sim(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Simulator speed (reference workload, 1 h, one core, compile excluded), its scaling with
+    """Simulator speed, its scaling with load and the step-time model's error.
+
+    Speed on the reference workload (1 h, one core, compile excluded), its cost at 4x and 16x
     load, and the step-time model's error against real measurements."""
     from envs.sim.perf import benchmark
 

@@ -8,7 +8,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from envs.scenario_names import SCENARIO_NAMES
-from slo.cli import echo_figures
+from slo.cli import echo_figures, positive
 
 _MAPPINGS = ("vllm", "vllm-legacy", "sglang", "sglang-legacy")
 
@@ -36,11 +36,15 @@ def twin(
         Path | None,
         typer.Option(help="Fleet file to run instead of the reference fleet (examples/fleets/)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the scenario draw and the simulation.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the scenario draw and the simulation.", min=0)
+    ] = 0,
     listen: Annotated[str, typer.Option(help="HOST:PORT to serve on (port 0: any).")] = (
         "127.0.0.1:8000"
     ),
-    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 1.0,
+    speed: Annotated[
+        float, typer.Option(help="Simulated seconds per wall second.", callback=positive)
+    ] = 1.0,
     mapping: Annotated[
         str, typer.Option(help=f"Metric names of the engines: {', '.join(_MAPPINGS)}.")
     ] = "vllm",
@@ -48,19 +52,18 @@ def twin(
         bool | None,
         typer.Option(
             "--elastic/--fixed",
-            help="Pools that scale (POST /v1/replicas) or a fixed fleet [the scenario's: "
-            "elastic for the elastic scenarios].",
-            show_default=False,
+            help="Pools that scale (POST /v1/replicas) or a fixed fleet.",
+            show_default="the scenario's: elastic for the elastic scenarios",
         ),
     ] = None,
 ) -> None:
-    """Run a scenario in accelerated real time; serve each replica's engine metrics and a knob
-    control endpoint over HTTP until Ctrl-C.
+    """Run a scenario in accelerated real time, serving engine metrics and knobs over HTTP.
 
-    Endpoints: GET /engines (elastic: with each replica's state, provisioning, serving or
-    draining, and its pool's desired replicas), GET /engines/<replica>/metrics (503 while the
-    replica is down or provisioning), GET /router/metrics, GET|POST /v1/knobs, GET|POST
-    /v1/replicas (elastic: desired replicas per pool), GET /v1/state, GET /healthz.
+    Serves until Ctrl-C. Endpoints: GET /engines (elastic: with each replica's state,
+    provisioning, serving or draining, and its pool's desired replicas), GET
+    /engines/<replica>/metrics (503 while the replica is down or provisioning), GET
+    /router/metrics, GET|POST /v1/knobs, GET|POST /v1/replicas (elastic: desired replicas per
+    pool), GET /v1/state, GET /healthz.
     """
     import signal
     import threading
@@ -121,8 +124,10 @@ def _fail(message: str) -> NoReturn:
 def perf_twin(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Engine twin costs on the steady scenario: wall time of one scrape of one replica, and the
-    speed-ups it sustains with every endpoint scraped every 30 simulated seconds."""
+    """Engine twin costs: scrape time and the speed-ups it sustains while scraped.
+
+    On the steady scenario: wall time of one scrape of one replica, and the speed-ups it
+    sustains with every endpoint scraped every 30 simulated seconds."""
     echo_figures(_benchmark(), as_json)
 
 

@@ -515,6 +515,7 @@ def execute(
         Called with (runs done, runs in total) after every run.
     """
     tick = progress or (lambda done, total: None)
+    tick(0, len(runs))  # the total, before Ray starts and the first run ends
     if not use_ray:
         results = []
         for run in runs:

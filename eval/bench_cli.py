@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from slo.cli import positive
+
 #: ``--quick``: fewer seeds and shorter episodes (within 5 minutes on 2 cores).
 QUICK_SEEDS = 3
 QUICK_EPISODE_HOURS = 0.5
@@ -22,9 +24,9 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
 
 def perf_sidecar(
-    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.")] = 64,
-    cycles: Annotated[int, typer.Option(help="Cycles timed.")] = 40,
-    decisions: Annotated[int, typer.Option(help="Decisions timed.")] = 3000,
+    endpoints: Annotated[int, typer.Option(help="Engine endpoints scraped per cycle.", min=1)] = 64,
+    cycles: Annotated[int, typer.Option(help="Cycles timed.", min=1)] = 40,
+    decisions: Annotated[int, typer.Option(help="Decisions timed.", min=1)] = 3000,
     policy: Annotated[
         Path | None, typer.Option(help="Policy to time (default: a linear stand-in).")
     ] = None,
@@ -63,7 +65,8 @@ def bench(
     seeds: Annotated[
         int | None,
         typer.Option(
-            help=f"Evaluation seeds 0..N-1 (default {DEFAULT_SEEDS}, --quick {QUICK_SEEDS})."
+            help=f"Evaluation seeds 0..N-1 (default {DEFAULT_SEEDS}, --quick {QUICK_SEEDS}).",
+            min=1,
         ),
     ] = None,
     quick: Annotated[
@@ -78,10 +81,13 @@ def bench(
         float | None,
         typer.Option(
             help="Simulated hours per episode (default: the scenario's own, 2 h unless it says; "
-            f"--quick {QUICK_EPISODE_HOURS})."
+            f"--quick {QUICK_EPISODE_HOURS}).",
+            callback=positive,
         ),
     ] = None,
-    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds before each episode.")] = 600.0,
+    warmup_s: Annotated[
+        float, typer.Option(help="Warm-up seconds before each episode.", min=0)
+    ] = 600.0,
     out: Annotated[
         Path | None,
         typer.Option(help="Report directory (default bench-out/full, --quick bench-out/quick)."),
@@ -90,7 +96,7 @@ def bench(
         str | None, typer.Option(help="Ray cluster address (default: a local Ray).")
     ] = None,
     num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of the local Ray (default: all).")
+        int | None, typer.Option(help="CPUs of the local Ray (default: all).", min=1)
     ] = None,
     no_ray: Annotated[
         bool, typer.Option("--no-ray", help="Run serially in this process (same results).")
@@ -110,9 +116,9 @@ def bench(
         ),
     ] = None,
     bootstrap_reps: Annotated[
-        int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
+        int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).", min=1)
     ] = None,
-    bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.")] = 0,
+    bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.", min=0)] = 0,
 ) -> None:
     """Benchmark learned policies against tuned baselines; write report.md, results.json, plots.
 
@@ -121,7 +127,6 @@ def bench(
     improvement, performance profiles and the headline test on the held-out scenarios.
     """
     from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from eval.bench import (
         TUNED_DIR,
@@ -131,6 +136,7 @@ def bench(
         run_bench,
     )
     from eval.report import write_report
+    from slo.progress import ProgressReport
 
     console = Console(stderr=True)
     try:
@@ -148,19 +154,13 @@ def bench(
             bootstrap_seed=bootstrap_seed,
             fleet=fleet_file,
         )
-        columns = (
-            *Progress.get_default_columns()[:-1],
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("benchmark runs", total=None)
+        with ProgressReport("benchmark runs") as report:
             result = run_bench(
                 config,
                 use_ray=not no_ray,
                 address=address,
                 num_cpus=num_cpus,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=report.update,
             )
     except ValueError as exc:  # also PolicyFileError, ConfigError: a bad policy or fleet file
         typer.echo(f"error: {exc}", err=True)

@@ -7,7 +7,12 @@ torch, ray) to the command bodies, so that ``budgetpilot sidecar`` starts withou
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Annotated
+
 import typer
+import typer.core
 
 from agents import cli as agents_cli
 from envs import cli as envs_cli
@@ -22,7 +27,6 @@ app = typer.Typer(
     name="budgetpilot",
     help="Learned governance of multi-dimensional error budgets for LLM inference fleets.",
     no_args_is_help=True,
-    add_completion=False,
 )
 perf = typer.Typer(help="Performance benchmarks: each prints its figures (--json for JSON).")
 app.add_typer(perf, name="perf")
@@ -53,11 +57,48 @@ EXTRA_OF_MODULE = {
 }
 
 
+def version() -> str:
+    """The installed package's version (``unknown`` when run from a source tree)."""
+    try:
+        return package_version("budgetpilot")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"budgetpilot {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Learned governance of multi-dimensional error budgets for LLM inference fleets."""
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: object) -> str | None:
+    # typer shows every flag's type as <bool>: a flag takes no value, so it has no type to show.
+    if self.is_flag:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type
+
+
 def main() -> None:
     """Entry point of the ``budgetpilot`` console script. A command that needs an extra the
     install lacks (the slim install has the sidecar's dependencies only) says which."""
     try:
-        app()
+        app(prog_name="budgetpilot")
     except ModuleNotFoundError as exc:
         extra = EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
         if extra is None:

@@ -7,7 +7,7 @@ budget spent, and the performance profiles of budget spent per scenario group.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +100,38 @@ def _timeline(
     title: str,
     path: Path,
     colors: dict[str, Any],
+    *decorate: Any,
+    **options: Any,
+) -> str:
+    """A :func:`timeline_figure` saved to ``path``; returns its file name."""
+    return _save(timeline_figure(traces, key, labels, title, colors, *decorate, **options), path)
+
+
+def timeline_figure(
+    traces: list[dict],
+    key: str,
+    labels: Sequence[str],
+    title: str,
+    colors: dict[str, Any],
     decorate: Any = None,
     floor: float = -np.inf,
-) -> str:
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Any:
     """One panel per label (SLO or knob), one line per controller, values below ``floor``
-    drawn at it."""
-    fig, axes = _grid(len(labels))
-    for i, (ax, label) in enumerate(zip(axes, labels, strict=False)):
-        for trace in traces:
-            values = np.maximum(np.asarray(trace[key], dtype=float)[:, i], floor)
+    drawn at it (``transform`` applied to each controller's series first). With a finite
+    ``floor``, labels whose every value lies on it get no panel: the title names them."""
+    series = {}
+    for i, label in enumerate(labels):
+        lines = [np.asarray(trace[key], dtype=float)[:, i] for trace in traces]
+        lines = [line if transform is None else transform(line) for line in lines]
+        if np.isinf(floor) or any((line > floor).any() for line in lines):
+            series[label] = [np.maximum(line, floor) for line in lines]
+    flat = [label for label in labels if label not in series]
+    if flat:
+        title += f"; never above {floor:g}: {', '.join(flat)}"
+    fig, axes = _grid(max(len(series), 1))
+    for ax, (label, lines) in zip(axes, series.items(), strict=False):
+        for trace, values in zip(traces, lines, strict=True):
             ax.plot(trace["hours"], values, color=colors[trace["controller"]], lw=1.1)
         if decorate is not None:
             decorate(ax, label)
@@ -119,7 +142,7 @@ def _timeline(
     names = [t["controller"] for t in traces]
     handles = [_pyplot().Line2D([], [], color=colors[name]) for name in names]
     _header(fig, title, handles, names)
-    return _save(fig, path)
+    return fig
 
 
 def scenario_timelines(
@@ -136,10 +159,6 @@ def scenario_timelines(
             ax.axhline(thresholds[slo], color="red", ls="--", lw=0.9)
         ax.set_ylim(MIN_BURN, max(ax.get_ylim()[1], 30.0))
 
-    def budget_lines(ax: Any, slo: str) -> None:
-        ax.axhline(0.25, color="orange", ls=":", lw=0.8)
-        ax.axhline(0.0, color="red", ls="--", lw=0.8)
-
     figures = {
         "burn": _timeline(
             traces,
@@ -152,15 +171,17 @@ def scenario_timelines(
             burn_lines,
             floor=MIN_BURN,
         ),
+        # An episode spends a sliver of a 30-day budget: drawn from the episode's start, in %,
+        # the lines move instead of lying flat on top of each other near the initial budget.
         "budget": _timeline(
             traces,
             "budget_remaining",
             slos,
-            f"{scenario} (seed {seed}): period budget remaining (dotted: at risk, dashed: "
-            "exhausted)",
+            f"{scenario} (seed {seed}): budget spent since the episode start (% of the period "
+            "budget)",
             out / f"budget_{scenario}.png",
             colors,
-            budget_lines,
+            transform=lambda remaining: 100.0 * (remaining[0] - remaining),
         ),
         "knobs": _timeline(
             traces,

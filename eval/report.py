@@ -20,6 +20,7 @@ import numpy as np
 from agents.baselines import BASELINES
 from envs.scenarios import DEFAULT_EPISODE_HOURS, get_scenario
 from eval.bench import GROUPS, BenchResult
+from eval.bench_cli import DEFAULT_SEEDS
 from eval.stats import (
     Interval,
     bootstrap_ci,
@@ -508,6 +509,37 @@ def _title(document: dict) -> str:
     )
 
 
+def _scope(document: dict) -> str:
+    """What a run smaller than the full benchmark (fewer seeds, shorter episodes: ``--quick``)
+    can show; nothing for a full run."""
+    config = document["config"]
+    seeds, hours = len(config["seeds"]), config["episode_hours"]
+    if seeds >= DEFAULT_SEEDS and hours is None:
+        return ""
+    half_widths = [
+        100 * (stats[PRIMARY]["high"] - stats[PRIMARY]["low"]) / 2
+        for section in document["analysis"]["groups"].values()
+        for stats in section["controllers"].values()
+    ]
+    half_widths = [w for w in half_widths if math.isfinite(w)]
+    noise = (
+        f"Its 95 % intervals of budget spent are +/- {np.median(half_widths):.2g} percentage "
+        "points wide (median over controllers and scenario groups): smaller differences are "
+        "noise. "
+        if half_widths
+        else ""
+    )
+    return (
+        "## What this run can show\n\n"
+        f"A short run: {seeds} seeds of {_episode_length(config)} episodes (`budgetpilot bench "
+        f"--quick`), not the full benchmark ({DEFAULT_SEEDS} seeds of each scenario's own "
+        f"length, {DEFAULT_EPISODE_HOURS:g} h unless it says; `budgetpilot bench`). {noise}"
+        "Short episodes spend small shares of 30-day budgets, so controllers differ less than "
+        "over the full length. The headline below is computed as for the full run, but the "
+        "project's headline is judged on the full run (README, Benchmark)."
+    )
+
+
 def _warnings(document: dict) -> str:
     if not document["warnings"]:
         return ""
@@ -775,6 +807,7 @@ def render_report(document: dict, plots: dict) -> str:
     )
     parts = [
         _title(document),
+        _scope(document),
         _warnings(document),
         _headline(document),
         _autoscaling(document),

@@ -25,15 +25,15 @@ def export(
         Path,
         typer.Option("--output", "-o", help="ONNX file to write; the manifest goes beside it."),
     ],
-    opset: Annotated[int, typer.Option(help="ONNX opset (17 or later).")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 or later).", min=17)] = 17,
     parity_samples: Annotated[
-        int, typer.Option(help="Random observations checked against stable-baselines3.")
+        int, typer.Option(help="Random observations checked against stable-baselines3.", min=1)
     ] = 1000,
 ) -> None:
     """Export a trained checkpoint to ONNX plus a JSON manifest (contracts, SLO spec, provenance).
 
     The graph takes raw observations (normalisation baked in) and returns actions in [-1, 1];
-    load it with ``policies.runtime.load_policy``.
+    load it with policies.runtime.load_policy.
     """
     from policies.export import ExportError, export_checkpoint
 
@@ -48,8 +48,10 @@ def export(
 
 def perf_policy(
     policy: Annotated[Path, typer.Argument(help="Exported policy (.onnx, manifest beside it).")],
-    calls: Annotated[int, typer.Option(help="Single-observation act() calls timed.")] = 2000,
-    batch: Annotated[int, typer.Option(help="Observations in the batched act() call.")] = 1024,
+    calls: Annotated[int, typer.Option(help="Single-observation act() calls timed.", min=1)] = 2000,
+    batch: Annotated[
+        int, typer.Option(help="Observations in the batched act() call.", min=1)
+    ] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Load time, act() latency (one observation) and batched throughput of an exported policy."""

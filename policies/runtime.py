@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from envs.contract import ActionContract, ObservationContract
 from policies.manifest import INPUT_NAME, OUTPUT_NAME, ManifestError, PolicyManifest, spec_to_json
+from slo.files import TextFileError, read_text
 
 
 class PolicyFileError(ValueError):
@@ -61,17 +62,20 @@ def read_manifest(onnx_path: str | Path) -> PolicyManifest:
     Raises
     ------
     PolicyFileError
-        The manifest is missing, unreadable or invalid (the message names the field).
+        The ONNX file or its manifest is missing, or the manifest is unreadable or invalid
+        (the message names the field).
     """
+    if not Path(onnx_path).is_file():  # named first: the manifest is looked for beside it
+        raise PolicyFileError(f"{onnx_path}: ONNX file not found")
     path = manifest_path(onnx_path)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except FileNotFoundError:
         raise PolicyFileError(
             f"{path}: manifest not found (an exported policy is NAME.onnx plus NAME.json)"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyFileError(f"{path}: cannot read the manifest: {exc}") from None
+    except (OSError, TextFileError) as exc:
+        raise PolicyFileError(f"cannot read the manifest: {exc}") from None
     try:
         return PolicyManifest.from_json(text)
     except ManifestError as exc:

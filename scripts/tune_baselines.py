@@ -24,6 +24,7 @@ from agents.tuning import applies_to, candidate_params, tune, tuning_seeds
 from envs.paths import REPO_ROOT
 from envs.scenarios import SCENARIOS
 from eval.bench import TUNED_DIR, scenario_unavailable_reason, tuned_params_path
+from slo.progress import ProgressReport
 
 
 def tunable_baselines() -> tuple[str, ...]:
@@ -54,14 +55,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for baseline in (b for b in args.baselines if applies_to(b, scenario)):
             t0 = time.perf_counter()
-            result = tune(
-                baseline,
-                scenario,
-                seeds,
-                episode_hours=args.episode_hours,
-                warmup_s=args.warmup_s,
-                max_candidates=args.max_candidates,
-            )
+            with ProgressReport(f"tuning {baseline} on {scenario}: episodes") as report:
+                result = tune(
+                    baseline,
+                    scenario,
+                    seeds,
+                    episode_hours=args.episode_hours,
+                    warmup_s=args.warmup_s,
+                    max_candidates=args.max_candidates,
+                    progress=report.update,
+                )
             path = tuned_params_path(baseline, scenario, args.out_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

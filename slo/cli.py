@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-_MAPPING_HELP = "Engine metric names: vllm, vllm-legacy, sglang, sglang-legacy or a YAML file."
+MAPPING_HELP = "Engine metric names: vllm, vllm-legacy, sglang, sglang-legacy or a YAML file."
 SpecArgument = Annotated[Path, typer.Argument(help="The spec file (Sloth or OpenSLO YAML).")]
-MappingOption = Annotated[str, typer.Option(help=_MAPPING_HELP)]
+MappingOption = Annotated[str, typer.Option(help=MAPPING_HELP)]
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -89,9 +89,11 @@ def dashboard(
         Path | None, typer.Option("-o", "--output", help="Dashboard JSON (default: stdout).")
     ] = None,
 ) -> None:
-    """Write a Grafana dashboard for a spec: per SLO its burn rates by window, budget remaining
-    and alert; the sidecar's decisions (mode, knobs, guardrail interventions, latency). It reads
-    the series of `slo rules` and of the sidecar's /metrics."""
+    """Write a Grafana dashboard of a spec's budgets and the sidecar's decisions.
+
+    Per SLO: its burn rates by window, budget remaining and alert; the sidecar's decisions (mode,
+    knobs, guardrail interventions, latency). It reads the series of `slo rules` and of the
+    sidecar's /metrics."""
     from slo.dashboard import build_dashboard
 
     model = build_dashboard(_load(spec))
@@ -105,8 +107,8 @@ def dashboard(
 
 def perf_slo(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    events: Annotated[int, typer.Option(help="Events to ingest.")] = 2_097_152,
-    batch: Annotated[int, typer.Option(help="Events per ingest_events call.")] = 8192,
+    events: Annotated[int, typer.Option(help="Events to ingest.", min=1)] = 2_097_152,
+    batch: Annotated[int, typer.Option(help="Events per ingest_events call.", min=1)] = 8192,
 ) -> None:
     """Error-budget engine: batch ingestion (events/s) and full burn-rate query time (us)."""
     from slo.perf import benchmark
@@ -126,6 +128,13 @@ def echo_figures(figures: Mapping[str, Any], as_json: bool) -> None:
         if isinstance(value, float):
             text = f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
         typer.echo(f"{key:{width}s}{text}")
+
+
+def positive(value: float | None) -> float | None:
+    """Option callback that refuses a value not above zero (typer's ``min`` admits its bound)."""
+    if value is not None and not value > 0:  # also NaN
+        raise typer.BadParameter(f"must be above 0, got {value:g}")
+    return value
 
 
 def _load(path: Path):

@@ -39,6 +39,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from slo.engine import BudgetEngine
+from slo.files import TextFileError, read_text
 from slo.spec import (
     E2ESLI,
     ITLSLI,
@@ -165,9 +166,11 @@ def load_mapping(source: str | Path | Mapping[str, Any] | MetricMapping) -> Metr
                 f"({', '.join(BUILTIN_MAPPINGS)}) nor a file"
             )
         try:
-            source = yaml.safe_load(path.read_text()) or {}
-        except (OSError, UnicodeDecodeError) as exc:
+            source = yaml.safe_load(read_text(path)) or {}
+        except OSError as exc:
             raise ValueError(f"metric mapping file {path}: cannot read it: {exc}") from None
+        except TextFileError as exc:
+            raise ValueError(f"metric mapping file {exc}") from None
         except yaml.YAMLError as exc:
             raise ValueError(f"metric mapping file {path}: not valid YAML: {exc}") from None
         if not isinstance(source, Mapping):

@@ -37,6 +37,7 @@ from pydantic import (
 
 from slo.durations import format_duration, parse_duration
 from slo.events import E2E_BUCKETS_S, ITL_BUCKETS_S, TTFT_BUCKETS_S
+from slo.files import TextFileError, read_text
 
 #: The period the SRE Workbook's alert windows are defined for; other periods scale them.
 REFERENCE_PERIOD_S = 30 * 86400.0
@@ -575,9 +576,11 @@ def load_spec(source: str | Path | Mapping[str, Any] | ServiceSpec) -> ServiceSp
         raise TypeError(f"load_spec expects a file path, a mapping or a ServiceSpec, got {kind}")
     path = Path(source)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as err:
         raise SpecError(f"cannot read spec: {err.strerror}", source=str(path)) from err
+    except TextFileError as err:
+        raise SpecError(str(err)) from None
     return parse_spec(text, source_name=str(path))
 
 

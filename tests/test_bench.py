@@ -184,7 +184,8 @@ def test_report_files_and_numbers(tiny_config, tiny_result, tmp_path) -> None:
         row["spent_difference"]["high"] < 0 and row["cost_difference"]["low"] <= 0
     )
     assert headline["pass"] == (headline["passed"] / headline["total"] >= 0.7)
-    for heading in ("## Headline: tiny", "## Aggregates", "### mixed (held-out)", "## Method"):
+    headings = ("## What this run can show", "## Headline: tiny", "## Aggregates", "## Method")
+    for heading in (*headings, "### mixed (held-out)"):
         assert heading in text
     assert "static on mixed: no tuned parameters" in text
 
@@ -281,7 +282,7 @@ def test_run_episode_measures_one_seed_deterministically() -> None:
     ("args", "message"),
     [
         (["--policies", "nope"], "unknown controller 'nope'"),
-        (["--policies", "missing.onnx"], "manifest not found"),
+        (["--policies", "missing.onnx"], "missing.onnx: ONNX file not found"),
         (["--scenarios", "nope"], "unknown scenario 'nope'"),
         (["--seeds", "1001"], "evaluation seeds must be in"),
     ],

@@ -242,7 +242,7 @@ def test_corrupt_policy_refuses_to_start_from_the_cli(policy_path, fleet, tmp_pa
     result = CliRunner().invoke(app, ["sidecar", "--config", str(config), "--check"])
     assert result.exit_code == 2
     assert "error:" in result.output and "SHA-256" in result.output
-    with pytest.raises(PolicyFileError, match="manifest not found"):
+    with pytest.raises(PolicyFileError, match="absent.onnx: ONNX file not found"):
         make_sidecar(tmp_path / "absent.onnx", fleet)
 
 

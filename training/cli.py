@@ -9,6 +9,9 @@ import typer
 
 from slo.cli import echo_figures
 
+#: The bundled presets, found without importing the training stack (for --help).
+_PRESETS = sorted(path.stem for path in (Path(__file__).parent / "presets").glob("*.yaml"))
+
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add this package's commands to the root app and its benchmarks to ``perf``."""
@@ -16,7 +19,7 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
     @perf.command("train")
     def perf_train(
-        timesteps: int = typer.Option(16384, help="PPO timesteps per trial."),
+        timesteps: int = typer.Option(16384, help="PPO timesteps per trial.", min=1),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """PPO steps/s of one Ray trial alone and of two at once (parallel efficiency)."""
@@ -32,18 +35,18 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
 
 def train(
     out: Annotated[Path, typer.Option(help="Run directory (runs/NAME).")],
-    preset: Annotated[str, typer.Option(help="Preset name (quick, standard) or YAML path.")] = (
-        "quick"
-    ),
-    seeds: Annotated[int, typer.Option(help="Trials per configuration: seeds 0..N-1.")] = 1,
+    preset: Annotated[
+        str, typer.Option(help=f"Preset name ({', '.join(_PRESETS)}) or YAML path.")
+    ] = "quick",
+    seeds: Annotated[int, typer.Option(help="Trials per configuration: seeds 0..N-1.", min=1)] = 1,
     search: Annotated[
-        int, typer.Option(help="Hyperparameter samples from the preset's space (ASHA).")
+        int, typer.Option(help="Hyperparameter samples from the preset's space (ASHA).", min=0)
     ] = 0,
     timesteps: Annotated[
-        int | None, typer.Option(help="Override the preset's timesteps per trial.")
+        int | None, typer.Option(help="Override the preset's timesteps per trial.", min=1)
     ] = None,
     chunk_timesteps: Annotated[
-        int | None, typer.Option(help="Override the timesteps between checkpoints.")
+        int | None, typer.Option(help="Override the timesteps between checkpoints.", min=1)
     ] = None,
     resume: Annotated[
         bool,
@@ -60,14 +63,14 @@ def train(
         str | None, typer.Option(help="Tune storage root (shared on a cluster); default: --out.")
     ] = None,
     num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of a local Ray (default: all).")
+        int | None, typer.Option(help="CPUs of a local Ray (default: all).", min=1)
     ] = None,
 ) -> None:
-    """Train PPO policies with Ray Tune: one trial per (configuration, seed), a checkpoint per
-    chunk, TensorBoard logs per trial; ``--resume`` continues an interrupted run.
+    """Train PPO policies with Ray Tune, one trial per (configuration, seed).
 
-    Ends with a summary table; ``OUT/summary.json`` records every trial and ``OUT/best`` points
-    at the best trial's last checkpoint.
+    Every trial writes a checkpoint per chunk and TensorBoard logs; --resume continues an
+    interrupted run. Ends with a summary table; OUT/summary.json records every trial and OUT/best
+    points at the best trial's last checkpoint.
     """
     from training.config import PresetError, load_preset
     from training.run import TrainingError, TrainRequest, run_training

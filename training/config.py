@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.scenario_names import ELASTIC_SCENARIO_NAMES, HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
+from slo.files import TextFileError, read_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -268,7 +269,11 @@ def load_preset(name_or_path: str | Path) -> Preset:
             f"no preset {str(name_or_path)!r} ({path}); bundled: {', '.join(available_presets())}"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot read: {exc.strerror}") from None
+    except TextFileError as exc:
+        raise PresetError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise PresetError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

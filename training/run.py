@@ -9,8 +9,10 @@ cluster, ``--out`` keeps ``train.json``, ``summary.json`` and ``best``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,6 +169,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     from training.trainable import THREAD_ENV
 
     local = address is None and not os.environ.get("RAY_ADDRESS")
+    # Ray warns at every start that it enabled token authentication: nothing to act on.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     ray.init(
         address=address,
         num_cpus=(num_cpus or os.cpu_count()) if local else None,
@@ -219,7 +225,7 @@ def _new_tuner(request: TrainRequest, verbose: int):
             grace_period=preset.search.grace_timesteps,
         )
         searched = [f"ppo/{name}" for name in preset.search.space]
-    reporter = tune.CLIReporter(
+    reporter = _reporter(request.out)(
         metric_columns={
             "timesteps": "steps",
             METRIC: "mean ep reward",
@@ -247,6 +253,17 @@ def _new_tuner(request: TrainRequest, verbose: int):
             verbose=verbose,
         ),
     )
+
+
+def _reporter(out: Path):
+    """Tune's status table, naming the run directory instead of Ray's temporary copy of it."""
+    from ray import tune
+
+    class RunReporter(tune.CLIReporter):
+        def _print(self, msg: str) -> None:
+            super()._print(re.sub(r"(?m)^Result logdir: .*$", f"Run directory: {out}", msg))
+
+    return RunReporter
 
 
 def _experiment_exists(path: str) -> bool:
@@ -287,7 +304,9 @@ def run_training(
     if resume:
         request = TrainRequest.load(request.out)
     request.out.mkdir(parents=True, exist_ok=True)
+    print(f"training into {request.out}: starting Ray", flush=True)
     init_ray(address, num_cpus)
+    print("training: Ray started, trials starting (a status table every 30 s)", flush=True)
     try:
         exists = _experiment_exists(request.experiment_path)
         if resume:

@@ -70,6 +70,7 @@ from envs.sim.workload import (
     Workload,
     make_workload,
 )
+from slo.files import TextFileError, read_text
 
 GiB = 1024**3
 
@@ -561,11 +562,13 @@ class SimConfig(_Strict):
         field. Relative paths in it (models, trace, SLO spec) are relative to its folder."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = read_text(path)
             data = yaml.safe_load(text)
             lines = yaml_lines(text)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except TextFileError as exc:
+            raise ConfigError(str(exc)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         return validated(cls, data or {}, str(path), lines, base_dir=path.parent)

@@ -35,6 +35,7 @@ to +50% around b x one prompt; the stack of a single-GPU engine (tp=1) is an ext
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
@@ -55,6 +56,7 @@ from envs.sim.steptime import (
     load_params,
     prefill_attn_pairs,
 )
+from slo.files import read_text
 
 SPLITWISE_CSV = "profiles/splitwise/perf_model.csv"
 SPLITWISE_MODELS = {"llama2-70b": "llama-2-70b"}
@@ -103,10 +105,10 @@ class SplitwiseConfig:
 def load_splitwise(path: Path) -> list[SplitwiseConfig]:
     """Read ``perf_model.csv`` and average the repeats of each configuration."""
     groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
+    with io.StringIO(read_text(path), newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
             key = (
-                SPLITWISE_MODELS[row["model"]],
+                _catalog_model(path, line, row["model"]),
                 row["hardware"],
                 int(row["tensor_parallel"]),
                 int(row["prompt_size"]),
@@ -118,6 +120,18 @@ def load_splitwise(path: Path) -> list[SplitwiseConfig]:
         SplitwiseConfig(*key, *np.mean(times, axis=0).tolist(), len(times))
         for key, times in sorted(groups.items())
     ]
+
+
+def _catalog_model(path: Path, line: int, splitwise_name: str) -> str:
+    """The catalog model a Splitwise model name stands for (ValueError naming it otherwise)."""
+    try:
+        return SPLITWISE_MODELS[splitwise_name]
+    except KeyError:
+        raise ValueError(
+            f"{path}: line {line}: model {splitwise_name!r} is not mapped to a catalog model "
+            f"(mapped: {', '.join(SPLITWISE_MODELS)}); add its ModelSpec to envs/sim/catalog.py "
+            "and its name to envs.sim.fidelity.SPLITWISE_MODELS, or drop its rows"
+        ) from None
 
 
 def predict_ms(coeffs: np.ndarray, cfg: SplitwiseConfig) -> tuple[float, float]:

@@ -739,7 +739,8 @@ class Simulator:
                 progress(self.now - t_start)
         span = self.now - t_start
         cap = np.maximum(self._fleet.ri[:, K.R_CAP_BLOCKS], 1).sum()
-        usage = (self._usage_mark()[1] - mark[1]).sum() / (span * cap) if span > 0 else None
+        # No replica (or no time): no KV to use, so no mean usage rather than 0/0.
+        usage = (self._usage_mark()[1] - mark[1]).sum() / (span * cap) if span * cap > 0 else None
         return {
             "requests": self.arrivals - arrivals0,
             **summary.figures(),
@@ -859,7 +860,10 @@ class Simulator:
         row["running"] = ri[:, K.R_N_RUNNING].sum()
         row["waiting"] = ri[:, K.R_N_WAITING].sum()
         used = (self._series_mark[1] - integral0).sum()
-        row["kv_usage_mean"] = used / (span * cap) if span > 0 else 0.0
+        if cap == 0:  # no replica: unknown, not 0/0 with a warning
+            row["kv_usage_mean"] = np.nan
+        else:
+            row["kv_usage_mean"] = used / (span * cap) if span > 0 else 0.0
         row["preemptions"] = ri[:, K.R_PREEMPTIONS].sum()
         row["prefill_tokens"] = ri[:, K.R_PREFILL_TOKENS].sum()
         row["decode_tokens"] = ri[:, K.R_DECODE_TOKENS].sum()

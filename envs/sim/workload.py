@@ -12,6 +12,7 @@ vectorised numpy driven by the ``numpy.random.Generator`` passed in.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+
+from slo.files import TextFileError, read_text
 
 ARRIVAL_DTYPE = np.dtype(
     [
@@ -427,7 +430,11 @@ def _read_trace(
     """Parse and validate a trace file whose columns ``names`` hold the timestamp, prompt and
     output tokens (cached per path, modification time and columns)."""
     del mtime_ns  # part of the cache key only
-    with path.open(newline="") as f:
+    try:
+        text = read_text(path)
+    except TextFileError as exc:
+        raise ValueError(f"{exc} (expected a CSV trace)") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
         missing = [c for c in names if c not in header]

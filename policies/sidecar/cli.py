@@ -16,6 +16,12 @@ from typing import Annotated, Any
 
 import typer
 
+from agents.baseline_names import BASELINE_NAMES
+from slo.cli import MAPPING_HELP, positive
+
+#: Where ``--twin`` runs append their decisions unless told otherwise (a demo one can replay).
+TWIN_AUDIT_LOG = Path("sidecar-audit.jsonl")
+
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
     """Add ``sidecar`` to the root app (its benchmark, ``perf sidecar``, is in :mod:`eval`)."""
@@ -27,9 +33,16 @@ def sidecar(
     policy: Annotated[
         Path | None, typer.Option(help="Exported policy (NAME.onnx, manifest NAME.json beside).")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address [127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [9464].")] = None,
-    interval: Annotated[float | None, typer.Option(help="Seconds between decisions [30].")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.", show_default="127.0.0.1")] = (
+        None
+    ),
+    port: Annotated[
+        int | None, typer.Option(help="Listen port.", min=0, max=65535, show_default="9464")
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between decisions.", callback=positive, show_default="30"),
+    ] = None,
     engine: Annotated[
         list[str] | None,
         typer.Option(help="An engine: 'name=N,url=U,pool=P,max_num_seqs=K' (repeatable)."),
@@ -45,12 +58,24 @@ def sidecar(
             "twin's pools (deployment = pool, 1 to the policy's cap, 1 replica per interval)."
         ),
     ] = None,
-    mapping: Annotated[str | None, typer.Option(help="Metric mapping [vllm].")] = None,
+    mapping: Annotated[str | None, typer.Option(help=MAPPING_HELP, show_default="vllm")] = None,
     shadow: Annotated[
         bool | None, typer.Option("--shadow/--no-shadow", help="Decide and log, do not actuate.")
     ] = None,
-    fallback: Annotated[str | None, typer.Option(help="Fallback baseline [reactive].")] = None,
-    audit_log: Annotated[Path | None, typer.Option(help="JSONL audit log of decisions.")] = None,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Baseline that takes over on stale metrics: {', '.join(BASELINE_NAMES)}.",
+            show_default="reactive",
+        ),
+    ] = None,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL audit log of decisions.",
+            show_default=f"the config's; with --twin {TWIN_AUDIT_LOG}",
+        ),
+    ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Directory of the persisted state.")
     ] = None,
@@ -61,14 +86,18 @@ def sidecar(
     check: Annotated[
         bool, typer.Option("--check", help="Validate the config against the policy and exit.")
     ] = False,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning, error.", show_default="info")
+    ] = None,
 ) -> None:
-    """Govern a fleet's knobs with an exported policy: scrape engine metrics, compute burn rates,
-    decide every interval through guardrails, actuate (router manifests, scale manifests,
-    webhook, twin), serve /v1/decision, /metrics, /healthz and /readyz. An elastic policy also
+    """Govern a fleet's knobs with an exported policy, beside the serving stack.
+
+    Scrape engine metrics, compute burn rates, decide every interval through guardrails,
+    actuate (router manifests, scale manifests, webhook, twin), serve /v1/decision, /metrics,
+    /healthz and /readyz on --port (9464). An elastic policy also
     decides each pool's desired replicas (config sections discovery and scaling; see
     example.yaml; against the twin, --policy P --twin URL needs no config)."""
-    from policies.runtime import PolicyFileError, PolicyMismatchError
+    from policies.runtime import PolicyFileError, PolicyMismatchError, load_policy
     from policies.sidecar.config import (
         SidecarConfigError,
         load_config,
@@ -94,6 +123,8 @@ def sidecar(
         overrides["state"] = {"directory": state_dir}
     try:
         if twin is not None:
+            if policy is not None:
+                load_policy(policy)  # a bad policy is reported as such, not as a twin problem
             overrides.update(twin_settings(twin))
         if engine:
             overrides["engines"] = [_key_values(e, "--engine") for e in engine]
@@ -105,6 +136,8 @@ def sidecar(
         scaling = {} if twin is None else twin_scaling(settings, twin)
         if scaling:  # an elastic policy, no scaling configured: the twin's pools
             settings = load_config(config, {**overrides, "scaling": scaling})
+        if twin is not None and settings.audit_log is None and not (check or once):
+            settings = settings.model_copy(update={"audit_log": TWIN_AUDIT_LOG})
         _configure_logging(settings.log_level)
         _serve(settings, once=once, check=check)
     except (SidecarConfigError, PolicyFileError, PolicyMismatchError) as exc:
@@ -154,12 +187,32 @@ def _serve(settings: Any, *, once: bool, check: bool) -> None:
         sidecar.close()
         typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", err=True)
         raise typer.Exit(2) from None
+    signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        # Handlers only note the signal: taking a lock in one (stop.set()) deadlocks when a
+        # second signal arrives while the first handler holds it.
+        signal.signal(signum, lambda received, _: signals.append(received))
     loop.start()
     threading.Thread(target=server.serve_forever, name="sidecar-http", daemon=True).start()
-    logging.getLogger("budgetpilot.sidecar").info("serving on %s", server.url)
-    stop.wait()
+    log = logging.getLogger("budgetpilot.sidecar")
+    log.info(
+        "serving on %s (GET /v1/decision, /metrics, /healthz, /readyz): %s every %g s%s%s",
+        server.url,
+        settings.policy,
+        settings.interval_s,
+        ", shadow mode" if settings.shadow else "",
+        f", audit log {settings.audit_log.resolve()}" if settings.audit_log else ", no audit log",
+    )
+    while not signals:
+        stop.wait(0.2)
+    stop.set()
     server.shutdown()
     loop.join(timeout=settings.scrape.timeout_s + 5.0)
     sidecar.close()
+    last = sidecar.last_decision
+    log.info(
+        "stopped after %d decisions (last: %s)%s",
+        sidecar.decision_log.count,
+        last.mode if last else "none",
+        f"; state saved in {settings.state.directory}" if settings.state.directory else "",
+    )

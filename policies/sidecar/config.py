@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from slo.files import TextFileError, read_text
 from slo.metrics import load_mapping
 
 #: Environment variable holding the token of the actuation and kill-switch endpoints.
@@ -648,9 +649,11 @@ def _get_json(url: str, timeout_s: float) -> Any:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as exc:
         raise SidecarConfigError(f"{path}: cannot read the config: {exc.strerror}") from None
+    except TextFileError as exc:
+        raise SidecarConfigError(str(exc)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -51,6 +51,7 @@ from policies.runtime import OnnxPolicy, load_policy
 from policies.sidecar import state as persisted
 from policies.sidecar.actuators import ActuationError, Actuator, build_actuators
 from policies.sidecar.config import SidecarConfig, SidecarConfigError
+from policies.sidecar.decision_log import DecisionLog
 from policies.sidecar.discovery import (
     DiscoveredEngine,
     Discovery,
@@ -271,6 +272,7 @@ class Sidecar:
         self.actuators = list(actuators)
         self.scraper = build_source(config, self.observer.selection, self._scraped(engines))
         self.metrics = SidecarMetrics(self.observation_contract.windows)
+        self.decision_log = DecisionLog(self.observation_contract.windows[0])
         self.metrics.info.labels(
             str(self.policy.path), manifest.onnx_sha256, manifest.spec_hash
         ).set(1)
@@ -641,11 +643,17 @@ class Sidecar:
         for intervention in decision.interventions:
             metrics.interventions.labels(intervention.knob, intervention.guardrail).inc()
         if decision.mode != self._mode:
-            log.warning(
-                "decision mode %s -> %s: %s", self._mode or "start", decision.mode, decision.reason
+            # Starting, or returning to the policy, is normal; anything else needs a look.
+            normal = not self._mode or decision.mode == "policy"
+            log.log(
+                logging.INFO if normal else logging.WARNING,
+                "decision mode %s -> %s: %s",
+                self._mode or "start",
+                decision.mode,
+                decision.reason,
             )
             self._mode = decision.mode
-        log.debug("decision %s: %s", decision.mode, decision.knobs)
+        self.decision_log.record(decision)
         if self.audit is not None:
             self.audit.write(decision.to_dict(self, vector=True))
         if (
