@@ -55,6 +55,10 @@ _FEED_PROBLEMS = {
     "duplicates": "duplicate",
     "unparsable": "parse",
     "inexact": "inexact",
+    "incomplete": "incomplete",
+    "inconsistent": "inconsistent",
+    "no_data": "no_data",
+    "out_of_order": "out_of_order",
     "resets": "counter_reset",
 }
 _GAUGES = ("kv", "waiting", "running")
@@ -528,7 +532,7 @@ def _feed_problems(report: ScrapeReport) -> list[Problem]:
             endpoint, sep, detail = item.partition("/")
             if attribute == "missing_endpoints":
                 endpoint, detail = item, "endpoint missing from the scrape"
-            elif not sep or attribute in ("inexact", "unparsable"):
+            elif not sep or attribute in ("inexact", "unparsable", "no_data", "out_of_order"):
                 endpoint, detail = "feed", item
             problems.append(Problem(endpoint, kind, detail))
     return problems
