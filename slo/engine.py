@@ -21,9 +21,10 @@ its time is all covered; the metrics feed says per scrape which SLOs it measured
 measured before but not then. An SLO's data starts at its first measurement; the time before
 it is covered only when the engine's history is (``history_covered``, the default: a simulated
 world, whose series appear with their first events, starts with its engine); for the period, a
-prior of :meth:`BudgetEngine.set_budget_spent` covers the share of it that the prior models. An alert condition fires only when both of
-its windows are covered to ``min_coverage``; a window without any coverage is *no data*, and a
-period below ``min_coverage`` is *warming up* (see :class:`BudgetSnapshot`).
+prior of :meth:`BudgetEngine.set_budget_spent` covers the share of it that the prior models. An
+alert condition fires only when both of its windows are covered to ``min_coverage``; a window
+without any coverage is *no data*, and a period below ``min_coverage`` is *warming up* (see
+:class:`BudgetSnapshot`).
 """
 
 from __future__ import annotations
@@ -323,8 +324,8 @@ class BudgetEngine:
         """
         t, since = max(float(t), self.now), self.now
         self._advance_rings(t)
-        if measured is not None:
-            self._record_coverage(since, t, measured)
+        everything = np.ones(len(self.slos), dtype=bool)
+        self._record_coverage(since, t, everything if measured is None else measured)
         counts = np.zeros((1, 2 * len(self.slos)))
         counts[0, 0::2] = good
         counts[0, 1::2] = total
