@@ -314,7 +314,9 @@ class _Engine(_Page):
     def restart(self, stats: FleetStats) -> None:
         twin = self.twin
         labels = dict(self.constant_labels)
-        renderer = ExpositionRenderer(twin.spec, twin.mapping, labels=labels, budget_counters=False)
+        renderer = ExpositionRenderer(
+            twin.spec, twin.mapping, labels=labels, budget_counters=False, tiers=(self.info.tier,)
+        )
         self.exposition = _LazyExposition(renderer)
         self.preemptions0 = int(stats.preemptions[self.info.index])
         self.finished = 0
@@ -362,7 +364,10 @@ class _Router(_Page):
     def __init__(self, twin: EngineTwin) -> None:
         super().__init__()
         self.twin = twin
-        renderer = ExpositionRenderer(twin.spec, twin.mapping, engine_metrics=False)
+        tenants = len(twin.setup.config.tenants)  # a router knows its tenants
+        renderer = ExpositionRenderer(
+            twin.spec, twin.mapping, engine_metrics=False, tenants=tenants
+        )
         self.exposition = _LazyExposition(renderer)
         self.arrivals0 = twin.sim.arrivals
 

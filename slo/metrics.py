@@ -401,6 +401,8 @@ class MetricsFeed:
         self._endpoints: set[str] = set()
         self._started = False
         self._kv_usage: dict[str, float] = {}
+        #: Per SLO, whether the last update measured it.
+        self.measured = np.zeros(len(self.sources), dtype=bool)
 
     def update(self, t: float, scrapes: Scrape | Mapping[str, Scrape]) -> ScrapeReport:
         """Ingest the scrapes taken at time ``t`` and advance the engine to ``t``.
@@ -578,6 +580,7 @@ class MetricsFeed:
             if not measured[i]:
                 report.no_data.append(f"{slo.name}: {self._absent(source)}")
         engine.ingest_counts(t, good, total, tenant_good, tenant_total, measured=measured)
+        self.measured = measured
 
     def _absent(self, source: MetricSource) -> str:
         """Why an SLO has no data in a scrape, in words."""
