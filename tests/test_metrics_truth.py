@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +20,10 @@ from policies.sidecar.parse import SeriesSelection, read_page
 from slo.engine import BudgetEngine
 from slo.metrics import MetricsFeed, normalise_nan
 from slo.spec import load_spec
+from tests.metric_pages import fixture, grown, selects, value_of, with_value, without
 
-FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 TTFT = "vllm:time_to_first_token_seconds"
 ITL = "vllm:inter_token_latency_seconds"
-#: Cumulative samples (grow with traffic); gauges and ``_created`` stay.
-_CUMULATIVE = re.compile(r"^(\S+?(?:_total|_bucket|_count|_sum))(\{[^}]*\})? (\S+)$")
 
 SPEC = load_spec(
     {
@@ -45,45 +42,8 @@ SPEC = load_spec(
 )
 
 
-def fixture(name: str) -> str:
-    return (FIXTURES / name).read_text()
-
-
-def grown(page: str, factor: float) -> str:
-    """``page`` with every cumulative sample multiplied by ``factor`` (same error ratios)."""
-    lines = []
-    for line in page.splitlines():
-        match = _CUMULATIVE.match(line)
-        if match and "_created" not in line:
-            line = f"{match[1]}{match[2] or ''} {float(match[3]) * factor!r}"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def selects(line: str, sample: str) -> bool:
-    """Whether ``line`` is of ``sample``: a sample name, or ``name@le`` for one bucket."""
-    name, _, le = sample.partition("@")
-    return line.startswith(name + "{") and (not le or f'le="{le}"' in line)
-
-
-def with_value(page: str, sample: str, value: str) -> str:
-    """``page`` with the value of the (first) line of ``sample`` replaced."""
-    lines = page.splitlines()
-    index = next(i for i, line in enumerate(lines) if selects(line, sample))
-    lines[index] = lines[index].rsplit(" ", 1)[0] + f" {value}"
-    return "\n".join(lines) + "\n"
-
-
-def without(page: str, sample: str) -> str:
-    return "\n".join(line for line in page.splitlines() if not selects(line, sample)) + "\n"
-
-
 def bucket(name: str, le: str) -> str:
     return f"{name}_bucket@{le}"
-
-
-def ttft_line(page: str, suffix: str) -> str:
-    return next(line for line in page.splitlines() if line.startswith(TTFT + suffix))
 
 
 VLLM = fixture("vllm-v1.txt")
@@ -208,7 +168,7 @@ def test_more_good_than_total_events_between_two_scrapes_is_rejected():
     """Each page is consistent, the step between them is not (the bucket grew more than the
     count): that step is rejected and named, counting restarts from it."""
     before = grown(VLLM, 2.0)
-    count = float(ttft_line(before, "_count").rsplit(" ", 1)[1])
+    count = value_of(before, f"{TTFT}_count")
     lines = []
     for line in before.splitlines():  # every TTFT bucket from 1 s up, and the count: count + 1
         le = re.search(r'le="([^"]+)"', line)
@@ -271,7 +231,7 @@ def damage(page: str, fault: str, spelling: str) -> str | None:
         case "nan":
             return with_value(page, bucket(TTFT, "1.0"), spelling)
         case "above_count":
-            count = float(ttft_line(page, "_count").rsplit(" ", 1)[1])
+            count = value_of(page, f"{TTFT}_count")
             return with_value(page, bucket(TTFT, "1.0"), repr(count + 7))
         case "decreasing":
             return with_value(page, bucket(ITL, "0.15"), "0.0")
@@ -311,7 +271,7 @@ def test_damaged_scrape_sequences_never_invent_budget_burn(faults):
     for i, (fault, spelling) in enumerate([(None, "NaN"), *faults]):
         factor = 1.0 + i
         pages = {"a": grown(VLLM, factor), "b": grown(VLLM, factor)}
-        t_scrape = t - 45.0 if fault == "late" else t
+        t_scrape = faulty_feed.engine.now - 15.0 if fault == "late" else t
         clean_feed.update(t_scrape, pages)
         damaged = damage(pages["a"], fault, spelling) if fault else pages["a"]
         scraped = {"b": pages["b"]} | ({} if damaged is None else {"a": damaged})
