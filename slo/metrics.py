@@ -148,13 +148,32 @@ BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
         kv_cache_usage="sglang:token_usage",
         **_SGLANG_SCHEDULER,
     ),
+    # llama.cpp's server (--metrics) exports no latency histogram and no per-request counter:
+    # every SLO comes from budgetpilot counters, the load from a router's arrivals. Its KV
+    # gauge is in recent versions' pages only.
+    "llamacpp": MetricMapping(
+        name="llamacpp",
+        kv_cache_usage="llamacpp:kv_cache_usage_ratio",
+        waiting="llamacpp:requests_deferred",
+        running="llamacpp:requests_processing",
+    ),
+    # Hugging Face TGI: no TTFT or inter-token histogram, and its duration buckets (a geometric
+    # series from 0.15 ms by 1.5) hold no vLLM boundary, so no latency SLO is exact from them;
+    # no KV-cache gauge. Counters have no _total suffix (metrics-exporter-prometheus).
+    "tgi": MetricMapping(
+        name="tgi",
+        waiting="tgi_queue_size",
+        running="tgi_batch_current_size",
+        finished="tgi_request_success",
+    ),
 }
 
 
 def load_mapping(source: str | Path | Mapping[str, Any] | MetricMapping) -> MetricMapping:
-    """A mapping by built-in name (``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``),
-    from a YAML file, or from a dict. A dict or file may set ``base: <built-in>`` (default
-    ``vllm``) and override some names (``null``: the engine does not export that metric).
+    """A mapping by built-in name (``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``,
+    ``llamacpp``, ``tgi``), from a YAML file, or from a dict. A dict or file may set
+    ``base: <built-in>`` (default ``vllm``) and override some names (``null``: the engine does
+    not export that metric).
 
     Raises
     ------
@@ -256,6 +275,21 @@ def metric_source(slo: SLOSpec, spec: ServiceSpec, mapping: MetricMapping) -> Me
     if only_length and mapping.request_success is not None:
         return MetricSource("request_success", mapping.request_success, None, models)
     return counters
+
+
+def engine_gap(slo: SLOSpec, mapping: MetricMapping) -> str:
+    """Why plain engine metrics under ``mapping`` cannot give ``slo``'s SLI, in words."""
+    sli = slo.sli.llm
+    if isinstance(sli, FairnessSLI):
+        return "fairness is judged per tenant"
+    if slo.selectors.tenant is not None or slo.selectors.intended_tier is not None:
+        return "engines label no tenant or intended tier"
+    field_name = {TTFTSLI: "ttft", E2ESLI: "e2e", StreamingSLI: "tpot_request"}.get(type(sli))
+    if isinstance(sli, ITLSLI) and sli.per == "token":
+        field_name = "itl"
+    if field_name is not None:
+        return f"mapping {mapping.name!r} names no {field_name} histogram"
+    return f"engines do not export {sli.kind} events"
 
 
 def _histogram_of(sli: Any, mapping: MetricMapping) -> tuple[str, float] | None:

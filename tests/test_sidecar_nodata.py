@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from policies.sidecar.config import load_config
+from policies.sidecar.config import SidecarConfigError, load_config
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.perf import fleet_contracts, linear_policy, router_pages
 from policies.sidecar.scrape import ScrapeResult
@@ -194,4 +194,39 @@ def test_burn_rates_are_rounded_for_display_only(world, tmp_path):
     shown = decision.to_dict(sidecar)["observation"]["slos"]["ttft-1s"]["burn_rates"]["5m"]
     exact = decision.observation.snapshot.burn_rates[0, 0]
     assert shown == float(f"{exact:.6g}") and len(repr(shown)) <= 9
+    sidecar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# llama.cpp and TGI: what their metrics can feed, and a refusal naming what they cannot
+
+
+@pytest.mark.parametrize(
+    ("mapping", "refused"),
+    [
+        ("llamacpp", ["ttft-1s (mapping 'llamacpp' names no ttft histogram)", "finished-requests"]),
+        ("tgi", ["itl-100ms (mapping 'tgi' names no itl histogram)", "KV-cache usage"]),
+    ],
+)
+def test_engines_without_histograms_are_refused_naming_each_slo(world, tmp_path, mapping, refused):
+    policy, _ = world
+    with pytest.raises(SidecarConfigError) as error:
+        new_sidecar(policy, tmp_path, mapping=mapping, counters=[])
+    for words in refused:
+        assert words in str(error.value)
+    assert "streaming-reading-pace" in str(error.value)
+
+
+def test_a_llamacpp_fleet_feeds_its_gauges_and_the_routers_budgets(world, tmp_path):
+    policy, router = world
+    sidecar = new_sidecar(
+        policy, tmp_path, mapping="llamacpp", signals={"arrivals": "budgetpilot:arrivals_total"}
+    )
+    page = fixture("llamacpp.txt")
+    decisions = run_rounds(sidecar, router, page, [T0 + 30.0 * i for i in range(3)])
+    signals = decisions[-1].observation
+    assert decisions[-1].mode == "policy" and signals.healthy_replicas == 3
+    assert sidecar.observer.replicas.values["running"].tolist() == [3.0, 3.0, 3.0]
+    assert sidecar.observer.replicas.values["kv"].tolist() == [0.27, 0.27, 0.27]
+    assert signals.arrivals > 0 and not signals.snapshot.no_data.any()
     sidecar.close()

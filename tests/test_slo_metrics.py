@@ -307,7 +307,9 @@ def test_builtin_mappings_name_vllm_and_sglang_metrics():
     assert load_mapping("vllm-legacy").kv_cache_usage == "vllm:gpu_cache_usage_perc"
     assert load_mapping("sglang").ttft == "sglang:time_to_first_token_seconds"
     assert load_mapping("sglang-legacy").itl == "sglang:time_per_output_token_seconds"
-    assert set(BUILTIN_MAPPINGS) == {"vllm", "vllm-legacy", "sglang", "sglang-legacy"}
+    assert set(BUILTIN_MAPPINGS) == {
+        "vllm", "vllm-legacy", "sglang", "sglang-legacy", "llamacpp", "tgi"
+    }  # fmt: skip
 
 
 def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
@@ -332,6 +334,8 @@ def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
         "vllm-legacy": vllm,
         "sglang": sglang,
         "sglang-legacy": sglang,
+        "llamacpp": ("llamacpp:requests_deferred", "llamacpp:requests_processing", None, None),
+        "tgi": ("tgi_queue_size", "tgi_batch_current_size", None, "tgi_request_success"),
     }
     older_sglang = load_mapping({"base": "sglang", "preemptions": None})
     assert older_sglang.preemptions is None and older_sglang.waiting == "sglang:num_queue_reqs"
@@ -347,7 +351,7 @@ def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
             {"ttft": "vllm:time_to_first_token_seconds_bucket"},
             "histogram is named by its base name ('vllm:time_to_first_token_seconds')",
         ),
-        ({"base": "tgi"}, "base 'tgi' is not a built-in mapping (vllm, vllm-legacy"),
+        ({"base": "trtllm"}, "base 'trtllm' is not a built-in mapping (vllm, vllm-legacy"),
         ({"base": ["sglang"]}, "base ['sglang'] is not a built-in mapping"),
         ({"ttfb": "x", 3: "y"}, "unknown metric mapping keys: ['3', 'ttfb']"),
     ],
@@ -371,7 +375,7 @@ def test_mappings_load_from_dicts_and_files(tmp_path):
     with pytest.raises(ValueError, match="unknown metric mapping keys"):
         load_mapping({"ttfb": "x"})
     with pytest.raises(ValueError, match="not a built-in"):
-        load_mapping("tgi")
+        load_mapping("trtllm")
     path.write_text("base: [vllm\n")
     with pytest.raises(ValueError, match=r"mapping.yaml: not valid YAML"):
         load_mapping(path)

@@ -59,7 +59,7 @@ from policies.sidecar.discovery import SCRAPED, STATES, DiscoveredEngine
 from policies.sidecar.parse import Sample, SeriesSelection, read_page
 from policies.sidecar.scrape import ScrapeResult
 from slo.engine import BudgetEngine, BudgetSnapshot
-from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport, counter_increase
+from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport, counter_increase, engine_gap
 from slo.spec import ServiceSpec
 
 #: What the metrics feed reports, by problem kind (``kind`` label of the scrape-error counter).
@@ -664,14 +664,14 @@ def check_feedable(
         if not any(e.pool == pool for e in engines):
             problems.append(f"pool {pool!r} of the policy's contract has no engine in engines")
     needing = [
-        slo.name
+        f"{slo.name} ({engine_gap(slo, feed.mapping)})"
         for slo, source in zip(engine.slos, feed.sources, strict=True)
         if not source.exact_from_engine
     ]
     if needing and not counter_endpoints:
         problems.append(
-            f"SLOs {needing} need budgetpilot counters ({feed.mapping.sli_events}, engines do "
-            "not export them): configure counters (the router's or the twin's metrics URL)"
+            f"SLOs need budgetpilot counters ({feed.mapping.sli_events}): "
+            f"{'; '.join(needing)}: configure counters (the router's or the twin's metrics URL)"
         )
     mapping = feed.mapping
     gauges = {"kv_cache_usage": "KV-cache usage", "waiting": "waiting", "running": "running"}
