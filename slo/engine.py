@@ -18,10 +18,11 @@ Budget remaining follows Sloth's ``period_error_budget_remaining``: ``1 - error_
 Coverage: what part of each window and period holds data. The event feed sees every request, so
 its time is all covered; the metrics feed says per scrape which SLOs it measured
 (``ingest_counts(..., measured=)``), and the time since the previous scrape is a gap for an SLO
-measured before but not then. An SLO's data starts at its first measurement; the time before
-it is covered only when the engine's history is (``history_covered``, the default: a simulated
-world, whose series appear with their first events, starts with its engine); for the period, a
-prior of :meth:`BudgetEngine.set_budget_spent` covers the share of it that the prior models. An
+measured before but not then. An SLO's data starts at its first measurement (an SLO never
+measured has none); the time before it is covered only when the engine's history is
+(``history_covered``, the default: a simulated world, whose series appear with their first
+events, starts with its engine); for the period, a prior of
+:meth:`BudgetEngine.set_budget_spent` covers the share of it that the prior models. An
 alert condition fires only when both of its windows are covered to ``min_coverage``; a window
 without any coverage is *no data*, and a period below ``min_coverage`` is *warming up* (see
 :class:`BudgetSnapshot`).
@@ -357,8 +358,9 @@ class BudgetEngine:
         if not (math.isfinite(t_first) and math.isfinite(t_last)):
             rows = np.flatnonzero(~np.isfinite(t_end))[:5].tolist()
             raise ValueError(f"request events with non-finite t_end (first rows {rows})")
-        t_max = max(t_last, self.now)
+        t_max, since = max(t_last, self.now), self.now
         self._advance_rings(t_max)
+        self._record_coverage(since, t_max, np.ones(len(self.slos), dtype=bool))  # sees all
         first = bucket_of(t_first, self.resolution)
         self._add_counts(first, self._bucket_counts(batch, t_end, first, t_last))
         for state in self._fairness:
@@ -543,11 +545,10 @@ class BudgetEngine:
 
     def _coverage(self, gaps: np.ndarray, before: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         """``1 - (gaps + time before the data starts) / seconds``, in [0, 1]; ``before`` is
-        NaN for an SLO never measured. Time before an SLO's data starts is covered when the
-        engine's history is."""
-        if self._history_covered:
-            return np.clip(1.0 - gaps / seconds, 0.0, 1.0)
-        missing = gaps + np.where(np.isnan(before), np.inf, np.clip(before, 0.0, None))
+        NaN for an SLO never measured (no data at all). Time before an SLO's data starts is
+        covered when the engine's history is."""
+        history = 0.0 if self._history_covered else np.clip(before, 0.0, None)
+        missing = gaps + np.where(np.isnan(before), np.inf, history)
         return np.clip(1.0 - missing / seconds, 0.0, 1.0)
 
     def alerts(self) -> tuple[np.ndarray, np.ndarray]:

@@ -285,3 +285,18 @@ def test_damaged_scrape_sequences_never_invent_budget_burn(faults):
         # A replica restarted twice in a row, unseen in between, shows no drop the second time.
         seen_reset = fault == "reset" or (fault == "gap" and seen_reset)
         t += 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# Case 1: a series the mapping names never appears
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_slo_whose_series_never_appears_has_no_data():
+    """Before: burn 0, budget 100 %, a clean report (an engine without the ITL histogram)."""
+    page = without(without(VLLM, f"{ITL}_bucket"), f"{ITL}_count")
+    _, reports, snapshots = fed([(30.0 * i, {"a": grown(page, 1.0 + i)}) for i in range(3)])
+    assert all(r.no_data == [r.no_data[0]] and r.no_data[0].startswith("itl: ") for r in reports)
+    assert snapshots[-1].no_data.tolist() == [False, True, False]
+    assert snapshots[-1].budget_states()[1] == "no_data"
+    assert snapshots[-1].to_dict()["budget_states"][1] == "no_data"
