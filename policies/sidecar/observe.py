@@ -201,16 +201,15 @@ class _Replicas:
     lifecycle: np.ndarray | None
     answered_at: np.ndarray = field(init=False)  # time of the last readable page (-inf: never)
     values: dict[str, np.ndarray] = field(init=False)  # last good value per gauge
-    # KV usage since the last observation: samples times the seconds each stands for, seconds.
-    kv_sum: np.ndarray = field(init=False)
-    kv_seconds: np.ndarray = field(init=False)
+    kv_sum: np.ndarray = field(init=False)  # KV usage samples since the last observation
+    kv_samples: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.pool)
         self.answered_at = np.full(n, -np.inf)
         self.values = {g: np.zeros(n) for g in _GAUGES}
         self.kv_sum = np.zeros(n)
-        self.kv_seconds = np.zeros(n)
+        self.kv_samples = np.zeros(n, dtype=np.int64)
 
     @classmethod
     def of(
@@ -231,7 +230,7 @@ class _Replicas:
                 new, old = (list(x) for x in zip(*pairs, strict=True))
                 replicas.answered_at[new] = previous.answered_at[old]
                 replicas.kv_sum[new] = previous.kv_sum[old]
-                replicas.kv_seconds[new] = previous.kv_seconds[old]
+                replicas.kv_samples[new] = previous.kv_samples[old]
                 for gauge in _GAUGES:
                     replicas.values[gauge][new] = previous.values[gauge][old]
         return replicas
@@ -485,10 +484,6 @@ class Observer:
         if index is None:
             return problems
         state = self.replicas
-        # A sample stands for the time since the replica's previous one (at most an interval):
-        # the mean is time-weighted, as the environment's is, and equal to the plain mean when
-        # scrapes are evenly spaced.
-        held = min(now - state.answered_at[index], self.interval_s)
         state.answered_at[index] = now
         for gauge, name in self._gauge_names.items():
             values = [v for _, v in by_name.get(name, ())]
@@ -497,8 +492,8 @@ class Observer:
                 continue  # the last good value stands
             if gauge == "kv":
                 value = min(1.0, max(0.0, sum(values) / len(values)))
-                state.kv_sum[index] += value * max(held, 0.0)
-                state.kv_seconds[index] += max(held, 0.0)
+                state.kv_sum[index] += value
+                state.kv_samples[index] += 1
             else:
                 value = max(0.0, sum(values))
             state.values[gauge][index] = value
@@ -530,7 +525,7 @@ class Observer:
         healthy = ((now - state.answered_at) <= self.stale_after_s) & reporting
         kv_now = state.values["kv"]
         kv_mean = np.divide(
-            state.kv_sum, state.kv_seconds, out=kv_now.copy(), where=state.kv_seconds > 0
+            state.kv_sum, state.kv_samples, out=kv_now.copy(), where=state.kv_samples > 0
         )
         gauges = ReplicaGauges(
             pool=state.pool,
@@ -549,7 +544,7 @@ class Observer:
         snapshot = self.budgets()
         vector = self.contract.build(*self._shown_budgets(snapshot), signals, knob_units)
         state.kv_sum[:] = 0.0
-        state.kv_seconds[:] = 0.0
+        state.kv_samples[:] = 0
         return Observation(
             time=now,
             vector=vector,
