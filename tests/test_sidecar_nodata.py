@@ -22,7 +22,7 @@ from policies.sidecar.loop import Sidecar
 from policies.sidecar.perf import fleet_contracts, linear_policy, router_pages
 from policies.sidecar.scrape import ScrapeResult
 from policies.sidecar.server import SidecarServer
-from tests.metric_pages import fixture, grown, without
+from tests.metric_pages import fixture, grown, with_value, without
 
 pytest.importorskip("onnx", reason="the test policy is written with onnx (train extra)")
 
@@ -229,4 +229,27 @@ def test_a_llamacpp_fleet_feeds_its_gauges_and_the_routers_budgets(world, tmp_pa
     assert sidecar.observer.replicas.values["running"].tolist() == [3.0, 3.0, 3.0]
     assert sidecar.observer.replicas.values["kv"].tolist() == [0.27, 0.27, 0.27]
     assert signals.arrivals > 0 and not signals.snapshot.no_data.any()
+    sidecar.close()
+
+
+def test_kv_usage_mean_is_time_weighted_like_the_environments(world, tmp_path):
+    """Scrapes at 10 s (KV 0.2) and 30 s (KV 0.8), the one at 20 s failed: the 0.8 stood for
+    20 s of the interval, so the mean is 0.6 (a mean of scrapes would say 0.5)."""
+    policy, router = world
+    sidecar = new_sidecar(policy, tmp_path, scrape={"per_interval": 3})
+    run_rounds(sidecar, router, VLLM, [T0])
+    kv = "vllm:kv_cache_usage_perc"
+    for now, usage in ((T0 + 10.0, "0.2"), (T0 + 20.0, None), (T0 + 30.0, "0.8")):
+        results = {}
+        for name, (_, model) in ENGINES.items():
+            page = with_value(VLLM.replace('"strong"', f'"{model}"'), kv, usage or "0")
+            results[name] = (
+                ScrapeResult(name, sidecar.observer.parse(name, page))
+                if usage
+                else ScrapeResult(name, error="timeout", detail="injected")
+            )
+        results["router"] = ScrapeResult("router", sidecar.observer.parse("router", router[0]))
+        sidecar.ingest(now, results)
+    observation = sidecar.decide(T0 + 30.0).observation
+    assert observation.signals.pools["strong"]["kv_usage_mean"] == pytest.approx(0.6)
     sidecar.close()

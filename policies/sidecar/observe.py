@@ -201,15 +201,16 @@ class _Replicas:
     lifecycle: np.ndarray | None
     answered_at: np.ndarray = field(init=False)  # time of the last readable page (-inf: never)
     values: dict[str, np.ndarray] = field(init=False)  # last good value per gauge
-    kv_sum: np.ndarray = field(init=False)  # KV usage samples since the last observation
-    kv_samples: np.ndarray = field(init=False)
+    # KV usage since the last observation: samples times the seconds each stands for, seconds.
+    kv_sum: np.ndarray = field(init=False)
+    kv_seconds: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.pool)
         self.answered_at = np.full(n, -np.inf)
         self.values = {g: np.zeros(n) for g in _GAUGES}
         self.kv_sum = np.zeros(n)
-        self.kv_samples = np.zeros(n, dtype=np.int64)
+        self.kv_seconds = np.zeros(n)
 
     @classmethod
     def of(
@@ -230,7 +231,7 @@ class _Replicas:
                 new, old = (list(x) for x in zip(*pairs, strict=True))
                 replicas.answered_at[new] = previous.answered_at[old]
                 replicas.kv_sum[new] = previous.kv_sum[old]
-                replicas.kv_samples[new] = previous.kv_samples[old]
+                replicas.kv_seconds[new] = previous.kv_seconds[old]
                 for gauge in _GAUGES:
                     replicas.values[gauge][new] = previous.values[gauge][old]
         return replicas
@@ -484,6 +485,11 @@ class Observer:
         if index is None:
             return problems
         state = self.replicas
+        # A sample stands for the time since the replica's previous one or the last observation,
+        # whichever is later: the mean is time-weighted, as the environment's is (equal to the
+        # plain mean when scrapes are evenly spaced, which is what the first interval takes).
+        observed = self._last_observed
+        held = 1.0 if observed is None else now - max(state.answered_at[index], observed)
         state.answered_at[index] = now
         for gauge, name in self._gauge_names.items():
             values = [v for _, v in by_name.get(name, ())]
@@ -492,8 +498,8 @@ class Observer:
                 continue  # the last good value stands
             if gauge == "kv":
                 value = min(1.0, max(0.0, sum(values) / len(values)))
-                state.kv_sum[index] += value
-                state.kv_samples[index] += 1
+                state.kv_sum[index] += value * max(held, 0.0)
+                state.kv_seconds[index] += max(held, 0.0)
             else:
                 value = max(0.0, sum(values))
             state.values[gauge][index] = value
@@ -525,7 +531,7 @@ class Observer:
         healthy = ((now - state.answered_at) <= self.stale_after_s) & reporting
         kv_now = state.values["kv"]
         kv_mean = np.divide(
-            state.kv_sum, state.kv_samples, out=kv_now.copy(), where=state.kv_samples > 0
+            state.kv_sum, state.kv_seconds, out=kv_now.copy(), where=state.kv_seconds > 0
         )
         gauges = ReplicaGauges(
             pool=state.pool,
@@ -544,7 +550,7 @@ class Observer:
         snapshot = self.budgets()
         vector = self.contract.build(*self._shown_budgets(snapshot), signals, knob_units)
         state.kv_sum[:] = 0.0
-        state.kv_samples[:] = 0
+        state.kv_seconds[:] = 0.0
         return Observation(
             time=now,
             vector=vector,
