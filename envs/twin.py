@@ -21,6 +21,10 @@ accelerated real time and serves, on loopback or any address:
                                    pool and the bound, nothing applied (409 on a fixed fleet)
 ``GET /v1/state``                  simulated time, speed, scenario, knobs, replica health
                                    (elastic: also the ``/v1/replicas`` document)
+``GET /v1/faults``                 the faults injected into each replica's page
+``POST /v1/faults``                ``{"replica": "strong-0", "kind": "nan", "metric": ...}``
+                                   injects a fault (:mod:`envs.twin_faults`), ``{"clear":
+                                   "strong-0"}`` (or ``"all"``) clears; 400 naming the field
 ``GET /healthz``                   the twin itself is up
 =================================  ==========================================================
 
@@ -69,12 +73,15 @@ from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, KnobSpec
 from envs.fleet_env import LLMFleetEnv, sim_knobs
 from envs.scenarios import env_kwargs_for
 from envs.sim import FleetStats, ReplicaState, SimConfig
+from envs.twin_faults import FaultError, PageFault
 from slo.events import REQUEST_EVENT_DTYPE, Outcome, empty_events
 from slo.exposition import ExpositionRenderer
-from slo.metrics import BUILTIN_MAPPINGS, load_mapping
+from slo.metrics import load_mapping
 from slo.spec import ServiceSpec
 
 _log = logging.getLogger(__name__)
+#: The metric dialects the twin renders (engines with request histograms).
+TWIN_MAPPINGS = ("vllm", "vllm-legacy", "sglang", "sglang-legacy")
 
 #: Largest POST body accepted (a knob update is a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
@@ -315,7 +322,9 @@ class _Engine(_Page):
     def restart(self, stats: FleetStats) -> None:
         twin = self.twin
         labels = dict(self.constant_labels)
-        renderer = ExpositionRenderer(twin.spec, twin.mapping, labels=labels, budget_counters=False)
+        renderer = ExpositionRenderer(
+            twin.spec, twin.mapping, labels=labels, budget_counters=False, tiers=(self.info.tier,)
+        )
         self.exposition = _LazyExposition(renderer)
         self.preemptions0 = int(stats.preemptions[self.info.index])
         self.finished = 0
@@ -363,7 +372,10 @@ class _Router(_Page):
     def __init__(self, twin: EngineTwin) -> None:
         super().__init__()
         self.twin = twin
-        renderer = ExpositionRenderer(twin.spec, twin.mapping, engine_metrics=False)
+        tenants = len(twin.setup.config.tenants)  # a router knows its tenants
+        renderer = ExpositionRenderer(
+            twin.spec, twin.mapping, engine_metrics=False, tenants=tenants
+        )
         self.exposition = _LazyExposition(renderer)
         self.arrivals0 = twin.sim.arrivals
 
@@ -392,7 +404,7 @@ class EngineTwin:
         the router counters are per SLO. Default: :func:`slo.default_spec`.
     mapping:
         Built-in metric mapping of the engines: ``vllm`` (v1 names), ``vllm-legacy``,
-        ``sglang`` or ``sglang-legacy`` (:data:`slo.metrics.BUILTIN_MAPPINGS`: the request
+        ``sglang`` or ``sglang-legacy`` (:data:`TWIN_MAPPINGS`: the request
         histograms' and the scheduler metrics' names, which the sidecar reads too).
     tick_s:
         Simulated seconds per increment: gauges move and knob changes apply at this grid.
@@ -420,9 +432,9 @@ class EngineTwin:
         elastic: bool | None = None,
         fleet: SimConfig | str | Path | None = None,
     ) -> None:
-        if mapping not in BUILTIN_MAPPINGS:
+        if mapping not in TWIN_MAPPINGS:
             raise ValueError(
-                f"unknown mapping {mapping!r}; the twin speaks {', '.join(BUILTIN_MAPPINGS)}"
+                f"unknown mapping {mapping!r}; the twin speaks {', '.join(TWIN_MAPPINGS)}"
             )
         if not (math.isfinite(speed) and speed >= 0):
             raise ValueError(f"speed must be a finite number >= 0, got {speed}")
@@ -451,6 +463,8 @@ class EngineTwin:
         self._engines = [_Engine(self, r, running[r.index]) for r in self.replicas]
         self._by_name = {r.name: e for r, e in zip(self.replicas, self._engines, strict=True)}
         self._router = _Router(self)
+        self._faults: dict[str, list[PageFault]] = {}
+        self._frozen: dict[str, str] = {}  # pages of replicas with a stale fault
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -563,7 +577,50 @@ class EngineTwin:
                 )
             if not engine.up:
                 raise ReplicaDownError(f"replica {replica!r} is down ({when})")
-            return engine.render()
+            text = self._frozen.get(replica) or engine.render()
+            for fault in self._faults.get(replica, ()):
+                text = fault.apply(text)
+            return text
+
+    def faults(self) -> dict[str, list[dict[str, str]]]:
+        """The faults injected into each replica's page."""
+        with self._lock:
+            return {name: [f.to_dict() for f in faults] for name, faults in self._faults.items()}
+
+    def inject_fault(self, update: Any) -> dict[str, list[dict[str, str]]]:
+        """Inject a fault into a replica's page (``{"replica": ..., "kind": ..., ...}``, see
+        :mod:`envs.twin_faults`) or clear them (``{"clear": replica or "all"}``); the faults in
+        force.
+
+        Raises
+        ------
+        FaultError
+            Naming the field: an unknown replica or kind, a missing or unexpected field.
+        """
+        if isinstance(update, Mapping) and "clear" in update:
+            self._clear_faults(update["clear"])
+            return self.faults()
+        replica = update.get("replica") if isinstance(update, Mapping) else None
+        if replica not in self._by_name:
+            raise FaultError(f"replica: {replica!r} is not one of {', '.join(self._by_name)}")
+        fault = PageFault.of(update)
+        with self._lock:
+            engine = self._by_name[replica]
+            if fault.kind == "counter_reset":
+                engine.restart(self.stats)  # a restart is an event, not a state of the page
+            elif fault.kind == "stale":
+                self._frozen[replica] = engine.render()
+            else:
+                self._faults.setdefault(replica, []).append(fault)
+        return self.faults()
+
+    def _clear_faults(self, replica: Any) -> None:
+        if replica != "all" and replica not in self._by_name:
+            raise FaultError(f"clear: {replica!r} is neither a replica nor 'all'")
+        with self._lock:
+            for name in list(self._by_name) if replica == "all" else [replica]:
+                self._faults.pop(name, None)
+                self._frozen.pop(name, None)
 
     def router_metrics_text(self) -> str:
         """Exposition text of the router's budgetpilot counters."""
@@ -767,6 +824,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, content_type = _json(HTTPStatus.BAD_REQUEST, err, knob=err.knob)
         except ReplicasError as err:
             status, body, content_type = _json(HTTPStatus.BAD_REQUEST, err, pool=err.pool)
+        except FaultError as err:
+            status, body, content_type = _json(HTTPStatus.BAD_REQUEST, err)
         except FixedFleetError as err:
             status, body, content_type = _json(HTTPStatus.CONFLICT, err)
         except ReplicaDownError as err:
@@ -789,6 +848,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/knobs": twin.knobs,
             "/v1/replicas": twin.replicas_state,
             "/v1/state": twin.state,
+            "/v1/faults": twin.faults,
         }
         if path in documents:
             return _json(HTTPStatus.OK, documents[path]())
@@ -806,6 +866,7 @@ class _Handler(BaseHTTPRequestHandler):
         routes = {
             "/v1/knobs": (twin.set_knobs, KnobError),
             "/v1/replicas": (twin.set_replicas, ReplicasError),
+            "/v1/faults": (twin.inject_fault, FaultError),
         }
         if path not in routes:
             raise _NotFoundError(f"no endpoint POST {path}")

@@ -14,6 +14,18 @@ Budget remaining follows Sloth's ``period_error_budget_remaining``: ``1 - error_
 (1 - objective)``, where the period is also cut at the start of the current budget phase
 (:meth:`BudgetEngine.start_phase`) and may include a prior set by
 :meth:`BudgetEngine.set_budget_spent`.
+
+Coverage: what part of each window and period holds data. The event feed sees every request, so
+its time is all covered; the metrics feed says per scrape which SLOs it measured
+(``ingest_counts(..., measured=)``), and the time since the previous scrape is a gap for an SLO
+measured before but not then. An SLO's data starts at its first measurement (an SLO never
+measured has none); the time before it is covered only when the engine's history is
+(``history_covered``, the default: a simulated world, whose series appear with their first
+events, starts with its engine); for the period, a prior of
+:meth:`BudgetEngine.set_budget_spent` covers the share of it that the prior models. An
+alert condition fires only when both of its windows are covered to ``min_coverage``; a window
+without any coverage is *no data*, and a period below ``min_coverage`` is *warming up* (see
+:class:`BudgetSnapshot`).
 """
 
 from __future__ import annotations
@@ -95,10 +107,39 @@ class BudgetSnapshot:
     alert_levels: np.ndarray
     policy_states: np.ndarray
     dimension_states: dict[str, PolicyState]
+    window_coverage: np.ndarray | None = None
+    period_coverage: np.ndarray | None = None
+    min_coverage: float = 0.0
+
+    @property
+    def no_data(self) -> np.ndarray:
+        """Per SLO, whether its shortest window holds no data at all (its figures are not
+        measurements: burn rates read 0 and the budget 1 without counts)."""
+        if self.window_coverage is None:
+            return np.zeros(len(self.slo_names), dtype=bool)
+        return self.window_coverage[:, 0] <= 0.0
+
+    @property
+    def warming_up(self) -> np.ndarray:
+        """Per SLO, whether less than ``min_coverage`` of its period holds data, so that its
+        budget remaining is not yet the period's."""
+        if self.period_coverage is None:
+            return np.zeros(len(self.slo_names), dtype=bool)
+        return self.period_coverage < self.min_coverage
+
+    def budget_states(self) -> list[str]:
+        """Per SLO, ``no_data``, ``warming_up`` or the policy state's name (``ok``...)."""
+        return [
+            "no_data" if none else "warming_up" if warm else PolicyState(state).name.lower()
+            for none, warm, state in zip(
+                self.no_data, self.warming_up, self.policy_states, strict=True
+            )
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view (arrays as lists, enums as names)."""
         out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        out["budget_states"] = self.budget_states()
         out["alert_levels"] = [AlertLevel(v).name.lower() for v in self.alert_levels]
         out["policy_states"] = [PolicyState(v).name.lower() for v in self.policy_states]
         out["dimension_states"] = {k: v.name.lower() for k, v in self.dimension_states.items()}
@@ -146,11 +187,26 @@ class BudgetEngine:
         The engine clock at creation (seconds, the events' time base).
     phase:
         Name of the initial budget phase.
+    history_covered:
+        Whether the time before ``start_time`` counts as covered by data (True: the world
+        started with the engine, as a simulation does; False: nothing before the first
+        measurement is known, as for a sidecar started without saved state).
+    min_coverage:
+        Share of a window that must hold data for an alert condition on it to fire, and of the
+        period for its budget to be more than warming up.
     """
 
     def __init__(
-        self, spec: ServiceSpec | str | Path, start_time: float = 0.0, phase: str = "initial"
+        self,
+        spec: ServiceSpec | str | Path,
+        start_time: float = 0.0,
+        phase: str = "initial",
+        *,
+        history_covered: bool = True,
+        min_coverage: float = 0.9,
     ) -> None:
+        if not 0.0 <= min_coverage <= 1.0:
+            raise ValueError(f"min_coverage must lie in [0, 1], got {min_coverage}")
         self.spec = load_spec(spec)
         slos = self.spec.engine_slos
         if not slos:
@@ -186,6 +242,14 @@ class BudgetEngine:
             2 * n, int(self._period_buckets.max()) + 1, first // self._fine_per_coarse
         )
         self.now = float(start_time)
+        self.min_coverage = float(min_coverage)
+        # Seconds without data per SLO, in rings like the counts (windows and period), and
+        # where each SLO's data starts (NaN: never measured yet).
+        self._fine_gap = CumulativeRing(n, self._fine.n_buckets, first)
+        self._coarse_gap = CumulativeRing(n, self._coarse.n_buckets, first // self._fine_per_coarse)
+        self._covered_from = np.full(n, np.nan)
+        self._history_covered = bool(history_covered)
+        self._phase_start_gap = np.zeros(n)
 
         self._classifiers = [SLIClassifier(s, self.spec) for s in slos]
         self._request = [i for i, c in enumerate(self._classifiers) if c.fairness is None]
@@ -242,6 +306,7 @@ class BudgetEngine:
         total: np.ndarray,
         tenant_good: Sequence[np.ndarray] = (),
         tenant_total: Sequence[np.ndarray] = (),
+        measured: np.ndarray | None = None,
     ) -> None:
         """Count good/total events that happened by time ``t`` (the metrics feed's input).
 
@@ -253,9 +318,15 @@ class BudgetEngine:
             Per SLO, in :attr:`slo_names` order (entries of fairness SLOs are ignored).
         tenant_good, tenant_total:
             Per fairness SLO (in spec order), per tenant counts of its base SLI.
+        measured:
+            Per SLO, whether the counts measure it; the time since the previous call is a gap
+            of an SLO not measured (``None``: every SLO is measured). An SLO's coverage starts
+            at its first measurement unless the engine's history is covered.
         """
-        t = max(float(t), self.now)
+        t, since = max(float(t), self.now), self.now
         self._advance_rings(t)
+        everything = np.ones(len(self.slos), dtype=bool)
+        self._record_coverage(since, t, everything if measured is None else measured)
         counts = np.zeros((1, 2 * len(self.slos)))
         counts[0, 0::2] = good
         counts[0, 1::2] = total
@@ -287,8 +358,9 @@ class BudgetEngine:
         if not (math.isfinite(t_first) and math.isfinite(t_last)):
             rows = np.flatnonzero(~np.isfinite(t_end))[:5].tolist()
             raise ValueError(f"request events with non-finite t_end (first rows {rows})")
-        t_max = max(t_last, self.now)
+        t_max, since = max(t_last, self.now), self.now
         self._advance_rings(t_max)
+        self._record_coverage(since, t_max, np.ones(len(self.slos), dtype=bool))  # sees all
         first = bucket_of(t_first, self.resolution)
         self._add_counts(first, self._bucket_counts(batch, t_end, first, t_last))
         for state in self._fairness:
@@ -333,18 +405,48 @@ class BudgetEngine:
 
     def _advance_rings(self, t: float) -> None:
         bucket = bucket_of(t, self.resolution)
-        self._fine.advance(bucket)
-        self._coarse.advance(bucket // self._fine_per_coarse)
+        for fine, coarse in ((self._fine, self._coarse), (self._fine_gap, self._coarse_gap)):
+            fine.advance(bucket)
+            coarse.advance(bucket // self._fine_per_coarse)
 
-    def _add_counts(self, first_bucket: int, counts: np.ndarray) -> None:
-        """Add per-bucket counts to both rings (the coarse one gets them grouped)."""
-        self._fine.add(first_bucket, counts)
+    def _record_coverage(self, since: float, t: float, measured: np.ndarray) -> None:
+        """Start each SLO's data at its first measurement and mark ``(since, t]`` as a gap for
+        SLOs measured before but not now, spread over the buckets it spans (``t`` is the rings'
+        head)."""
+        measured = np.asarray(measured, dtype=bool)
+        self._covered_from[measured & np.isnan(self._covered_from)] = t
+        missed = np.flatnonzero(~measured & ~np.isnan(self._covered_from))
+        # Older time would only be merged into the rings' oldest bucket.
+        oldest = (self._coarse_gap.head - self._coarse_gap.n_buckets + 1) * self.period_resolution
+        since = max(since, oldest)
+        if not missed.size or since >= t:
+            return
+        r = self.resolution
+        first = bucket_of(since, r)
+        start = np.arange(first, bucket_of(t, r) + 1, dtype=float) * r
+        seconds = np.clip(np.minimum(start + r, t) - np.maximum(start, since), 0.0, None)
+        gaps = np.zeros((len(seconds), len(self.slos)))
+        gaps[:, missed] = seconds[:, None]
+        self._add_counts(first, gaps, self._fine_gap, self._coarse_gap)
+
+    def _add_counts(
+        self,
+        first_bucket: int,
+        counts: np.ndarray,
+        fine: CumulativeRing | None = None,
+        coarse: CumulativeRing | None = None,
+    ) -> None:
+        """Add per-bucket counts to a fine ring and its coarse one (default: the counts'; the
+        coarse one gets them grouped)."""
+        fine = self._fine if fine is None else fine
+        coarse = self._coarse if coarse is None else coarse
+        fine.add(first_bucket, counts)
         per = self._fine_per_coarse
         first = first_bucket // per
         n_coarse = (first_bucket + len(counts) - 1) // per - first + 1
         starts = np.arange(first, first + n_coarse) * per - first_bucket
         starts[0] = 0  # the first coarse bucket may start before the counts
-        self._coarse.add(first, np.add.reduceat(counts, starts, axis=0))
+        coarse.add(first, np.add.reduceat(counts, starts, axis=0))
 
     def _add_slices(
         self, state: _FairnessState, slices: np.ndarray, counts: np.ndarray, t: float
@@ -417,10 +519,43 @@ class BudgetEngine:
         ratio = np.divide(bad, total, out=np.zeros_like(bad), where=total > 0)
         return 1.0 - ratio * self._inv_budget
 
+    def window_coverage(self) -> np.ndarray:
+        """Share of each SLO's burn-rate windows that holds data, ``(n_slo, n_windows)`` in
+        [0, 1] (see the module docstring)."""
+        ring = self._fine_gap
+        slots = (ring.head - self._window_buckets) % ring.n_buckets
+        columns = self._series_cols[0::2] // 2
+        gaps = ring.latest[columns] - ring.cum[slots, columns]
+        seconds = self._window_buckets * self.resolution
+        before = self._covered_from[:, None] - (self.now - seconds)
+        return self._coverage(gaps, before, seconds)
+
+    def period_coverage(self) -> np.ndarray:
+        """Share of each SLO's period (cut at the phase start) that holds data, a prior of
+        :meth:`set_budget_spent` counting for the history it models."""
+        ring = self._coarse_gap
+        slots = (ring.head - self._period_buckets[0::2]) % ring.n_buckets
+        start = ring.cum[slots, np.arange(len(self.slos))]
+        gaps = self._fine_gap.latest - np.maximum(start, self._phase_start_gap)
+        period_start = np.maximum(self.now - self.periods, self.phase_start)
+        covered = self._coverage(gaps, self._covered_from - period_start, self.periods)
+        _, prior_total, prior_t0 = self._prior
+        weight = np.clip(1.0 - (self.now - prior_t0) / self.periods, 0.0, 1.0)
+        return np.minimum(1.0, covered + np.where(prior_total > 0, weight, 0.0))
+
+    def _coverage(self, gaps: np.ndarray, before: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        """``1 - (gaps + time before the data starts) / seconds``, in [0, 1]; ``before`` is
+        NaN for an SLO never measured (no data at all). Time before an SLO's data starts is
+        covered when the engine's history is."""
+        history = 0.0 if self._history_covered else np.clip(before, 0.0, None)
+        missing = gaps + np.where(np.isnan(before), np.inf, history)
+        return np.clip(1.0 - missing / seconds, 0.0, 1.0)
+
     def alerts(self) -> tuple[np.ndarray, np.ndarray]:
         """``(page, ticket)`` booleans per SLO: some condition has both windows burning faster
-        than its burn rate (and the alert is not disabled in the spec)."""
-        return self._alerts(self.burn_rates())
+        than its burn rate and covered to ``min_coverage`` (and the alert is not disabled in
+        the spec)."""
+        return self._alerts(self.burn_rates(), self.window_coverage())
 
     def alert_states(self) -> np.ndarray:
         """The most severe firing alert per SLO, as :class:`AlertLevel` values (int8)."""
@@ -447,7 +582,8 @@ class BudgetEngine:
     def snapshot(self) -> BudgetSnapshot:
         """All budget figures at the current time."""
         burn = self.burn_rates()
-        page, ticket = self._alerts(burn)
+        coverage = self.window_coverage()
+        page, ticket = self._alerts(burn, coverage)
         remaining = self.budget_remaining()
         policy = self._policy_of(remaining)
         return BudgetSnapshot(
@@ -465,6 +601,9 @@ class BudgetEngine:
             alert_levels=_alert_levels(page, ticket),
             policy_states=policy,
             dimension_states=self._worst_by_dimension(policy),
+            window_coverage=coverage,
+            period_coverage=self.period_coverage(),
+            min_coverage=self.min_coverage,
         )
 
     def _conditions(self, windows: Sequence[Any], severity: str) -> tuple[np.ndarray, ...]:
@@ -480,9 +619,10 @@ class BudgetEngine:
         )
         return long, short, rate, enabled
 
-    def _alerts(self, burn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rate = self._alert_rate
-        both = (burn[:, self._alert_long] > rate) & (burn[:, self._alert_short] > rate)
+    def _alerts(self, burn: np.ndarray, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rate, long, short = self._alert_rate, self._alert_long, self._alert_short
+        enough = coverage >= self.min_coverage
+        both = (burn[:, long] > rate) & (burn[:, short] > rate) & enough[:, long] & enough[:, short]
         split = self._n_page_conditions
         page = both[:, :split].any(axis=1) & self._page_enabled
         return page, both[:, split:].any(axis=1) & self._ticket_enabled
@@ -514,6 +654,7 @@ class BudgetEngine:
         self.phase = name
         self.phase_start = self.now
         self._phase_start_cum = self._fine.latest.copy()
+        self._phase_start_gap = self._fine_gap.latest.copy()
         self._prior[...] = 0.0
         return record
 
@@ -586,6 +727,10 @@ class BudgetEngine:
             "phase_start_cum": self._phase_start_cum.copy(),
             "prior": self._prior.copy(),
             "phase_history": [asdict(r) for r in self.phase_history],
+            "fine_gap": self._fine_gap.state_dict(),
+            "coarse_gap": self._coarse_gap.state_dict(),
+            "covered_from": self._covered_from.copy(),
+            "phase_start_gap": self._phase_start_gap.copy(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -608,6 +753,22 @@ class BudgetEngine:
             PhaseRecord(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
             for r in state["phase_history"]
         ]
+        self._load_coverage(state)
+
+    def _load_coverage(self, state: Mapping[str, Any]) -> None:
+        """Restore the coverage; a state saved without it (an older version) has no data to
+        show: each SLO's coverage starts again at its next measurement."""
+        if "covered_from" in state:
+            self._fine_gap.load_state_dict(state["fine_gap"])
+            self._coarse_gap.load_state_dict(state["coarse_gap"])
+            self._covered_from[...] = state["covered_from"]
+            self._phase_start_gap[...] = state["phase_start_gap"]
+            return
+        for ring, counts in ((self._fine_gap, self._fine), (self._coarse_gap, self._coarse)):
+            ring.cum[...] = 0.0
+            ring.head = counts.head
+        self._covered_from[...] = np.nan
+        self._phase_start_gap[...] = 0.0
 
     def save(self, path: str | Path) -> None:
         """Write the state to ``path`` (an ``.npz`` file: arrays plus a JSON header)."""

@@ -16,7 +16,7 @@ request that reached an engine (``stop``/``length`` when served, ``abort`` when 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ _REQUEST_HISTOGRAMS: tuple[
     ),
 )
 _ITL_HELP = "Histogram of inter-token latency in seconds."
+_BOUNDS = {a: b for a, _, b, _ in _REQUEST_HISTOGRAMS} | {"itl": ITL_BUCKETS_S}
+_FINISHED_REASONS = ("stop", "length", "abort")
 
 
 class ExpositionRenderer:
@@ -61,6 +63,13 @@ class ExpositionRenderer:
         Render the engine's own metrics (what a replica exposes).
     budget_counters:
         Render the budgetpilot counters (what a budget-aware router exposes).
+    tiers:
+        Tiers whose engine series exist from the start, at zero, as an engine creates the
+        labelled series of the model it serves when it starts (others appear with their first
+        request).
+    tenants:
+        Number of tenants whose fairness counters exist from the start, at zero, as a router
+        configured with its tenants creates them (others appear with their first request).
     """
 
     def __init__(
@@ -71,6 +80,8 @@ class ExpositionRenderer:
         labels: Mapping[str, str] | None = None,
         engine_metrics: bool = True,
         budget_counters: bool = True,
+        tiers: Iterable[int] = (),
+        tenants: int = 0,
     ) -> None:
         self.spec = load_spec(spec)
         self.mapping = load_mapping(mapping)
@@ -87,6 +98,12 @@ class ExpositionRenderer:
             for i, c in enumerate(self._classifiers)
             if c.fairness is not None
         }
+        self._tenants = tenants
+        for tier in tiers:
+            for attribute, bounds in _BOUNDS.items():
+                self._add_buckets(attribute, int(tier), np.zeros(len(bounds) + 1))
+            for reason in _FINISHED_REASONS:
+                self._finished[(int(tier), reason)] += 0.0
 
     def add(self, events: np.ndarray) -> None:
         """Account a batch of request events (:data:`~slo.events.REQUEST_EVENT_DTYPE`)."""
@@ -219,7 +236,8 @@ class ExpositionRenderer:
         )
         for i, per_tenant in self._tenant_events.items():
             name = self._classifiers[i].slo.name
-            for tenant in np.flatnonzero(per_tenant[:, 1]):
+            known = np.arange(len(per_tenant)) < self._tenants
+            for tenant in np.flatnonzero((per_tenant[:, 1] > 0) | known):
                 good, counted = per_tenant[tenant]
                 tenants.add_metric([name, str(tenant), "good", *extra_values], good)
                 tenants.add_metric([name, str(tenant), "bad", *extra_values], counted - good)

@@ -21,13 +21,23 @@ Which metric gives which SLI (:func:`metric_source`):
 Counter semantics: the first scrape is a baseline (what happened before is not counted); a
 series seen for the first time later, on an endpoint already known, counts from zero (client
 libraries create labelled series on their first event); a value lower than before is a restart
-and counts from zero; missing series and endpoints, NaN/Inf values and duplicate series are
-skipped and reported in the :class:`ScrapeReport`.
+and counts from zero; missing series and endpoints, NaN/Inf values (in any spelling a C runtime
+prints: ``-nan(ind)``, ``nan(snan)``...) and duplicate series are skipped and reported in the
+:class:`ScrapeReport`.
+
+A histogram SLO's good and total events (the bucket at its threshold and ``_count`` of one
+series, i.e. one endpoint and label set) move together: a scrape where either is missing or not
+finite, or where the series is inconsistent (a bucket above ``_count``, buckets decreasing as
+``le`` grows, more good than total events since the last scrape), adds nothing of that series;
+its events count at its next complete scrape, from the last complete one. An SLO none of whose
+series could be read in a scrape is not measured then: the engine records the gap
+(:meth:`~slo.engine.BudgetEngine.window_coverage`) and the report names it (``no_data``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -139,13 +149,32 @@ BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
         kv_cache_usage="sglang:token_usage",
         **_SGLANG_SCHEDULER,
     ),
+    # llama.cpp's server (--metrics) exports no latency histogram and no per-request counter:
+    # every SLO comes from budgetpilot counters, the load from a router's arrivals. Its KV
+    # gauge is in recent versions' pages only.
+    "llamacpp": MetricMapping(
+        name="llamacpp",
+        kv_cache_usage="llamacpp:kv_cache_usage_ratio",
+        waiting="llamacpp:requests_deferred",
+        running="llamacpp:requests_processing",
+    ),
+    # Hugging Face TGI: no TTFT or inter-token histogram, and its duration buckets (a geometric
+    # series from 0.15 ms by 1.5) hold no vLLM boundary, so no latency SLO is exact from them;
+    # no KV-cache gauge. Counters have no _total suffix (metrics-exporter-prometheus).
+    "tgi": MetricMapping(
+        name="tgi",
+        waiting="tgi_queue_size",
+        running="tgi_batch_current_size",
+        finished="tgi_request_success",
+    ),
 }
 
 
 def load_mapping(source: str | Path | Mapping[str, Any] | MetricMapping) -> MetricMapping:
-    """A mapping by built-in name (``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``),
-    from a YAML file, or from a dict. A dict or file may set ``base: <built-in>`` (default
-    ``vllm``) and override some names (``null``: the engine does not export that metric).
+    """A mapping by built-in name (``vllm``, ``vllm-legacy``, ``sglang``, ``sglang-legacy``,
+    ``llamacpp``, ``tgi``), from a YAML file, or from a dict. A dict or file may set
+    ``base: <built-in>`` (default ``vllm``) and override some names (``null``: the engine does
+    not export that metric).
 
     Raises
     ------
@@ -251,6 +280,21 @@ def metric_source(slo: SLOSpec, spec: ServiceSpec, mapping: MetricMapping) -> Me
     return counters
 
 
+def engine_gap(slo: SLOSpec, mapping: MetricMapping) -> str:
+    """Why plain engine metrics under ``mapping`` cannot give ``slo``'s SLI, in words."""
+    sli = slo.sli.llm
+    if isinstance(sli, FairnessSLI):
+        return "fairness is judged per tenant"
+    if slo.selectors.tenant is not None or slo.selectors.intended_tier is not None:
+        return "engines label no tenant or intended tier"
+    field_name = {TTFTSLI: "ttft", E2ESLI: "e2e", StreamingSLI: "tpot_request"}.get(type(sli))
+    if isinstance(sli, ITLSLI) and sli.per == "token":
+        field_name = "itl"
+    if field_name is not None:
+        return f"mapping {mapping.name!r} names no {field_name} histogram"
+    return f"engines do not export {sli.kind} events"
+
+
 def _histogram_of(sli: Any, mapping: MetricMapping) -> tuple[str, float] | None:
     candidates = {
         TTFTSLI: (mapping.ttft, "threshold_s"),
@@ -296,6 +340,10 @@ class ScrapeReport:
     duplicates: list[str] = field(default_factory=list)
     unparsable: list[str] = field(default_factory=list)
     inexact: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    inconsistent: list[str] = field(default_factory=list)
+    no_data: list[str] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -307,6 +355,10 @@ class ScrapeReport:
             self.duplicates,
             self.unparsable,
             self.inexact,
+            self.incomplete,
+            self.inconsistent,
+            self.no_data,
+            self.out_of_order,
         )
         return not any(problems)
 
@@ -319,6 +371,38 @@ def counter_increase(previous: float | None, value: float) -> float:
     for the first time (a labelled series appears on its first event, from zero) or after a drop
     (the process restarted and so did its counters)."""
     return value if previous is None or value < previous else value - previous
+
+
+Rows = list[tuple[dict[str, str], float]]
+#: A histogram series: endpoint and labels (without ``le``).
+GroupKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class _Histogram:
+    """One scrape's finite samples of one histogram series: ``_count`` and buckets by bound."""
+
+    count: float | None = None
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    def bucket(self, threshold: float | None) -> float | None:
+        """The bucket at ``threshold`` (None when this scrape lacks it)."""
+        for bound, value in self.buckets.items():
+            if threshold is not None and math.isclose(bound, threshold, rel_tol=1e-9):
+                return value
+        return None
+
+    def inconsistency(self) -> str | None:
+        """What makes the series impossible (a bucket above ``_count``, buckets decreasing as
+        ``le`` grows), or None."""
+        ordered = sorted(self.buckets.items())
+        for (lower, below), (upper, above) in zip(ordered, ordered[1:], strict=False):
+            if above < below:
+                return f"bucket le={upper:g} ({above:g}) below bucket le={lower:g} ({below:g})"
+        if ordered and self.count is not None and ordered[-1][1] > self.count:
+            bound, value = ordered[-1]
+            return f"bucket le={bound:g} ({value:g}) above _count ({self.count:g})"
+        return None
 
 
 class MetricsFeed:
@@ -342,13 +426,20 @@ class MetricsFeed:
         self.sources = tuple(
             metric_source(s, self.engine.spec, self.mapping) for s in self.engine.slos
         )
+        self._histograms = {s.metric for s in self.sources if s.kind == "histogram"}
         self._wanted = self._wanted_names()
         kv = () if self.mapping.kv_cache_usage is None else (self.mapping.kv_cache_usage,)
         self._prefixes = ("#", *sorted(self._wanted), *kv)
         self._previous: dict[SeriesKey, float] = {}
+        # Per histogram SLO source and series: (good, total) at its last complete scrape.
+        self._pairs: dict[tuple[str, float, GroupKey], tuple[float, float]] = {}
+        self._partial: set[tuple[str, float, GroupKey]] = set()  # seen before complete
+        self._bounds: dict[str, set[float]] = defaultdict(set)  # bucket bounds ever seen
         self._endpoints: set[str] = set()
         self._started = False
         self._kv_usage: dict[str, float] = {}
+        #: Per SLO, whether the last update measured it.
+        self.measured = np.zeros(len(self.sources), dtype=bool)
 
     def update(self, t: float, scrapes: Scrape | Mapping[str, Scrape]) -> ScrapeReport:
         """Ingest the scrapes taken at time ``t`` and advance the engine to ``t``.
@@ -366,13 +457,20 @@ class MetricsFeed:
         if isinstance(scrapes, str) or not isinstance(scrapes, Mapping):
             scrapes = {"default": scrapes}
         report = ScrapeReport(time=float(t), endpoints=len(scrapes))
+        if t < self.engine.now:
+            report.out_of_order.append(
+                f"scrape time {t:g} is before the last one ({self.engine.now:g}): counted then"
+            )
         current: dict[SeriesKey, float] = {}
         bounds: dict[str, set[str]] = defaultdict(set)
         for endpoint, scrape in scrapes.items():
             self._read(str(endpoint), scrape, current, bounds, report)
-        deltas = self._deltas(current, {str(e) for e in scrapes}, report)
+        endpoints = {str(e) for e in scrapes}
+        known = set(self._endpoints) if self._started else set()
+        histograms = self._histogram_series(current, bounds)
+        deltas = self._deltas(current, known, endpoints, report)
         self._started = True
-        self._feed(float(t), deltas, bounds, report)
+        self._feed(float(t), deltas, histograms, known, endpoints, report)
         return report
 
     def forget(self, endpoints: Iterable[str]) -> None:
@@ -382,6 +480,8 @@ class MetricsFeed:
         gone = {str(e) for e in endpoints}
         self._endpoints -= gone
         self._previous = {k: v for k, v in self._previous.items() if k[0] not in gone}
+        self._pairs = {k: v for k, v in self._pairs.items() if k[2][0] not in gone}
+        self._partial = {k for k in self._partial if k[2][0] not in gone}
         for endpoint in gone:
             self._kv_usage.pop(endpoint, None)
 
@@ -432,22 +532,46 @@ class MetricsFeed:
         if kv_values:
             self._kv_usage[endpoint] = float(np.mean(kv_values))
 
+    def _histogram_series(
+        self, current: dict[SeriesKey, float], bounds: Mapping[str, set[str]]
+    ) -> dict[str, dict[GroupKey, _Histogram]]:
+        """Take the histograms' samples out of ``current``, per histogram and series."""
+        series: dict[str, dict[GroupKey, _Histogram]] = {m: {} for m in self._histograms}
+        for metric in self._histograms:
+            labels = bounds.get(f"{metric}_bucket", ())
+            self._bounds[metric] |= {b for b in map(_bound, labels) if b is not None}
+        for key in [k for k in current if k[1].rsplit("_", 1)[0] in self._histograms]:
+            endpoint, name, labels = key
+            value = current.pop(key)
+            metric, suffix = name.rsplit("_", 1)
+            group = (endpoint, tuple(kv for kv in labels if kv[0] != "le"))
+            histogram = series[metric].setdefault(group, _Histogram())
+            if suffix == "count":
+                histogram.count = value
+            elif (bound := _bound(dict(labels).get("le"))) is not None:
+                histogram.buckets[bound] = value
+        return series
+
     def _deltas(
-        self, current: dict[SeriesKey, float], endpoints: set[str], report: ScrapeReport
-    ) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """Per sample name, ``(labels, increase since the previous scrape)`` of every series."""
-        deltas: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+        self,
+        current: dict[SeriesKey, float],
+        known: set[str],
+        endpoints: set[str],
+        report: ScrapeReport,
+    ) -> dict[str, Rows]:
+        """Per sample name, ``(labels, increase since the previous scrape)`` of every counter
+        series on the scrape (0 on an endpoint not ``known``: a baseline)."""
+        deltas: dict[str, Rows] = defaultdict(list)
         for key, value in current.items():
             endpoint, name, labels = key
             previous = self._previous.get(key)
-            if not self._started or endpoint not in self._endpoints:
+            if endpoint not in known:
                 delta = 0.0  # baseline: what happened before we watched is not ours to count
             else:
                 if previous is not None and value < previous:
                     report.resets.append(_describe(key))
                 delta = counter_increase(previous, value)
-            if delta:
-                deltas[name].append((dict(labels), delta))
+            deltas[name].append((dict(labels), delta))
         for key in self._previous.keys() - current.keys():
             if key[0] in endpoints:
                 report.missing_series.append(_describe(key))
@@ -459,60 +583,162 @@ class MetricsFeed:
     def _feed(
         self,
         t: float,
-        deltas: Mapping[str, list[tuple[dict[str, str], float]]],
-        bounds: Mapping[str, set[str]],
+        deltas: Mapping[str, Rows],
+        histograms: Mapping[str, Mapping[GroupKey, _Histogram]],
+        known: set[str],
+        endpoints: set[str],
         report: ScrapeReport,
     ) -> None:
         engine = self.engine
-        good = np.zeros(len(engine.slos))
-        total = np.zeros(len(engine.slos))
+        n = len(engine.slos)
+        good, total, measured = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
         tenant_good, tenant_total = [], []
+        checked: dict[tuple[str, GroupKey], str | None] = {}
         for i, (slo, source) in enumerate(zip(engine.slos, self.sources, strict=True)):
+            rows = deltas.get(source.metric, ())
             if source.kind == "tenant_sli_events":
-                n_tenants = slo.sli.llm.max_tenants
-                per_tenant = _tenant_counts(deltas.get(source.metric, ()), slo.name, n_tenants)
+                rows = [(lb, d) for lb, d in rows if lb.get("slo") == slo.name]
+                per_tenant = _tenant_counts(rows, slo.name, slo.sli.llm.max_tenants)
                 tenant_good.append(per_tenant[:, 0])
                 tenant_total.append(per_tenant[:, 1])
-                continue
-            counted = self._counts(slo, source, deltas, bounds, report)
-            if counted is not None:
-                good[i], total[i] = counted
-        engine.ingest_counts(t, good, total, tenant_good, tenant_total)
+                measured[i] = bool(rows)
+            elif source.kind == "histogram":
+                counted = self._histogram_counts(
+                    slo, source, histograms[source.metric], known, endpoints, checked, report
+                )
+                if counted is not None:
+                    good[i], total[i] = counted
+                    measured[i] = True
+            else:
+                counted = self._counter_counts(slo, source, rows)
+                if counted is not None:
+                    good[i], total[i] = counted
+                    measured[i] = True
+            if not measured[i]:
+                report.no_data.append(f"{slo.name}: {self._absent(source)}")
+        engine.ingest_counts(t, good, total, tenant_good, tenant_total, measured=measured)
+        self.measured = measured
 
-    def _counts(
+    def _absent(self, source: MetricSource) -> str:
+        """Why an SLO has no data in a scrape, in words."""
+        if source.kind == "histogram":
+            return (
+                f"no complete series of {source.metric} (bucket le={source.threshold:g} and "
+                "_count) on any endpoint"
+            )
+        return f"no series of {source.metric} for it on any endpoint"
+
+    def _keep(self, source: MetricSource, labels: Mapping[str, str]) -> bool:
+        """Whether a series' model label is one the SLO selects."""
+        return source.models is None or labels.get(self.mapping.model_label) in source.models
+
+    def _counter_counts(
+        self, slo: SLOSpec, source: MetricSource, rows: Iterable[tuple[dict[str, str], float]]
+    ) -> tuple[float, float] | None:
+        """Good and total events of a counter-fed SLO (None: none of its series is here)."""
+        if source.kind == "sli_events":
+            rows = [(lb, d) for lb, d in rows if lb.get("slo") == slo.name]
+            good = sum(d for lb, d in rows if lb.get("result") == "good")
+            bad = sum(d for lb, d in rows if lb.get("result") == "bad")
+        else:
+            rows = [(lb, d) for lb, d in rows if self._keep(source, lb)]
+            by_reason: dict[str, float] = defaultdict(float)
+            for labels, delta in rows:
+                by_reason[labels.get("finished_reason", "")] += delta
+            good, bad = by_reason["stop"], by_reason["length"]
+        return (good, good + bad) if rows else None
+
+    def _histogram_counts(
         self,
         slo: SLOSpec,
         source: MetricSource,
-        deltas: Mapping[str, list[tuple[dict[str, str], float]]],
-        bounds: Mapping[str, set[str]],
+        series: Mapping[GroupKey, _Histogram],
+        known: set[str],
+        endpoints: set[str],
+        checked: dict[tuple[str, GroupKey], str | None],
         report: ScrapeReport,
     ) -> tuple[float, float] | None:
-        model_label = self.mapping.model_label
-
-        def keep(labels: dict[str, str]) -> bool:
-            return source.models is None or labels.get(model_label) in source.models
-
-        if source.kind == "sli_events":
-            rows = [(lb, d) for lb, d in deltas.get(source.metric, ()) if lb.get("slo") == slo.name]
-            good = sum(d for lb, d in rows if lb.get("result") == "good")
-            return good, good + sum(d for lb, d in rows if lb.get("result") == "bad")
-        if source.kind == "request_success":
-            by_reason: dict[str, float] = defaultdict(float)
-            for labels, delta in deltas.get(source.metric, ()):
-                if keep(labels):
-                    by_reason[labels.get("finished_reason", "")] += delta
-            return by_reason["stop"], by_reason["stop"] + by_reason["length"]
-        seen = bounds.get(f"{source.metric}_bucket", set())
-        if seen and not any(_same_bound(le, source.threshold) for le in seen):
+        """Good and total events of a histogram SLO over its complete, consistent series
+        (None: no such series in this scrape)."""
+        seen = self._bounds[source.metric]
+        if seen and not any(math.isclose(b, source.threshold, rel_tol=1e-9) for b in seen):
             report.inexact.append(
                 f"{slo.name}: {source.threshold} is not a bucket boundary of {source.metric}"
             )
             return None
-        buckets = deltas.get(f"{source.metric}_bucket", ())
-        good = sum(
-            d for lb, d in buckets if keep(lb) and _same_bound(lb.get("le"), source.threshold)
-        )
-        return good, sum(d for lb, d in deltas.get(f"{source.metric}_count", ()) if keep(lb))
+        good = total = 0.0
+        measured = False
+        for group, histogram in series.items():
+            if not self._keep(source, dict(group[1])):
+                continue
+            if (source.metric, group) not in checked:
+                problem = histogram.inconsistency()
+                checked[source.metric, group] = problem
+                if problem:
+                    where = _describe_group(source.metric, group)
+                    report.inconsistent.append(f"{where}: {problem}")
+            if checked[source.metric, group]:
+                continue
+            counted = self._pair_increase(source, group, histogram, known, report)
+            if counted is not None:
+                good, total, measured = good + counted[0], total + counted[1], True
+        for metric, threshold, group in self._pairs:
+            this = (metric, threshold) == (source.metric, source.threshold)
+            if this and group not in series and group[0] in endpoints:
+                report.missing_series.append(_describe_group(metric, group))
+        return (good, total) if measured else None
+
+    def _pair_increase(
+        self,
+        source: MetricSource,
+        group: GroupKey,
+        histogram: _Histogram,
+        known: set[str],
+        report: ScrapeReport,
+    ) -> tuple[float, float] | None:
+        """Good and total events of one series since its last complete scrape (None: the
+        series is incomplete, or its increase impossible, in this scrape)."""
+        key = (source.metric, float(source.threshold), group)
+        good, total = histogram.bucket(source.threshold), histogram.count
+        if good is None or total is None:
+            part = "_count" if total is None else f"bucket le={source.threshold:g}"
+            report.incomplete.append(
+                f"{_describe_group(source.metric, group)}: no {part} in this scrape (its events "
+                "count at its next complete scrape)"
+            )
+            self._partial.add(key)
+            return None
+        previous = self._pairs.get(key)
+        self._pairs[key] = (good, total)
+        if group[0] not in known or (previous is None and key in self._partial):
+            return 0.0, 0.0  # a baseline: its events so far were counted before we watched
+        if previous is None:
+            return good, total  # a new series on a known endpoint counts from zero
+        if good < previous[0] or total < previous[1]:
+            report.resets.append(_describe_group(source.metric, group))
+            return good, total
+        increase = (good - previous[0], total - previous[1])
+        if increase[0] > increase[1]:
+            report.inconsistent.append(
+                f"{_describe_group(source.metric, group)}: {increase[0]:g} events within "
+                f"le={source.threshold:g} since the last scrape but {increase[1]:g} in all"
+            )
+            return None  # which scrape was wrong is unknown: counting restarts from this one
+        return increase
+
+
+#: NaN as C runtimes print it (``-nan(ind)``, ``nan(snan)``), which Python's float() refuses.
+_C_NAN = re.compile(r"(?<=\s)[+-]?nan\([0-9a-z_]*\)(?=\s|$)", re.IGNORECASE)
+
+
+def normalise_nan(line: str) -> str:
+    """A sample line with a NaN value spelt as a C runtime does (``-nan(ind)``,
+    ``nan(snan)``...) spelt ``NaN``, so that it is one non-finite series rather than a line
+    the parser refuses (and with it the page). Label values are left alone."""
+    head, brace, tail = line.rpartition("}")
+    if not brace:
+        head, tail = "", line
+    return head + brace + _C_NAN.sub("NaN", tail) if "(" in tail else line
 
 
 def _samples(
@@ -521,7 +747,9 @@ def _samples(
     if isinstance(scrape, str):
         # Parsing is the feed's cost (engines expose hundreds of series we do not use): only the
         # lines of wanted metrics (and comments, for the families' types) reach the parser.
-        wanted = "\n".join(line for line in scrape.splitlines() if line.startswith(prefixes))
+        wanted = "\n".join(
+            normalise_nan(line) for line in scrape.splitlines() if line.startswith(prefixes)
+        )
         for family in text_string_to_metric_families(wanted + "\n"):
             for sample in family.samples:
                 yield sample.name, sample.labels, sample.value
@@ -531,13 +759,12 @@ def _samples(
         yield str(name), dict(labels), float(value)
 
 
-def _same_bound(label: str | None, threshold: float | None) -> bool:
-    if label is None or threshold is None:
-        return False
+def _bound(label: str | None) -> float | None:
+    """A bucket's ``le`` label as a number (None when it is not one)."""
     try:
-        return math.isclose(float(label), threshold, rel_tol=1e-9, abs_tol=0.0)
+        return None if label is None else float(label)
     except ValueError:
-        return False
+        return None
 
 
 def _tenant_counts(
@@ -557,6 +784,11 @@ def _tenant_counts(
             counts[tenant, 1] += delta if result in ("good", "bad") else 0.0
             counts[tenant, 0] += delta if result == "good" else 0.0
     return counts
+
+
+def _describe_group(metric: str, group: GroupKey) -> str:
+    endpoint, labels = group
+    return _describe((endpoint, metric, labels))
 
 
 def _describe(key: SeriesKey) -> str:

@@ -139,7 +139,7 @@ def assert_in_contract(sidecar: Sidecar, decision) -> None:
         (lambda c: c.update(host="0.0.0.0"), "token"),
         (lambda c: c.update(engines=[]), "engines"),
         (lambda c: c.update(guardrails={"max_step": 2}), "guardrails.max_step"),
-        (lambda c: c.update(mapping="tgi"), "mapping: unknown metric mapping 'tgi'"),
+        (lambda c: c.update(mapping="trtllm"), "mapping: unknown metric mapping 'trtllm'"),
         (
             lambda c: c.update(mapping={"base": "sglang", "preemptions": 5}),
             "mapping: metric mapping key 'preemptions': expected a non-empty string or null",

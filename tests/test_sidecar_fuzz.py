@@ -1,8 +1,9 @@
 """Property-based fuzzing of the sidecar's inputs (hypothesis).
 
-Metrics pages are real vLLM pages damaged at random: values replaced by NaN, Inf, negatives or
-words, lines dropped, duplicated, truncated or replaced by arbitrary text, pages from the past
-(counter resets), engines down or timing out, clocks that jump. Whatever arrives, a decision is
+Metrics pages are vLLM pages, rendered and realistic (``tests/fixtures/metrics``), damaged at
+random: values replaced by NaN (in every spelling C runtimes print), Inf, negatives or words,
+lines dropped, duplicated, truncated or replaced by arbitrary text, pages from the past (counter
+resets), engines down or timing out, clocks that jump. Whatever arrives, a decision is
 made, every knob and observation feature stays within the contracts, the decision serialises to
 JSON, and each problem is counted in ``/metrics``. Guardrails and configs are fuzzed too.
 """
@@ -24,6 +25,7 @@ from policies.sidecar.guardrails import Guardrails
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.parse import PageError, SeriesSelection, read_page
 from policies.sidecar.scrape import ERROR_KINDS, ScrapeResult
+from tests.metric_pages import fixture, grown
 
 pytest.importorskip("onnx", reason="the test policy is written with onnx (train extra)")
 
@@ -37,12 +39,17 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Contracts, a policy and real pages (engine and router) of growing counters."""
+    """Contracts, a policy and pages (engine and router) of growing counters: rendered ones
+    and the realistic vLLM fixtures."""
     contracts = fleet_contracts()
     policy = linear_policy(tmp_path_factory.mktemp("zoo") / "linear.onnx", *contracts)
     rng = np.random.default_rng(1)
+    realistic = [
+        fixture(name, model="strong") for name in ("vllm-v1.txt", "vllm-v1-openmetrics.txt")
+    ]
     pages = {
-        "engine": engine_pages(contracts[2], 6, rng, 150),
+        "engine": engine_pages(contracts[2], 6, rng, 150)
+        + [grown(page, factor) for page in realistic for factor in (1.0, 1.5, 2.0)],
         "router": router_pages(contracts[2], 6, rng, 450),
     }
     return policy, pages
@@ -63,7 +70,19 @@ def new_sidecar(policy) -> Sidecar:
     return Sidecar(load_config(None, config))
 
 
-BAD_VALUES = ("NaN", "+Inf", "-Inf", "-1", "1e308", "abc", "", "0x10", "1_0")
+BAD_VALUES = (
+    "NaN",
+    "-nan(ind)",
+    "nan(snan)",
+    "+Inf",
+    "-Inf",
+    "-1",
+    "1e308",
+    "abc",
+    "",
+    "0x10",
+    "1_0",
+)
 
 
 @st.composite

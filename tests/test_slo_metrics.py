@@ -174,7 +174,7 @@ def test_a_counter_that_drops_is_a_restart_from_zero():
     feed.update(30.0, ttft_text({"m": (150, 175)}))
     report = feed.update(60.0, ttft_text({"m": (10, 12)}))
     assert counts(feed) == (60.0, 67.0)
-    assert len(report.resets) == 3 and all("replica" not in r for r in report.resets)
+    assert len(report.resets) == 1 and all("replica" not in r for r in report.resets)
     assert report.clean  # a restart is normal, not a problem
 
 
@@ -183,7 +183,7 @@ def test_missing_series_and_endpoints_are_skipped_and_reported():
     feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
     report = feed.update(30.0, {"a": ttft_text({"m": (20, 20)}), "b": "# nothing yet\n"})
     assert counts(feed) == (10.0, 10.0)
-    assert len(report.missing_series) == 3 and all(
+    assert len(report.missing_series) == 1 and all(
         s.startswith("b/") for s in report.missing_series
     )
     report = feed.update(60.0, {"b": ttft_text({"m": (15, 16)})})
@@ -207,9 +207,9 @@ def test_nan_values_are_ignored_and_reported():
     feed.update(0.0, ttft_text({"m": (10, 10)}))
     report = feed.update(30.0, ttft_text({"m": ("NaN", 12)}))
     assert report.non_finite == [f'default/{TTFT}_bucket{{le="1.0",model_name="m"}}']
-    assert counts(feed) == (0.0, 2.0)
+    assert counts(feed) == (0.0, 0.0)  # good and total of the series wait together
     feed.update(60.0, ttft_text({"m": (13, 14)}))
-    assert counts(feed) == (3.0, 4.0)  # good resumes from its last finite value
+    assert counts(feed) == (3.0, 4.0)  # both resume from their last complete scrape
 
 
 def test_duplicate_series_keep_the_first_and_are_reported():
@@ -307,7 +307,9 @@ def test_builtin_mappings_name_vllm_and_sglang_metrics():
     assert load_mapping("vllm-legacy").kv_cache_usage == "vllm:gpu_cache_usage_perc"
     assert load_mapping("sglang").ttft == "sglang:time_to_first_token_seconds"
     assert load_mapping("sglang-legacy").itl == "sglang:time_per_output_token_seconds"
-    assert set(BUILTIN_MAPPINGS) == {"vllm", "vllm-legacy", "sglang", "sglang-legacy"}
+    assert set(BUILTIN_MAPPINGS) == {
+        "vllm", "vllm-legacy", "sglang", "sglang-legacy", "llamacpp", "tgi"
+    }  # fmt: skip
 
 
 def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
@@ -332,6 +334,8 @@ def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
         "vllm-legacy": vllm,
         "sglang": sglang,
         "sglang-legacy": sglang,
+        "llamacpp": ("llamacpp:requests_deferred", "llamacpp:requests_processing", None, None),
+        "tgi": ("tgi_queue_size", "tgi_batch_current_size", None, "tgi_request_success"),
     }
     older_sglang = load_mapping({"base": "sglang", "preemptions": None})
     assert older_sglang.preemptions is None and older_sglang.waiting == "sglang:num_queue_reqs"
@@ -347,7 +351,7 @@ def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
             {"ttft": "vllm:time_to_first_token_seconds_bucket"},
             "histogram is named by its base name ('vllm:time_to_first_token_seconds')",
         ),
-        ({"base": "tgi"}, "base 'tgi' is not a built-in mapping (vllm, vllm-legacy"),
+        ({"base": "trtllm"}, "base 'trtllm' is not a built-in mapping (vllm, vllm-legacy"),
         ({"base": ["sglang"]}, "base ['sglang'] is not a built-in mapping"),
         ({"ttfb": "x", 3: "y"}, "unknown metric mapping keys: ['3', 'ttfb']"),
     ],
@@ -371,7 +375,7 @@ def test_mappings_load_from_dicts_and_files(tmp_path):
     with pytest.raises(ValueError, match="unknown metric mapping keys"):
         load_mapping({"ttfb": "x"})
     with pytest.raises(ValueError, match="not a built-in"):
-        load_mapping("tgi")
+        load_mapping("trtllm")
     path.write_text("base: [vllm\n")
     with pytest.raises(ValueError, match=r"mapping.yaml: not valid YAML"):
         load_mapping(path)

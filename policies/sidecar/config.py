@@ -188,6 +188,27 @@ class FallbackSettings(_Settings):
     after_s: float | None = Field(default=None, ge=0)
 
 
+class MissingDataSettings(_Settings):
+    """What the sidecar does about SLOs it cannot measure (see :mod:`policies.sidecar.observe`).
+
+    Parameters
+    ----------
+    after_cycles:
+        Decision intervals an SLO the policy observes may go without data (no complete series
+        in any scrape) before the policy stops deciding; until then its last observed figures
+        stand.
+    action:
+        Then: ``hold`` the last safe action, or hand over to the ``fallback`` baseline.
+    min_coverage:
+        Share of a burn-rate window that must hold data for an alert on it to fire, and of the
+        period for its budget to leave warm-up.
+    """
+
+    after_cycles: int = Field(default=3, ge=1)
+    action: Literal["hold", "fallback"] = "hold"
+    min_coverage: float = Field(default=0.9, ge=0, le=1)
+
+
 class FileActuatorSettings(_Settings):
     """Kubernetes manifests for an llm-d / Gateway API Inference Extension router.
 
@@ -423,6 +444,9 @@ class SidecarConfig(_Settings):
         needs one per pool of its contract).
     counters:
         Endpoints exporting budgetpilot counters (router); needed by SLOs engines cannot feed.
+    missing_data:
+        Holding or falling back when an SLO has had no data for some cycles; the coverage
+        alerts and budgets need.
     initial_knobs:
         Knob values in force when the sidecar starts (others: neutral).
     kill_knobs:
@@ -454,6 +478,7 @@ class SidecarConfig(_Settings):
     scrape: ScrapeSettings = ScrapeSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
     fallback: FallbackSettings = FallbackSettings()
+    missing_data: MissingDataSettings = MissingDataSettings()
     actuators: ActuatorSettings = ActuatorSettings()
     state: StateSettings = StateSettings()
     initial_knobs: dict[str, float] = {}

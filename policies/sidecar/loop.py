@@ -9,6 +9,9 @@ repeats it at multiples of the interval until stopped. The decision mode follows
   action is published again;
 * ``fallback``: metrics stayed stale for ``fallback_after_s``: the fallback baseline proposes
   on what observation there is, through the same guardrails;
+* ``hold`` or ``fallback`` (``missing_data.action``) as well while some SLO the policy observes
+  has had no data for ``missing_data.after_cycles`` intervals (a series the mapping names is
+  not on the pages, say): the reason names the SLOs;
 * ``kill``: the kill switch is engaged: the kill knobs (neutral by default) are published.
 
 In shadow mode every decision is made and recorded but no actuator is called.
@@ -320,6 +323,7 @@ class Sidecar:
             [c.name for c in config.counters],
             config.interval_s,
             config.stale_after_s,
+            config.missing_data.min_coverage,
         )
 
     def _replica_guardrails(self) -> ReplicaGuardrails | None:
@@ -565,17 +569,39 @@ class Sidecar:
         if kill:
             return _Choice("kill", "kill switch engaged: kill knobs published", self.kill_knobs)
         if age <= self.config.stale_after_s:
-            return self._proposal(self.policy.act, vector, "policy", "policy decision")
+            blind = self._slos_without_data(now)
+            if not blind:
+                return self._proposal(self.policy.act, vector, "policy", "policy decision")
+            settings = self.config.missing_data
+            reason = (
+                f"no data for SLOs {blind} for {settings.after_cycles} intervals or more "
+                "(missing_data.after_cycles)"
+            )
+            if settings.action == "hold":
+                return _Choice("hold", f"{reason}: last safe action held", self.last_safe)
+            return self._fallback_choice(vector, reason)
         stale_for = now - max(self._last_complete, self._first_cycle or now)
         if stale_for <= self.config.fallback_after_s:
             reason = f"metrics stale for {_seconds(age)}: last safe action held"
             return _Choice("hold", reason, self.last_safe)
-        if self._mode != "fallback":
-            self.fallback.reset()
         reason = (
             f"metrics stale for {stale_for:.0f} s (> fallback_after_s "
-            f"{self.config.fallback_after_s:g}): fallback baseline {self.fallback.name!r}"
+            f"{self.config.fallback_after_s:g})"
         )
+        return self._fallback_choice(vector, reason)
+
+    def _slos_without_data(self, now: float) -> list[str]:
+        """SLOs the policy observes that no scrape has measured for ``missing_data.after_cycles``
+        intervals (counted from the first cycle for those never measured)."""
+        limit = self.config.missing_data.after_cycles * self.config.interval_s
+        waited = self.observer.seconds_without_data(now, self._first_cycle or now)
+        return [name for name, seconds in waited.items() if seconds >= limit - 1e-9]
+
+    def _fallback_choice(self, vector: np.ndarray, reason: str) -> _Choice:
+        """The fallback baseline's proposal (reset when it takes over)."""
+        if self._mode != "fallback":
+            self.fallback.reset()
+        reason = f"{reason}: fallback baseline {self.fallback.name!r}"
         return self._proposal(self.fallback.act, vector, "fallback", reason)
 
     def _proposal(

@@ -12,6 +12,21 @@ healthy this cycle (as a failed replica in training); a non-finite or missing ga
 answering replica keeps its last good value (0 before any); non-finite counters are skipped.
 Every such problem is reported in the :class:`IngestReport`.
 
+What the policy sees of budgets it cannot measure (the documented choice):
+
+* an SLO without data (nothing in its shortest window, see
+  :attr:`slo.engine.BudgetSnapshot.no_data`) keeps the burn rates, budget and alert it last had
+  with data (before any: burn 0, budget untouched, no alert); after
+  ``missing_data.after_cycles`` intervals without data the sidecar stops deciding by policy
+  (see :mod:`policies.sidecar.loop`);
+* a period still warming up (a start without saved state) counts its part without data as
+  unspent, which is how training starts an episode with an untouched budget: the budget
+  observed is ``1 - coverage * (1 - measured budget remaining)``; displays show it as
+  ``warming_up``, not as a figure;
+* a missing throughput counter (``finished``, or the router's ``arrivals``) on a page that
+  answered makes the interval's arrivals unknown: the last known value stands, and the problem
+  is reported; the same for preemptions.
+
 Replicas may come and go (:meth:`Observer.set_engines`, from discovery): each one's gauge state
 follows its name; only serving and draining replicas are scraped and counted in the load
 features, a provisioning one is neither healthy nor counted (as
@@ -44,7 +59,7 @@ from policies.sidecar.discovery import SCRAPED, STATES, DiscoveredEngine
 from policies.sidecar.parse import Sample, SeriesSelection, read_page
 from policies.sidecar.scrape import ScrapeResult
 from slo.engine import BudgetEngine, BudgetSnapshot
-from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport, counter_increase
+from slo.metrics import MetricMapping, MetricsFeed, ScrapeReport, counter_increase, engine_gap
 from slo.spec import ServiceSpec
 
 #: What the metrics feed reports, by problem kind (``kind`` label of the scrape-error counter).
@@ -55,6 +70,10 @@ _FEED_PROBLEMS = {
     "duplicates": "duplicate",
     "unparsable": "parse",
     "inexact": "inexact",
+    "incomplete": "incomplete",
+    "inconsistent": "inconsistent",
+    "no_data": "no_data",
+    "out_of_order": "out_of_order",
     "resets": "counter_reset",
 }
 _GAUGES = ("kv", "waiting", "running")
@@ -100,7 +119,12 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class Observation:
-    """An observation vector and what it was built from."""
+    """An observation vector and what it was built from.
+
+    ``snapshot`` holds the budgets as measured; ``burn_rates``, ``budget`` and ``alerts`` what
+    the policy was shown of them (see the module docstring); ``unknown_signals`` the fleet
+    signals whose last known value stood in.
+    """
 
     time: float
     vector: np.ndarray
@@ -111,32 +135,55 @@ class Observation:
     arrivals: float
     preemptions: float
     replica_counts: dict[str, dict[str, int]] | None = None
+    unknown_signals: tuple[str, ...] = ()
 
     def summary(self, contract: ObservationContract) -> dict[str, Any]:
-        """A JSON-ready summary: budgets per SLO, pool and fleet signals."""
+        """A JSON-ready summary: budgets per SLO (figures rounded for display, none where
+        there is no data), pool and fleet signals."""
         snapshot = self.snapshot
+        states = snapshot.budget_states()
         slos = {}
         for i, name in enumerate(snapshot.slo_names):
-            burn = {w: _finite(snapshot.burn_rates[i, j]) for j, w in enumerate(snapshot.windows)}
+            coverage = snapshot.window_coverage[i]
+            burn = {
+                w: _shown(snapshot.burn_rates[i, j], coverage[j] > 0)
+                for j, w in enumerate(snapshot.windows)
+            }
             slos[name] = {
+                "state": states[i],
                 "burn_rates": {w: burn[w] for w in contract.windows},
-                "budget_remaining": _finite(snapshot.budget_remaining[i]),
+                "budget_remaining": _shown(
+                    snapshot.budget_remaining[i], states[i] not in ("no_data", "warming_up")
+                ),
                 "alert": ("none", "ticket", "page")[int(snapshot.alert_levels[i])],
+                "coverage": {
+                    w: round(float(coverage[j]), 4) for j, w in enumerate(snapshot.windows)
+                },
+                "period_coverage": round(float(snapshot.period_coverage[i]), 6),
             }
         return {
             "time": self.time,
             "slos": slos,
             "pools": {p: dict(f) for p, f in self.signals.pools.items()},
             "fleet": dict(self.signals.fleet),
+            "unknown_signals": list(self.unknown_signals),
             "healthy_replicas": self.healthy_replicas,
             "replicas": self.replicas,
             **({} if self.replica_counts is None else {"replica_counts": self.replica_counts}),
         }
 
 
-def _finite(value: float) -> float | None:
+#: Significant digits of figures shown in decisions (float noise such as 2.0000000000002203
+#: is not information).
+DISPLAY_DIGITS = 6
+
+
+def _shown(value: float, known: bool = True) -> float | None:
+    """A figure for display: rounded, None when unknown or not finite."""
     value = float(value)
-    return value if math.isfinite(value) else None
+    if not known or not math.isfinite(value):
+        return None
+    return float(f"{value:.{DISPLAY_DIGITS}g}")
 
 
 #: An engine as the observer needs it: a configured one, or one from discovery.
@@ -154,15 +201,16 @@ class _Replicas:
     lifecycle: np.ndarray | None
     answered_at: np.ndarray = field(init=False)  # time of the last readable page (-inf: never)
     values: dict[str, np.ndarray] = field(init=False)  # last good value per gauge
-    kv_sum: np.ndarray = field(init=False)  # KV usage samples since the last observation
-    kv_samples: np.ndarray = field(init=False)
+    # KV usage since the last observation: samples times the seconds each stands for, seconds.
+    kv_sum: np.ndarray = field(init=False)
+    kv_seconds: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.pool)
         self.answered_at = np.full(n, -np.inf)
         self.values = {g: np.zeros(n) for g in _GAUGES}
         self.kv_sum = np.zeros(n)
-        self.kv_samples = np.zeros(n, dtype=np.int64)
+        self.kv_seconds = np.zeros(n)
 
     @classmethod
     def of(
@@ -183,7 +231,7 @@ class _Replicas:
                 new, old = (list(x) for x in zip(*pairs, strict=True))
                 replicas.answered_at[new] = previous.answered_at[old]
                 replicas.kv_sum[new] = previous.kv_sum[old]
-                replicas.kv_samples[new] = previous.kv_samples[old]
+                replicas.kv_seconds[new] = previous.kv_seconds[old]
                 for gauge in _GAUGES:
                     replicas.values[gauge][new] = previous.values[gauge][old]
         return replicas
@@ -261,6 +309,9 @@ class Observer:
         Seconds between observations (the fleet-signal tracker's interval).
     stale_after_s:
         A replica whose last readable page is older is not healthy.
+    min_coverage:
+        Share of a window (of the period) that must hold data for its alerts (for the budget to
+        leave warm-up), see :class:`slo.engine.BudgetEngine`.
 
     Raises
     ------
@@ -278,9 +329,11 @@ class Observer:
         counter_endpoints: Sequence[str],
         interval_s: float,
         stale_after_s: float,
+        min_coverage: float = 0.9,
     ) -> None:
         self.contract = contract
-        self.engine = BudgetEngine(spec)
+        # The sidecar has seen nothing before it started (a restored state brings its history).
+        self.engine = BudgetEngine(spec, history_covered=False, min_coverage=min_coverage)
         self.feed = MetricsFeed(self.engine, mapping)
         names = self.feed.mapping
         self.signal_names = {
@@ -318,6 +371,14 @@ class Observer:
         self._snapshot: BudgetSnapshot | None = None
         self._last_observed: float | None = None
         self._queue_at_last_observation: float | None = None
+        n_slo = len(self.engine.slos)
+        #: Per SLO, the time of the last scrape round that measured it (NaN: never).
+        self.measured_at = np.full(n_slo, np.nan)
+        # What the policy last saw of each SLO with data: burn rates, budget, alert level.
+        n_windows = len(self._window_index)
+        self._last_shown = (np.zeros((n_slo, n_windows)), np.ones(n_slo), np.zeros(n_slo))
+        self._unknown: set[str] = set()  # signals missing from a page this interval
+        self._last_rates = {"arrivals": 0.0, "preemptions": 0.0}
 
     def _selection(self) -> SeriesSelection:
         names = [*self._gauge_names.values(), *self.signal_names.values()]
@@ -378,6 +439,7 @@ class Observer:
             for name in pending:
                 self._counters.seen(name)
             self._unstarted.clear()
+            self.measured_at[self.feed.measured] = now
             problems += self._expected(_feed_problems(report))
             self._snapshot = self.engine.snapshot()
         else:
@@ -410,16 +472,24 @@ class Observer:
                 by_name.setdefault(name, []).append((labels, value))
             elif name in self._signal_only:  # the feed reports the series it reads itself
                 problems.append(Problem(endpoint, "non_finite", f"{name}{labels} = {value}"))
+        index = self._engine_index.get(endpoint)
         for counter in _COUNTERS:
             name = self.signal_names.get(counter)
             if name in by_name:
                 increase = self._counters.increase(endpoint, name, by_name[name])
                 self._interval_counts[counter] += increase
+            elif name and self._reports(counter, index is not None):
+                self._unknown.add(counter)
+                problems.append(Problem(endpoint, "missing_series", f"no finite value of {name}"))
         self._counters.seen(endpoint)
-        index = self._engine_index.get(endpoint)
         if index is None:
             return problems
         state = self.replicas
+        # A sample stands for the time since the replica's previous one or the last observation,
+        # whichever is later: the mean is time-weighted, as the environment's is (equal to the
+        # plain mean when scrapes are evenly spaced, which is what the first interval takes).
+        observed = self._last_observed
+        held = 1.0 if observed is None else now - max(state.answered_at[index], observed)
         state.answered_at[index] = now
         for gauge, name in self._gauge_names.items():
             values = [v for _, v in by_name.get(name, ())]
@@ -428,12 +498,23 @@ class Observer:
                 continue  # the last good value stands
             if gauge == "kv":
                 value = min(1.0, max(0.0, sum(values) / len(values)))
-                state.kv_sum[index] += value
-                state.kv_samples[index] += 1
+                state.kv_sum[index] += value * max(held, 0.0)
+                state.kv_seconds[index] += max(held, 0.0)
             else:
                 value = max(0.0, sum(values))
             state.values[gauge][index] = value
         return problems
+
+    def _reports(self, counter: str, engine: bool) -> bool:
+        """Whether every page of its kind must carry ``counter``: engines their finished
+        requests, counter endpoints the arrivals (preemption series may appear with the first
+        preemption)."""
+        return counter == ("finished" if engine else "arrivals")
+
+    def seconds_without_data(self, now: float, since: float) -> dict[str, float]:
+        """Per SLO, seconds since a scrape round last measured it (since ``since`` if never)."""
+        last = np.where(np.isnan(self.measured_at), since, self.measured_at)
+        return dict(zip(self.engine.slo_names, (now - last).tolist(), strict=True))
 
     # ----------------------------------------------------------------------------------------
 
@@ -450,7 +531,7 @@ class Observer:
         healthy = ((now - state.answered_at) <= self.stale_after_s) & reporting
         kv_now = state.values["kv"]
         kv_mean = np.divide(
-            state.kv_sum, state.kv_samples, out=kv_now.copy(), where=state.kv_samples > 0
+            state.kv_sum, state.kv_seconds, out=kv_now.copy(), where=state.kv_seconds > 0
         )
         gauges = ReplicaGauges(
             pool=state.pool,
@@ -463,23 +544,13 @@ class Observer:
             lifecycle=state.lifecycle,
             pool_desired=None if desired is None else np.asarray(desired, dtype=np.float64),
         )
+        unknown = tuple(sorted(self._unknown))
         arrivals, preemptions = self._interval_rates(now, gauges)
         signals = self.tracker.update(gauges, arrivals, preemptions)
         snapshot = self.budgets()
-        alerts = np.where(
-            snapshot.page,
-            ALERT_LEVELS["page"],
-            np.where(snapshot.ticket, ALERT_LEVELS["ticket"], 0),
-        )
-        vector = self.contract.build(
-            snapshot.burn_rates[:, self._window_index],
-            snapshot.budget_remaining,
-            alerts,
-            signals,
-            knob_units,
-        )
+        vector = self.contract.build(*self._shown_budgets(snapshot), signals, knob_units)
         state.kv_sum[:] = 0.0
-        state.kv_samples[:] = 0
+        state.kv_seconds[:] = 0.0
         return Observation(
             time=now,
             vector=vector,
@@ -490,7 +561,23 @@ class Observer:
             arrivals=arrivals,
             preemptions=preemptions,
             replica_counts=state.counts(self.contract),
+            unknown_signals=unknown,
         )
+
+    def _shown_budgets(self, snapshot: BudgetSnapshot) -> tuple[np.ndarray, ...]:
+        """Burn rates (contract windows), budgets and alert levels the policy sees (see the
+        module docstring): SLOs without data keep what they last showed with data."""
+        burn = snapshot.burn_rates[:, self._window_index]
+        budget = 1.0 - snapshot.period_coverage * (1.0 - snapshot.budget_remaining)
+        alerts = np.where(
+            snapshot.page,
+            ALERT_LEVELS["page"],
+            np.where(snapshot.ticket, ALERT_LEVELS["ticket"], 0),
+        )
+        seen = ~snapshot.no_data
+        for last, value in zip(self._last_shown, (burn, budget, alerts), strict=True):
+            last[seen] = value[seen]
+        return tuple(last.copy() for last in self._last_shown)
 
     def budgets(self) -> BudgetSnapshot:
         """The budgets as of the last ingested data (computed when data arrives, so that a
@@ -502,7 +589,7 @@ class Observer:
     def _interval_rates(self, now: float, gauges: ReplicaGauges) -> tuple[float, float]:
         """Arrivals and preemptions of the interval, scaled to the nominal interval (the
         tracker divides by it) when the real one differs."""
-        counts = self._interval_counts
+        counts, unknown = self._interval_counts, self._unknown
         queue = float(np.sum((gauges.waiting + gauges.running)[gauges.healthy]))
         if self.signal_names["arrivals"] is not None:
             arrivals = counts["arrivals"]
@@ -518,7 +605,13 @@ class Observer:
         self._last_observed = now
         self._queue_at_last_observation = queue
         self._interval_counts = dict.fromkeys(_COUNTERS, 0.0)
-        return arrivals * scale, preemptions * scale
+        self._unknown = set()
+        rates = {"arrivals": arrivals * scale, "preemptions": preemptions * scale}
+        arrivals_from = "arrivals" if self.signal_names["arrivals"] is not None else "finished"
+        if arrivals_from in unknown:  # unknown is not zero: the last known value stands
+            rates["arrivals"] = self._last_rates["arrivals"]
+        self._last_rates = rates
+        return rates["arrivals"], rates["preemptions"]
 
 
 def _feed_problems(report: ScrapeReport) -> list[Problem]:
@@ -528,7 +621,7 @@ def _feed_problems(report: ScrapeReport) -> list[Problem]:
             endpoint, sep, detail = item.partition("/")
             if attribute == "missing_endpoints":
                 endpoint, detail = item, "endpoint missing from the scrape"
-            elif not sep or attribute in ("inexact", "unparsable"):
+            elif not sep or attribute in ("inexact", "unparsable", "no_data", "out_of_order"):
                 endpoint, detail = "feed", item
             problems.append(Problem(endpoint, kind, detail))
     return problems
@@ -577,14 +670,14 @@ def check_feedable(
         if not any(e.pool == pool for e in engines):
             problems.append(f"pool {pool!r} of the policy's contract has no engine in engines")
     needing = [
-        slo.name
+        f"{slo.name} ({engine_gap(slo, feed.mapping)})"
         for slo, source in zip(engine.slos, feed.sources, strict=True)
         if not source.exact_from_engine
     ]
     if needing and not counter_endpoints:
         problems.append(
-            f"SLOs {needing} need budgetpilot counters ({feed.mapping.sli_events}, engines do "
-            "not export them): configure counters (the router's or the twin's metrics URL)"
+            f"SLOs need budgetpilot counters ({feed.mapping.sli_events}): "
+            f"{'; '.join(needing)}: configure counters (the router's or the twin's metrics URL)"
         )
     mapping = feed.mapping
     gauges = {"kv_cache_usage": "KV-cache usage", "waiting": "waiting", "running": "running"}

@@ -5,7 +5,8 @@ and of each SLO's latency histogram only the ``_count``, the bucket at the SLO's
 the ``+Inf`` bucket (kept so that the metrics feed can tell a threshold that is no bucket
 boundary). Lines are selected by metric name and ``le`` label first, and only the selected
 lines go through prometheus_client's parser, which checks their syntax (a selected line it
-refuses fails the page; lines of other series are neither read nor checked): parsing is most of
+refuses fails the page; lines of other series are neither read nor checked; a NaN spelt as a C
+runtime prints it is read as NaN, one non-finite series): parsing is most of
 a scrape's cost, and 64 engines must be read within the 100 ms cycle budget.
 """
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from slo.metrics import normalise_nan
 
 #: A parsed sample: metric name, labels, value.
 Sample = tuple[str, dict[str, str], float]
@@ -96,7 +99,7 @@ def read_page(text: str, selection: SeriesSelection) -> list[Sample]:
         if line.startswith(selection.prefixes):
             name = line.split("{", 1)[0].split(None, 1)[0]
             if selection.keeps(name, line):
-                kept.append(line)
+                kept.append(normalise_nan(line))
     if not kept:
         raise PageError("none of the series the sidecar reads is on the page")
     try:

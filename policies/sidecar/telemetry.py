@@ -16,6 +16,7 @@ discovered provisioning, serving and draining.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +27,8 @@ PREFIX = "budgetpilot_sidecar"
 #: Decision modes: the policy decides, the last safe action is held (stale metrics or invalid
 #: policy output), the fallback heuristic decides (metrics stale for long), the kill switch is on.
 MODES = ("policy", "hold", "fallback", "kill")
+#: Budget states of an SLO (see :meth:`slo.engine.BudgetSnapshot.budget_states`).
+BUDGET_STATES = ("no_data", "warming_up", "ok", "at_risk", "exhausted")
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -50,6 +53,18 @@ class SidecarMetrics:
         )
         self.alert_level = Gauge(
             f"{PREFIX}_alert_level", "0 none, 1 ticket, 2 page.", ["slo"], registry=r
+        )
+        self.budget_state = Gauge(
+            f"{PREFIX}_budget_state",
+            "1 for each SLO's budget state: no_data, warming_up, ok, at_risk, exhausted.",
+            ["slo", "state"],
+            registry=r,
+        )
+        self.coverage = Gauge(
+            f"{PREFIX}_window_coverage",
+            "Share of each burn-rate window (and of the period) that holds data.",
+            ["slo", "window"],
+            registry=r,
         )
         self.knob = Gauge(f"{PREFIX}_knob", "Published knob value.", ["knob"], registry=r)
         self.proposed_knob = Gauge(
@@ -132,13 +147,24 @@ class SidecarMetrics:
         )
 
     def record_budgets(self, snapshot: BudgetSnapshot) -> None:
-        """Burn rates, budgets remaining and alert levels of a snapshot."""
+        """Burn rates, budgets remaining, alert levels, coverage and budget states of a
+        snapshot; what was not measured is NaN (a window without data, a budget without data
+        or warming up), never a healthy-looking number."""
         index = [snapshot.windows.index(w) for w in self.windows]
+        states = snapshot.budget_states()
         for i, slo in enumerate(snapshot.slo_names):
+            coverage = snapshot.window_coverage[i]
             for window, j in zip(self.windows, index, strict=True):
-                self.burn_rate.labels(slo, window).set(float(snapshot.burn_rates[i, j]))
-            self.budget_remaining.labels(slo).set(float(snapshot.budget_remaining[i]))
+                burn = float(snapshot.burn_rates[i, j]) if coverage[j] > 0 else math.nan
+                self.burn_rate.labels(slo, window).set(burn)
+                self.coverage.labels(slo, window).set(float(coverage[j]))
+            self.coverage.labels(slo, "period").set(float(snapshot.period_coverage[i]))
+            known = states[i] not in ("no_data", "warming_up")
+            remaining = float(snapshot.budget_remaining[i]) if known else math.nan
+            self.budget_remaining.labels(slo).set(remaining)
             self.alert_level.labels(slo).set(int(snapshot.alert_levels[i]))
+            for state in BUDGET_STATES:
+                self.budget_state.labels(slo, state).set(1.0 if state == states[i] else 0.0)
 
     def record_knobs(self, published: Mapping[str, float], proposed: Mapping[str, float]) -> None:
         for name, value in published.items():

@@ -1,0 +1,126 @@
+"""Coverage: how much of each window and period holds data, and what it withholds.
+
+A sidecar started without saved state has seen seconds of a 30-day period: its burn rates are
+estimates from what it saw, its alerts wait until both windows of a condition hold enough data,
+and its period budget is warming up. The simulator's engine (history covered, fed events) is
+untouched by all this: the environment's numbers do not move.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slo.engine import BudgetEngine
+from slo.spec import default_spec
+from slo.synthetic import synthetic_events
+
+SPEC = default_spec()
+
+
+def tracked(**kwargs) -> BudgetEngine:
+    """An engine that has seen nothing before its first measurement (a fresh sidecar)."""
+    return BudgetEngine(SPEC, history_covered=False, **kwargs)
+
+
+def feed_counts(
+    engine: BudgetEngine, times: np.ndarray, bad_ratio: float, measured: np.ndarray | None = None
+) -> None:
+    """100 events per step with ``bad_ratio`` bad, for every SLO (fairness: one tenant each)."""
+    n = len(engine.slos)
+    tenants = [np.ones(engine.slos[s.slo_index].sli.llm.max_tenants) for s in engine._fairness]
+    for t in times:
+        good = np.full(n, 100.0 * (1.0 - bad_ratio))
+        engine.ingest_counts(t, good, np.full(n, 100.0), tenants, tenants, measured=measured)
+
+
+def test_the_event_feed_is_fully_covered_and_alerts_as_before():
+    engine = BudgetEngine(SPEC)
+    events = synthetic_events(np.random.default_rng(0), 3000, 0.0, 600.0, slowdown=4.0)
+    engine.ingest_events(events)
+    engine.set_budget_spent(0.3, assumed_total_events=1e6)
+    snapshot = engine.snapshot()
+    assert np.all(snapshot.window_coverage == 1.0) and np.all(snapshot.period_coverage == 1.0)
+    assert not snapshot.no_data.any() and not snapshot.warming_up.any()
+    assert snapshot.page.any()  # ten minutes of a slow fleet page at once, as before
+
+
+def test_a_cold_start_raises_no_alert_and_shows_the_budget_warming_up():
+    """Before: 20 s after a start without state, budgets of -1.7 and ticket alerts."""
+    engine = tracked()
+    start = 1.765e9
+    feed_counts(engine, start + np.arange(0.0, 21.0), bad_ratio=0.5)
+    snapshot = engine.snapshot()
+    assert snapshot.burn_rates[0, 0] > 14.4  # what was seen burns fast...
+    assert not snapshot.page.any() and not snapshot.ticket.any()  # ...but proves nothing yet
+    np.testing.assert_allclose(snapshot.window_coverage[:, 0], 20.0 / 300.0)
+    assert snapshot.warming_up.all()
+    assert set(snapshot.budget_states()) == {"warming_up"}
+    assert snapshot.to_dict()["budget_states"][0] == "warming_up"
+
+
+def test_alerts_fire_once_both_windows_of_a_condition_hold_enough_data():
+    engine = tracked()
+    start = 1.765e9
+    feed_counts(engine, start + np.arange(30.0, 3600.0 * 0.95, 30.0), bad_ratio=0.5)
+    coverage = engine.window_coverage()
+    windows = engine.windows
+    assert coverage[0, windows.index("1h")] >= 0.9 > coverage[0, windows.index("6h")]
+    page, ticket = engine.alerts()
+    assert page[engine.slo_names.index("ttft-1s")]  # 1h and 5m are covered
+    assert not ticket.any()  # 6h, 1d, 3d are not: no ticket condition holds
+    assert engine.snapshot().warming_up.all()  # a 30-day period is still warming up
+
+
+def test_an_slo_never_measured_has_no_data():
+    engine = tracked()
+    measured = np.ones(len(engine.slos), dtype=bool)
+    measured[1] = False
+    feed_counts(engine, 1.765e9 + np.arange(0.0, 600.0, 30.0), 0.5, measured)
+    snapshot = engine.snapshot()
+    assert snapshot.no_data[1] and not snapshot.no_data[0]
+    assert np.all(snapshot.window_coverage[1] == 0.0)
+    assert snapshot.budget_states()[1] == "no_data"
+    assert snapshot.alert_levels[1] == 0
+
+
+def test_a_gap_in_measurements_uncovers_the_windows_it_spans():
+    engine = BudgetEngine(SPEC)  # history covered: only gaps after the first measurement count
+    measured = np.ones(len(engine.slos), dtype=bool)
+    feed_counts(engine, np.arange(30.0, 3601.0, 30.0), 0.5, measured)
+    assert engine.alerts()[0][0]
+    measured[0] = False
+    feed_counts(engine, np.arange(3630.0, 3601.0 + 600.0, 30.0), 0.5, measured)
+    coverage = engine.window_coverage()
+    assert coverage[0, 0] == 0.0 and coverage[1, 0] == 1.0
+    assert engine.snapshot().no_data[0]
+    assert not engine.alerts()[0][0] and engine.alerts()[0][1]
+
+
+def test_a_prior_covers_the_history_it_models():
+    engine = tracked()
+    feed_counts(engine, 1.765e9 + np.arange(0.0, 60.0, 30.0), 0.0)
+    assert engine.snapshot().warming_up.all()
+    engine.set_budget_spent(0.2, assumed_total_events=1e6)
+    assert not engine.snapshot().warming_up.any()
+
+
+@pytest.mark.parametrize("saved_with_coverage", [True, False])
+def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_coverage):
+    engine = tracked()
+    feed_counts(engine, 1.765e9 + np.arange(0.0, 900.0, 30.0), 0.1)
+    state = engine.state_dict()
+    if not saved_with_coverage:
+        for key in ("fine_gap", "coarse_gap", "covered_from", "phase_start_gap"):
+            del state[key]
+    restored = tracked()
+    restored.load_state_dict(state)
+    if saved_with_coverage:
+        np.testing.assert_array_equal(restored.window_coverage(), engine.window_coverage())
+    else:
+        assert restored.snapshot().no_data.all()
+
+
+def test_min_coverage_is_checked():
+    with pytest.raises(ValueError, match="min_coverage"):
+        BudgetEngine(SPEC, min_coverage=1.5)
