@@ -33,6 +33,15 @@ def test_knob_mapping_round_trips_and_stays_in_range(knob: KnobSpec, unit: float
         assert knob.to_unit(value) == pytest.approx(unit, abs=1e-9)
 
 
+@pytest.mark.parametrize("knob", [k for k in DEFAULT_KNOBS if k.integer], ids=lambda k: k.name)
+def test_integer_knobs_round_trip_and_round_to_the_nearest_value(knob: KnobSpec) -> None:
+    for value in np.arange(knob.low, knob.high + 1.0):
+        assert knob.from_unit(knob.to_unit(value)) == value
+    for unit in np.linspace(-1.0, 1.0, 41):
+        exact = knob.low + (unit + 1.0) / 2.0 * (knob.high - knob.low)
+        assert abs(knob.from_unit(unit) - exact) <= 0.5  # truncation is up to a whole step off
+
+
 @pytest.mark.parametrize("unit", [-5.0, 5.0, math.nan, math.inf, -math.inf])
 def test_out_of_range_and_nan_actions_are_clipped(unit: float) -> None:
     values = ActionContract().decode(np.full(len(DEFAULT_KNOBS), unit))

@@ -26,6 +26,8 @@ from eval.stats import (
         ([0, 1, 2, 3, 100], 2.0),  # 1 cut from each end: the outlier is gone
         ([1, 2, 3, 10], 2.5),
         ([5.0, 7.0], 6.0),  # too few runs to trim: the mean
+        ([0, 1, 10], 11 / 3),  # 0.75 runs a side: int() trims none (round() would trim one)
+        ([0, 1, 2, 3, 10, 100], 4.0),  # 1.5 runs a side: one trimmed (round() would trim two)
         ([[1, 100], [2, 200], [3, 300], [4, 400]], 76.75),  # pooled: mean of 3, 4, 100, 200
     ],
 )
