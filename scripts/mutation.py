@@ -46,7 +46,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "guardrails": Target(
         "policies/sidecar/guardrails.py",
-        ("tests/test_guardrails.py", "tests/test_sidecar.py", "tests/test_sidecar_elastic.py"),
+        ("tests/test_guardrails.py", "tests/test_sidecar.py"),
     ),
     "contract": Target(
         "envs/contract.py",
@@ -102,9 +102,7 @@ def score(work: Path, target: Target) -> dict[str, object]:
     from mutmut.stats import status_by_exit_code
 
     meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
-    statuses = {
-        name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()
-    }
+    statuses = {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
     counts = Counter(statuses.values())
     judged = sum(n for status, n in counts.items() if status not in {"skipped", "not checked"})
     killed = sum(counts[s] for s in KILLED)

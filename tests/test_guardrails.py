@@ -10,15 +10,22 @@ to the nearest whole value, never truncated.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envs.contract import ActionContract, KnobSpec
-from policies.sidecar.config import GuardrailSettings
-from policies.sidecar.guardrails import Guardrails
+from envs.contract import (
+    ActionContract,
+    KnobSpec,
+    ObservationContract,
+    replica_change_toward,
+    replicas_knob_name,
+)
+from policies.sidecar.config import GuardrailSettings, ScalingSettings
+from policies.sidecar.guardrails import Guardrails, ReplicaGuardrails
 
 CONTRACT = ActionContract()
 KNOBS = {k.name: k for k in CONTRACT.knobs}
@@ -108,3 +115,64 @@ def test_decoded_integer_knobs_round_to_the_nearest_whole_value(unit, expected):
     guardrails = Guardrails(CONTRACT, GuardrailSettings())
     decoded = guardrails.decode(action)["shed_priority_below"]  # not rounded yet
     assert decoded == pytest.approx(1.0 + unit) and not math.isclose(decoded, expected)
+
+
+ELASTIC = ObservationContract(slo_names=("ttft",), max_replicas=(6, 3))
+STRONG = replicas_knob_name("strong")
+
+
+def replica_guardrails(**strong) -> ReplicaGuardrails:
+    settings = {"deployment": "vllm-strong", "max_replicas": 6} | strong
+    cheap = ScalingSettings(deployment="vllm-cheap", max_replicas=3)
+    return ReplicaGuardrails(ELASTIC, {"strong": ScalingSettings(**settings), "cheap": cheap})
+
+
+@pytest.mark.parametrize(
+    ("scaling", "desired", "change", "expected", "guardrails"),
+    [
+        ({}, 2, 0.5, 3, []),  # one replica up: within every limit
+        ({}, 4, 0.5, 5, ["replica_step"]),  # +2 asked, one step allowed
+        ({"max_step": 3}, 4, 0.5, 6, []),
+        ({"max_replicas": 4, "max_step": 3}, 4, 0.5, 4, ["replica_bounds"]),
+        ({"min_replicas": 3, "max_step": 3}, 3, -0.5, 3, ["replica_bounds"]),
+        ({"min_replicas": 2}, 4, -0.5, 3, ["replica_step"]),
+        ({"min_replicas": 3, "max_step": 2}, 1, 0.0, 3, ["replica_bounds"]),  # started below
+        ({"max_replicas": 2, "max_step": 2}, 6, 0.0, 2, ["replica_bounds"]),  # started above
+        ({}, 3, 0.05, 3, []),  # inside the dead band: kept
+    ],
+)
+def test_desired_replicas_move_by_max_step_within_the_scaling_bounds(
+    scaling, desired, change, expected, guardrails
+):
+    replicas = replica_guardrails(**scaling)
+    counts, knobs, interventions = replicas.apply(
+        {"strong": desired, "cheap": 1}, {STRONG: change, "cheap_replicas_change": 0.0}
+    )
+    assert counts == {"strong": expected, "cheap": 1}
+    assert [i.guardrail for i in interventions] == guardrails
+    assert all(i.knob == STRONG and i.applied == expected for i in interventions)
+    if guardrails:  # the published knob is the one that moves toward the bounded count
+        assert knobs[STRONG] == replica_change_toward(desired, expected)
+    else:
+        assert knobs[STRONG] == change
+
+
+@pytest.mark.parametrize(
+    ("scaling", "message"),
+    [
+        ({"strong": None}, "scaling.strong: the policy scales pool 'strong'"),
+        ({"gpu": ScalingSettings(deployment="x", max_replicas=1)}, "scaling.gpu: not a pool"),
+        (
+            {"cheap": ScalingSettings(deployment="x", max_replicas=4)},
+            "scaling.cheap.max_replicas: 4 exceeds the policy's max_replicas 3",
+        ),
+    ],
+)
+def test_scaling_that_does_not_fit_the_contract_is_refused_naming_the_field(scaling, message):
+    settings = {
+        "strong": ScalingSettings(deployment="s", max_replicas=6),
+        "cheap": ScalingSettings(deployment="c", max_replicas=3),
+    } | scaling
+    settings = {pool: value for pool, value in settings.items() if value is not None}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReplicaGuardrails(ELASTIC, settings)
