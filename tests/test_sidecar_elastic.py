@@ -60,6 +60,7 @@ from policies.sidecar.loop import Sidecar
 from policies.sidecar.perf import FORBIDDEN_MODULES, linear_policy
 from policies.sidecar.server import SidecarServer
 from slo.engine import BudgetEngine
+from tests.conftest import finish_process
 from tests.test_sidecar import _Capture
 
 pytest.importorskip("onnx", reason="the test policies are written with onnx (train extra)")
@@ -271,6 +272,29 @@ def test_desired_replicas_are_served_as_a_gauge_decision_and_audit(closed_loop):
     ]
 
 
+def audit_records(path: Path) -> list[dict]:
+    """The audit log's complete records so far (none before the file exists)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if "\n" in line]
+
+
+def scaled_beyond(records: list[dict], decisions: int, strong: int) -> bool:
+    """At least ``decisions`` records, one with more than ``strong`` strong replicas desired."""
+    return len(records) >= decisions and any(
+        r["desired_replicas"]["strong"] > strong for r in records
+    )
+
+
+def wait_for(condition, timeout_s: float = 120.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s`` (generous: the machine may be
+    loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached within {timeout_s} s"
+        time.sleep(0.1)
+
+
 def test_a_live_loop_at_high_speed_keeps_twin_and_sidecar_in_step(policy_path, tmp_path):
     """The twin's own clock at 120x and the sidecar's run loop every 0.25 s (30 simulated s)."""
     with EngineTwin(SCENARIO, seed=5, speed=120.0) as twin:
@@ -282,13 +306,15 @@ def test_a_live_loop_at_high_speed_keeps_twin_and_sidecar_in_step(policy_path, t
         stop = threading.Event()
         runner = threading.Thread(target=sidecar.run, args=(stop,))
         runner.start()
-        time.sleep(3.0)
-        stop.set()
-        runner.join(timeout=10)
-        sidecar.close()
+        try:
+            # Until five decisions were made and one of them scaled the strong pool beyond two.
+            wait_for(lambda: scaled_beyond(audit_records(tmp_path / "audit.jsonl"), 5, 2))
+        finally:
+            stop.set()
+            runner.join(timeout=30)
+            sidecar.close()
         assert twin.sim.desired_replicas == sidecar.desired
-    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert len(records) >= 5
+    records = audit_records(tmp_path / "audit.jsonl")
     previous = None
     for record in records:
         desired = record["desired_replicas"]
@@ -361,8 +387,7 @@ def test_the_cli_scales_the_twin_with_only_a_policy(policy_path, contracts, tmp_
                 assert time.monotonic() < deadline, "the sidecar made no decisions"
                 time.sleep(0.1)
         finally:
-            process.terminate()
-            _, errors = process.communicate(timeout=30)
+            _, errors = finish_process(process)
         assert process.returncode == 0, errors
         final = twin.sim.desired_replicas
     records = [json.loads(line) for line in audit.read_text().splitlines()]

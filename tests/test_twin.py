@@ -25,6 +25,7 @@ from envs.twin_cli import parse_listen
 from slo.engine import BudgetEngine
 from slo.events import Outcome
 from slo.metrics import MetricsFeed
+from tests.conftest import finish_process
 
 
 def http(url: str, body: bytes | None = None) -> tuple[int, str, str]:
@@ -319,8 +320,7 @@ def test_the_cli_serves_in_accelerated_time_and_stops_on_ctrl_c():
             time.sleep(0.05)
         assert "vllm:num_requests_running" in families(http(urls["strong-0"])[2])
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = finish_process(proc, signal.SIGINT)
     assert proc.returncode == 0, err
     assert out.strip().splitlines()[-1].startswith("stopped at t=")
 
