@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -796,27 +797,77 @@ def test_the_shipped_elastic_policy_scales_the_twin_through_the_sidecar(tmp_path
         np.testing.assert_array_equal(policy.act(vector), np.float32(record["raw_action"]))
 
 
-LISTING = [
-    {
-        "name": "strong-0",
-        "pool": "strong",
-        "metrics_url": "http://10.0.0.1/metrics",
-        "max_num_seqs": 256,
-        "state": "serving",
-    }
+def _listed(pod: dict) -> dict:
+    """A pod as a list's item: the API server leaves out each item's kind and apiVersion."""
+    return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
+
+
+#: The namespace's pods: three of the strong pool (Ready, loading, terminating), one evicted,
+#: a Ready cheap one and a pod outside the pools (no pool label: the label selector drops it).
+PODS = [
+    _pod("vllm-strong-7d9f8b6c5d-x2k4p", "strong"),
+    _loading(_pod("vllm-strong-7d9f8b6c5d-m8q2r", "strong")),
+    _terminating(_pod("vllm-strong-7d9f8b6c5d-c7d4w", "strong")),
+    _evicted(_pod("vllm-strong-7d9f8b6c5d-z9v6t", "strong")),
+    _pod("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap"),
+    {**_pod("prometheus-0", "none"), "metadata": {"name": "prometheus-0", "labels": {}}},
+]
+#: What discovery makes of them: (name, pool, lifecycle, metrics URL).
+ENGINES_OF_PODS = [
+    ("vllm-strong-7d9f8b6c5d-x2k4p", "strong", "SERVING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-strong-7d9f8b6c5d-m8q2r", "strong", "PROVISIONING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-strong-7d9f8b6c5d-c7d4w", "strong", "DRAINING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap", "SERVING", "http://10.244.1.17:8000/metrics"),
 ]
 
 
+def _selected(pod: dict, selector: str) -> bool:
+    """Whether ``pod`` matches a label selector of ``key`` and ``key=value`` terms."""
+    labels = pod["metadata"].get("labels", {})
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        if key not in labels or (value and labels[key] != value):
+            return False
+    return True
+
+
 class _ApiServer(BaseHTTPRequestHandler):
-    """A pods API stand-in: the listing for the current bearer token, 401 otherwise."""
+    """The pods API as a Kubernetes API server answers it: ``GET /api/v1/namespaces/NS/pods``
+    with a bearer token gives a ``PodList`` of the pods matching ``labelSelector``; a wrong
+    token gives a ``Status`` with code 401."""
 
     def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
-        authorized = self.headers.get("Authorization") == f"Bearer {self.server.token}"
-        body = json.dumps(LISTING if authorized else {"reason": "Unauthorized"}).encode()
-        self.send_response(200 if authorized else 401)
-        self.send_header("Content-Length", str(len(body)))
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        selector = query.get("labelSelector", [""])[0]
+        if self.headers.get("Authorization") == f"Bearer {self.server.token}":
+            status, body = (
+                200,
+                {
+                    "kind": "PodList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": "48213907"},
+                    "items": [_listed(p) for p in self.server.pods if _selected(p, selector)],
+                },
+            )
+        else:
+            status, body = (
+                401,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                },
+            )
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base signature)
         pass
@@ -825,7 +876,7 @@ class _ApiServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def api_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
-    server.token = "first"
+    server.token, server.pods = "first", copy.deepcopy(PODS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -860,17 +911,30 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def pods_discovery(url: str, **credentials) -> Discovery:
+    """Discovery of the pool-labelled pods at ``url`` (the pods API of namespace ``llm``)."""
+    pods = PodDiscoverySettings(max_num_seqs={"strong": 256, "cheap": 512})
+    selector = "?labelSelector=budgetpilot.io%2Fpool"
+    return Discovery(DiscoverySettings(url=f"{url}{selector}", pods=pods, **credentials))
+
+
+def engines_found(discovery: Discovery) -> list[tuple]:
+    listing = discovery.fetch()
+    assert listing.reports_lifecycle and not listing.problems
+    return [(e.name, e.pool, e.lifecycle.name, e.url) for e in listing.engines]
+
+
 def test_discovery_sends_the_current_bearer_token(api_server, tmp_path):
     url = f"http://127.0.0.1:{api_server.server_port}/api/v1/namespaces/llm/pods"
     token = tmp_path / "token"
     token.write_text("first\n")
-    discovery = Discovery(DiscoverySettings(url=url, token_file=token))
-    assert [e.name for e in discovery.fetch().engines] == ["strong-0"]
+    discovery = pods_discovery(url, token_file=token)
+    assert engines_found(discovery) == ENGINES_OF_PODS
     api_server.token = "rotated"
     token.write_text("rotated\n")  # the kubelet rotates projected tokens in place
-    assert [e.name for e in discovery.fetch().engines] == ["strong-0"]
+    assert engines_found(discovery) == ENGINES_OF_PODS
     with pytest.raises(DiscoveryError, match="HTTP 401"):
-        Discovery(DiscoverySettings(url=url)).fetch()
+        pods_discovery(url).fetch()
 
 
 def test_discovery_verifies_https_with_the_given_ca(api_server, tmp_path):
@@ -883,10 +947,14 @@ def test_discovery_verifies_https_with_the_given_ca(api_server, tmp_path):
     url = f"https://127.0.0.1:{api_server.server_port}/api/v1/namespaces/llm/pods"
     token = tmp_path / "token"
     token.write_text("first")
-    trusted = Discovery(DiscoverySettings(url=url, token_file=token, ca_file=cert))
-    assert [e.name for e in trusted.fetch().engines] == ["strong-0"]
+    trusted = pods_discovery(url, token_file=token, ca_file=cert)
+    assert engines_found(trusted) == ENGINES_OF_PODS
+    api_server.pods[1] = _pod("vllm-strong-7d9f8b6c5d-m8q2r", "strong")  # its weights loaded
+    assert engines_found(trusted)[1][2] == "SERVING"
     with pytest.raises(DiscoveryError, match="CERTIFICATE_VERIFY_FAILED"):
-        Discovery(DiscoverySettings(url=url, token_file=token)).fetch()
+        pods_discovery(url, token_file=token).fetch()
+    with pytest.raises(DiscoveryError, match="HTTP 401"):
+        pods_discovery(url, ca_file=cert).fetch()
 
 
 @pytest.mark.parametrize(
