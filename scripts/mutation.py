@@ -50,7 +50,21 @@ TARGETS: dict[str, Target] = {
     ),
     "contract": Target(
         "envs/contract.py",
-        ("tests/test_contract.py", "tests/test_guardrails.py", "tests/test_sidecar_elastic.py"),
+        (
+            "tests/test_contract.py",
+            "tests/test_guardrails.py",
+            # The contract's unit tests of test_elastic.py (the rest runs the simulator).
+            *(
+                f"tests/test_elastic.py::{name}"
+                for name in (
+                    "test_fixed_contracts_are_unchanged",
+                    "test_elastic_contracts_have_the_replica_knobs_and_features",
+                    "test_replica_knob_dead_band_and_step",
+                    "test_replica_change_toward_moves_as_far_as_one_interval_allows",
+                    "test_stopped_and_provisioning_slots_do_not_count_in_the_load_features",
+                )
+            ),
+        ),
     ),
     "stats": Target("eval/stats.py", ("tests/test_stats.py", "tests/test_stats_rliable.py")),
     "export": Target("policies/export.py", ("tests/test_export.py",)),
@@ -64,7 +78,7 @@ TARGETS: dict[str, Target] = {
 
 def mutmut_section(target: Target) -> str:
     """The ``[tool.mutmut]`` section for one module."""
-    tests = [t for t in target.tests if (REPO / t).exists()]
+    tests = [t for t in target.tests if (REPO / t.partition("::")[0]).exists()]
     return (
         "\n[tool.mutmut]\n"
         f"source_paths = {json.dumps(list(PACKAGES))}\n"

@@ -583,6 +583,30 @@ def _evicted(pod: dict) -> dict:
     return pod
 
 
+def _listed(pod: dict) -> dict:
+    """A pod as a list's item: the API server leaves out each item's kind and apiVersion."""
+    return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
+
+
+#: The namespace's pods: three of the strong pool (Ready, loading, terminating), one evicted,
+#: a Ready cheap one and a pod outside the pools (no pool label: the label selector drops it).
+PODS = [
+    _pod("vllm-strong-7d9f8b6c5d-x2k4p", "strong"),
+    _loading(_pod("vllm-strong-7d9f8b6c5d-m8q2r", "strong")),
+    _terminating(_pod("vllm-strong-7d9f8b6c5d-c7d4w", "strong")),
+    _evicted(_pod("vllm-strong-7d9f8b6c5d-z9v6t", "strong")),
+    _pod("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap"),
+    {**_pod("prometheus-0", "none"), "metadata": {"name": "prometheus-0", "labels": {}}},
+]
+#: What discovery makes of them: (name, pool, lifecycle, metrics URL).
+ENGINES_OF_PODS = [
+    ("vllm-strong-7d9f8b6c5d-x2k4p", "strong", "SERVING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-strong-7d9f8b6c5d-m8q2r", "strong", "PROVISIONING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-strong-7d9f8b6c5d-c7d4w", "strong", "DRAINING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap", "SERVING", "http://10.244.1.17:8000/metrics"),
+]
+
+
 @pytest.mark.parametrize(
     ("variant", "lifecycle"),
     [
@@ -608,20 +632,10 @@ def test_pods_become_engines_and_states_are_read_by_name():
         256,
     )
     assert engine_of_pod(_pending(_pod("p", "cheap")), settings).url is None  # no IP yet
-    pods = [
-        _pod("s-a", "strong"),
-        _loading(_pod("s-b", "strong")),
-        _terminating(_pod("s-c", "strong")),
-        _evicted(_pod("s-d", "strong")),
-        _pod("c-a", "cheap"),
-        _pod("x-a", "giant"),
-    ]
+    pods = [*PODS[:-1], _pod("x-a", "giant")]
     listing = read_listing({"apiVersion": "v1", "kind": "PodList", "items": pods}, settings)
     assert [(e.name, e.lifecycle.name) for e in listing.engines] == [
-        ("s-a", "SERVING"),
-        ("s-b", "PROVISIONING"),
-        ("s-c", "DRAINING"),
-        ("c-a", "SERVING"),
+        (name, lifecycle) for name, _, lifecycle, _ in ENGINES_OF_PODS
     ]
     assert listing.reports_lifecycle and len(listing.problems) == 1
     assert "pool 'giant' has no discovery.pods.max_num_seqs" in listing.problems[0]
@@ -795,30 +809,6 @@ def test_the_shipped_elastic_policy_scales_the_twin_through_the_sidecar(tmp_path
     for record in records:
         vector = np.asarray(record["observation"]["vector"], dtype=np.float32)
         np.testing.assert_array_equal(policy.act(vector), np.float32(record["raw_action"]))
-
-
-def _listed(pod: dict) -> dict:
-    """A pod as a list's item: the API server leaves out each item's kind and apiVersion."""
-    return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
-
-
-#: The namespace's pods: three of the strong pool (Ready, loading, terminating), one evicted,
-#: a Ready cheap one and a pod outside the pools (no pool label: the label selector drops it).
-PODS = [
-    _pod("vllm-strong-7d9f8b6c5d-x2k4p", "strong"),
-    _loading(_pod("vllm-strong-7d9f8b6c5d-m8q2r", "strong")),
-    _terminating(_pod("vllm-strong-7d9f8b6c5d-c7d4w", "strong")),
-    _evicted(_pod("vllm-strong-7d9f8b6c5d-z9v6t", "strong")),
-    _pod("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap"),
-    {**_pod("prometheus-0", "none"), "metadata": {"name": "prometheus-0", "labels": {}}},
-]
-#: What discovery makes of them: (name, pool, lifecycle, metrics URL).
-ENGINES_OF_PODS = [
-    ("vllm-strong-7d9f8b6c5d-x2k4p", "strong", "SERVING", "http://10.244.1.17:8000/metrics"),
-    ("vllm-strong-7d9f8b6c5d-m8q2r", "strong", "PROVISIONING", "http://10.244.1.17:8000/metrics"),
-    ("vllm-strong-7d9f8b6c5d-c7d4w", "strong", "DRAINING", "http://10.244.1.17:8000/metrics"),
-    ("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap", "SERVING", "http://10.244.1.17:8000/metrics"),
-]
 
 
 def _selected(pod: dict, selector: str) -> bool:
