@@ -21,11 +21,19 @@ from envs.contract import (
     ActionContract,
     KnobSpec,
     ObservationContract,
+    elastic_knobs,
+    next_desired_replicas,
     replica_change_toward,
     replicas_knob_name,
 )
 from policies.sidecar.config import GuardrailSettings, ScalingSettings
-from policies.sidecar.guardrails import Guardrails, ReplicaGuardrails
+from policies.sidecar.guardrails import (
+    ACTION_TOLERANCE,
+    Guardrails,
+    Intervention,
+    ReplicaGuardrails,
+    action_problem,
+)
 
 CONTRACT = ActionContract()
 KNOBS = {k.name: k for k in CONTRACT.knobs}
@@ -88,7 +96,16 @@ def test_a_value_in_force_outside_the_bounds_is_brought_inside(
     in_force = {k.name: k.low for k in CONTRACT.knobs} | {knob: current}
     values, interventions = guardrails.apply(in_force | {knob: proposed}, in_force)
     assert values[knob] == pytest.approx(expected)
-    assert [i.guardrail for i in interventions if i.knob == knob][-1] == "bounds"
+    last = [i for i in interventions if i.knob == knob][-1]
+    assert (last.guardrail, last.applied) == ("bounds", pytest.approx(expected))
+
+
+def test_an_intervention_records_the_proposed_and_the_applied_value():
+    settings = GuardrailSettings(max_step=1.0, bounds={"cheap_tier_share": (0.0, 0.3)})
+    guardrails = Guardrails(CONTRACT, settings)
+    in_force = {k.name: k.low for k in CONTRACT.knobs}
+    _, interventions = guardrails.apply(in_force | {"cheap_tier_share": 0.8}, in_force)
+    assert interventions == [Intervention("cheap_tier_share", "bounds", 0.8, 0.3)]
 
 
 def test_an_integer_knob_needs_whole_bounds():
@@ -150,7 +167,10 @@ def test_desired_replicas_move_by_max_step_within_the_scaling_bounds(
     )
     assert counts == {"strong": expected, "cheap": 1}
     assert [i.guardrail for i in interventions] == guardrails
-    assert all(i.knob == STRONG and i.applied == expected for i in interventions)
+    proposed = next_desired_replicas(desired, change, 6)
+    assert [(i.knob, i.proposed, i.applied) for i in interventions] == [
+        (STRONG, proposed, expected) for _ in guardrails
+    ]
     if guardrails:  # the published knob is the one that moves toward the bounded count
         assert knobs[STRONG] == replica_change_toward(desired, expected)
     else:
@@ -160,7 +180,16 @@ def test_desired_replicas_move_by_max_step_within_the_scaling_bounds(
 @pytest.mark.parametrize(
     ("scaling", "message"),
     [
-        ({"strong": None}, "scaling.strong: the policy scales pool 'strong'"),
+        (
+            {"strong": None},
+            "scaling.strong: the policy scales pool 'strong'; give its deployment, "
+            "min_replicas, max_replicas and max_step",
+        ),
+        (
+            {"strong": None, "gpu": ScalingSettings(deployment="x", max_replicas=1)},
+            "scaling.gpu: not a pool of the policy's contract ['strong', 'cheap']\n  "
+            "scaling.strong: the policy scales pool 'strong'",
+        ),
         ({"gpu": ScalingSettings(deployment="x", max_replicas=1)}, "scaling.gpu: not a pool"),
         (
             {"cheap": ScalingSettings(deployment="x", max_replicas=4)},
@@ -169,6 +198,7 @@ def test_desired_replicas_move_by_max_step_within_the_scaling_bounds(
     ],
 )
 def test_scaling_that_does_not_fit_the_contract_is_refused_naming_the_field(scaling, message):
+    """Each problem named, one per line."""
     settings = {
         "strong": ScalingSettings(deployment="s", max_replicas=6),
         "cheap": ScalingSettings(deployment="c", max_replicas=3),
@@ -176,3 +206,99 @@ def test_scaling_that_does_not_fit_the_contract_is_refused_naming_the_field(scal
     settings = {pool: value for pool, value in settings.items() if value is not None}
     with pytest.raises(ValueError, match=re.escape(message)):
         ReplicaGuardrails(ELASTIC, settings)
+
+
+# ------------------------------------------------------------------------------------------------
+# The rules one by one, at their edges
+
+
+def one_knob(knob: KnobSpec) -> ActionContract:
+    return ActionContract(knobs=(knob,))
+
+
+@pytest.mark.parametrize(
+    ("knob", "hysteresis", "current", "proposed", "expected"),
+    [
+        # Integer: held within half a step plus the band (0.54 here)...
+        (KnobSpec("level", 0.0, 2.0, integer=True), 0.02, 1.0, 1.52, 1.0),
+        (KnobSpec("level", 0.0, 2.0, integer=True), 0.25, 0.0, 0.99, 0.0),
+        # ...and not at it: the band is strict.
+        (KnobSpec("level", 0.0, 2.0, integer=True), 0.25, 0.0, 1.0, 1.0),
+        # The band is a fraction of the range, wherever the range starts.
+        (KnobSpec("replicas", 1.0, 5.0, integer=True), 0.1, 2.0, 3.0, 3.0),
+        (KnobSpec("replicas", 1.0, 5.0, integer=True), 0.1, 2.0, 2.85, 2.0),
+        # Continuous: within twice the band in [-1, 1] units (strictly), on either side.
+        (KnobSpec("share", -1.0, 1.0), 0.125, 0.0, 0.25, 0.25),
+        (KnobSpec("share", -1.0, 1.0), 0.125, 0.0, 0.24, 0.0),
+        (KnobSpec("share", -1.0, 1.0), 0.125, 0.6, 0.61, 0.6),
+        (KnobSpec("share", -1.0, 1.0), 0.125, 0.6, 0.4, 0.6),
+    ],
+)
+def test_hysteresis_holds_only_within_its_band(knob, hysteresis, current, proposed, expected):
+    guardrails = Guardrails(one_knob(knob), GuardrailSettings(max_step=1.0, hysteresis=hysteresis))
+    values, _ = guardrails.apply({knob.name: proposed}, {knob.name: current})
+    assert values[knob.name] == pytest.approx(expected)
+
+
+def test_replica_knobs_pass_the_knob_guardrails_unchanged():
+    contract = ActionContract(knobs=elastic_knobs(("strong", "cheap")))
+    guardrails = Guardrails(contract, GuardrailSettings(max_step=0.01))
+    in_force = {k.name: k.low for k in contract.knobs}
+    proposed = {k.name: k.high for k in contract.knobs}
+    values, interventions = guardrails.apply(proposed, in_force)
+    assert {n: values[n] for n in ("strong_replicas_change", "cheap_replicas_change")} == {
+        "strong_replicas_change": 0.5,
+        "cheap_replicas_change": 0.5,
+    }
+    assert {i.knob for i in interventions} == set(CONTRACT.names)  # every other knob limited
+
+
+def test_final_clamp_records_what_it_changed_and_falls_back_to_the_default():
+    guardrails = Guardrails(CONTRACT, GuardrailSettings())
+    default = {k.name: k.high for k in CONTRACT.knobs}
+    default["offload_fraction"] = math.inf  # a default that is no value: the knob's low end
+    values = {"cheap_tier_share": 5.0, "offload_fraction": math.nan, "admission_limit": math.nan}
+    values |= {n: default[n] for n in CONTRACT.names if n not in values}
+    del values["max_context_tokens"]
+    clamped, interventions = guardrails.final_clamp(values, default)
+    assert clamped["offload_fraction"] == 0.0
+    assert clamped["admission_limit"] == 3.0  # NaN: the default
+    assert clamped["max_context_tokens"] == 16384.0  # missing: the default
+    assert [(i.knob, i.guardrail, i.applied) for i in interventions] == [
+        ("cheap_tier_share", "final_clamp", 0.8),
+        ("offload_fraction", "final_clamp", 0.0),
+        ("admission_limit", "final_clamp", 3.0),
+        ("max_context_tokens", "final_clamp", 16384.0),
+    ]
+    assert interventions[0].proposed == 5.0 and interventions[-1].proposed is None
+
+
+def test_configured_knob_values_are_checked_by_name_and_range():
+    guardrails = Guardrails(CONTRACT, GuardrailSettings())
+    edges = {k.name: k.low for k in CONTRACT.knobs} | {"cheap_tier_share": 0.8}
+    assert guardrails.check_values(edges, "initial_knobs") == edges  # both ends are in range
+    with pytest.raises(ValueError, match=r"^initial_knobs\.warp: unknown knob"):
+        guardrails.check_values({"warp": 1.0}, "initial_knobs")
+    with pytest.raises(ValueError, match=r"kill_knobs\.cheap_tier_share: 0\.9 is outside"):
+        guardrails.check_values({"cheap_tier_share": 0.9}, "kill_knobs")
+
+
+@pytest.mark.parametrize(
+    ("action", "problem"),
+    [
+        (np.zeros((1, 7)), None),  # a batch of one, as onnxruntime returns it
+        (np.full(7, 1.0 + ACTION_TOLERANCE), None),  # float32 rounding of a tanh at 1
+        (np.zeros((1, 6)), "6 values for 7 knobs"),
+        ([0.0, math.nan, 0.0, 0.0, math.inf, 0.0, 0.0], "non-finite values at [1, 4]"),
+    ],
+)
+def test_action_shapes_tolerance_and_the_entries_named(action, problem):
+    assert action_problem(action, 7) == problem
+
+
+def test_decode_takes_a_batch_of_one_and_refuses_a_wrong_length():
+    guardrails = Guardrails(CONTRACT, GuardrailSettings())
+    decoded = guardrails.decode(np.ones((1, 7)))
+    assert decoded == pytest.approx({k.name: k.high for k in CONTRACT.knobs})
+    with pytest.raises(ValueError):
+        guardrails.decode(np.zeros(8))
