@@ -108,9 +108,21 @@ def test_an_intervention_records_the_proposed_and_the_applied_value():
     assert interventions == [Intervention("cheap_tier_share", "bounds", 0.8, 0.3)]
 
 
-def test_an_integer_knob_needs_whole_bounds():
-    with pytest.raises(ValueError, match=r"guardrails\.bounds\.shed_priority_below: .*whole"):
-        Guardrails(CONTRACT, GuardrailSettings(bounds={"shed_priority_below": (0.5, 1.5)}))
+@pytest.mark.parametrize("bounds", [(0.5, 1.5), (0.0, 1.5), (0.5, 2.0)])
+def test_an_integer_knob_needs_whole_bounds(bounds):
+    message = f"guardrails.bounds.shed_priority_below: {list(bounds)} must be whole numbers (an "
+    with pytest.raises(ValueError, match=re.escape(message + "integer knob)")):
+        Guardrails(CONTRACT, GuardrailSettings(bounds={"shed_priority_below": bounds}))
+
+
+def test_replica_knobs_are_bounded_by_the_scaling_settings_not_by_bounds():
+    contract = ActionContract(knobs=elastic_knobs(("strong",)))
+    message = (
+        "guardrails.bounds.strong_replicas_change: replica knobs are bounded by scaling.<pool> "
+        "(min_replicas, max_replicas, max_step)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Guardrails(contract, GuardrailSettings(bounds={"strong_replicas_change": (-0.1, 0.1)}))
 
 
 @pytest.mark.parametrize(("proposed", "expected"), [(0.4, 0.0), (0.6, 1.0), (1.6, 2.0)])
@@ -236,6 +248,21 @@ def one_knob(knob: KnobSpec) -> ActionContract:
 )
 def test_hysteresis_holds_only_within_its_band(knob, hysteresis, current, proposed, expected):
     guardrails = Guardrails(one_knob(knob), GuardrailSettings(max_step=1.0, hysteresis=hysteresis))
+    values, _ = guardrails.apply({knob.name: proposed}, {knob.name: current})
+    assert values[knob.name] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("knob", "max_step", "current", "proposed", "expected"),
+    [
+        (KnobSpec("replicas", 1.0, 5.0, integer=True), 0.5, 1.0, 5.0, 3.0),  # half of 4 steps
+        (KnobSpec("replicas", 1.0, 5.0, integer=True), 0.1, 5.0, 1.0, 4.0),  # always one
+        (KnobSpec("share", -1.0, 1.0), 0.25, 0.5, -1.0, 0.0),
+        (KnobSpec("tokens", 1024.0, 16384.0, scale="log"), 0.25, 1024.0, 16384.0, 2048.0),
+    ],
+)
+def test_the_step_limit_is_a_share_of_the_range(knob, max_step, current, proposed, expected):
+    guardrails = Guardrails(one_knob(knob), GuardrailSettings(max_step=max_step, hysteresis=0.0))
     values, _ = guardrails.apply({knob.name: proposed}, {knob.name: current})
     assert values[knob.name] == pytest.approx(expected)
 
