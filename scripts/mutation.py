@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -102,13 +103,28 @@ def prepare(name: str, target: Target, fresh: bool) -> Path:
     return work
 
 
-def run_mutmut(work: Path, max_children: int) -> None:
-    """``mutmut run`` in ``work`` (the reference data stays where the checkout finds it)."""
+def run_mutmut(work: Path, max_children: int, minutes: float | None) -> None:
+    """``mutmut run`` in ``work`` (the reference data stays where the checkout finds it),
+    stopped after ``minutes`` if given: mutmut records each verdict as it comes, so the score
+    covers the mutants checked by then."""
     env = dict(os.environ)
     env.setdefault("BUDGETPILOT_DATA", str(REPO.parent / "shared" / "data"))
     env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path itself
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
-    subprocess.run(command, cwd=work, env=env, check=False)
+    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
+    command = [mutmut, "run", "--max-children", str(max_children)]
+    process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True)
+    try:
+        process.wait(timeout=None if minutes is None else 60.0 * minutes)
+    except subprocess.TimeoutExpired:
+        print(f"time budget of {minutes} min spent: stopping mutmut", file=sys.stderr)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def score(work: Path, target: Target) -> dict[str, object]:
@@ -123,6 +139,7 @@ def score(work: Path, target: Target) -> dict[str, object]:
     return {
         "module": target.path,
         "mutants": len(statuses),
+        "checked": judged,
         "statuses": dict(counts),
         "killed_share": killed / judged if judged else None,
         "survivors": sorted(n for n, s in statuses.items() if s not in KILLED),
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep an earlier run's results")
     parser.add_argument("--max-children", type=int, default=2, help="parallel test processes")
     parser.add_argument("--score-only", action="store_true", help="report the last run's score")
+    parser.add_argument("--minutes", type=float, help="stop after this long (partial score)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -149,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         work = REPO / ".mutation" / name
         if not args.score_only:
             work = prepare(name, target, fresh=not args.resume)
-            run_mutmut(work, args.max_children)
+            run_mutmut(work, args.max_children, args.minutes)
         result = score(work, target)
         (work / "score.json").write_text(json.dumps(result, indent=2))
         share = result["killed_share"]
         print(json.dumps({k: v for k, v in result.items() if k != "survivors"}))
-        print(f"{target.path}: {'no data' if share is None else f'{share:.1%}'} killed")
+        killed = "no data" if share is None else f"{share:.1%}"
+        print(f"{target.path}: {killed} of {result['checked']} checked mutants killed")
         for survivor in result["survivors"]:
             print(f"  survived: {survivor}")
     return 0

@@ -1,4 +1,6 @@
+import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from envs.contract import (
     KnobSpec,
     ObservationContract,
     ReplicaGauges,
+    neutral_knob_values,
 )
 
 
@@ -150,3 +153,55 @@ def test_nominal_capacity_is_part_of_the_contract() -> None:
     assert ObservationContract.from_dict(b.to_dict()) == b
     with pytest.raises(ValueError, match="nominal_capacity_rps"):
         ObservationContract(slo_names=("a",), nominal_capacity_rps=0.0)
+
+
+def test_unknown_values_are_observed_as_nothing_spent_and_zero() -> None:
+    """A budget without data is full (1), a signal without data 0: never a made-up alarm."""
+    contract = ObservationContract(slo_names=("ttft",), windows=("5m",))
+    signals = _signals(contract)
+    signals.fleet["load_per_capacity"] = math.nan
+    obs = contract.build(
+        np.array([[np.nan]]),
+        np.array([np.nan]),
+        np.array([0.0]),
+        signals,
+        {k: 0.0 for k in contract.knob_names},
+    )
+    index = {n: i for i, n in enumerate(contract.feature_names)}
+    assert obs[index["slo.ttft.budget_remaining"]] == 1.0
+    assert obs[index["fleet.load_per_capacity"]] == 0.0
+    assert obs[index["slo.ttft.log_burn_rate.5m"]] == 0.0
+
+
+def test_neutral_values_of_every_knob_and_replica_knob() -> None:
+    names = [*NEUTRAL_KNOB_VALUES, "strong_replicas_change"]
+    assert neutral_knob_values(names) == NEUTRAL_KNOB_VALUES | {"strong_replicas_change": 0.0}
+    with pytest.raises(KeyError, match="knob 'warp' has no neutral value"):
+        neutral_knob_values(["warp"])
+
+
+def test_encode_needs_every_knob_and_gives_float32() -> None:
+    contract = ActionContract()
+    assert contract.encode(NEUTRAL_KNOB_VALUES).dtype == np.float32
+    values = {k: v for k, v in NEUTRAL_KNOB_VALUES.items() if k != "offload_fraction"}
+    with pytest.raises(KeyError, match=re.escape("knob values missing for ['offload_fraction']")):
+        contract.encode(values)
+
+
+def test_a_contract_of_other_knobs_and_version_round_trips() -> None:
+    contract = ActionContract(knobs=(KnobSpec("share", 0.0, 0.5),), version="test/v9")
+    assert ActionContract.from_dict(contract.to_dict()) == contract
+
+
+def test_an_elastic_tracker_needs_the_desired_replicas_of_every_pool() -> None:
+    contract = ObservationContract(slo_names=("a",), max_replicas=(4, 2))
+    tracker = FleetSignalTracker(contract, control_interval_s=30.0)
+    gauges = dataclasses.replace(
+        _gauges([True, True, True], [0.0, 0.0, 0.0]), lifecycle=np.array([2, 2, 2])
+    )
+    with pytest.raises(ValueError, match=r"^an elastic observation contract needs Replica"):
+        tracker.update(gauges, 0, 0)
+    with pytest.raises(ValueError, match=re.escape("has 1 entries, one per pool ['strong', 'c")):
+        tracker.update(dataclasses.replace(gauges, pool_desired=np.array([3])), 0, 0)
+    signals = tracker.update(dataclasses.replace(gauges, pool_desired=np.array([3, 1])), 0, 0)
+    assert signals.pools["strong"]["replicas_desired"] == 0.75
