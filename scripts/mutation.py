@@ -103,7 +103,9 @@ def prepare(name: str, target: Target, fresh: bool) -> Path:
     return work
 
 
-def run_mutmut(work: Path, max_children: int, minutes: float | None) -> None:
+def run_mutmut(
+    work: Path, max_children: int, minutes: float | None, mutants: list[str] | None = None
+) -> None:
     """``mutmut run`` in ``work`` (the reference data stays where the checkout finds it),
     stopped after ``minutes`` if given: mutmut records each verdict as it comes, so the score
     covers the mutants checked by then."""
@@ -111,7 +113,7 @@ def run_mutmut(work: Path, max_children: int, minutes: float | None) -> None:
     env.setdefault("BUDGETPILOT_DATA", str(REPO.parent / "shared" / "data"))
     env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path itself
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
-    command = [mutmut, "run", "--max-children", str(max_children)]
+    command = [mutmut, "run", "--max-children", str(max_children), *(mutants or [])]
     process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True)
     try:
         process.wait(timeout=None if minutes is None else 60.0 * minutes)
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="parallel test processes")
     parser.add_argument("--score-only", action="store_true", help="report the last run's score")
     parser.add_argument("--minutes", type=float, help="stop after this long (partial score)")
+    parser.add_argument(
+        "--survivors", action="store_true", help="run only the last run's survivors again"
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -165,18 +170,43 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modules:
         target = TARGETS[name]
         work = REPO / ".mutation" / name
-        if not args.score_only:
-            work = prepare(name, target, fresh=not args.resume)
-            run_mutmut(work, args.max_children, args.minutes)
-        result = score(work, target)
+        if args.survivors:
+            result = recheck_survivors(name, target, args.max_children, args.minutes)
+        else:
+            if not args.score_only:
+                work = prepare(name, target, fresh=not args.resume)
+                run_mutmut(work, args.max_children, args.minutes)
+            result = score(work, target)
         (work / "score.json").write_text(json.dumps(result, indent=2))
-        share = result["killed_share"]
-        print(json.dumps({k: v for k, v in result.items() if k != "survivors"}))
-        killed = "no data" if share is None else f"{share:.1%}"
-        print(f"{target.path}: {killed} of {result['checked']} checked mutants killed")
-        for survivor in result["survivors"]:
-            print(f"  survived: {survivor}")
+        report(result)
     return 0
+
+
+def recheck_survivors(name: str, target: Target, max_children: int, minutes: float | None):
+    """Run only the last run's survivors again (after tests were added) on a fresh copy; the
+    other verdicts stand."""
+    previous = json.loads((REPO / ".mutation" / name / "score.json").read_text())
+    work = prepare(name, target, fresh=True)
+    run_mutmut(work, max_children, minutes, previous["survivors"])
+    rechecked = score(work, target)
+    killed_now = set(previous["survivors"]) - set(rechecked["survivors"])
+    still = [s for s in previous["survivors"] if s not in killed_now]
+    checked = previous["checked"]
+    return previous | {
+        "killed_share": (checked - len(still)) / checked if checked else None,
+        "survivors": still,
+        "rechecked": len(previous["survivors"]),
+    }
+
+
+def report(result: dict[str, object]) -> None:
+    """The score on one line, then each survivor."""
+    share = result["killed_share"]
+    print(json.dumps({k: v for k, v in result.items() if k != "survivors"}))
+    killed = "no data" if share is None else f"{share:.1%}"
+    print(f"{result['module']}: {killed} of {result['checked']} checked mutants killed")
+    for survivor in result["survivors"]:
+        print(f"  survived: {survivor}")
 
 
 if __name__ == "__main__":
