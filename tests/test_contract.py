@@ -15,6 +15,7 @@ from envs.contract import (
     ObservationContract,
     ReplicaGauges,
     neutral_knob_values,
+    replica_change_toward,
 )
 
 
@@ -205,3 +206,66 @@ def test_an_elastic_tracker_needs_the_desired_replicas_of_every_pool() -> None:
         tracker.update(dataclasses.replace(gauges, pool_desired=np.array([3])), 0, 0)
     signals = tracker.update(dataclasses.replace(gauges, pool_desired=np.array([3, 1])), 0, 0)
     assert signals.pools["strong"]["replicas_desired"] == 0.75
+
+
+@pytest.mark.parametrize(
+    ("desired", "target", "change"),
+    [(4, 4, 0.0), (4, 5, 0.25), (4, 6, 0.5), (4, 3, -0.25), (10, 11, 0.1), (1, 3, 0.5)],
+)
+def test_replica_change_toward_a_target(desired: int, target: int, change: float) -> None:
+    assert replica_change_toward(desired, target) == pytest.approx(change)
+
+
+def _one_replica(**gauges) -> ReplicaGauges:
+    values = {"kv_usage": 0.5, "kv_usage_mean": 0.5, "waiting": 0.0, "running": 1.0}
+    values |= {"max_num_seqs": 256.0} | gauges
+    arrays = {k: np.array([v]) for k, v in values.items()}
+    return ReplicaGauges(pool=np.array([0]), healthy=np.array([True]), **arrays)
+
+
+def test_nothing_arriving_or_preempted_is_observed_as_zero() -> None:
+    contract = ObservationContract(slo_names=("a",), pools=("strong",))
+    signals = FleetSignalTracker(contract, 30.0).update(_one_replica(), 0, 0)
+    assert signals.fleet["load_per_capacity"] == 0.0
+    assert signals.fleet["preemptions_per_replica_s"] == 0.0
+
+
+def test_preemptions_and_running_are_per_replica() -> None:
+    contract = ObservationContract(slo_names=("a",), pools=("strong",))
+    gauges = _one_replica(running=1.0, max_num_seqs=1.0)
+    signals = FleetSignalTracker(contract, 30.0).update(gauges, 0, 60)
+    assert signals.fleet["preemptions_per_replica_s"] == pytest.approx(math.log1p(2.0))
+    assert signals.pools["strong"]["running_per_replica"] == 1.0
+
+
+@pytest.mark.parametrize(("interval_s", "kept"), [(3600.0, 1), (1800.25, 1), (1800.0, 2)])
+def test_the_arrival_trend_compares_with_the_last_hour(interval_s: float, kept: int) -> None:
+    """Each update keeps ``int(3600 / interval)`` rates (at least one)."""
+    contract = ObservationContract(slo_names=("a",), pools=("strong",))
+    tracker = FleetSignalTracker(contract, interval_s)
+    for arrivals in (0.0, 10.0 * interval_s):
+        signals = tracker.update(_one_replica(), arrivals, 0)
+    rates = [0.0, 10.0][-kept:]
+    expected = math.log2((10.0 + 1e-3) / (sum(rates) / kept + 1e-3))
+    assert signals.fleet["arrival_rate_trend"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("interval_s", [0.0, -30.0])
+def test_a_control_interval_must_be_positive(interval_s: float) -> None:
+    contract = ObservationContract(slo_names=("a",))
+    with pytest.raises(ValueError, match=f"^control_interval_s must be > 0, got {interval_s}"):
+        FleetSignalTracker(contract, interval_s)
+    assert FleetSignalTracker(contract, 0.5).control_interval_s == 0.5
+
+
+def test_gauges_of_different_lengths_are_refused() -> None:
+    contract = ObservationContract(slo_names=("a",), pools=("strong",))
+    tracker = FleetSignalTracker(contract, 30.0)
+    with pytest.raises(ValueError):
+        tracker.update(dataclasses.replace(_one_replica(), waiting=np.zeros(2)), 0, 0)
+    elastic = FleetSignalTracker(dataclasses.replace(contract, max_replicas=(2,)), 30.0)
+    with pytest.raises(ValueError, match=r"^an elastic observation contract needs ReplicaGauges\."):
+        elastic.update(_one_replica(), 0, 0)
+    gauges = dataclasses.replace(_one_replica(), lifecycle=np.array([2, 2]))
+    with pytest.raises(ValueError, match=r"^ReplicaGauges\.lifecycle has 2 entries, not 1$"):
+        tracker.update(gauges, 0, 0)
