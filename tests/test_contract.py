@@ -1,6 +1,8 @@
 import dataclasses
+import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +16,12 @@ from envs.contract import (
     KnobSpec,
     ObservationContract,
     ReplicaGauges,
+    elastic_knobs,
     neutral_knob_values,
     replica_change_toward,
 )
+
+ZOO = Path(__file__).resolve().parents[1] / "policies" / "zoo"
 
 
 def _signals(contract: ObservationContract, value: float = 0.5) -> FleetSignals:
@@ -269,3 +274,28 @@ def test_gauges_of_different_lengths_are_refused() -> None:
     gauges = dataclasses.replace(_one_replica(), lifecycle=np.array([2, 2]))
     with pytest.raises(ValueError, match=r"^ReplicaGauges\.lifecycle has 2 entries, not 1$"):
         tracker.update(gauges, 0, 0)
+
+
+@pytest.mark.parametrize("policy", ["ppo-standard", "ppo-elastic"])
+def test_the_shipped_policies_carry_the_contracts_the_code_builds(policy: str) -> None:
+    """Every knob's range, scale and counterpart as the reference policies were trained with."""
+    manifest = json.loads((ZOO / f"{policy}.json").read_text())
+    observation = ObservationContract.from_dict(manifest["observation_contract"])
+    knobs = elastic_knobs(observation.pools) if observation.elastic else DEFAULT_KNOBS
+    assert ActionContract.from_dict(manifest["action_contract"]) == ActionContract(knobs=knobs)
+
+
+def test_an_observation_contract_of_other_pools_round_trips() -> None:
+    contract = ObservationContract(
+        slo_names=("a",), pools=("gpu",), version="test/v9", max_replicas=(3,)
+    )
+    assert ObservationContract.from_dict(contract.to_dict()) == contract
+    older = {k: v for k, v in contract.to_dict().items() if k != "spec_digest"}
+    assert ObservationContract.from_dict(older).spec_digest == ""
+
+
+def test_decode_takes_a_batch_of_one() -> None:
+    contract = ActionContract()
+    assert contract.decode(np.ones((1, 7), dtype=np.float32)) == pytest.approx(
+        {k.name: k.high for k in contract.knobs}
+    )
