@@ -299,3 +299,23 @@ def test_decode_takes_a_batch_of_one() -> None:
     assert contract.decode(np.ones((1, 7), dtype=np.float32)) == pytest.approx(
         {k.name: k.high for k in contract.knobs}
     )
+
+
+def test_max_replicas_are_whole_counts_of_at_least_one() -> None:
+    contract = ObservationContract(slo_names=("a",), max_replicas=[4.0, 1.0])
+    assert contract.max_replicas == (4, 1) and all(type(n) is int for n in contract.max_replicas)
+    with pytest.raises(ValueError, match=r"one count >= 1 per pool \['strong', 'cheap'\], got"):
+        ObservationContract(slo_names=("a",), max_replicas=(4, 0))
+
+
+def test_feature_bounds_of_burn_rates_budgets_and_alerts() -> None:
+    contract = ObservationContract(slo_names=("a",), windows=("5m",))
+    low, high = contract.bounds()
+    assert (low[:3].tolist(), high[:3].tolist()) == ([0.0, -1.0, 0.0], [8.0, 1.0, 1.0])
+
+
+def test_tampered_feature_names_are_refused_in_so_many_words() -> None:
+    data = ObservationContract(slo_names=("a",)).to_dict()
+    data["feature_names"] = data["feature_names"][:-1]
+    with pytest.raises(ValueError, match="^observation contract: feature_names do not match its"):
+        ObservationContract.from_dict(data)
