@@ -311,7 +311,17 @@ def test_max_replicas_are_whole_counts_of_at_least_one() -> None:
 def test_feature_bounds_of_burn_rates_budgets_and_alerts() -> None:
     contract = ObservationContract(slo_names=("a",), windows=("5m",))
     low, high = contract.bounds()
+    assert low.dtype == high.dtype == np.float32  # the observation space's
     assert (low[:3].tolist(), high[:3].tolist()) == ([0.0, -1.0, 0.0], [8.0, 1.0, 1.0])
+    knobs = slice(-len(contract.knob_names), None)
+    assert set(low[knobs].tolist()) == {-1.0} and set(high[knobs].tolist()) == {1.0}
+
+
+def test_a_nan_action_is_the_middle_of_the_range() -> None:
+    assert KnobSpec("share", 0.0, 0.8).from_unit(math.nan) == pytest.approx(0.4)
+    assert KnobSpec("limit", 0.3, 3.0, scale="log").from_unit(math.nan) == pytest.approx(
+        0.3**0.5 * 3.0**0.5
+    )
 
 
 def test_tampered_feature_names_are_refused_in_so_many_words() -> None:
