@@ -263,7 +263,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     steps_at_kill = max(r["timesteps"] for r in _results(trial_dir))
     assert steps_at_kill < TINY["timesteps"]
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=90)
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     results = _results(trial_dir)
