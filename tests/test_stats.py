@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from eval.stats import (
+    Interval,
     bootstrap_ci,
     iqm,
     keyed_rng,
@@ -147,3 +148,32 @@ def test_profile_bands_contain_the_profile() -> None:
 def test_bad_input_is_refused_clearly(call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_an_interval_serialises_its_three_numbers() -> None:
+    assert Interval(1.0, 0.5, 2.0).to_dict() == {"point": 1.0, "low": 0.5, "high": 2.0}
+
+
+def test_the_improvement_interval_has_a_width_and_higher_is_better_by_default() -> None:
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(1.0, 1.0, size=(8, 3)), rng.normal(0.0, 1.0, size=(8, 3))
+    interval = probability_of_improvement_ci(x, y, keyed_rng(0, "width"), reps=500)
+    assert interval.point == probability_of_improvement(x, y) > 0.5
+    assert interval.low < interval.point < interval.high
+
+
+def test_a_run_at_the_threshold_counts_as_at_or_below_it() -> None:
+    scores = np.array([[1.0, 10.0], [2.0, 20.0]])
+    assert performance_profile(scores, [2.0], lower_is_better=True) == pytest.approx([0.5])
+    assert performance_profile(scores, [2.0], lower_is_better=False) == pytest.approx([0.5])
+
+
+@pytest.mark.parametrize("lower_is_better", [False, True])
+def test_profile_bands_are_of_the_profile_asked_for(lower_is_better: bool) -> None:
+    scores = np.random.default_rng(9).exponential(size=(8, 4))
+    taus = np.linspace(0.0, 3.0, 20)
+    kwargs = {"lower_is_better": True} if lower_is_better else {}
+    profile, low, high = performance_profile_ci(scores, taus, keyed_rng(0, "b"), reps=300, **kwargs)
+    np.testing.assert_array_equal(profile, performance_profile(scores, taus, lower_is_better))
+    assert np.all(low <= profile + 1e-12) and np.all(profile <= high + 1e-12)
+    assert np.any(low < high)
