@@ -138,7 +138,7 @@ def test_profile_bands_contain_the_profile() -> None:
     ("call", "message"),
     [
         (lambda: iqm([]), "n_runs, n_tasks"),
-        (lambda: iqm([1.0, float("nan")]), "finite"),
+        (lambda: iqm([1.0, float("nan")]), "^scores must be finite"),
         (lambda: bootstrap_ci([1.0], keyed_rng(0), reps=0), ">= 1"),
         (lambda: paired_difference_ci([1, 2], [1, 2, 3], keyed_rng(0)), "same shape"),
         (lambda: probability_of_improvement([[1, 2]], [[1, 2, 3]]), "same tasks"),
@@ -175,5 +175,49 @@ def test_profile_bands_are_of_the_profile_asked_for(lower_is_better: bool) -> No
     kwargs = {"lower_is_better": True} if lower_is_better else {}
     profile, low, high = performance_profile_ci(scores, taus, keyed_rng(0, "b"), reps=300, **kwargs)
     np.testing.assert_array_equal(profile, performance_profile(scores, taus, lower_is_better))
+    assert low.shape == high.shape == taus.shape
     assert np.all(low <= profile + 1e-12) and np.all(profile <= high + 1e-12)
     assert np.any(low < high)
+
+
+def test_a_never_worse_controller_has_an_interval_never_below_one_half() -> None:
+    """Ties count half in every replicate: with no loss, no replicate is below 0.5."""
+    x, y = np.array([0.0, 0.0, 0.0, 1.0]), np.zeros(4)
+    interval = probability_of_improvement_ci(x, y, keyed_rng(0, "ties"), reps=2000)
+    assert interval.low >= 0.5 and interval.high > 0.5
+
+
+def test_intervals_are_the_percentiles_of_the_bootstrap_replicates() -> None:
+    x = np.random.default_rng(10).exponential(size=(12, 1))
+    interval = bootstrap_ci(x, keyed_rng(0, "pct"), statistic=mean_statistic, reps=1000)
+    indices = keyed_rng(0, "pct").integers(0, 12, size=(1000, 12, 1))
+    replicates = np.take_along_axis(x[np.newaxis], indices, axis=1).mean(axis=(1, 2))
+    assert (interval.low, interval.high) == tuple(np.percentile(replicates, [2.5, 97.5]))
+
+
+def test_bounded_memory_blocks_draw_the_same_replicates(monkeypatch) -> None:
+    x = np.random.default_rng(11).exponential(size=(6, 2))
+    whole = bootstrap_ci(x, keyed_rng(0, "blocks"), reps=500)
+    monkeypatch.setattr("eval.stats._BLOCK_VALUES", 7 * x.size)  # blocks of 7 replicates
+    assert bootstrap_ci(x, keyed_rng(0, "blocks"), reps=500) == whole
+
+
+def test_default_replicates() -> None:
+    x, y = np.random.default_rng(12).normal(size=(2, 5, 2))
+    taus = [0.0, 1.0]
+    assert bootstrap_ci(x, keyed_rng(0)) == bootstrap_ci(x, keyed_rng(0), reps=10_000)
+    assert paired_difference_ci(x, y, keyed_rng(0)) == paired_difference_ci(
+        x, y, keyed_rng(0), reps=10_000
+    )
+    assert probability_of_improvement_ci(x, y, keyed_rng(0)) == probability_of_improvement_ci(
+        x, y, keyed_rng(0), reps=10_000
+    )
+    default = performance_profile_ci(x, taus, keyed_rng(0))
+    np.testing.assert_array_equal(default, performance_profile_ci(x, taus, keyed_rng(0), reps=2000))
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_a_confidence_of_zero_or_one_is_refused(confidence: float) -> None:
+    with pytest.raises(ValueError, match=f"confidence must be in \\(0, 1\\), got {confidence}"):
+        bootstrap_ci([1.0, 2.0], keyed_rng(0), confidence=confidence)
+    assert bootstrap_ci([1.0, 2.0], keyed_rng(0), reps=1).point == 1.5  # one replicate is enough
