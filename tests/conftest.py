@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,21 @@ def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=grace_s)
+
+
+def finish_process(
+    process: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 30.0
+) -> tuple[str | bytes | None, str | bytes | None]:
+    """Ask a child process to stop with ``sig`` and return its ``(stdout, stderr)``; one that
+    has not exited within ``grace_s`` is killed (no orphan survives the test) and fails it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        stop_process(process)
+        process.communicate()
+        pytest.fail(f"pid {process.pid} ignored {signal.Signals(sig).name} for {grace_s} s: killed")
 
 
 @pytest.fixture

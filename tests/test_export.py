@@ -31,6 +31,7 @@ from eval.cli import app  # noqa: E402
 from eval.policy_controller import OnnxController  # noqa: E402
 from policies.export import (  # noqa: E402
     PARITY_TOLERANCE,
+    DeterministicActor,
     ExportError,
     export_checkpoint,
     parity_observations,
@@ -378,3 +379,32 @@ def test_a_bad_checkpoint_is_refused_clearly(case, checkpoint, tmp_path) -> None
 def test_export_refuses_an_output_without_onnx_suffix(checkpoint, tmp_path) -> None:
     with pytest.raises(ExportError, match="must end in .onnx"):
         export_checkpoint(checkpoint, tmp_path / "policy.bin")
+
+
+class _DriftingActor(DeterministicActor):
+    """An exporter bug: the graph's actions drift by ``DRIFT`` from the policy's."""
+
+    DRIFT = 0.0
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        return super().forward(observation) + self.DRIFT
+
+
+@pytest.mark.parametrize("drift", [2 * PARITY_TOLERANCE, 1e-2])
+def test_an_export_beyond_the_parity_tolerance_writes_nothing(
+    drift, checkpoint, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(_DriftingActor, "DRIFT", drift)
+    monkeypatch.setattr("policies.export.DeterministicActor", _DriftingActor)
+    out = tmp_path / "zoo" / "drifted.onnx"
+    with pytest.raises(ExportError, match=r"differs from stable-baselines3 by .*nothing written"):
+        export_checkpoint(checkpoint, out, parity_samples=200)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_an_export_within_the_parity_tolerance_is_written(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(_DriftingActor, "DRIFT", PARITY_TOLERANCE / 4)
+    monkeypatch.setattr("policies.export.DeterministicActor", _DriftingActor)
+    result = export_checkpoint(checkpoint, tmp_path / "drifted.onnx", parity_samples=200)
+    assert PARITY_TOLERANCE / 8 < result.parity_max_abs_error <= PARITY_TOLERANCE
+    assert result.onnx_path.exists() and result.manifest_path.exists()

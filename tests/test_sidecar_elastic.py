@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +61,7 @@ from policies.sidecar.discovery import (
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.server import SidecarServer
 from slo.engine import BudgetEngine
+from tests.conftest import finish_process
 from tests.test_sidecar import _Capture
 
 pytest.importorskip("onnx", reason="the test policies are written with onnx (train extra)")
@@ -271,6 +273,29 @@ def test_desired_replicas_are_served_as_a_gauge_decision_and_audit(closed_loop):
     ]
 
 
+def audit_records(path: Path) -> list[dict]:
+    """The audit log's complete records so far (none before the file exists)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if "\n" in line]
+
+
+def scaled_beyond(records: list[dict], decisions: int, strong: int) -> bool:
+    """At least ``decisions`` records, one with more than ``strong`` strong replicas desired."""
+    return len(records) >= decisions and any(
+        r["desired_replicas"]["strong"] > strong for r in records
+    )
+
+
+def wait_for(condition, timeout_s: float = 120.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout_s`` (generous: the machine may be
+    loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not reached within {timeout_s} s"
+        time.sleep(0.1)
+
+
 def test_a_live_loop_at_high_speed_keeps_twin_and_sidecar_in_step(policy_path, tmp_path):
     """The twin's own clock at 120x and the sidecar's run loop every 0.25 s (30 simulated s)."""
     with EngineTwin(SCENARIO, seed=5, speed=120.0) as twin:
@@ -282,13 +307,15 @@ def test_a_live_loop_at_high_speed_keeps_twin_and_sidecar_in_step(policy_path, t
         stop = threading.Event()
         runner = threading.Thread(target=sidecar.run, args=(stop,))
         runner.start()
-        time.sleep(3.0)
-        stop.set()
-        runner.join(timeout=10)
-        sidecar.close()
+        try:
+            # Until five decisions were made and one of them scaled the strong pool beyond two.
+            wait_for(lambda: scaled_beyond(audit_records(tmp_path / "audit.jsonl"), 5, 2))
+        finally:
+            stop.set()
+            runner.join(timeout=30)
+            sidecar.close()
         assert twin.sim.desired_replicas == sidecar.desired
-    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert len(records) >= 5
+    records = audit_records(tmp_path / "audit.jsonl")
     previous = None
     for record in records:
         desired = record["desired_replicas"]
@@ -361,8 +388,7 @@ def test_the_cli_scales_the_twin_with_only_a_policy(policy_path, contracts, tmp_
                 assert time.monotonic() < deadline, "the sidecar made no decisions"
                 time.sleep(0.1)
         finally:
-            process.terminate()
-            _, errors = process.communicate(timeout=30)
+            _, errors = finish_process(process)
         assert process.returncode == 0, errors
         final = twin.sim.desired_replicas
     records = [json.loads(line) for line in audit.read_text().splitlines()]
@@ -557,6 +583,30 @@ def _evicted(pod: dict) -> dict:
     return pod
 
 
+def _listed(pod: dict) -> dict:
+    """A pod as a list's item: the API server leaves out each item's kind and apiVersion."""
+    return {k: v for k, v in pod.items() if k not in ("kind", "apiVersion")}
+
+
+#: The namespace's pods: three of the strong pool (Ready, loading, terminating), one evicted,
+#: a Ready cheap one and a pod outside the pools (no pool label: the label selector drops it).
+PODS = [
+    _pod("vllm-strong-7d9f8b6c5d-x2k4p", "strong"),
+    _loading(_pod("vllm-strong-7d9f8b6c5d-m8q2r", "strong")),
+    _terminating(_pod("vllm-strong-7d9f8b6c5d-c7d4w", "strong")),
+    _evicted(_pod("vllm-strong-7d9f8b6c5d-z9v6t", "strong")),
+    _pod("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap"),
+    {**_pod("prometheus-0", "none"), "metadata": {"name": "prometheus-0", "labels": {}}},
+]
+#: What discovery makes of them: (name, pool, lifecycle, metrics URL).
+ENGINES_OF_PODS = [
+    ("vllm-strong-7d9f8b6c5d-x2k4p", "strong", "SERVING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-strong-7d9f8b6c5d-m8q2r", "strong", "PROVISIONING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-strong-7d9f8b6c5d-c7d4w", "strong", "DRAINING", "http://10.244.1.17:8000/metrics"),
+    ("vllm-cheap-5b6d7c8f9a-h3j5k", "cheap", "SERVING", "http://10.244.1.17:8000/metrics"),
+]
+
+
 @pytest.mark.parametrize(
     ("variant", "lifecycle"),
     [
@@ -582,20 +632,10 @@ def test_pods_become_engines_and_states_are_read_by_name():
         256,
     )
     assert engine_of_pod(_pending(_pod("p", "cheap")), settings).url is None  # no IP yet
-    pods = [
-        _pod("s-a", "strong"),
-        _loading(_pod("s-b", "strong")),
-        _terminating(_pod("s-c", "strong")),
-        _evicted(_pod("s-d", "strong")),
-        _pod("c-a", "cheap"),
-        _pod("x-a", "giant"),
-    ]
+    pods = [*PODS[:-1], _pod("x-a", "giant")]
     listing = read_listing({"apiVersion": "v1", "kind": "PodList", "items": pods}, settings)
     assert [(e.name, e.lifecycle.name) for e in listing.engines] == [
-        ("s-a", "SERVING"),
-        ("s-b", "PROVISIONING"),
-        ("s-c", "DRAINING"),
-        ("c-a", "SERVING"),
+        (name, lifecycle) for name, _, lifecycle, _ in ENGINES_OF_PODS
     ]
     assert listing.reports_lifecycle and len(listing.problems) == 1
     assert "pool 'giant' has no discovery.pods.max_num_seqs" in listing.problems[0]
@@ -771,27 +811,53 @@ def test_the_shipped_elastic_policy_scales_the_twin_through_the_sidecar(tmp_path
         np.testing.assert_array_equal(policy.act(vector), np.float32(record["raw_action"]))
 
 
-LISTING = [
-    {
-        "name": "strong-0",
-        "pool": "strong",
-        "metrics_url": "http://10.0.0.1/metrics",
-        "max_num_seqs": 256,
-        "state": "serving",
-    }
-]
+def _selected(pod: dict, selector: str) -> bool:
+    """Whether ``pod`` matches a label selector of ``key`` and ``key=value`` terms."""
+    labels = pod["metadata"].get("labels", {})
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        if key not in labels or (value and labels[key] != value):
+            return False
+    return True
 
 
 class _ApiServer(BaseHTTPRequestHandler):
-    """A pods API stand-in: the listing for the current bearer token, 401 otherwise."""
+    """The pods API as a Kubernetes API server answers it: ``GET /api/v1/namespaces/NS/pods``
+    with a bearer token gives a ``PodList`` of the pods matching ``labelSelector``; a wrong
+    token gives a ``Status`` with code 401."""
 
     def do_GET(self) -> None:  # noqa: N802 (the http.server naming)
-        authorized = self.headers.get("Authorization") == f"Bearer {self.server.token}"
-        body = json.dumps(LISTING if authorized else {"reason": "Unauthorized"}).encode()
-        self.send_response(200 if authorized else 401)
-        self.send_header("Content-Length", str(len(body)))
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        selector = query.get("labelSelector", [""])[0]
+        if self.headers.get("Authorization") == f"Bearer {self.server.token}":
+            status, body = (
+                200,
+                {
+                    "kind": "PodList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": "48213907"},
+                    "items": [_listed(p) for p in self.server.pods if _selected(p, selector)],
+                },
+            )
+        else:
+            status, body = (
+                401,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                },
+            )
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base signature)
         pass
@@ -800,7 +866,7 @@ class _ApiServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def api_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
-    server.token = "first"
+    server.token, server.pods = "first", copy.deepcopy(PODS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -835,17 +901,30 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def pods_discovery(url: str, **credentials) -> Discovery:
+    """Discovery of the pool-labelled pods at ``url`` (the pods API of namespace ``llm``)."""
+    pods = PodDiscoverySettings(max_num_seqs={"strong": 256, "cheap": 512})
+    selector = "?labelSelector=budgetpilot.io%2Fpool"
+    return Discovery(DiscoverySettings(url=f"{url}{selector}", pods=pods, **credentials))
+
+
+def engines_found(discovery: Discovery) -> list[tuple]:
+    listing = discovery.fetch()
+    assert listing.reports_lifecycle and not listing.problems
+    return [(e.name, e.pool, e.lifecycle.name, e.url) for e in listing.engines]
+
+
 def test_discovery_sends_the_current_bearer_token(api_server, tmp_path):
     url = f"http://127.0.0.1:{api_server.server_port}/api/v1/namespaces/llm/pods"
     token = tmp_path / "token"
     token.write_text("first\n")
-    discovery = Discovery(DiscoverySettings(url=url, token_file=token))
-    assert [e.name for e in discovery.fetch().engines] == ["strong-0"]
+    discovery = pods_discovery(url, token_file=token)
+    assert engines_found(discovery) == ENGINES_OF_PODS
     api_server.token = "rotated"
     token.write_text("rotated\n")  # the kubelet rotates projected tokens in place
-    assert [e.name for e in discovery.fetch().engines] == ["strong-0"]
+    assert engines_found(discovery) == ENGINES_OF_PODS
     with pytest.raises(DiscoveryError, match="HTTP 401"):
-        Discovery(DiscoverySettings(url=url)).fetch()
+        pods_discovery(url).fetch()
 
 
 def test_discovery_verifies_https_with_the_given_ca(api_server, tmp_path):
@@ -858,10 +937,14 @@ def test_discovery_verifies_https_with_the_given_ca(api_server, tmp_path):
     url = f"https://127.0.0.1:{api_server.server_port}/api/v1/namespaces/llm/pods"
     token = tmp_path / "token"
     token.write_text("first")
-    trusted = Discovery(DiscoverySettings(url=url, token_file=token, ca_file=cert))
-    assert [e.name for e in trusted.fetch().engines] == ["strong-0"]
+    trusted = pods_discovery(url, token_file=token, ca_file=cert)
+    assert engines_found(trusted) == ENGINES_OF_PODS
+    api_server.pods[1] = _pod("vllm-strong-7d9f8b6c5d-m8q2r", "strong")  # its weights loaded
+    assert engines_found(trusted)[1][2] == "SERVING"
     with pytest.raises(DiscoveryError, match="CERTIFICATE_VERIFY_FAILED"):
-        Discovery(DiscoverySettings(url=url, token_file=token)).fetch()
+        pods_discovery(url, token_file=token).fetch()
+    with pytest.raises(DiscoveryError, match="HTTP 401"):
+        pods_discovery(url, ca_file=cert).fetch()
 
 
 @pytest.mark.parametrize(

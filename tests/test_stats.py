@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from eval.stats import (
+    Interval,
     bootstrap_ci,
     iqm,
     keyed_rng,
@@ -26,6 +27,8 @@ from eval.stats import (
         ([0, 1, 2, 3, 100], 2.0),  # 1 cut from each end: the outlier is gone
         ([1, 2, 3, 10], 2.5),
         ([5.0, 7.0], 6.0),  # too few runs to trim: the mean
+        ([0, 1, 10], 11 / 3),  # 0.75 runs a side: int() trims none (round() would trim one)
+        ([0, 1, 2, 3, 10, 100], 4.0),  # 1.5 runs a side: one trimmed (round() would trim two)
         ([[1, 100], [2, 200], [3, 300], [4, 400]], 76.75),  # pooled: mean of 3, 4, 100, 200
     ],
 )
@@ -135,7 +138,7 @@ def test_profile_bands_contain_the_profile() -> None:
     ("call", "message"),
     [
         (lambda: iqm([]), "n_runs, n_tasks"),
-        (lambda: iqm([1.0, float("nan")]), "finite"),
+        (lambda: iqm([1.0, float("nan")]), "^scores must be finite"),
         (lambda: bootstrap_ci([1.0], keyed_rng(0), reps=0), ">= 1"),
         (lambda: paired_difference_ci([1, 2], [1, 2, 3], keyed_rng(0)), "same shape"),
         (lambda: probability_of_improvement([[1, 2]], [[1, 2, 3]]), "same tasks"),
@@ -145,3 +148,76 @@ def test_profile_bands_contain_the_profile() -> None:
 def test_bad_input_is_refused_clearly(call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_an_interval_serialises_its_three_numbers() -> None:
+    assert Interval(1.0, 0.5, 2.0).to_dict() == {"point": 1.0, "low": 0.5, "high": 2.0}
+
+
+def test_the_improvement_interval_has_a_width_and_higher_is_better_by_default() -> None:
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(1.0, 1.0, size=(8, 3)), rng.normal(0.0, 1.0, size=(8, 3))
+    interval = probability_of_improvement_ci(x, y, keyed_rng(0, "width"), reps=500)
+    assert interval.point == probability_of_improvement(x, y) > 0.5
+    assert interval.low < interval.point < interval.high
+
+
+def test_a_run_at_the_threshold_counts_as_at_or_below_it() -> None:
+    scores = np.array([[1.0, 10.0], [2.0, 20.0]])
+    assert performance_profile(scores, [2.0], lower_is_better=True) == pytest.approx([0.5])
+    assert performance_profile(scores, [2.0], lower_is_better=False) == pytest.approx([0.5])
+
+
+@pytest.mark.parametrize("lower_is_better", [False, True])
+def test_profile_bands_are_of_the_profile_asked_for(lower_is_better: bool) -> None:
+    scores = np.random.default_rng(9).exponential(size=(8, 4))
+    taus = np.linspace(0.0, 3.0, 20)
+    kwargs = {"lower_is_better": True} if lower_is_better else {}
+    profile, low, high = performance_profile_ci(scores, taus, keyed_rng(0, "b"), reps=300, **kwargs)
+    np.testing.assert_array_equal(profile, performance_profile(scores, taus, lower_is_better))
+    assert low.shape == high.shape == taus.shape
+    assert np.all(low <= profile + 1e-12) and np.all(profile <= high + 1e-12)
+    assert np.any(low < high)
+
+
+def test_a_never_worse_controller_has_an_interval_never_below_one_half() -> None:
+    """Ties count half in every replicate: with no loss, no replicate is below 0.5."""
+    x, y = np.array([0.0, 0.0, 0.0, 1.0]), np.zeros(4)
+    interval = probability_of_improvement_ci(x, y, keyed_rng(0, "ties"), reps=2000)
+    assert interval.low >= 0.5 and interval.high > 0.5
+
+
+def test_intervals_are_the_percentiles_of_the_bootstrap_replicates() -> None:
+    x = np.random.default_rng(10).exponential(size=(12, 1))
+    interval = bootstrap_ci(x, keyed_rng(0, "pct"), statistic=mean_statistic, reps=1000)
+    indices = keyed_rng(0, "pct").integers(0, 12, size=(1000, 12, 1))
+    replicates = np.take_along_axis(x[np.newaxis], indices, axis=1).mean(axis=(1, 2))
+    assert (interval.low, interval.high) == tuple(np.percentile(replicates, [2.5, 97.5]))
+
+
+def test_bounded_memory_blocks_draw_the_same_replicates(monkeypatch) -> None:
+    x = np.random.default_rng(11).exponential(size=(6, 2))
+    whole = bootstrap_ci(x, keyed_rng(0, "blocks"), reps=500)
+    monkeypatch.setattr("eval.stats._BLOCK_VALUES", 7 * x.size)  # blocks of 7 replicates
+    assert bootstrap_ci(x, keyed_rng(0, "blocks"), reps=500) == whole
+
+
+def test_default_replicates() -> None:
+    x, y = np.random.default_rng(12).normal(size=(2, 40, 2))  # no ties at the percentiles
+    taus = [0.0, 1.0]
+    assert bootstrap_ci(x, keyed_rng(0)) == bootstrap_ci(x, keyed_rng(0), reps=10_000)
+    assert paired_difference_ci(x, y, keyed_rng(0)) == paired_difference_ci(
+        x, y, keyed_rng(0), reps=10_000
+    )
+    assert probability_of_improvement_ci(x, y, keyed_rng(0)) == probability_of_improvement_ci(
+        x, y, keyed_rng(0), reps=10_000
+    )
+    default = performance_profile_ci(x, taus, keyed_rng(0))
+    np.testing.assert_array_equal(default, performance_profile_ci(x, taus, keyed_rng(0), reps=2000))
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_a_confidence_of_zero_or_one_is_refused(confidence: float) -> None:
+    with pytest.raises(ValueError, match=f"confidence must be in \\(0, 1\\), got {confidence}"):
+        bootstrap_ci([1.0, 2.0], keyed_rng(0), confidence=confidence)
+    assert bootstrap_ci([1.0, 2.0], keyed_rng(0), reps=1).point == 1.5  # one replicate is enough

@@ -25,6 +25,7 @@ from envs.twin_cli import parse_listen
 from slo.engine import BudgetEngine
 from slo.events import Outcome
 from slo.metrics import MetricsFeed
+from tests.conftest import finish_process
 
 
 def http(url: str, body: bytes | None = None) -> tuple[int, str, str]:
@@ -298,7 +299,7 @@ def test_the_model_rollout_changes_the_cheap_tiers_quality():
     assert np.any((after["difficulty"] < CHEAP_CAPABILITY) & (after["quality_loss"] > 0))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_the_cli_serves_in_accelerated_time_and_stops_on_ctrl_c():
     command = [sys.executable, "-m", "eval.cli", "twin", "--scenario", "steady",
                "--listen", "127.0.0.1:0", "--speed", "60"]  # fmt: skip
@@ -313,14 +314,13 @@ def test_the_cli_serves_in_accelerated_time_and_stops_on_ctrl_c():
         assert set(urls) == {"strong-0", "strong-1", "cheap-0", "router", "engines", "knobs",
                              "state", "health"}  # fmt: skip
         t0 = get_json(urls["state"])["time_s"]
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + 60.0
         while get_json(urls["state"])["time_s"] < t0 + 30.0:  # half a wall second at 60x
             assert time.monotonic() < deadline, "simulated time does not advance"
             time.sleep(0.05)
         assert "vllm:num_requests_running" in families(http(urls["strong-0"])[2])
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = finish_process(proc, signal.SIGINT, grace_s=90.0)  # a loaded machine
     assert proc.returncode == 0, err
     assert out.strip().splitlines()[-1].startswith("stopped at t=")
 

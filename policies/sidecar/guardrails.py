@@ -99,6 +99,12 @@ class Guardrails:
                     f"guardrails.bounds.{name}: [{low}, {high}] leaves the knob's range "
                     f"[{knob.low}, {knob.high}]"
                 )
+            if knob.integer and not (float(low).is_integer() and float(high).is_integer()):
+                # Rounding a value clipped to a fractional bound could leave the bounds.
+                raise ValueError(
+                    f"guardrails.bounds.{name}: [{low}, {high}] must be whole numbers (an "
+                    "integer knob)"
+                )
             self.bounds[name] = (float(low), float(high))
 
     def _knob(self, name: str, where: str) -> KnobSpec:

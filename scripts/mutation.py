@@ -1,0 +1,213 @@
+"""Mutation testing of the safety-critical modules with mutmut (not part of CI: it is slow).
+
+Each module is mutated on its own, against the test files that exercise it, in a scratch copy
+of the working tree (``.mutation/<module>/``, git-ignored) whose ``pyproject.toml`` carries that
+module's ``[tool.mutmut]`` section: mutmut reads its configuration from the current directory,
+and one module at a time keeps a run affordable on 2 cores. The score is the share of mutants
+the tests kill (timeouts count as killed: the mutant broke the code); survivors are listed by
+name for ``mutmut show`` in the scratch copy, and justified in ``scripts/mutation_survivors.md``
+when they are equivalent mutants.
+
+Run one module at a time, in the background and niced::
+
+    nice python scripts/mutation.py guardrails            # prints the score, writes JSON
+    python scripts/mutation.py --list                     # the modules and their tests
+    cd .mutation/guardrails && mutmut show <mutant name>  # what a survivor changed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+#: The project's packages (copied whole: the mutated module imports its neighbours).
+PACKAGES = ("slo", "envs", "agents", "training", "policies", "eval")
+#: mutmut's exit codes per mutant that count as killed (a failing test, a pytest internal
+#: error, a timeout of the mutant).
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate and the test files that exercise it."""
+
+    path: str
+    tests: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "guardrails": Target(
+        "policies/sidecar/guardrails.py",
+        ("tests/test_guardrails.py", "tests/test_sidecar.py"),
+    ),
+    "contract": Target(
+        "envs/contract.py",
+        (
+            "tests/test_contract.py",
+            "tests/test_guardrails.py",
+            # The contract's unit tests of test_elastic.py (the rest runs the simulator).
+            *(
+                f"tests/test_elastic.py::{name}"
+                for name in (
+                    "test_fixed_contracts_are_unchanged",
+                    "test_elastic_contracts_have_the_replica_knobs_and_features",
+                    "test_replica_knob_dead_band_and_step",
+                    "test_replica_change_toward_moves_as_far_as_one_interval_allows",
+                    "test_stopped_and_provisioning_slots_do_not_count_in_the_load_features",
+                )
+            ),
+        ),
+    ),
+    "stats": Target("eval/stats.py", ("tests/test_stats.py", "tests/test_stats_rliable.py")),
+    "export": Target("policies/export.py", ("tests/test_export.py",)),
+    "engine": Target(
+        "slo/engine.py",
+        ("tests/test_slo_engine.py", "tests/test_slo_memory.py", "tests/test_slo_metrics.py"),
+    ),
+    "metrics": Target("slo/metrics.py", ("tests/test_slo_metrics.py",)),
+}
+
+
+def mutmut_section(target: Target) -> str:
+    """The ``[tool.mutmut]`` section for one module."""
+    tests = [t for t in target.tests if (REPO / t.partition("::")[0]).exists()]
+    return (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {json.dumps(list(PACKAGES))}\n"
+        f"only_mutate = {json.dumps([target.path])}\n"
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
+    )
+
+
+def prepare(name: str, target: Target, fresh: bool) -> Path:
+    """The scratch copy for ``name`` (``fresh``: without an earlier run's mutants)."""
+    work = REPO / ".mutation" / name
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "reports", "*.png")
+    for package in (*PACKAGES, "tests"):
+        shutil.copytree(REPO / package, work / package, ignore=ignore, dirs_exist_ok=True)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(pyproject + mutmut_section(target))
+    return work
+
+
+def run_mutmut(
+    work: Path, max_children: int, minutes: float | None, mutants: list[str] | None = None
+) -> None:
+    """``mutmut run`` in ``work`` (the reference data stays where the checkout finds it),
+    stopped after ``minutes`` if given: mutmut records each verdict as it comes, so the score
+    covers the mutants checked by then."""
+    env = dict(os.environ)
+    env.setdefault("BUDGETPILOT_DATA", str(REPO.parent / "shared" / "data"))
+    env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path itself
+    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
+    command = [mutmut, "run", "--max-children", str(max_children), *(mutants or [])]
+    process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True)
+    try:
+        process.wait(timeout=None if minutes is None else 60.0 * minutes)
+    except subprocess.TimeoutExpired:
+        print(f"time budget of {minutes} min spent: stopping mutmut", file=sys.stderr)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def score(work: Path, target: Target) -> dict[str, object]:
+    """Mutants per status, the killed share and the survivors, from mutmut's metadata."""
+    from mutmut.stats import status_by_exit_code
+
+    meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    statuses = {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
+    counts = Counter(statuses.values())
+    judged = sum(n for status, n in counts.items() if status not in {"skipped", "not checked"})
+    killed = sum(counts[s] for s in KILLED)
+    return {
+        "module": target.path,
+        "mutants": len(statuses),
+        "checked": judged,
+        "statuses": dict(counts),
+        "killed_share": killed / judged if judged else None,
+        "survivors": sorted(n for n, s in statuses.items() if s not in KILLED),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to mutate: {', '.join(TARGETS)}")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--resume", action="store_true", help="keep an earlier run's results")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel test processes")
+    parser.add_argument("--score-only", action="store_true", help="report the last run's score")
+    parser.add_argument("--minutes", type=float, help="stop after this long (partial score)")
+    parser.add_argument(
+        "--survivors", action="store_true", help="run only the last run's survivors again"
+    )
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in TARGETS]
+    if unknown:
+        parser.error(f"unknown modules {unknown}; choose from {list(TARGETS)}")
+    if args.list or not args.modules:
+        for name, target in TARGETS.items():
+            print(f"{name:12s}{target.path:34s}{' '.join(target.tests)}")
+        return 0
+    for name in args.modules:
+        target = TARGETS[name]
+        work = REPO / ".mutation" / name
+        if args.survivors:
+            result = recheck_survivors(name, target, args.max_children, args.minutes)
+        else:
+            if not args.score_only:
+                work = prepare(name, target, fresh=not args.resume)
+                run_mutmut(work, args.max_children, args.minutes)
+            result = score(work, target)
+        (work / "score.json").write_text(json.dumps(result, indent=2))
+        report(result)
+    return 0
+
+
+def recheck_survivors(name: str, target: Target, max_children: int, minutes: float | None):
+    """Run only the last run's survivors again (after tests were added) on a fresh copy; the
+    other verdicts stand."""
+    previous = json.loads((REPO / ".mutation" / name / "score.json").read_text())
+    work = prepare(name, target, fresh=True)
+    run_mutmut(work, max_children, minutes, previous["survivors"])
+    rechecked = score(work, target)
+    killed_now = set(previous["survivors"]) - set(rechecked["survivors"])
+    still = [s for s in previous["survivors"] if s not in killed_now]
+    checked = previous["checked"]
+    return previous | {
+        "killed_share": (checked - len(still)) / checked if checked else None,
+        "survivors": still,
+        "rechecked": len(previous["survivors"]),
+    }
+
+
+def report(result: dict[str, object]) -> None:
+    """The score on one line, then each survivor."""
+    share = result["killed_share"]
+    print(json.dumps({k: v for k, v in result.items() if k != "survivors"}))
+    killed = "no data" if share is None else f"{share:.1%}"
+    print(f"{result['module']}: {killed} of {result['checked']} checked mutants killed")
+    for survivor in result["survivors"]:
+        print(f"  survived: {survivor}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
