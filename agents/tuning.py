@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from agents.base import ControlContext, Controller
-from agents.baselines import VllmDefaults, baseline_class, make_controller, params_as_dict
+from agents.baselines import (
+    VllmDefaults,
+    baseline_class,
+    make_controller,
+    params_as_dict,
+    params_from_dict,
+)
 from envs.fleet_env import LLMFleetEnv
 from envs.scenarios import ELASTIC_SCENARIOS, env_kwargs_for, get_scenario
 
@@ -117,7 +123,9 @@ def scenario_env(scenario: str, episode_hours: float | None, warmup_s: float) ->
 
 def control_context(env: LLMFleetEnv) -> ControlContext:
     """What a controller needs to know about ``env``."""
-    return ControlContext(env.observation_contract, env.action_contract, env.slo_kinds)
+    return ControlContext(
+        env.observation_contract, env.action_contract, env.slo_kinds, env.control_interval_s
+    )
 
 
 def candidate_params(name: str, max_candidates: int | None = None) -> list[dict]:
@@ -236,11 +244,19 @@ def tune(
 
 
 def load_tuned_params(path: str | Path) -> tuple[str, str, dict]:
-    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``."""
+    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``;
+    parameters the baseline does not have, or out of their documented ranges, are refused
+    (``ValueError`` naming the file and the parameter)."""
     try:
         data = json.loads(Path(path).read_text())
-        return data["baseline"], data["scenario"], dict(data["best_params"])
+        baseline, scenario, params = data["baseline"], data["scenario"], dict(data["best_params"])
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read tuning result {path}: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise ValueError(f"tuning result {path} lacks field {exc}") from None
+    if baseline_class(baseline) is not VllmDefaults:
+        try:
+            params_from_dict(baseline, params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tuning result {path}: {exc}") from None
+    return baseline, scenario, params
