@@ -273,7 +273,9 @@ class HorizontalPodAutoscaler(ScalingController):
 
     @staticmethod
     def frontier_values(params: HpaParams) -> tuple[float, ...]:
-        """KV-usage targets 5-40 %, or 0.25-4 requests waiting per replica."""
+        """KV-usage targets 2.5-40 %, or 0.25-4 requests waiting per replica."""
+        if params.metric == "kv_usage":
+            return (0.025, *HorizontalPodAutoscaler.TARGETS["kv_usage"])
         return HorizontalPodAutoscaler.TARGETS[params.metric]
 
     @staticmethod
@@ -347,8 +349,8 @@ class BudgetAutoscaler(ScalingController):
 
     @staticmethod
     def frontier_values(params: BudgetAutoscalerParams) -> tuple[float, ...]:
-        """Calm burn rates 0.5-2 (below them for ``hold`` intervals, a replica goes)."""
-        return (0.5, 1.0, 2.0)
+        """Calm burn rates 0.25-2 (below them for ``hold`` intervals, a replica goes)."""
+        return (0.25, 0.5, 1.0, 2.0)
 
     @staticmethod
     def param_grid() -> Iterator[BudgetAutoscalerParams]:
@@ -500,8 +502,8 @@ class WorkloadVariantAutoscaler(ScalingController):
 
     @staticmethod
     def frontier_values(params: WvaParams) -> tuple[float, ...]:
-        """KV-cache thresholds 20-80 % (never below ``kvSpareTrigger``)."""
-        return tuple(v for v in (0.2, 0.4, 0.6, 0.8) if v >= params.kvSpareTrigger)
+        """KV-cache thresholds 10-80 % (never below ``kvSpareTrigger``)."""
+        return tuple(v for v in (0.1, 0.2, 0.4, 0.8) if v >= params.kvSpareTrigger)
 
     @staticmethod
     def param_grid() -> Iterator[WvaParams]:
@@ -618,8 +620,8 @@ class KnativePodAutoscaler(ScalingController):
 
     @staticmethod
     def frontier_values(params: KpaParams) -> tuple[float, ...]:
-        """Target concurrencies of 8-64 requests per replica."""
-        return (8.0, 16.0, 32.0, 64.0)
+        """Target concurrencies of 4-64 requests per replica."""
+        return (4.0, 8.0, 16.0, 32.0, 64.0)
 
     @staticmethod
     def param_grid() -> Iterator[KpaParams]:
@@ -629,3 +631,11 @@ class KnativePodAutoscaler(ScalingController):
             stable_window=(60.0, 300.0),
             scale_down_delay=(0.0, 300.0),
         )
+
+
+#: The autoscalers operators of LLM fleets run in production (the budget autoscaler is ours).
+PRODUCTION_AUTOSCALERS = (
+    HorizontalPodAutoscaler.name,
+    WorkloadVariantAutoscaler.name,
+    KnativePodAutoscaler.name,
+)

@@ -25,6 +25,7 @@ quantity from a seed and names, so that an interval does not depend on what else
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -280,3 +281,80 @@ def performance_profile_ci(
     )
     low, high = _percentiles(replicates, confidence)
     return _profile(x, t, lower_is_better), low, high
+
+
+def frontier_at(cost: float, costs: ArrayLike, spent: ArrayLike) -> float:
+    """The budget spent along a cost-against-budget frontier at ``cost``.
+
+    The frontier joins, by increasing cost, the points ``(costs[i], spent[i])`` that no other
+    point beats on both (cheaper and spending less), linearly; outside the cost range of those
+    points it is not known: NaN.
+    """
+    c, s = np.asarray(costs, dtype=np.float64), np.asarray(spent, dtype=np.float64)
+    front_cost: list[float] = []
+    front_spent: list[float] = []
+    for i in np.lexsort((s, c)):  # by cost, then budget spent
+        if not front_spent or s[i] < front_spent[-1]:
+            front_cost.append(float(c[i]))
+            front_spent.append(float(s[i]))
+    if not front_cost[0] <= cost <= front_cost[-1]:
+        return float("nan")
+    return float(np.interp(cost, front_cost, front_spent))
+
+
+def frontier_gap_ci(
+    spent: ArrayLike,
+    cost: ArrayLike,
+    frontier_spent: ArrayLike,
+    frontier_cost: ArrayLike,
+    rng: np.random.Generator,
+    reps: int = 10_000,
+    confidence: float = 0.95,
+) -> tuple[Interval | None, float]:
+    """How far a controller lies below (negative) or above a frontier, with a bootstrap interval.
+
+    The gap is the controller's IQM budget spent minus the frontier's (:func:`frontier_at`) at
+    the controller's IQM cost, the frontier's points being IQMs too. Runs are paired by seed:
+    every replicate resamples the same seeds for the controller and every point.
+
+    Parameters
+    ----------
+    spent, cost:
+        The controller's runs, ``(n_seeds,)``.
+    frontier_spent, frontier_cost:
+        The frontier's points, ``(n_points, n_seeds)``, on the same seeds.
+    rng, reps, confidence:
+        As for :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    ``(gap, share)``: the gap with its percentile interval over the replicates where the
+    controller's cost lies within the frontier's range (``None`` when its own cost does not),
+    and the share of replicates that did.
+    """
+    x = np.column_stack([np.asarray(spent, dtype=np.float64), np.asarray(cost, dtype=np.float64)])
+    points = np.stack(
+        [np.asarray(frontier_spent, dtype=np.float64), np.asarray(frontier_cost, dtype=np.float64)]
+    )  # (2, n_points, n_seeds)
+    if points.shape[2] != x.shape[0] or not np.all(np.isfinite(points)):
+        raise ValueError(
+            f"frontier points must be finite (n_points, {x.shape[0]}) arrays, one run per seed "
+            f"of the controller, got {points.shape[1:]}"
+        )
+    _check_reps(reps)
+
+    def gap(columns: np.ndarray, point_runs: np.ndarray) -> float:
+        own = iqm_statistic(columns[:, :, np.newaxis])  # (2,): spent, cost
+        front = iqm_statistic(point_runs[..., np.newaxis])  # (2, n_points)
+        return float(own[0] - frontier_at(own[1], front[1], front[0]))
+
+    point = gap(x.T, points)
+    if math.isnan(point):
+        return None, 0.0
+    indices = rng.integers(0, x.shape[0], size=(reps, x.shape[0]))
+    replicates = np.array([gap(x[i].T, points[:, :, i]) for i in indices])
+    inside = replicates[np.isfinite(replicates)]
+    if inside.size == 0:
+        return None, 0.0
+    low, high = _percentiles(inside, confidence)
+    return Interval(point, float(low), float(high)), inside.size / reps

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,11 +218,11 @@ def test_kpa_scale_down_delay_holds_the_highest_recent_count() -> None:
 @pytest.mark.parametrize(
     ("cls", "params", "parameter", "values"),
     [
-        (HorizontalPodAutoscaler, HpaParams(target=0.1), "target", (0.05, 0.2, 0.4)),
+        (HorizontalPodAutoscaler, HpaParams(target=0.1), "target", (0.025, 0.05, 0.2, 0.4)),
         (HorizontalPodAutoscaler, HpaParams("waiting", 1.0), "target", (0.25, 4.0)),
-        (BudgetAutoscaler, BudgetAutoscalerParams(), "calm_burn", (0.5, 2.0)),
-        (WorkloadVariantAutoscaler, WvaParams(), "kvCacheThreshold", (0.2, 0.4, 0.6)),
-        (KnativePodAutoscaler, KpaParams(target=16.0), "target", (8.0, 32.0, 64.0)),
+        (BudgetAutoscaler, BudgetAutoscalerParams(), "calm_burn", (0.25, 0.5, 2.0)),
+        (WorkloadVariantAutoscaler, WvaParams(), "kvCacheThreshold", (0.1, 0.2, 0.4)),
+        (KnativePodAutoscaler, KpaParams(target=16.0), "target", (4.0, 8.0, 32.0, 64.0)),
     ],
 )
 def test_frontier_sweeps_vary_the_main_target_only(cls, params, parameter, values) -> None:
@@ -240,3 +241,60 @@ def test_every_autoscaler_runs_an_elastic_episode() -> None:
         metrics = run_episode(run).metrics
         assert metrics["steps"] == 12 and math.isfinite(metrics["budget_spent_total"])
         assert np.isfinite(metrics["cost_gpu_hours"]) and metrics["cost_gpu_hours"] > 0
+
+
+def test_sweeps_run_only_beside_an_elastic_policy() -> None:
+    from eval.bench import BenchConfig, plan_runs, resolve_controllers
+
+    def labels(names: list[str], **config) -> set[str]:
+        controllers = resolve_controllers(names)
+        runs, _, _ = plan_runs(BenchConfig(controllers, ("slow-ramp",), (0, 1), **config))
+        return {run.label for run in runs if run.label}
+
+    assert labels(["wva", "kpa"]) == set()  # no policy to judge: no frontier
+    assert labels(["ppo-elastic", "kpa"], frontier_seeds=0) == set()
+    swept = labels(["ppo-elastic", "kpa"], tuned_dir=Path("/nonexistent"))  # defaults: 100
+    assert swept == {f"kpa@target={v:g}" for v in (4, 8, 16, 32, 64)}
+
+
+@pytest.mark.slow
+def test_the_elastic_report_judges_the_policy_against_each_frontier(tmp_path) -> None:
+    from eval.bench import BenchConfig, resolve_controllers, run_bench
+    from eval.report import write_report
+
+    config = BenchConfig(
+        resolve_controllers(["ppo-elastic", "wva", "kpa"]),
+        ("short-flash-crowd",),
+        (0, 1, 2),
+        episode_hours=0.1,
+        warmup_s=60.0,
+        bootstrap_reps=200,
+        frontier_seeds=2,
+    )
+    report = write_report(run_bench(config, use_ray=False), tmp_path).read_text()
+    document = json.loads((tmp_path / "results.json").read_text())
+    frontiers = document["analysis"]["frontiers"]["short-flash-crowd"]
+    assert set(frontiers) == {"wva", "kpa"}
+    runs = {(r["controller"], r["seed"]): r for r in document["runs"]}
+    for autoscaler, frontier in frontiers.items():
+        assert frontier["seeds"] == [0, 1]
+        values = [p["value"] for p in frontier["points"]]
+        assert values == sorted(values) and len(values) >= 4
+        assert autoscaler in [p["label"] for p in frontier["points"]]  # the tuned setting
+        for point in frontier["points"]:
+            spent = [runs[(point["label"], seed)]["budget_spent_total"] for seed in (0, 1)]
+            assert point["spent"] == pytest.approx(np.mean(spent))  # IQM of two runs
+        verdict = frontier["policies"]["ppo-elastic"]
+        gap = verdict["gap"]
+        if gap is None:
+            assert verdict["verdict"] == "outside the frontier's cost range"
+        else:
+            assert gap["low"] <= gap["point"] <= gap["high"]
+            assert (gap["high"] < 0) == (verdict["verdict"] == "below the frontier")
+        assert verdict["verdict"] in report
+    ranked = document["analysis"]["production_autoscalers"]["short-flash-crowd"]
+    assert set(ranked["ranking"]) == {"wva", "kpa"} and ranked["strongest"] == ranked["ranking"][0]
+    assert f"**{ranked['strongest']}** strongest" in report
+    assert "against its frontier" in report and "**Frontiers (elastic scenarios).**" in report
+    # Sweep points are not controllers of the tables.
+    assert "kpa@target" not in report.split("## Scenarios")[1]
