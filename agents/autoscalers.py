@@ -620,8 +620,8 @@ class KnativePodAutoscaler(ScalingController):
 
     @staticmethod
     def frontier_values(params: KpaParams) -> tuple[float, ...]:
-        """Target concurrencies of 4-64 requests per replica."""
-        return (4.0, 8.0, 16.0, 32.0, 64.0)
+        """Target concurrencies of 4-32 requests per replica."""
+        return (4.0, 8.0, 16.0, 32.0)
 
     @staticmethod
     def param_grid() -> Iterator[KpaParams]:

@@ -870,7 +870,7 @@ FRONTIER_METHOD = """\
 buys budget with GPU-hours. To judge a policy's trade, each autoscaler's main target is swept
 over a documented range with its other tuned parameters kept (`hpa`: the KV-usage target
 2.5-40 % or the waiting-requests target 0.25-4; `budget-autoscaler`: the calm burn rate 0.25-2;
-`wva`: `kvCacheThreshold` 10-80 %; `kpa`: the target concurrency 4-64), on evaluation seeds
+`wva`: `kvCacheThreshold` 10-80 %; `kpa`: the target concurrency 4-32), on evaluation seeds
 {seeds}. The frontier joins, by increasing cost, the points (IQM cost, IQM budget spent) that no
 other point of the sweep beats on both. The policy's gap is its IQM budget spent minus the
 frontier's at the policy's IQM cost (linear between points), on the same seeds; its 95 % interval
