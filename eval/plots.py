@@ -231,7 +231,7 @@ def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
         ax.set_xlabel("budget spent (% of period budgets)", fontsize=8)
         ax.set_ylabel("cost (GPU-h)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
-    title = "cost against budget spent (IQM over seeds, 95 % CI; dashed: autoscaler frontiers)"
+    title = "cost against budget spent (IQM, 95 % CI; dashed: autoscaler frontiers)"
     _header(fig, title, handles, labels)
     return _save(fig, out / "cost_vs_budget.png")
 

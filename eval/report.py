@@ -563,11 +563,14 @@ def _episode_length(config: dict) -> str:
 def _title(document: dict) -> str:
     config, timing = document["config"], document["timing"]
     controllers = [c["name"] for c in config["controllers"]]
+    runs = len(controllers) * len(config["scenarios"]) * len(config["seeds"])
+    sweeps = timing["runs"] - runs
     return (
         "# budgetpilot benchmark\n\n"
         f"{len(controllers)} controllers ({', '.join(controllers)}) x "
         f"{len(config['scenarios'])} scenarios x {len(config['seeds'])} seeds = "
-        f"{timing['runs']} runs of {_episode_length(config)} (after {config['warmup_s']:.0f} s "
+        f"{runs} runs{f' (and {sweeps} of frontier sweeps)' if sweeps else ''} of "
+        f"{_episode_length(config)} (after {config['warmup_s']:.0f} s "
         f"of warm-up), in {timing['wall_time_s']:.0f} s. Figures are IQM over seeds with 95 % "
         "stratified-bootstrap intervals; budget spent is in % of the period error budgets, "
         "summed over the SLOs (see Method)."
@@ -656,7 +659,10 @@ def _frontier_cell(frontier: dict | None, policy: str) -> str:
     verdict = frontier["policies"][policy]
     if verdict["gap"] is None:
         return verdict["verdict"]
-    return f"{verdict['verdict']}: {_show_interval(verdict['gap'], METRICS[PRIMARY])}"
+    text = f"{verdict['verdict']}: {_show_interval(verdict['gap'], METRICS[PRIMARY])}"
+    share = verdict["replicates_in_range"]
+    # Replicates where the policy's cost left the frontier's range are not in the interval.
+    return text if share == 1.0 else f"{text} ({share:.0%} of replicates in range)"
 
 
 def _strongest_autoscalers(document: dict) -> str:
