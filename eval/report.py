@@ -330,7 +330,7 @@ class Analysis:
         ]
         policies = {}
         for policy in self.scores.policies:
-            gap, share = frontier_gap_ci(
+            gap, side = frontier_gap_ci(
                 runs(policy, PRIMARY),
                 runs(policy, "cost_gpu_hours"),
                 spent,
@@ -341,9 +341,9 @@ class Analysis:
             policies[policy] = {
                 "spent": iqm(runs(policy, PRIMARY)),
                 "cost": iqm(runs(policy, "cost_gpu_hours")),
-                "gap": None if gap is None else gap.to_dict(),
-                "replicates_in_range": share,
-                "verdict": frontier_verdict(gap),
+                "gap": gap.to_dict(),
+                "side": side,
+                "verdict": frontier_verdict(gap, side),
             }
         return {"parameter": sweep["parameter"], "seeds": seeds, "points": points} | {
             "policies": policies
@@ -368,14 +368,17 @@ class Analysis:
         }
 
 
-def frontier_verdict(gap: Interval | None) -> str:
-    """Where a controller lies against a frontier, from the 95 % interval of its gap."""
-    if gap is None:
-        return "outside the frontier's cost range"
-    if gap.high < 0.0:
-        return "below the frontier"
-    if gap.low > 0.0:
-        return "above the frontier"
+def frontier_verdict(gap: Interval, side: int) -> str:
+    """Where a controller lies against a frontier, from the 95 % interval of its gap and the
+    side of the frontier's cost range its cost is on (outside it the gap is a bound, which
+    decides one way only)."""
+    if gap.high < 0.0 and side <= 0:
+        return "below the frontier" + (" (cheaper than all its settings)" if side else "")
+    if gap.low > 0.0 and side >= 0:
+        return "above the frontier" + (" (dearer than all its settings)" if side else "")
+    if side:
+        where = "cheaper" if side < 0 else "dearer"
+        return f"no verdict ({where} than all its settings)"
     return "on the frontier (within noise)"
 
 
@@ -657,12 +660,7 @@ def _frontier_cell(frontier: dict | None, policy: str) -> str:
     if frontier is None:
         return "no frontier traced"
     verdict = frontier["policies"][policy]
-    if verdict["gap"] is None:
-        return verdict["verdict"]
-    text = f"{verdict['verdict']}: {_show_interval(verdict['gap'], METRICS[PRIMARY])}"
-    share = verdict["replicates_in_range"]
-    # Replicates where the policy's cost left the frontier's range are not in the interval.
-    return text if share == 1.0 else f"{text} ({share:.0%} of replicates in range)"
+    return f"{verdict['verdict']}: {_show_interval(verdict['gap'], METRICS[PRIMARY])}"
 
 
 def _strongest_autoscalers(document: dict) -> str:
@@ -882,8 +880,11 @@ other point of the sweep beats on both. The policy's gap is its IQM budget spent
 frontier's at the policy's IQM cost (linear between points), on the same seeds; its 95 % interval
 comes from a bootstrap that resamples the same seeds for the policy and every point. The policy
 lies *below* the frontier (a better trade than any setting of that autoscaler) when the interval
-is below zero, *above* it when above zero, *on* it otherwise; when its cost lies outside the
-range of the frontier's costs there is no verdict (the frontier was not traced there)."""
+is below zero, *above* it when above zero, *on* it otherwise. Outside the frontier's cost range
+the frontier is continued flat from its end point, which bounds it (a frontier only falls with
+cost): a policy cheaper than every setting is below when it spends less than the cheapest
+setting's budget (interval below zero), a policy dearer than every setting is above when it
+spends more than the dearest setting's; otherwise there is no verdict."""
 
 
 def _frontier_method(document: dict) -> str:

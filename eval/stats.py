@@ -25,7 +25,6 @@ quantity from a seed and names, so that an interval does not depend on what else
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -283,12 +282,15 @@ def performance_profile_ci(
     return _profile(x, t, lower_is_better), low, high
 
 
-def frontier_at(cost: float, costs: ArrayLike, spent: ArrayLike) -> float:
-    """The budget spent along a cost-against-budget frontier at ``cost``.
+def frontier_at(cost: float, costs: ArrayLike, spent: ArrayLike) -> tuple[float, int]:
+    """The budget spent along a cost-against-budget frontier at ``cost``, and where ``cost``
+    lies: -1 below the frontier's cost range, 0 within it, 1 above it.
 
     The frontier joins, by increasing cost, the points ``(costs[i], spent[i])`` that no other
-    point beats on both (cheaper and spending less), linearly; outside the cost range of those
-    points it is not known: NaN.
+    point beats on both (cheaper and spending less), linearly. Outside its cost range it is
+    continued flat from its end point, a bound: a frontier only falls with cost, so at a lower
+    cost it spends at least what its cheapest point does, at a higher cost at most what its
+    dearest point does.
     """
     c, s = np.asarray(costs, dtype=np.float64), np.asarray(spent, dtype=np.float64)
     front_cost: list[float] = []
@@ -297,9 +299,8 @@ def frontier_at(cost: float, costs: ArrayLike, spent: ArrayLike) -> float:
         if not front_spent or s[i] < front_spent[-1]:
             front_cost.append(float(c[i]))
             front_spent.append(float(s[i]))
-    if not front_cost[0] <= cost <= front_cost[-1]:
-        return float("nan")
-    return float(np.interp(cost, front_cost, front_spent))
+    side = -1 if cost < front_cost[0] else 1 if cost > front_cost[-1] else 0
+    return float(np.interp(cost, front_cost, front_spent)), side
 
 
 def frontier_gap_ci(
@@ -310,7 +311,7 @@ def frontier_gap_ci(
     rng: np.random.Generator,
     reps: int = 10_000,
     confidence: float = 0.95,
-) -> tuple[Interval | None, float]:
+) -> tuple[Interval, int]:
     """How far a controller lies below (negative) or above a frontier, with a bootstrap interval.
 
     The gap is the controller's IQM budget spent minus the frontier's (:func:`frontier_at`) at
@@ -328,9 +329,9 @@ def frontier_gap_ci(
 
     Returns
     -------
-    ``(gap, share)``: the gap with its percentile interval over the replicates where the
-    controller's cost lies within the frontier's range (``None`` when its own cost does not),
-    and the share of replicates that did.
+    ``(gap, side)``: the gap with its percentile interval, and where the controller's IQM cost
+    lies against the frontier's cost range (see :func:`frontier_at`). Below the range the gap is
+    an upper bound (it can only be more negative), above it a lower bound.
     """
     x = np.column_stack([np.asarray(spent, dtype=np.float64), np.asarray(cost, dtype=np.float64)])
     points = np.stack(
@@ -343,18 +344,14 @@ def frontier_gap_ci(
         )
     _check_reps(reps)
 
-    def gap(columns: np.ndarray, point_runs: np.ndarray) -> float:
+    def gap(columns: np.ndarray, point_runs: np.ndarray) -> tuple[float, int]:
         own = iqm_statistic(columns[:, :, np.newaxis])  # (2,): spent, cost
         front = iqm_statistic(point_runs[..., np.newaxis])  # (2, n_points)
-        return float(own[0] - frontier_at(own[1], front[1], front[0]))
+        budget, side = frontier_at(own[1], front[1], front[0])
+        return float(own[0] - budget), side
 
-    point = gap(x.T, points)
-    if math.isnan(point):
-        return None, 0.0
+    point, side = gap(x.T, points)
     indices = rng.integers(0, x.shape[0], size=(reps, x.shape[0]))
-    replicates = np.array([gap(x[i].T, points[:, :, i]) for i in indices])
-    inside = replicates[np.isfinite(replicates)]
-    if inside.size == 0:
-        return None, 0.0
-    low, high = _percentiles(inside, confidence)
-    return Interval(point, float(low), float(high)), inside.size / reps
+    replicates = np.array([gap(x[i].T, points[:, :, i])[0] for i in indices])
+    low, high = _percentiles(replicates, confidence)
+    return Interval(point, float(low), float(high)), side

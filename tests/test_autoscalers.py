@@ -243,6 +243,27 @@ def test_every_autoscaler_runs_an_elastic_episode() -> None:
         assert np.isfinite(metrics["cost_gpu_hours"]) and metrics["cost_gpu_hours"] > 0
 
 
+@pytest.mark.parametrize(
+    ("point", "low", "high", "side", "verdict"),
+    [
+        (-1.0, -1.5, -0.5, 0, "below the frontier"),
+        (1.0, 0.5, 1.5, 0, "above the frontier"),
+        (0.1, -0.5, 0.5, 0, "on the frontier (within noise)"),
+        (-1.0, -1.5, -0.5, -1, "below the frontier (cheaper than all its settings)"),
+        (1.0, 0.5, 1.5, -1, "no verdict (cheaper than all its settings)"),
+        (-1.0, -1.5, -0.5, 1, "no verdict (dearer than all its settings)"),
+        (1.0, 0.5, 1.5, 1, "above the frontier (dearer than all its settings)"),
+    ],
+)
+def test_frontier_verdicts_use_bounds_one_way_outside_the_range(
+    point: float, low: float, high: float, side: int, verdict: str
+) -> None:
+    from eval.report import frontier_verdict
+    from eval.stats import Interval
+
+    assert frontier_verdict(Interval(point, low, high), side) == verdict
+
+
 def test_sweeps_run_only_beside_an_elastic_policy() -> None:
     from eval.bench import BenchConfig, plan_runs, resolve_controllers
 
@@ -260,7 +281,8 @@ def test_sweeps_run_only_beside_an_elastic_policy() -> None:
 @pytest.mark.slow
 def test_the_elastic_report_judges_the_policy_against_each_frontier(tmp_path) -> None:
     from eval.bench import BenchConfig, resolve_controllers, run_bench
-    from eval.report import write_report
+    from eval.report import frontier_verdict, write_report
+    from eval.stats import Interval
 
     config = BenchConfig(
         resolve_controllers(["ppo-elastic", "wva", "kpa"]),
@@ -286,11 +308,8 @@ def test_the_elastic_report_judges_the_policy_against_each_frontier(tmp_path) ->
             assert point["spent"] == pytest.approx(np.mean(spent))  # IQM of two runs
         verdict = frontier["policies"]["ppo-elastic"]
         gap = verdict["gap"]
-        if gap is None:
-            assert verdict["verdict"] == "outside the frontier's cost range"
-        else:
-            assert gap["low"] <= gap["point"] <= gap["high"]
-            assert (gap["high"] < 0) == (verdict["verdict"] == "below the frontier")
+        assert gap["low"] <= gap["point"] <= gap["high"] and verdict["side"] in (-1, 0, 1)
+        assert verdict["verdict"] == frontier_verdict(Interval(**gap), verdict["side"])
         assert verdict["verdict"] in report
     ranked = document["analysis"]["production_autoscalers"]["short-flash-crowd"]
     assert set(ranked["ranking"]) == {"wva", "kpa"} and ranked["strongest"] == ranked["ranking"][0]
