@@ -84,6 +84,13 @@ def bench(
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
     ] = None,
     bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.")] = 0,
+    frontier_seeds: Annotated[
+        int | None,
+        typer.Option(
+            help="Beside an elastic policy, sweep every autoscaler's main target on this many "
+            "of the first seeds (default 5; 0: no frontiers)."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark learned policies against tuned baselines; write report.md, results.json, plots.
 
@@ -116,6 +123,7 @@ def bench(
             tuned_dir=tuned_dir or TUNED_DIR,
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
             bootstrap_seed=bootstrap_seed,
+            **({} if frontier_seeds is None else {"frontier_seeds": frontier_seeds}),
         )
         columns = (
             *Progress.get_default_columns()[:-1],
