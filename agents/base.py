@@ -8,9 +8,10 @@ values and burn rates, so :class:`ObservationView` reads features by name and
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,14 +34,26 @@ class ControlContext:
     slo_kinds:
         SLO name -> SLI kind (``"ttft"``, ``"availability"``, ``"quality"``, ...), so a heuristic
         knows which budgets are latency budgets.
+    interval_s:
+        Seconds between two decisions (``act`` calls), so that controllers with windows in
+        seconds (Knative's) count them in decisions.
     """
 
     observation: ObservationContract
     action: ActionContract
     slo_kinds: Mapping[str, str]
+    interval_s: float = 30.0
 
     def slos_of_kind(self, kinds: frozenset[str] | set[str]) -> tuple[str, ...]:
         return tuple(name for name, kind in self.slo_kinds.items() if kind in kinds)
+
+
+def params_grid(params_cls: type, **candidates: tuple) -> Iterator:
+    """Every combination of ``candidates`` over the defaults of ``params_cls`` (a frozen
+    dataclass), for a baseline's ``param_grid()``."""
+    keys = list(candidates)
+    for combo in itertools.product(*(candidates[k] for k in keys)):
+        yield replace(params_cls(), **dict(zip(keys, combo, strict=True)))
 
 
 class ObservationView:

@@ -9,4 +9,6 @@ BASELINE_NAMES: tuple[str, ...] = (
     "pid",
     "hpa",
     "budget-autoscaler",
+    "wva",
+    "kpa",
 )

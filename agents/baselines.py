@@ -17,15 +17,12 @@ baseline               rule
                        availability page re-opens admission, a spent quality budget stops routing
 ``pid``                a PID loop holding the worst latency burn rate at a target, acting on the
                        cheap-tier share first and on admission beyond it
-``hpa``                (elastic) the Kubernetes Horizontal Pod Autoscaler on every pool: replicas
-                       for a target KV-cache usage or queue depth, with its tolerance and its
-                       scale-up and scale-down stabilisation windows
-``budget-autoscaler``  (elastic) scale the strong pool by its budgets: one replica up on a
-                       latency or availability page (or a lasting ticket), one down once every
-                       budget has burnt slowly for a while
+``hpa``, ``wva``,      (elastic) the autoscalers of :mod:`agents.autoscalers`: Kubernetes' HPA,
+``kpa``,               llm-d's Workload Variant Autoscaler, Knative's Pod Autoscaler and a
+``budget-autoscaler``  budget-driven one
 =====================  ==========================================================================
 
-The elastic baselines set only the replica knobs (the others stay neutral) and need an elastic
+The autoscalers set only the replica knobs (the others stay neutral) and need an elastic
 environment (``LLMFleetEnv(elastic=True)``); the others leave the replica knobs neutral there.
 """
 
@@ -33,22 +30,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 
-from agents.base import LATENCY_KINDS, ControlContext, Controller, ObservationView
-from envs.contract import NEUTRAL_KNOB_VALUES, replica_change_toward, replicas_knob_name
-
-
-def _grid(params_cls: type, **candidates: tuple) -> Iterator:
-    """Every combination of ``candidates`` over the defaults of ``params_cls``."""
-    keys = list(candidates)
-    for combo in itertools.product(*(candidates[k] for k in keys)):
-        yield replace(params_cls(), **dict(zip(keys, combo, strict=True)))
+from agents.autoscalers import (
+    BudgetAutoscaler,
+    HorizontalPodAutoscaler,
+    KnativePodAutoscaler,
+    UpstreamParams,
+    WorkloadVariantAutoscaler,
+)
+from agents.base import LATENCY_KINDS, ControlContext, Controller, ObservationView, params_grid
+from envs.contract import NEUTRAL_KNOB_VALUES
 
 
 class VllmDefaults(Controller):
@@ -154,7 +149,7 @@ class ReactiveThresholds(Controller):
 
     @staticmethod
     def param_grid() -> Iterator[ReactiveParams]:
-        return _grid(
+        return params_grid(
             ReactiveParams,
             kv_high=(0.85, 0.95),
             burn_high=(1.5, 3.0, 6.0),
@@ -224,7 +219,7 @@ class SreBudgetPolicy(Controller):
 
     @staticmethod
     def param_grid() -> Iterator[SrePolicyParams]:
-        return _grid(
+        return params_grid(
             SrePolicyParams,
             page_share=(0.3, 0.6),
             ticket_share=(0.1, 0.3),
@@ -285,202 +280,7 @@ class PidBurnRate(Controller):
 
     @staticmethod
     def param_grid() -> Iterator[PidParams]:
-        return _grid(PidParams, target_burn=(0.5, 1.0, 2.0), kp=(0.05, 0.2), ki=(0.01, 0.05))
-
-
-class ScalingController(Controller):
-    """Base of the baselines that scale pools through the replica knobs.
-
-    Parameters
-    ----------
-    context:
-        Contracts of the governed fleet; they must have the replica knob of every pool in
-        ``pools`` (an elastic environment), else ``ValueError`` names the missing knob.
-    pools:
-        The pools this controller scales.
-    """
-
-    needs_elastic = True
-
-    def __init__(self, context: ControlContext, pools: Sequence[str]) -> None:
-        super().__init__(context)
-        for pool in pools:
-            knob = replicas_knob_name(pool)
-            if knob not in context.action.names:
-                raise ValueError(
-                    f"baseline {self.name!r} scales pool {pool!r} through knob {knob!r}, which "
-                    f"the action contract lacks (knobs: {', '.join(context.action.names)}): "
-                    "run it in an elastic environment, LLMFleetEnv(elastic=True)"
-                )
-        self.pools = tuple(pools)
-
-    def scale_to(self, view: ObservationView, targets: Mapping[str, int]) -> np.ndarray:
-        """The action moving each pool's desired replicas toward its target (as far as one
-        interval allows), every other knob neutral."""
-        return self.knobs_to_action(
-            {
-                replicas_knob_name(pool): replica_change_toward(
-                    view.replicas(pool, "desired"), target
-                )
-                for pool, target in targets.items()
-            }
-        )
-
-
-@dataclass(frozen=True)
-class HpaParams:
-    """Settings of :class:`HorizontalPodAutoscaler` (windows in control intervals: 10 = 300 s,
-    Kubernetes' default scale-down window, at the environment's 30 s interval).
-    ``min_replicas`` is the strong pool's ``minReplicas`` (the first pool of the contract); the
-    cheap pool's is 1 (with routing neutral it serves only fallback traffic)."""
-
-    metric: Literal["kv_usage", "waiting"] = "kv_usage"
-    target: float = 0.3
-    tolerance: float = 0.1
-    scale_up_window: int = 0
-    scale_down_window: int = 10
-    min_replicas: int = 1
-
-
-class HorizontalPodAutoscaler(ScalingController):
-    """The Kubernetes HPA algorithm on every pool, fed by the observation's pool features.
-
-    Each interval, per pool: the metric is the KV-cache usage averaged over the pool's serving
-    replicas (``kv_usage``, what ``vllm:kv_cache_usage_perc`` gives) or the requests waiting per
-    replica (``waiting``, ``vllm:num_requests_waiting``, a KEDA-style queue target). Within
-    ``tolerance`` of the target the recommendation is the current desired count; otherwise it is
-    ``ceil(serving * metric / target)``, in ``[minReplicas, max_replicas]`` (replicas still
-    provisioning count as using nothing, as HPA treats pods that are not ready on a scale-up).
-    The stabilisation then scales up to the *lowest* recommendation of the last
-    ``scale_up_window`` intervals and down to the *highest* of the last ``scale_down_window``
-    (both counting this one), and the replica knob moves toward it, at most 50% per interval.
-    An episode starts as if the autoscaler had recommended the current count all along (it ran
-    during the warm-up), so it does not scale down at once on an empty history.
-    """
-
-    name = "hpa"
-
-    def __init__(self, context: ControlContext, params: HpaParams | None = None) -> None:
-        super().__init__(context, context.observation.pools)
-        self.params = params or HpaParams()
-        if self.params.metric not in ("kv_usage", "waiting"):
-            raise ValueError(
-                f"hpa metric must be 'kv_usage' or 'waiting', got {self.params.metric!r}"
-            )
-        self.reset()
-
-    def reset(self) -> None:
-        self._horizon = max(self.params.scale_up_window, self.params.scale_down_window, 1)
-        self._history: dict[str, deque[int]] = {
-            pool: deque(maxlen=self._horizon) for pool in self.pools
-        }
-
-    def act(self, observation: np.ndarray) -> np.ndarray:
-        view = self.view(observation)
-        targets = {}
-        for pool in self.pools:
-            desired = view.replicas(pool, "desired")
-            history = self._history[pool]
-            if not history:
-                history.extend([desired] * self._horizon)
-            history.append(self._recommendation(view, pool, desired))
-            up = min(list(history)[-max(self.params.scale_up_window, 1) :])
-            down = max(list(history)[-max(self.params.scale_down_window, 1) :])
-            targets[pool] = up if desired < up else down if desired > down else desired
-        return self.scale_to(view, targets)
-
-    def _recommendation(self, view: ObservationView, pool: str, desired: int) -> int:
-        p = self.params
-        serving = view.replicas(pool, "serving")
-        if p.metric == "kv_usage":
-            metric = view.pool(pool, "kv_usage_mean")
-        else:
-            metric = math.expm1(view.pool(pool, "waiting_per_replica"))
-        ratio = metric / p.target
-        if serving == 0 or abs(ratio - 1.0) <= p.tolerance:
-            return desired
-        cap = self.context.observation.max_replicas[self.pools.index(pool)]
-        floor = p.min_replicas if pool == self.pools[0] else 1
-        # Observations are float32: without the slack, 2 * 0.6 / 0.3 would round up to 5.
-        return min(cap, max(floor, math.ceil(serving * ratio - 1e-6)))
-
-    @staticmethod
-    def param_grid() -> Iterator[HpaParams]:
-        kv_usage, waiting = (0.05, 0.1, 0.2, 0.4), (0.25, 1.0, 4.0)
-        for metric, targets in (("kv_usage", kv_usage), ("waiting", waiting)):
-            yield from _grid(
-                HpaParams,
-                metric=(metric,),
-                target=targets,
-                scale_down_window=(10, 40),
-                min_replicas=(1, 2),
-            )
-
-
-@dataclass(frozen=True)
-class BudgetAutoscalerParams:
-    """Settings of :class:`BudgetAutoscaler` (durations in control intervals)."""
-
-    ticket_intervals: int = 20  # 0: tickets never scale up
-    cooldown: int = 0
-    calm_burn: float = 1.0
-    calm_window: str = "30m"
-    hold: int = 20
-
-
-class BudgetAutoscaler(ScalingController):
-    """Scale the strong pool by its error budgets, as an SRE would.
-
-    - Scale up one replica when a latency or availability SLO pages, or has had a ticket or a
-      page for ``ticket_intervals`` intervals in a row; only when no replica of the pool is
-      still provisioning and ``cooldown`` intervals after the previous scale-up.
-    - Scale down one replica when every SLO's burn rate over ``calm_window`` has stayed below
-      ``calm_burn`` for ``hold`` intervals in a row since the last scale (then count again).
-    """
-
-    name = "budget-autoscaler"
-    pool = "strong"
-
-    def __init__(
-        self, context: ControlContext, params: BudgetAutoscalerParams | None = None
-    ) -> None:
-        super().__init__(context, (self.pool,))
-        self.params = params or BudgetAutoscalerParams()
-        self._alerting = context.slos_of_kind(LATENCY_KINDS | {"availability"})
-        self._slos = tuple(context.slo_kinds)
-        self.reset()
-
-    def reset(self) -> None:
-        self._alert_run = 0
-        self._calm_run = 0
-        self._since_up = math.inf
-
-    def act(self, observation: np.ndarray) -> np.ndarray:
-        p, view = self.params, self.view(observation)
-        alert = max((view.alert(s) for s in self._alerting), default=0.0)
-        self._alert_run = self._alert_run + 1 if alert > 0.0 else 0
-        calm = view.max_burn_rate(self._slos, p.calm_window) < p.calm_burn
-        self._calm_run = self._calm_run + 1 if calm else 0
-        self._since_up += 1
-        desired = view.replicas(self.pool, "desired")
-        lasting = p.ticket_intervals > 0 and self._alert_run >= p.ticket_intervals
-        ready = view.replicas(self.pool, "provisioning") == 0 and self._since_up >= p.cooldown
-        target = desired
-        if (alert >= 1.0 or lasting) and ready:
-            target, self._since_up, self._alert_run, self._calm_run = desired + 1, 0, 0, 0
-        elif self._calm_run >= p.hold:
-            target, self._calm_run = desired - 1, 0
-        return self.scale_to(view, {self.pool: target})
-
-    @staticmethod
-    def param_grid() -> Iterator[BudgetAutoscalerParams]:
-        return _grid(
-            BudgetAutoscalerParams,
-            ticket_intervals=(0, 20),
-            cooldown=(0, 10),
-            calm_burn=(0.5, 1.0, 2.0),
-            hold=(2, 4, 10, 40),
-        )
+        return params_grid(PidParams, target_burn=(0.5, 1.0, 2.0), kp=(0.05, 0.2), ki=(0.01, 0.05))
 
 
 #: Baselines by name, for the command line and the benchmark.
@@ -494,6 +294,8 @@ BASELINES: dict[str, type[Controller]] = {
         PidBurnRate,
         HorizontalPodAutoscaler,
         BudgetAutoscaler,
+        WorkloadVariantAutoscaler,
+        KnativePodAutoscaler,
     )
 }
 
@@ -502,6 +304,8 @@ def params_as_dict(params: object) -> dict:
     """A baseline's parameters as a plain dict (for reports)."""
     if isinstance(params, dict):
         return dict(params)
+    if isinstance(params, UpstreamParams):
+        return params.as_dict()
     return {f.name: getattr(params, f.name) for f in fields(params)}
 
 
@@ -526,13 +330,16 @@ def make_controller(
     if params is None:
         return cls(context)
     if isinstance(params, Mapping):
-        params = _params_from_dict(name, params)
+        params = params_from_dict(name, params)
     return cls(context, params)
 
 
-def _params_from_dict(name: str, values: Mapping) -> object:
-    """Turn a parameter dict back into what the baseline's constructor takes, checking names."""
+def params_from_dict(name: str, values: Mapping) -> object:
+    """Turn a parameter dict back into what the baseline's constructor takes, checking names
+    (and, for parameters with documented ranges, values)."""
     example = next(iter(baseline_class(name).param_grid()))
+    if isinstance(example, UpstreamParams):
+        return type(example).from_dict(values)
     known = {f.name for f in fields(example)} if is_dataclass(example) else set(NEUTRAL_KNOB_VALUES)
     unknown = sorted(set(values) - known)
     if unknown:

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from agents.base import ControlContext, Controller
-from agents.baselines import VllmDefaults, baseline_class, make_controller, params_as_dict
+from agents.baselines import (
+    VllmDefaults,
+    baseline_class,
+    make_controller,
+    params_as_dict,
+    params_from_dict,
+)
 from envs.fleet_env import LLMFleetEnv
 from envs.scenarios import ELASTIC_SCENARIOS, env_kwargs_for, get_scenario
 from slo.files import TextFileError, read_text
@@ -128,7 +134,9 @@ def scenario_env(
 
 def control_context(env: LLMFleetEnv) -> ControlContext:
     """What a controller needs to know about ``env``."""
-    return ControlContext(env.observation_contract, env.action_contract, env.slo_kinds)
+    return ControlContext(
+        env.observation_contract, env.action_contract, env.slo_kinds, env.control_interval_s
+    )
 
 
 def candidate_params(name: str, max_candidates: int | None = None) -> list[dict]:
@@ -252,22 +260,29 @@ def tune(
 
 
 def load_tuned_params(path: str | Path, contract: str | None = None) -> tuple[str, str, dict]:
-    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``.
+    """``(baseline, scenario, best_params)`` from a file written by ``budgetpilot tune --out``;
+    parameters the baseline does not have, or out of their documented ranges, are refused
+    (``ValueError`` naming the file and the parameter).
 
     With ``contract`` (an observation contract's digest), the parameters must have been tuned in
     an environment of that contract, i.e. on the same fleet: ValueError names both otherwise.
     """
     try:
         data = json.loads(read_text(path))
-        result = data["baseline"], data["scenario"], dict(data["best_params"])
+        baseline, scenario, params = data["baseline"], data["scenario"], dict(data["best_params"])
     except (OSError, TextFileError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read tuning result {path}: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise ValueError(f"tuning result {path} lacks field {exc}") from None
+    if baseline_class(baseline) is not VllmDefaults:
+        try:
+            params_from_dict(baseline, params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tuning result {path}: {exc}") from None
     tuned_for = data.get("observation_contract")
     if contract is not None and tuned_for != contract:
         raise ValueError(
             f"{path}: tuned on fleet {data.get('fleet') or 'reference'} (observation contract "
             f"{tuned_for}), not on this one ({contract}): tune it again with --fleet"
         )
-    return result
+    return baseline, scenario, params

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import LATENCY_KINDS, ControlContext, Controller
-from agents.baselines import BASELINES, make_controller
+from agents.baselines import BASELINES, make_controller, params_as_dict, params_from_dict
 from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import REPO_ROOT
@@ -70,6 +70,10 @@ GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out", "elastic
 SCENARIO_GROUPS = dict(
     zip(GROUPS.values(), (TRAINING_SCENARIOS, HELD_OUT_SCENARIOS, ELASTIC_SCENARIOS), strict=True)
 )
+
+#: Frontier sweeps run on the first this many evaluation seeds: each point of a sweep costs as
+#: much as a controller of its own.
+FRONTIER_SEEDS = 5
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
@@ -447,6 +451,7 @@ class RunSpec:
     warmup_s: float = 600.0
     record_trace: bool = False
     fleet: str | None = None
+    label: str | None = None  # results' controller name, when not the controller's (a sweep point)
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -484,7 +489,7 @@ def run_episode(run: RunSpec) -> RunResult:
         obs, reward, _, truncated, info = env.step(action)
         recorder.record(action, reward, info)
     return RunResult(
-        controller=run.controller.name,
+        controller=run.label or run.controller.name,
         scenario=run.scenario,
         seed=run.seed,
         metrics=recorder.metrics(),
@@ -575,6 +580,9 @@ class BenchConfig:
         Replicates and seed of every bootstrap of the report.
     fleet:
         A fleet file every run governs instead of the reference fleet.
+    frontier_seeds:
+        When an elastic policy is benchmarked, every autoscaler's main target is also swept
+        (:func:`frontier_sweeps`) on this many of the first evaluation seeds (0: no sweeps).
     """
 
     controllers: tuple[ControllerSpec, ...]
@@ -586,8 +594,11 @@ class BenchConfig:
     bootstrap_reps: int = 10_000
     bootstrap_seed: int = 0
     fleet: str | None = None
+    frontier_seeds: int = FRONTIER_SEEDS
 
     def __post_init__(self) -> None:
+        if self.frontier_seeds < 0:
+            raise ValueError(f"frontier_seeds must be >= 0, got {self.frontier_seeds}")
         if not self.controllers:
             raise ValueError("the benchmark needs at least one controller")
         if not self.seeds or min(self.seeds) < 0 or max(self.seeds) >= TUNING_SEED_OFFSET:
@@ -617,6 +628,8 @@ class BenchResult:
         What the report must show (missing tuned parameters, skipped scenarios).
     wall_time_s:
         Wall-clock time of the runs.
+    frontiers:
+        The autoscalers' frontier sweeps (:func:`frontier_sweeps`).
     """
 
     config: BenchConfig
@@ -624,6 +637,7 @@ class BenchResult:
     tuned_params: dict[str, dict[str, dict | None]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+    frontiers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def expand_scenarios(names: Sequence[str]) -> list[str]:
@@ -673,9 +687,46 @@ def tuned_params(
     return params, None
 
 
+def frontier_sweeps(
+    config: BenchConfig, scenarios: Sequence[str], params_used: dict
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The points tracing each autoscaler's cost-against-budget frontier, when an elastic
+    policy is benchmarked (``{}`` otherwise, or with ``frontier_seeds`` 0).
+
+    Per scenario and autoscaler: its main target (``parameter``, see
+    :meth:`agents.autoscalers.ScalingController.frontier_sweep`), the ``seeds`` the sweep runs
+    on and the ``points`` by increasing value, each with the ``label`` its runs are recorded
+    under (the autoscaler's own name for its tuned setting, ``NAME@PARAMETER=VALUE`` for the
+    others) and its ``params``.
+    """
+    if not config.frontier_seeds or not any(c.is_policy and c.elastic for c in config.controllers):
+        return {}
+    sweeps: dict[str, dict[str, dict[str, Any]]] = {}
+    for controller in config.controllers:
+        if controller.is_policy or not controller.elastic:
+            continue
+        cls, name = BASELINES[controller.name], controller.name
+        for scenario in scenarios:
+            tuned = params_used[name][scenario]
+            params = params_from_dict(name, tuned or {})
+            own = getattr(params, cls.frontier_parameter)
+            points = [{"label": name, "value": own, "params": tuned}]
+            for point in cls.frontier_sweep(params):
+                value = getattr(point, cls.frontier_parameter)
+                label = f"{name}@{cls.frontier_parameter}={value:g}"
+                points.append({"label": label, "value": value, "params": params_as_dict(point)})
+            sweeps.setdefault(scenario, {})[name] = {
+                "parameter": cls.frontier_parameter,
+                "seeds": list(config.seeds[: config.frontier_seeds]),
+                "points": sorted(points, key=lambda point: point["value"]),
+            }
+    return sweeps
+
+
 def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
-    scenario records traces), the baselines' parameters and warnings."""
+    scenario records traces, then the points of the frontier sweeps), the baselines'
+    parameters and warnings."""
     scenarios, warnings = select_scenarios(config.scenarios)
     unfit = [
         r for c in config.controllers for s in scenarios if (r := c.unfit_reason(s, config.fleet))
@@ -708,6 +759,24 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                 )
                 for seed in config.seeds
             ]
+    by_name = {c.name: c for c in config.controllers}
+    for scenario, by_autoscaler in frontier_sweeps(config, scenarios, params_used).items():
+        for name, sweep in by_autoscaler.items():
+            runs += [
+                RunSpec(
+                    by_name[name],
+                    scenario,
+                    seed,
+                    point["params"],
+                    config.episode_hours,
+                    config.warmup_s,
+                    label=point["label"],
+                    fleet=config.fleet,
+                )
+                for point in sweep["points"]
+                if point["label"] != name  # the tuned setting's runs are the controller's
+                for seed in sweep["seeds"]
+            ]
     return runs, params_used, warnings
 
 
@@ -729,4 +798,5 @@ def run_bench(
         tuned_params=params_used,
         warnings=warnings,
         wall_time_s=time.perf_counter() - started,
+        frontiers=frontier_sweeps(config, scenarios, params_used),
     )

@@ -119,6 +119,14 @@ def bench(
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).", min=1)
     ] = None,
     bootstrap_seed: Annotated[int, typer.Option(help="Seed of every bootstrap.", min=0)] = 0,
+    frontier_seeds: Annotated[
+        int | None,
+        typer.Option(
+            help="Beside an elastic policy, sweep every autoscaler's main target on this many "
+            "of the first seeds (default 5; 0: no frontiers).",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Benchmark learned policies against tuned baselines; write report.md, results.json, plots.
 
@@ -153,6 +161,7 @@ def bench(
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
             bootstrap_seed=bootstrap_seed,
             fleet=fleet_file,
+            **({} if frontier_seeds is None else {"frontier_seeds": frontier_seeds}),
         )
         with ProgressReport("benchmark runs") as report:
             result = run_bench(

@@ -222,7 +222,7 @@ def replica_timeline(scenario: str, traces: list[dict], out: Path, colors: dict)
 
 def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
     """IQM cost against IQM budget spent per controller, one panel per scenario, with the
-    95 % intervals as error bars."""
+    95 % intervals as error bars, and the autoscalers' frontier sweeps as dashed lines."""
     scenarios = document["analysis"]["scenarios"]
     fig, axes = _grid(len(scenarios), min(4, len(scenarios)), height=2.8, sharex=False)
     for ax, (name, section) in zip(axes, scenarios.items(), strict=False):
@@ -241,6 +241,7 @@ def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
                 color=colors[controller],
                 label=controller,
             )
+        _frontier_lines(ax, document["analysis"].get("frontiers", {}).get(name, {}), colors)
         ax.set_title(name, fontsize=9, y=1.0)
         ax.tick_params(labelsize=8)
         # Budgets spent span orders of magnitude between controllers: a log axis keeps the
@@ -251,8 +252,25 @@ def cost_vs_budget(document: dict, out: Path, colors: dict) -> str:
         ax.set_xlabel("budget spent (% of period budgets)", fontsize=8)
         ax.set_ylabel("cost (GPU-h)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
-    _header(fig, "cost against budget spent (IQM over seeds, 95 % CI)", handles, labels)
+    title = "cost against budget spent (IQM, 95 % CI; dashed: autoscaler frontiers)"
+    _header(fig, title, handles, labels)
     return _save(fig, out / "cost_vs_budget.png")
+
+
+def _frontier_lines(ax: Any, frontiers: dict, colors: dict) -> None:
+    """Each autoscaler's sweep of its main target (IQM over the sweep's seeds), dashed, in the
+    autoscaler's colour."""
+    for autoscaler, frontier in frontiers.items():
+        points = frontier["points"]
+        ax.plot(
+            [100 * p["spent"] for p in points],
+            [p["cost"] for p in points],
+            color=colors[autoscaler],
+            ls="--",
+            lw=0.8,
+            marker="x",
+            ms=3,
+        )
 
 
 def _log_x(ax: Any) -> None:

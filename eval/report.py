@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.autoscalers import PRODUCTION_AUTOSCALERS
 from agents.baselines import BASELINES
 from envs.scenarios import DEFAULT_EPISODE_HOURS, get_scenario
 from eval.bench import GROUPS, BenchResult
@@ -24,6 +25,7 @@ from eval.bench_cli import DEFAULT_SEEDS
 from eval.stats import (
     Interval,
     bootstrap_ci,
+    frontier_gap_ci,
     iqm,
     keyed_rng,
     paired_difference_ci,
@@ -126,6 +128,7 @@ class Analysis:
         self.reps = result.config.bootstrap_reps
         self.seed = result.config.bootstrap_seed
         self.groups = scenario_groups(self.scores.scenarios)
+        self.sweeps = result.frontiers
         self._iqm_cache: dict[tuple[str, str, str], float] = {}
 
     # -- helpers --------------------------------------------------------------------------------
@@ -302,6 +305,51 @@ class Analysis:
             for s in self.groups.get("elastic", [])
         }
 
+    def production_autoscalers(self, scenario: str) -> dict[str, Any] | None:
+        """The production-style autoscalers benchmarked on ``scenario`` ranked as the scenario's
+        controllers are (budget spent, then cost), the ``strongest`` first."""
+        among = [a for a in PRODUCTION_AUTOSCALERS if a in self.scores.baselines]
+        if not among:
+            return None
+        ranking = self.ranking(scenario, among)
+        return {"ranking": ranking, "strongest": ranking[0]}
+
+    def frontier(self, scenario: str, autoscaler: str, sweep: dict[str, Any]) -> dict[str, Any]:
+        """An autoscaler's cost-against-budget frontier on ``scenario`` (IQMs over the sweep's
+        seeds) and, for every elastic policy, its gap to it (:func:`eval.stats.frontier_gap_ci`)
+        with the verdict."""
+        seeds = sweep["seeds"]
+
+        def runs(label: str, key: str) -> np.ndarray:
+            return np.array([self.scores.value(label, scenario, seed, key) for seed in seeds])
+
+        spent = np.array([runs(p["label"], PRIMARY) for p in sweep["points"]])
+        cost = np.array([runs(p["label"], "cost_gpu_hours") for p in sweep["points"]])
+        points = [
+            {"label": p["label"], "value": p["value"], "spent": iqm(s), "cost": iqm(c)}
+            for p, s, c in zip(sweep["points"], spent, cost, strict=True)
+        ]
+        policies = {}
+        for policy in self.scores.policies:
+            gap, side = frontier_gap_ci(
+                runs(policy, PRIMARY),
+                runs(policy, "cost_gpu_hours"),
+                spent,
+                cost,
+                self.rng("frontier", policy, autoscaler, scenario),
+                reps=self.reps,
+            )
+            policies[policy] = {
+                "spent": iqm(runs(policy, PRIMARY)),
+                "cost": iqm(runs(policy, "cost_gpu_hours")),
+                "gap": gap.to_dict(),
+                "side": side,
+                "verdict": frontier_verdict(gap, side),
+            }
+        return {"parameter": sweep["parameter"], "seeds": seeds, "points": points} | {
+            "policies": policies
+        }
+
     def to_dict(self) -> dict[str, Any]:
         has_rivals = bool(self.scores.baselines)
         return {
@@ -309,7 +357,30 @@ class Analysis:
             "groups": {g: self.group_section(names) for g, names in self.groups.items()},
             "headline": {p: self.headline(p) for p in self.scores.policies if has_rivals},
             "autoscaling": {p: self.autoscaling(p) for p in self.scores.policies},
+            "production_autoscalers": {
+                s: ranked
+                for s in self.groups.get("elastic", [])
+                if (ranked := self.production_autoscalers(s)) is not None
+            },
+            "frontiers": {
+                s: {a: self.frontier(s, a, sweep) for a, sweep in by_autoscaler.items()}
+                for s, by_autoscaler in self.sweeps.items()
+            },
         }
+
+
+def frontier_verdict(gap: Interval, side: int) -> str:
+    """Where a controller lies against a frontier, from the 95 % interval of its gap and the
+    side of the frontier's cost range its cost is on (outside it the gap is a bound, which
+    decides one way only)."""
+    if gap.high < 0.0 and side <= 0:
+        return "below the frontier" + (" (cheaper than all its settings)" if side else "")
+    if gap.low > 0.0 and side >= 0:
+        return "above the frontier" + (" (dearer than all its settings)" if side else "")
+    if side:
+        where = "cheaper" if side < 0 else "dearer"
+        return f"no verdict ({where} than all its settings)"
+    return "on the frontier (within noise)"
 
 
 def analyse(result: BenchResult) -> dict[str, Any]:
@@ -347,11 +418,13 @@ def results_document(result: BenchResult, analysis: dict[str, Any]) -> dict[str,
                 "warmup_s": config.warmup_s,
                 "bootstrap_reps": config.bootstrap_reps,
                 "bootstrap_seed": config.bootstrap_seed,
+                "frontier_seeds": config.frontier_seeds,
                 "tuned_dir": str(config.tuned_dir),
                 **({"fleet": config.fleet} if config.fleet is not None else {}),
             },
             "warnings": list(result.warnings),
             "tuned_params": result.tuned_params,
+            "frontiers": result.frontiers,
             "runs": [
                 {"controller": r.controller, "scenario": r.scenario, "seed": r.seed, **r.metrics}
                 for r in result.runs
@@ -497,12 +570,15 @@ def _title(document: dict) -> str:
     config, timing = document["config"], document["timing"]
     controllers = [c["name"] for c in config["controllers"]]
     fleet = config.get("fleet")
+    runs = len(controllers) * len(config["scenarios"]) * len(config["seeds"])
+    sweeps = timing["runs"] - runs
     return (
         "# budgetpilot benchmark\n\n"
         + (f"Fleet: `{fleet}` (instead of the reference fleet).\n\n" if fleet else "")
         + f"{len(controllers)} controllers ({', '.join(controllers)}) x "
         f"{len(config['scenarios'])} scenarios x {len(config['seeds'])} seeds = "
-        f"{timing['runs']} runs of {_episode_length(config)} (after {config['warmup_s']:.0f} s "
+        f"{runs} runs{f' (and {sweeps} of frontier sweeps)' if sweeps else ''} of "
+        f"{_episode_length(config)} (after {config['warmup_s']:.0f} s "
         f"of warm-up), in {timing['wall_time_s']:.0f} s. Figures are IQM over seeds with 95 % "
         "stratified-bootstrap intervals; budget spent is in % of the period error budgets, "
         "summed over the SLOs (see Method)."
@@ -579,10 +655,14 @@ def _headline(document: dict) -> str:
 
 
 def _autoscaling(document: dict) -> str:
-    """Each learned policy against the autoscalers, scenario by scenario."""
+    """Each learned policy against the autoscalers, scenario by scenario: paired differences
+    with the tuned setting, the verdict against each autoscaler's frontier, and the strongest
+    production-style autoscaler."""
+    analysis = document["analysis"]
     spent, cost = METRICS[PRIMARY], METRICS["cost_gpu_hours"]
+    frontiers = analysis.get("frontiers", {})
     parts = []
-    for policy, scenarios in document["analysis"].get("autoscaling", {}).items():
+    for policy, scenarios in analysis.get("autoscaling", {}).items():
         rows = [
             [
                 scenario,
@@ -592,20 +672,53 @@ def _autoscaling(document: dict) -> str:
                 f"{_show(row['policy_cost'], cost)} vs {_show(row['baseline_cost'], cost)}",
                 _show_interval(row["cost_difference"], cost),
                 _scaling_verdict(row),
+                _frontier_cell(frontiers.get(scenario, {}).get(autoscaler), policy),
             ]
             for scenario, by_autoscaler in scenarios.items()
             for autoscaler, row in by_autoscaler.items()
         ]
         if rows:
             header = ["scenario", "autoscaler", "budget spent (%)", "difference (points)"]
-            header += ["cost (GPU-h)", "difference (GPU-h)", "verdict"]
+            header += ["cost (GPU-h)", "difference (GPU-h)", "verdict", "against its frontier"]
             parts.append(
                 f"## Autoscaling: {policy}\n\nOn the elastic scenarios, {policy} against each "
-                "autoscaler (policy vs autoscaler, IQM over seeds; differences paired by seed "
-                "with 95 % CIs). The trade shows in the cost-against-budget plot.\n\n"
-                + _table(header, rows)
+                "autoscaler's tuned setting (policy vs autoscaler, IQM over seeds; differences "
+                "paired by seed with 95 % CIs), and against the autoscaler's frontier: its main "
+                "target swept, the budget its settings spend at the policy's cost, interpolated "
+                "(gap in points of budget, negative: the policy spends less; see Method). The "
+                "frontiers show in the cost-against-budget plot.\n\n" + _table(header, rows)
             )
     return "\n\n".join(parts)
+
+
+def _frontier_cell(frontier: dict | None, policy: str) -> str:
+    """The policy's verdict against one frontier, with its gap."""
+    if frontier is None:
+        return "no frontier traced"
+    verdict = frontier["policies"][policy]
+    return f"{verdict['verdict']}: {_show_interval(verdict['gap'], METRICS[PRIMARY])}"
+
+
+def _strongest_autoscalers(document: dict) -> str:
+    """Per scenario, the production-style autoscaler that spends the least budget."""
+    analysis = document["analysis"]
+    spent, cost = METRICS[PRIMARY], METRICS["cost_gpu_hours"]
+    lines = []
+    for scenario, ranked in analysis.get("production_autoscalers", {}).items():
+        stats = analysis["scenarios"][scenario]["controllers"]
+        shown = ", ".join(
+            f"{a} ({_show(stats[a][PRIMARY]['point'], spent)} % at "
+            f"{_show(stats[a]['cost_gpu_hours']['point'], cost)} GPU-h)"
+            for a in ranked["ranking"]
+        )
+        lines.append(f"- {scenario}: **{ranked['strongest']}** strongest; {shown}")
+    if not lines:
+        return ""
+    return (
+        "## Production-style autoscalers\n\nThe strongest of the autoscalers operators run "
+        "(Kubernetes HPA, llm-d WVA, Knative KPA), tuned per scenario, by IQM budget spent "
+        "(then cost), the others after it:\n\n" + "\n".join(lines)
+    )
 
 
 def _scaling_verdict(row: dict) -> str:
@@ -792,6 +905,31 @@ def _tuned_section(document: dict) -> str:
     return "## Baseline parameters\n\n" + _table(["baseline", "scenario", "parameters"], rows)
 
 
+FRONTIER_METHOD = """\
+**Frontiers (elastic scenarios).** A tuned autoscaler is one point of a trade: a lower target
+buys budget with GPU-hours. To judge a policy's trade, each autoscaler's main target is swept
+over a documented range with its other tuned parameters kept (`hpa`: the KV-usage target
+2.5-40 % or the waiting-requests target 0.25-4; `budget-autoscaler`: the calm burn rate 0.25-2;
+`wva`: `kvCacheThreshold` 10-80 %; `kpa`: the target concurrency 4-32), on evaluation seeds
+{seeds}. The frontier joins, by increasing cost, the points (IQM cost, IQM budget spent) that no
+other point of the sweep beats on both. The policy's gap is its IQM budget spent minus the
+frontier's at the policy's IQM cost (linear between points), on the same seeds; its 95 % interval
+comes from a bootstrap that resamples the same seeds for the policy and every point. The policy
+lies *below* the frontier (a better trade than any setting of that autoscaler) when the interval
+is below zero, *above* it when above zero, *on* it otherwise. Outside the frontier's cost range
+the frontier is continued flat from its end point, which bounds it (a frontier only falls with
+cost): a policy cheaper than every setting is below when it spends less than the cheapest
+setting's budget (interval below zero), a policy dearer than every setting is above when it
+spends more than the dearest setting's; otherwise there is no verdict."""
+
+
+def _frontier_method(document: dict) -> str:
+    seeds = {tuple(sweep["seeds"]) for f in document["frontiers"].values() for sweep in f.values()}
+    if not seeds:
+        return ""
+    return FRONTIER_METHOD.format(seeds=", ".join(map(str, sorted(seeds)[0])))
+
+
 def render_report(document: dict, plots: dict) -> str:
     """``report.md`` from the ``results.json`` document and the plot file names."""
     config = document["config"]
@@ -811,10 +949,12 @@ def render_report(document: dict, plots: dict) -> str:
         _warnings(document),
         _headline(document),
         _autoscaling(document),
+        _strongest_autoscalers(document),
         _group_tables(document, plots),
         _scenario_sections(document, plots),
         _dimension_tables(document),
         _tuned_section(document),
         method,
+        _frontier_method(document),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"

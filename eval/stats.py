@@ -280,3 +280,78 @@ def performance_profile_ci(
     )
     low, high = _percentiles(replicates, confidence)
     return _profile(x, t, lower_is_better), low, high
+
+
+def frontier_at(cost: float, costs: ArrayLike, spent: ArrayLike) -> tuple[float, int]:
+    """The budget spent along a cost-against-budget frontier at ``cost``, and where ``cost``
+    lies: -1 below the frontier's cost range, 0 within it, 1 above it.
+
+    The frontier joins, by increasing cost, the points ``(costs[i], spent[i])`` that no other
+    point beats on both (cheaper and spending less), linearly. Outside its cost range it is
+    continued flat from its end point, a bound: a frontier only falls with cost, so at a lower
+    cost it spends at least what its cheapest point does, at a higher cost at most what its
+    dearest point does.
+    """
+    c, s = np.asarray(costs, dtype=np.float64), np.asarray(spent, dtype=np.float64)
+    front_cost: list[float] = []
+    front_spent: list[float] = []
+    for i in np.lexsort((s, c)):  # by cost, then budget spent
+        if not front_spent or s[i] < front_spent[-1]:
+            front_cost.append(float(c[i]))
+            front_spent.append(float(s[i]))
+    side = -1 if cost < front_cost[0] else 1 if cost > front_cost[-1] else 0
+    return float(np.interp(cost, front_cost, front_spent)), side
+
+
+def frontier_gap_ci(
+    spent: ArrayLike,
+    cost: ArrayLike,
+    frontier_spent: ArrayLike,
+    frontier_cost: ArrayLike,
+    rng: np.random.Generator,
+    reps: int = 10_000,
+    confidence: float = 0.95,
+) -> tuple[Interval, int]:
+    """How far a controller lies below (negative) or above a frontier, with a bootstrap interval.
+
+    The gap is the controller's IQM budget spent minus the frontier's (:func:`frontier_at`) at
+    the controller's IQM cost, the frontier's points being IQMs too. Runs are paired by seed:
+    every replicate resamples the same seeds for the controller and every point.
+
+    Parameters
+    ----------
+    spent, cost:
+        The controller's runs, ``(n_seeds,)``.
+    frontier_spent, frontier_cost:
+        The frontier's points, ``(n_points, n_seeds)``, on the same seeds.
+    rng, reps, confidence:
+        As for :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    ``(gap, side)``: the gap with its percentile interval, and where the controller's IQM cost
+    lies against the frontier's cost range (see :func:`frontier_at`). Below the range the gap is
+    an upper bound (it can only be more negative), above it a lower bound.
+    """
+    x = np.column_stack([np.asarray(spent, dtype=np.float64), np.asarray(cost, dtype=np.float64)])
+    points = np.stack(
+        [np.asarray(frontier_spent, dtype=np.float64), np.asarray(frontier_cost, dtype=np.float64)]
+    )  # (2, n_points, n_seeds)
+    if points.shape[2] != x.shape[0] or not np.all(np.isfinite(points)):
+        raise ValueError(
+            f"frontier points must be finite (n_points, {x.shape[0]}) arrays, one run per seed "
+            f"of the controller, got {points.shape[1:]}"
+        )
+    _check_reps(reps)
+
+    def gap(columns: np.ndarray, point_runs: np.ndarray) -> tuple[float, int]:
+        own = iqm_statistic(columns[:, :, np.newaxis])  # (2,): spent, cost
+        front = iqm_statistic(point_runs[..., np.newaxis])  # (2, n_points)
+        budget, side = frontier_at(own[1], front[1], front[0])
+        return float(own[0] - budget), side
+
+    point, side = gap(x.T, points)
+    indices = rng.integers(0, x.shape[0], size=(reps, x.shape[0]))
+    replicates = np.array([gap(x[i].T, points[:, :, i])[0] for i in indices])
+    low, high = _percentiles(replicates, confidence)
+    return Interval(point, float(low), float(high)), side

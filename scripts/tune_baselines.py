@@ -5,7 +5,7 @@ is present, runs :func:`agents.tuning.tune` on training seeds 1000, 1001, ... an
 result in the format of ``budgetpilot tune --out`` to ``agents/tuned/<baseline>/<scenario>.json``,
 which ``budgetpilot bench`` loads. Scenarios replaying the reference traces are skipped (with a
 message) when the data is absent. Elastic scenarios run in the elastic environment, and the
-baselines that scale pools (``hpa``, ``budget-autoscaler``) are tuned on them only.
+autoscalers (``hpa``, ``wva``, ``kpa``, ``budget-autoscaler``) are tuned on them only.
 
 Usage: ``python scripts/tune_baselines.py [--seeds 2] [--episode-hours 1] [--max-candidates N]
 [--baselines static pid ...] [--scenarios steady ...] [--out-dir agents/tuned]``.

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-MAPPING_HELP = "Engine metric names: vllm, vllm-legacy, sglang, sglang-legacy or a YAML file."
+MAPPING_HELP = (
+    "Engine metric names: vllm, vllm-legacy, sglang, sglang-legacy, llamacpp, tgi or a YAML file."
+)
 SpecArgument = Annotated[Path, typer.Argument(help="The spec file (Sloth or OpenSLO YAML).")]
 MappingOption = Annotated[str, typer.Option(help=MAPPING_HELP)]
 

@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from agents.baselines import BASELINES
+from envs.twin import TWIN_MAPPINGS
 from eval.cli import app, version
 from slo.metrics import BUILTIN_MAPPINGS
 from training.config import available_presets
@@ -65,7 +66,7 @@ def _option_help(path: tuple[str, ...], name: str) -> str:
         (("train",), "preset", available_presets()),
         (("sidecar",), "fallback", list(BASELINES)),
         (("sidecar",), "mapping", list(BUILTIN_MAPPINGS)),
-        (("twin",), "mapping", list(BUILTIN_MAPPINGS)),
+        (("twin",), "mapping", list(TWIN_MAPPINGS)),
         (("tune",), "baseline", list(BASELINES)),
     ],
 )
@@ -100,3 +101,9 @@ def test_numeric_options_are_range_checked(path, command):
         and p.callback is None
     ]
     assert not unchecked, f"{' '.join(path)}: no range on {unchecked}"
+
+
+def test_the_light_list_of_baseline_names_is_the_registry():
+    from agents.baseline_names import BASELINE_NAMES
+
+    assert tuple(BASELINES) == BASELINE_NAMES

@@ -12,14 +12,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from agents.base import ControlContext
-from agents.baselines import (
+from agents.autoscalers import (
     BudgetAutoscaler,
     BudgetAutoscalerParams,
     HorizontalPodAutoscaler,
     HpaParams,
-    StaticController,
 )
+from agents.base import ControlContext
+from agents.baselines import StaticController
 from agents.tuning import control_context, tune
 from envs.contract import (
     REPLICA_FEATURES,

@@ -9,6 +9,8 @@ import pytest
 from eval.stats import (
     Interval,
     bootstrap_ci,
+    frontier_at,
+    frontier_gap_ci,
     iqm,
     keyed_rng,
     mean_statistic,
@@ -221,3 +223,34 @@ def test_a_confidence_of_zero_or_one_is_refused(confidence: float) -> None:
     with pytest.raises(ValueError, match=f"confidence must be in \\(0, 1\\), got {confidence}"):
         bootstrap_ci([1.0, 2.0], keyed_rng(0), confidence=confidence)
     assert bootstrap_ci([1.0, 2.0], keyed_rng(0), reps=1).point == 1.5  # one replicate is enough
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected", "side"),
+    [
+        (1.0, 3.0, 0),  # the cheapest point
+        (1.5, 2.0, 0),  # halfway to the next frontier point
+        (2.5, 0.75, 0),  # the dominated point (2.2, 2.5) is skipped
+        (3.0, 0.5, 0),
+        (0.5, 3.0, -1),  # cheaper than any point: at least the cheapest point's budget
+        (3.5, 0.5, 1),  # dearer: at most the dearest point's
+    ],
+)
+def test_frontier_joins_the_undominated_points(cost: float, expected: float, side: int) -> None:
+    costs, spent = [3.0, 1.0, 2.2, 2.0], [0.5, 3.0, 2.5, 1.0]
+    assert frontier_at(cost, costs, spent) == (pytest.approx(expected), side)
+
+
+def test_frontier_gap_is_paired_by_seed_and_bounded_outside_the_range() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.3, size=8)  # what the seeds share: cancels when paired
+    costs = np.array([[1.0] * 8, [3.0] * 8])
+    frontier = np.array([4.0 + noise, 2.0 + noise])
+    below, side = frontier_gap_ci(1.5 + noise, [2.0] * 8, frontier, costs, keyed_rng(0, "g"))
+    assert below.point == pytest.approx(-1.5) and below.high < 0.0 and side == 0
+    above, _ = frontier_gap_ci(3.5 + noise, [2.0] * 8, frontier, costs, keyed_rng(0, "g"))
+    assert above.low > 0.0
+    dearer, side = frontier_gap_ci(1.0 + noise, [5.0] * 8, frontier, costs, keyed_rng(0, "g"))
+    assert dearer.point == pytest.approx(-1.0) and side == 1  # a lower bound: inconclusive
+    with pytest.raises(ValueError, match="one run per seed"):
+        frontier_gap_ci([1.0] * 8, [2.0] * 8, frontier[:, :4], costs[:, :4], keyed_rng(0, "g"))
