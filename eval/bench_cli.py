@@ -91,6 +91,14 @@ def bench(
             "policies run only if their contract is this fleet's."
         ),
     ] = None,
+    grid_fleets: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--grid-fleet",
+            help="Fleet files of the held-out grid besides the one benchmarked; repeat. "
+            "Default: examples/fleets. Their cells are listed with why they were not run.",
+        ),
+    ] = None,
     bootstrap_reps: Annotated[
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
     ] = None,
@@ -112,6 +120,7 @@ def bench(
         resolve_controllers,
         run_bench,
     )
+    from eval.headline import EXAMPLE_FLEETS
     from eval.report import write_report
 
     console = Console(stderr=True)
@@ -129,6 +138,7 @@ def bench(
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
             bootstrap_seed=bootstrap_seed,
             fleet=fleet_file,
+            grid_fleets=tuple(map(str, grid_fleets)) if grid_fleets else EXAMPLE_FLEETS,
         )
         columns = (
             *Progress.get_default_columns()[:-1],
