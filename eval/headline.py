@@ -188,9 +188,11 @@ def _fraction(cells: Sequence[dict[str, Any]], reading: str) -> float | None:
 def judge(result: BenchResult, analysis: Analysis) -> dict[str, Any]:
     """The ``headline`` of ``results.json``: per benchmarked policy, keyed by the controller
     judged, every cell of the held-out grid with its fair and strict verdicts (or why it was not
-    run) and the pass fractions (over the cells judged)."""
+    run) and the pass fractions (over the cells judged); empty without a held-out scenario."""
     config = result.config
     scenarios = held_out(config.scenarios or ())
+    if not scenarios:
+        return {}
     fleet = config.fleet or REFERENCE_FLEET
     headline = {}
     for policy, judged in judged_policies(config.controllers).items():

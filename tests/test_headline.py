@@ -182,15 +182,21 @@ def _metrics(spent: float, cost: float, exhaustions: int = 0, knob: float = 0.0)
     }
 
 
-def _result(spent: dict[str, float], exhausted: tuple[str, ...] = (), fair: bool = True):
-    """Synthetic runs on the held-out ``mixed``: spent per controller, 1 GPU-h each."""
+def _result(
+    spent: dict[str, float],
+    exhausted: tuple[str, ...] = (),
+    fair: bool = True,
+    scenario: str = "mixed",
+):
+    """Synthetic runs on ``scenario`` (the held-out ``mixed``): spent per controller, 1 GPU-h
+    each."""
     controllers = [POLICY, SIDECAR, ControllerSpec("vllm-defaults"), ControllerSpec("pid")]
     controllers += [ControllerSpec("pid@fair", variant="fair")] if fair else []
-    config = BenchConfig(tuple(controllers), ("mixed",), tuple(range(6)), bootstrap_reps=500)
+    config = BenchConfig(tuple(controllers), (scenario,), tuple(range(6)), bootstrap_reps=500)
     runs = [
         RunResult(
             c.name,
-            "mixed",
+            scenario,
             seed,
             _metrics(spent[c.name] + 0.01 * seed, 1.0, int(c.name in exhausted), c.is_policy),
         )
@@ -228,6 +234,12 @@ def test_without_fair_rivals_the_fair_fraction_is_unknown_not_zero() -> None:
     text = render_grid(document)
     assert "**fair** unknown (no cell judged)" in text and "**strict** 1.00" in text
     assert "no rival benchmarked" in text
+
+
+def test_no_held_out_scenario_no_headline() -> None:
+    spent = {"ppo": 0.1, "ppo@sidecar": 0.2, "vllm-defaults": 3.0, "pid": 0.5, "pid@fair": 1.0}
+    result = _result(spent, scenario="steady")
+    assert judge(result, Analysis(result)) == {}
 
 
 def test_results_json_carries_the_headline_and_the_report_says_which_reading_is_which() -> None:
