@@ -429,7 +429,12 @@ def resolve_controllers(
     run."""
     zoo = {p.stem: p for p in sorted(Path(zoo_dir).glob("*.onnx"))}
     if names is None:
-        fair = [f"{b}@{FAIR}" for b in BASELINES if b != "vllm-defaults"]
+        # The fair tuning covers the fixed-fleet baselines with parameters.
+        fair = [
+            f"{name}@{FAIR}"
+            for name, cls in BASELINES.items()
+            if name != "vllm-defaults" and not cls.needs_elastic
+        ]
         everything = [n for p in zoo for n in (p, f"{p}@{SIDECAR}")] + [*BASELINES, *fair]
         fitting = [
             spec
