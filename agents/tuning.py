@@ -286,3 +286,63 @@ def load_tuned_params(path: str | Path, contract: str | None = None) -> tuple[st
             f"{tuned_for}), not on this one ({contract}): tune it again with --fleet"
         )
     return baseline, scenario, params
+
+
+def pool_tuning(results: Sequence[dict], tuned_on: str) -> dict:
+    """One parameter set for several scenarios from their per-scenario tuning results.
+
+    Every candidate is scored by its mean return over the scenarios (each already a mean over
+    the same tuning seeds), i.e. its expected return when a scenario is drawn uniformly, as the
+    policies' domain randomisation draws them; the best one is kept. This gives a baseline the
+    information a policy trained on those scenarios had, and no more.
+
+    Parameters
+    ----------
+    results:
+        Results of :func:`tune` (their :meth:`TuningResult.to_dict`, the format of
+        ``budgetpilot tune --out``), one per scenario, of one baseline over the same grid,
+        seeds, episode length and warm-up.
+    tuned_on:
+        The name the pooled result is kept under (its ``scenario`` field, e.g. ``fair``).
+
+    Returns
+    -------
+    The pooled result in the same format, with ``scenarios`` (those pooled) and, per candidate,
+    ``by_scenario`` (its mean return on each).
+    """
+    if not results:
+        raise ValueError("pooling needs at least one tuning result")
+    first = results[0]
+    grid = [c["params"] for c in first["candidates"]]
+    shared = ("baseline", "seeds", "episode_hours", "warmup_s", "observation_contract")
+    for result in results[1:]:
+        for key in shared:
+            if result.get(key) != first.get(key):
+                raise ValueError(
+                    f"tuning result of {result['scenario']} differs from {first['scenario']}'s "
+                    f"in {key}: {result.get(key)!r} against {first.get(key)!r}"
+                )
+        if [c["params"] for c in result["candidates"]] != grid:
+            raise ValueError(
+                f"tuning result of {result['scenario']} scored other candidates than "
+                f"{first['scenario']}'s: tune them over the same grid"
+            )
+    scenarios = [r["scenario"] for r in results]
+    candidates = [
+        {
+            "params": candidate["params"],
+            "mean_return": float(np.mean([r["candidates"][i]["mean_return"] for r in results])),
+            "by_scenario": {r["scenario"]: r["candidates"][i]["mean_return"] for r in results},
+        }
+        for i, candidate in enumerate(first["candidates"])
+    ]
+    best = candidates[int(np.argmax([c["mean_return"] for c in candidates]))]
+    return {
+        **{key: first.get(key) for key in ("baseline", "fleet", "observation_contract")},
+        "scenario": tuned_on,
+        "scenarios": scenarios,
+        **{key: first[key] for key in ("seeds", "episode_hours", "warmup_s")},
+        "best_params": best["params"],
+        "best_mean_return": best["mean_return"],
+        "candidates": candidates,
+    }

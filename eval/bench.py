@@ -74,6 +74,11 @@ SCENARIO_GROUPS = dict(
 #: Frontier sweeps run on the first this many evaluation seeds: each point of a sweep costs as
 #: much as a controller of its own.
 FRONTIER_SEEDS = 5
+#: Variant of a policy run through the sidecar's default guardrails (``NAME@sidecar``).
+SIDECAR = "sidecar"
+#: Variant of a baseline tuned over the policy's training scenarios (``NAME@fair``); its
+#: parameters are ``<baseline>/fair.json`` in the tuned directory.
+FAIR = "fair"
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
@@ -248,6 +253,9 @@ class EpisodeRecorder:
     def _by_slo(self, values: np.ndarray) -> dict[str, float]:
         return dict(zip(self.slo_names, values.tolist(), strict=True))
 
+    def _by_knob(self, values: np.ndarray) -> dict[str, float]:
+        return dict(zip(self.knob_names, values.tolist(), strict=True))
+
     def _column(self, key: str) -> np.ndarray:
         return np.array([row[key] for row in self._rows])
 
@@ -285,6 +293,9 @@ class EpisodeRecorder:
             "action_smoothness": float(np.abs(np.diff(actions, axis=0)).mean())
             if len(actions) > 1
             else 0.0,
+            # Where the controller held each knob: the action in [-1, 1] and the knob's value.
+            "action_mean": self._by_knob(actions.mean(axis=0)),
+            "knob_mean": self._by_knob(self._column("knobs").mean(axis=0)),
             "episode_return": float(self._column("reward").sum()),
             "steps": len(self._rows),
         }
@@ -340,6 +351,10 @@ class ControllerSpec:
         contract is elastic).
     contract:
         A policy's observation contract digest (from its manifest).
+    variant:
+        :data:`SIDECAR` for a policy run through the sidecar's default guardrails
+        (``NAME@sidecar``), :data:`FAIR` for a baseline with the parameters tuned over the
+        policy's training scenarios (``NAME@fair``), ``None`` otherwise.
     """
 
     name: str
@@ -347,10 +362,16 @@ class ControllerSpec:
     trained_on: tuple[str, ...] = ()
     elastic: bool = False
     contract: str | None = None
+    variant: str | None = None
 
     @property
     def is_policy(self) -> bool:
         return self.policy_path is not None
+
+    @property
+    def base_name(self) -> str:
+        """The baseline's or policy's own name, without the variant."""
+        return self.name.removesuffix(f"@{self.variant}") if self.variant else self.name
 
     def unfit_reason(self, scenario: str, fleet: str | None = None) -> str | None:
         """Why this controller cannot govern ``scenario`` (on the fleet file ``fleet``), or
@@ -360,6 +381,12 @@ class ControllerSpec:
             return f"{self.name} cannot govern {scenario}: it needs an elastic scenario"
         if self.is_policy and elastic_scenario and not self.elastic:
             return f"{self.name} cannot govern {scenario}: its policy is for fixed fleets"
+        if self.variant == FAIR and (elastic_scenario or fleet is not None):
+            return (
+                f"{self.name} cannot govern {scenario}"
+                + (f" on {fleet}" if fleet else "")
+                + ": its parameters were tuned over the fixed reference fleet's training scenarios"
+            )
         if (
             self.is_policy
             and fleet is not None
@@ -375,10 +402,11 @@ class ControllerSpec:
         """A fresh controller for the environment of ``context`` (``params``: tuned baseline
         parameters, ``None`` for the defaults)."""
         if self.policy_path is None:
-            return make_controller(self.name, context, params)
-        from eval.policy_controller import OnnxController
+            return make_controller(self.base_name, context, params)
+        from eval.policy_controller import OnnxController, SidecarGuardedController
 
-        return OnnxController(context, self.policy_path)
+        policy = OnnxController(context, self.policy_path)
+        return SidecarGuardedController(policy) if self.variant == SIDECAR else policy
 
 
 @cache
@@ -396,47 +424,60 @@ def resolve_controllers(
     fleet: str | None = None,
 ) -> tuple[ControllerSpec, ...]:
     """Controllers by name: a baseline, a policy of the zoo (file stem) or a path to an ``.onnx``
-    file. ``None``: every policy of the zoo and every baseline that can govern all of
-    ``scenarios`` (``None``: the fixed-fleet scenarios of the default benchmark) on ``fleet``
-    (a fleet file; ``None``: the reference fleet). A policy's manifest is read now, so a
-    missing or corrupt policy fails before any run."""
-    from policies.runtime import read_manifest
-
+    file, each optionally with its variant (``ppo-standard@sidecar``, ``pid@fair``). ``None``:
+    every policy of the zoo with its ``@sidecar`` variant, every baseline and every tunable
+    baseline's ``@fair`` variant that can govern all of ``scenarios`` (``None``: the fixed-fleet
+    scenarios of the default benchmark) on ``fleet`` (a fleet file; ``None``: the reference
+    fleet). A policy's manifest is read now, so a missing or corrupt policy fails before any
+    run."""
     zoo = {p.stem: p for p in sorted(Path(zoo_dir).glob("*.onnx"))}
     if names is None:
+        # The fair tuning covers the fixed-fleet baselines with parameters.
+        fair = [
+            f"{name}@{FAIR}"
+            for name, cls in BASELINES.items()
+            if name != "vllm-defaults" and not cls.needs_elastic
+        ]
+        everything = [n for p in zoo for n in (p, f"{p}@{SIDECAR}")] + [*BASELINES, *fair]
         fitting = [
             spec
-            for spec in resolve_controllers([*zoo, *BASELINES], zoo_dir)
+            for spec in resolve_controllers(everything, zoo_dir)
             if all(spec.unfit_reason(s, fleet) is None for s in scenarios or DEFAULT_SCENARIOS)
         ]
         return tuple(fitting)
-    specs = []
-    for name in names:
-        if name in BASELINES:
-            specs.append(ControllerSpec(name, elastic=BASELINES[name].needs_elastic))
-            continue
-        path = zoo.get(name) or (Path(name) if name.endswith(".onnx") else None)
-        if path is None:
-            known = ", ".join([*BASELINES, *zoo]) or "none"
-            raise ValueError(
-                f"unknown controller {name!r}: give a baseline, a policy of {zoo_dir} or a path "
-                f"to an .onnx file; known: {known}"
-            )
-        manifest = read_manifest(path)  # PolicyFileError names what is wrong
-        contract = manifest.observation_contract
-        specs.append(
-            ControllerSpec(
-                path.stem,
-                str(path),
-                manifest.provenance.scenarios,
-                contract.elastic,
-                contract.digest,
-            )
-        )
+    specs = [_controller_spec(name, zoo, zoo_dir) for name in names]
     duplicates = {s.name for s in specs if [t.name for t in specs].count(s.name) > 1}
     if duplicates:
         raise ValueError(f"controller names must be unique, repeated: {sorted(duplicates)}")
     return tuple(specs)
+
+
+def _controller_spec(name: str, zoo: dict[str, Path], zoo_dir: Path) -> ControllerSpec:
+    """One controller of :func:`resolve_controllers` by name (variant included)."""
+    from policies.runtime import read_manifest
+
+    base, _, variant = name.rpartition("@") if "@" in name else (name, "", "")
+    if base in BASELINES and variant in ("", FAIR):
+        if variant == FAIR and base == "vllm-defaults":
+            raise ValueError("vllm-defaults has no parameters: it has no @fair variant")
+        return ControllerSpec(name, elastic=BASELINES[base].needs_elastic, variant=variant or None)
+    path = zoo.get(base) or (Path(base) if base.endswith(".onnx") else None)
+    if path is None or variant not in ("", SIDECAR):
+        known = ", ".join([*BASELINES, *zoo]) or "none"
+        raise ValueError(
+            f"unknown controller {name!r}: give a baseline (optionally NAME@{FAIR}), a policy of "
+            f"{zoo_dir} or a path to an .onnx file (optionally NAME@{SIDECAR}); known: {known}"
+        )
+    manifest = read_manifest(path)  # PolicyFileError names what is wrong
+    contract = manifest.observation_contract
+    return ControllerSpec(
+        path.stem + (f"@{variant}" if variant else ""),
+        str(path),
+        manifest.provenance.scenarios,
+        contract.elastic,
+        contract.digest,
+        variant or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -583,6 +624,9 @@ class BenchConfig:
     frontier_seeds:
         When an elastic policy is benchmarked, every autoscaler's main target is also swept
         (:func:`frontier_sweeps`) on this many of the first evaluation seeds (0: no sweeps).
+    grid_fleets:
+        Further fleet files of the held-out grid (:mod:`eval.headline`): their cells are not run
+        here, the report says why (a policy of another fleet's contract) or how to run them.
     """
 
     controllers: tuple[ControllerSpec, ...]
@@ -595,6 +639,7 @@ class BenchConfig:
     bootstrap_seed: int = 0
     fleet: str | None = None
     frontier_seeds: int = FRONTIER_SEEDS
+    grid_fleets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.frontier_seeds < 0:
@@ -630,6 +675,9 @@ class BenchResult:
         Wall-clock time of the runs.
     frontiers:
         The autoscalers' frontier sweeps (:func:`frontier_sweeps`).
+    cells_not_run:
+        Cells of the held-out grid on :attr:`BenchConfig.grid_fleets`, each with the reason it
+        was not run (:func:`eval.headline.cells_not_run`).
     """
 
     config: BenchConfig
@@ -638,6 +686,7 @@ class BenchResult:
     warnings: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
     frontiers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    cells_not_run: list[dict[str, str]] = field(default_factory=list)
 
 
 def expand_scenarios(names: Sequence[str]) -> list[str]:
@@ -741,8 +790,10 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
         for scenario in scenarios:
             params = None
             if tunable:
+                # A fair baseline has one parameter set for every scenario.
+                tuned_on = FAIR if controller.variant == FAIR else scenario
                 params, warning = tuned_params(
-                    controller.name, scenario, config.tuned_dir, config.fleet
+                    controller.base_name, tuned_on, config.tuned_dir, config.fleet
                 )
                 params_used.setdefault(controller.name, {})[scenario] = params
                 warnings += [warning] if warning else []
@@ -788,15 +839,20 @@ def run_bench(
     progress: ProgressCallback | None = None,
 ) -> BenchResult:
     """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`)."""
+    from eval.headline import cells_not_run
+
     runs, params_used, warnings = plan_runs(config)
     scenarios = tuple(dict.fromkeys(run.scenario for run in runs))
+    config = replace(config, scenarios=scenarios)
+    not_run = cells_not_run(config)  # before the runs: a bad fleet file fails early
     started = time.perf_counter()
     results = execute(runs, use_ray, address, num_cpus, progress)
     return BenchResult(
-        config=replace(config, scenarios=scenarios),
+        config=config,
         runs=results,
         tuned_params=params_used,
         warnings=warnings,
         wall_time_s=time.perf_counter() - started,
         frontiers=frontier_sweeps(config, scenarios, params_used),
+        cells_not_run=not_run,
     )

@@ -115,6 +115,14 @@ def bench(
             "policies run only if their contract is this fleet's."
         ),
     ] = None,
+    grid_fleets: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--grid-fleet",
+            help="Fleet files of the held-out grid besides the one benchmarked; repeat. "
+            "Default: examples/fleets. Their cells are listed with why they were not run.",
+        ),
+    ] = None,
     bootstrap_reps: Annotated[
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).", min=1)
     ] = None,
@@ -143,6 +151,7 @@ def bench(
         resolve_controllers,
         run_bench,
     )
+    from eval.headline import EXAMPLE_FLEETS
     from eval.report import write_report
     from slo.progress import ProgressReport
 
@@ -162,6 +171,7 @@ def bench(
             bootstrap_seed=bootstrap_seed,
             fleet=fleet_file,
             **({} if frontier_seeds is None else {"frontier_seeds": frontier_seeds}),
+            grid_fleets=tuple(map(str, grid_fleets)) if grid_fleets else EXAMPLE_FLEETS,
         )
         with ProgressReport("benchmark runs") as report:
             result = run_bench(

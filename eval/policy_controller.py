@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from agents.base import ControlContext, Controller
+from envs.contract import neutral_knob_values
 from policies.runtime import load_policy
+from policies.sidecar.config import GuardrailSettings
+from policies.sidecar.guardrails import Guardrails, action_problem
 
 
 class OnnxController(Controller):
@@ -40,3 +43,42 @@ class OnnxController(Controller):
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         return self.policy.act(observation)
+
+
+class SidecarGuardedController(Controller):
+    """A controller as the sidecar deploys it: its actions pass the sidecar's guardrails.
+
+    Every proposal goes through :class:`policies.sidecar.guardrails.Guardrails` exactly as the
+    sidecar's policy mode does: an unusable action holds the knobs in force, a usable one is
+    decoded, bounded, held within the hysteresis band, limited to ``max_step`` per interval and
+    clamped to the contract's ranges; the knobs in force start neutral, as the sidecar's
+    ``initial_knobs`` default. Replica knobs pass unchanged (their step and bounds are a
+    deployment's ``scaling`` settings, which have no default).
+
+    Parameters
+    ----------
+    inner:
+        The proposing controller (an :class:`OnnxController`).
+    settings:
+        The guardrails (default: the sidecar's defaults, :class:`GuardrailSettings`).
+    """
+
+    def __init__(self, inner: Controller, settings: GuardrailSettings | None = None) -> None:
+        super().__init__(inner.context)
+        self.inner = inner
+        self.guardrails = Guardrails(inner.context.action, settings or GuardrailSettings())
+        self.name = f"{inner.name}@sidecar"
+        self.reset()
+
+    def reset(self) -> None:
+        self.inner.reset()
+        neutral = neutral_knob_values(self.context.action.names)
+        self.in_force = self.guardrails.final_clamp(neutral, neutral)[0]
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        raw = self.inner.act(observation)
+        if action_problem(raw, len(self.context.action.names)) is None:
+            proposed = self.guardrails.decode(np.asarray(raw, dtype=np.float64))
+            values = self.guardrails.apply(proposed, self.in_force)[0]
+            self.in_force = self.guardrails.final_clamp(values, self.in_force)[0]
+        return self.knobs_to_action(self.in_force)

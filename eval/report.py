@@ -22,6 +22,7 @@ from agents.baselines import BASELINES
 from envs.scenarios import DEFAULT_EPISODE_HOURS, get_scenario
 from eval.bench import GROUPS, BenchResult
 from eval.bench_cli import DEFAULT_SEEDS
+from eval.headline import judge, render_grid
 from eval.stats import (
     Interval,
     bootstrap_ci,
@@ -87,7 +88,10 @@ class Scores:
         self.scenarios = list(result.config.scenarios or ())
         self.controllers = [c.name for c in result.config.controllers]
         self.policies = [c.name for c in result.config.controllers if c.is_policy]
-        self.baselines = [c for c in self.controllers if c not in self.policies]
+        # The baselines tuned per scenario (the @fair ones rival only in the held-out grid).
+        self.baselines = [
+            c.name for c in result.config.controllers if not c.is_policy and c.variant is None
+        ]
         self._runs = {(r.controller, r.scenario, r.seed): r.metrics for r in result.runs}
 
     def value(self, controller: str, scenario: str, seed: int, key: str) -> float:
@@ -421,6 +425,7 @@ def results_document(result: BenchResult, analysis: dict[str, Any]) -> dict[str,
                 "frontier_seeds": config.frontier_seeds,
                 "tuned_dir": str(config.tuned_dir),
                 **({"fleet": config.fleet} if config.fleet is not None else {}),
+                "grid_fleets": list(config.grid_fleets),
             },
             "warnings": list(result.warnings),
             "tuned_params": result.tuned_params,
@@ -430,6 +435,7 @@ def results_document(result: BenchResult, analysis: dict[str, Any]) -> dict[str,
                 for r in result.runs
             ],
             "analysis": analysis,
+            "headline": judge(result, Analysis(result)),
             "traces": [
                 {"controller": r.controller, "scenario": r.scenario, "seed": r.seed, **r.trace}
                 for r in result.runs
@@ -947,6 +953,7 @@ def render_report(document: dict, plots: dict) -> str:
         _title(document),
         _scope(document),
         _warnings(document),
+        render_grid(document),
         _headline(document),
         _autoscaling(document),
         _strongest_autoscalers(document),
