@@ -45,11 +45,19 @@ def train(
     chunk_timesteps: Annotated[
         int | None, typer.Option(help="Override the timesteps between checkpoints.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Override the preset's rollout workers: CPUs per trial, on one node, the "
+            "environments stepping in parallel processes.",
+            min=1,
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
             "--resume",
-            help="Continue the interrupted run in --out, with the preset, seeds and timesteps it "
+            help="Continue the interrupted run in --out, with the preset, seeds, timesteps and workers it "
             "was started with (read from its train.json; those flags are ignored).",
         ),
     ] = False,
@@ -74,7 +82,7 @@ def train(
 
     try:
         spec = load_preset(preset).with_overrides(
-            timesteps=timesteps, chunk_timesteps=chunk_timesteps
+            timesteps=timesteps, chunk_timesteps=chunk_timesteps, workers=workers
         )
         request = TrainRequest(spec, list(range(seeds)), out, storage, search)
         summary = run_training(request, resume=resume, address=address, num_cpus=num_cpus)
