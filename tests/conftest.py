@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -64,6 +65,19 @@ def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=grace_s)
+
+
+def kill_session(leader_pid: int) -> None:
+    """SIGKILL every process of the session ``leader_pid`` leads (a child started with
+    ``start_new_session=True``): the leader and what it started, even the processes that put
+    themselves in process groups of their own (Ray's services and workers do)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == leader_pid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
 
 
 @pytest.fixture

@@ -57,8 +57,8 @@ def train(
         bool,
         typer.Option(
             "--resume",
-            help="Continue the interrupted run in --out, with the preset, seeds, timesteps and workers it "
-            "was started with (read from its train.json; those flags are ignored).",
+            help="Continue the interrupted run in --out, with the preset, seeds, timesteps and "
+            "workers it was started with (read from its train.json; those flags are ignored).",
         ),
     ] = False,
     address: Annotated[
