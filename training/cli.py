@@ -19,7 +19,8 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         timesteps: int = typer.Option(16384, help="PPO timesteps per trial."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """PPO steps/s of one Ray trial alone and of two at once (parallel efficiency)."""
+        """PPO steps/s of one Ray trial alone, of two at once (parallel efficiency) and of one
+        trial with two rollout workers (rollout scaling)."""
         from training.perf import run
 
         try:

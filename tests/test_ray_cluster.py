@@ -1,0 +1,224 @@
+"""A real two-node Ray cluster on this machine: ``train --address`` places trials on both nodes
+(as Ray's state API reports), a trial killed on the second node resumes from its checkpoint, and
+a node joining without the package makes a new run stop before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import _free_port, kill_session, stop_process
+
+#: Two trials of two rollouts per chunk, one per node; chunks small enough that a trial is killed
+#: between checkpoints, not after its last one.
+PRESET = {
+    "name": "cluster",
+    "timesteps": 2048,
+    "chunk_timesteps": 512,
+    "scenarios": ["steady", "flash-crowd"],
+    "env_kwargs": {"episode_hours": 0.25, "warmup_s": 120.0},
+    "ppo": {"n_envs": 2, "n_steps": 128, "batch_size": 64, "n_epochs": 2, "net_arch": [32, 32]},
+}
+DEADLINE_S = 120.0
+
+
+@dataclass
+class RayCluster:
+    """Ray nodes started by ``ray start --block``, each the leader of its own session."""
+
+    address: str
+    temp_dir: str
+    nodes: list[subprocess.Popen] = field(default_factory=list)
+
+    def add_node(self, log: Path, *options: str, env: dict[str, str] | None = None) -> None:
+        """Start a node with ``options`` (the head: ``--head --port``; a worker: ``--address``)."""
+        ports = [
+            f"--{name}-port={_free_port()}"
+            for name in ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent")
+        ]
+        command = [
+            shutil.which("ray") or "ray",
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            "--num-cpus=1",
+            f"--metrics-export-port={_free_port()}",
+            *ports,
+            *options,
+        ]
+        with log.open("w") as out:
+            self.nodes.append(
+                subprocess.Popen(
+                    command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            )
+
+    def alive_nodes(self) -> list:
+        """Ray's state API: the cluster's alive nodes."""
+        from ray.util.state import list_nodes
+
+        return list_nodes(address=self.address, filters=[("state", "=", "ALIVE")])
+
+    def wait_for_nodes(self, count: int) -> list:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            assert all(node.poll() is None for node in self.nodes), "a Ray node exited"
+            try:
+                nodes = self.alive_nodes()
+                if len(nodes) == count:
+                    return nodes
+            except Exception:  # the head's dashboard is not serving yet
+                pass
+            assert time.monotonic() < deadline, f"the cluster did not reach {count} nodes"
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        """Stop every node by its process id: SIGTERM, then SIGKILL what it left running."""
+        for node in reversed(self.nodes):
+            stop_process(node, grace_s=20.0)
+            kill_session(node.pid)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RayCluster]:
+    """A head node (one CPU, with the dashboard serving the state API) and a second node with one
+    CPU and a resource of its own, on free ports (never Ray's default 6379).
+
+    The cluster has a token of its own, given to its nodes, drivers and this process through the
+    environment (the default, ``~/.ray/auth_token``, is shared with every other Ray here).
+    """
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex)
+    port = _free_port()
+    # A short temporary directory: Ray's Unix sockets live under it.
+    cluster = RayCluster(f"127.0.0.1:{port}", tempfile.mkdtemp(prefix="bp-ray-"))
+    try:
+        cluster.add_node(
+            tmp_path / "head.log",
+            "--head",
+            f"--port={port}",
+            f"--temp-dir={cluster.temp_dir}",
+            f"--ray-client-server-port={_free_port()}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={_free_port()}",
+        )
+        cluster.wait_for_nodes(1)
+        cluster.add_node(
+            tmp_path / "second.log",
+            f"--address={cluster.address}",
+            '--resources={"second_node": 1}',
+        )
+        cluster.wait_for_nodes(2)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _train(cluster: RayCluster, out: Path, *options: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "eval.cli", "train", "--out", str(out)]
+    log = (out.parent / f"{out.name}-{len(list(out.parent.glob('*.log')))}.log").open("w")
+    return subprocess.Popen(
+        [*command, "--address", cluster.address, *options],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _trial_actors(cluster: RayCluster) -> list:
+    """Ray's state API: the alive actors running trials (one per trial)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], detail=True)
+    return [a for a in actors if "train_trial" in a.class_name or a.class_name == "ImplicitFunc"]
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_training_spreads_over_two_nodes_resumes_a_killed_trial_and_refuses_bare_nodes(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    preset = tmp_path / "cluster.yaml"
+    preset.write_text(yaml.safe_dump(PRESET))
+    runs, storage = tmp_path / "runs", tmp_path / "shared"
+    runs.mkdir()
+    out = runs / "cluster"
+    first = _train(
+        ray_cluster, out, "--preset", str(preset), "--seeds", "2", "--storage", str(storage)
+    )
+    try:
+        experiment = storage / "cluster"
+        deadline = time.monotonic() + DEADLINE_S
+        while (
+            len(list(experiment.glob("seed*/checkpoint_*/run.json"))) < 2
+            or len(actors := _trial_actors(ray_cluster)) < 2
+        ):
+            assert first.poll() is None, "the run ended before both trials checkpointed"
+            assert time.monotonic() < deadline, "the trials did not both reach a checkpoint"
+            time.sleep(0.2)
+        nodes = {node.node_id: node for node in ray_cluster.alive_nodes()}
+        assert {actor.node_id for actor in actors} == set(nodes), "trials not on both nodes"
+        (victim,) = [a for a in actors if "second_node" in nodes[a.node_id].resources_total]
+        os.kill(victim.pid, 9)
+        assert first.wait(timeout=DEADLINE_S) == 1  # one trial errored
+    finally:
+        kill_session(first.pid)
+    summary = json.loads((out / "summary.json").read_text())
+    (killed,) = [t for t in summary["trials"] if t["error"]]
+    assert killed["steps"] < PRESET["timesteps"]
+
+    resumed = _train(ray_cluster, out, "--resume")
+    try:
+        assert resumed.wait(timeout=DEADLINE_S) == 0
+    finally:
+        kill_session(resumed.pid)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["steps"] for t in summary["trials"]] == [PRESET["timesteps"]] * 2
+    assert not any(t["error"] for t in summary["trials"])
+    results = _results(experiment / killed["trial"])
+    restarts = [r for r in results if r["iterations_since_restore"] == 1]
+    assert len(restarts) == 2, "the killed trial was not restored"
+    # It continued from its checkpoint, one chunk on, rather than from zero.
+    assert restarts[1]["timesteps"] >= restarts[0]["timesteps"] + PRESET["chunk_timesteps"]
+
+    _refuse_a_node_without_the_package(ray_cluster, tmp_path)
+
+
+def _refuse_a_node_without_the_package(cluster: RayCluster, tmp_path: Path) -> None:
+    """Add a node whose Python finds an empty ``training`` package first (it lacks the
+    trainable): a new run names that node and writes nothing."""
+    shadow = tmp_path / "shadow"
+    (shadow / "training").mkdir(parents=True)
+    (shadow / "training" / "__init__.py").write_text("")
+    before = {node.node_id for node in cluster.alive_nodes()}
+    env = os.environ | {"PYTHONPATH": str(shadow)}
+    cluster.add_node(tmp_path / "bare.log", f"--address={cluster.address}", env=env)
+    (bare,) = {node.node_id for node in cluster.wait_for_nodes(len(before) + 1)} - before
+    out = tmp_path / "runs" / "refused"
+    run = _train(cluster, out)
+    try:
+        assert run.wait(timeout=DEADLINE_S) == 2
+    finally:
+        kill_session(run.pid)
+    log = next(out.parent.glob("refused-*.log")).read_text()
+    assert "Ray nodes that cannot import the budgetpilot package" in log
+    assert f"({bare[:12]}): ModuleNotFoundError: No module named 'training.trainable'" in log
+    assert not any(node_id[:12] in log for node_id in before)
+    assert not out.exists()
