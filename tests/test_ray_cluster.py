@@ -17,19 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import _free_port, kill_session, stop_process
+from test_training import TINY, write_preset
 
-#: Two trials of two rollouts per chunk, one per node; chunks small enough that a trial is killed
-#: between checkpoints, not after its last one.
-PRESET = {
-    "name": "cluster",
-    "timesteps": 2048,
-    "chunk_timesteps": 512,
-    "scenarios": ["steady", "flash-crowd"],
-    "env_kwargs": {"episode_hours": 0.25, "warmup_s": 120.0},
-    "ppo": {"n_envs": 2, "n_steps": 128, "batch_size": 64, "n_epochs": 2, "net_arch": [32, 32]},
-}
 DEADLINE_S = 120.0
 
 
@@ -155,8 +145,8 @@ def _results(trial_dir: Path) -> list[dict]:
 def test_training_spreads_over_two_nodes_resumes_a_killed_trial_and_refuses_bare_nodes(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
-    preset = tmp_path / "cluster.yaml"
-    preset.write_text(yaml.safe_dump(PRESET))
+    # Two tiny trials, one per node, of four chunks: one is killed between checkpoints.
+    preset = write_preset(tmp_path)
     runs, storage = tmp_path / "runs", tmp_path / "shared"
     runs.mkdir()
     out = runs / "cluster"
@@ -182,7 +172,7 @@ def test_training_spreads_over_two_nodes_resumes_a_killed_trial_and_refuses_bare
         kill_session(first.pid)
     summary = json.loads((out / "summary.json").read_text())
     (killed,) = [t for t in summary["trials"] if t["error"]]
-    assert killed["steps"] < PRESET["timesteps"]
+    assert killed["steps"] < TINY["timesteps"]
 
     resumed = _train(ray_cluster, out, "--resume")
     try:
@@ -190,13 +180,13 @@ def test_training_spreads_over_two_nodes_resumes_a_killed_trial_and_refuses_bare
     finally:
         kill_session(resumed.pid)
     summary = json.loads((out / "summary.json").read_text())
-    assert [t["steps"] for t in summary["trials"]] == [PRESET["timesteps"]] * 2
+    assert [t["steps"] for t in summary["trials"]] == [TINY["timesteps"]] * 2
     assert not any(t["error"] for t in summary["trials"])
     results = _results(experiment / killed["trial"])
     restarts = [r for r in results if r["iterations_since_restore"] == 1]
     assert len(restarts) == 2, "the killed trial was not restored"
     # It continued from its checkpoint, one chunk on, rather than from zero.
-    assert restarts[1]["timesteps"] >= restarts[0]["timesteps"] + PRESET["chunk_timesteps"]
+    assert restarts[1]["timesteps"] >= restarts[0]["timesteps"] + TINY["chunk_timesteps"]
 
     _refuse_a_node_without_the_package(ray_cluster, tmp_path)
 
