@@ -133,6 +133,16 @@ def test_cli_refuses_a_run_it_cannot_place_before_writing_anything(
     assert not out.parent.exists()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_trial_reserves_one_bundle_of_a_cpu_per_worker(tmp_path: Path, workers: int) -> None:
+    from training.run import TrainRequest, _trainable
+
+    preset = load_preset("quick").with_overrides(workers=workers)
+    trainable = _trainable(TrainRequest(preset, [0], tmp_path / "r"))
+    # One bundle: Tune places it on a single node, where the environment processes start.
+    assert trainable._resources.bundles == [{"CPU": float(workers)}]
+
+
 def _learned(workers: int) -> tuple[dict, np.ndarray, str]:
     """Metrics, policy parameters and rollout class after one tiny rollout of seed 3."""
     import torch

@@ -167,7 +167,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     Raises
     ------
     TrainingError
-        ``address`` names a cluster whose head does not answer.
+        ``address`` names a cluster whose head does not answer or refuses this driver.
     """
     import ray
 
@@ -177,14 +177,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     local = address is None
     if not local:
         check_reachable(address)
-    ray.init(
-        address=address,
-        num_cpus=(num_cpus or os.cpu_count()) if local else None,
-        include_dashboard=False,
-        runtime_env={"env_vars": THREAD_ENV},
-        logging_level="warning",
-        configure_logging=True,
-    )
+    try:
+        ray.init(
+            address=address,
+            num_cpus=(num_cpus or os.cpu_count()) if local else None,
+            include_dashboard=False,
+            runtime_env={"env_vars": THREAD_ENV},
+            logging_level="warning",
+            configure_logging=True,
+        )
+    except ConnectionError as exc:  # e.g. a head that refuses this driver's token
+        raise TrainingError(f"cannot join the Ray cluster at {address}: {exc}") from None
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
