@@ -121,8 +121,10 @@ def ray_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ray
 def _train(cluster: RayCluster, out: Path, *options: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "eval.cli", "train", "--out", str(out)]
     log = (out.parent / f"{out.name}-{len(list(out.parent.glob('*.log')))}.log").open("w")
+    # Run from the runs' directory: Ray puts the driver's working directory on its workers' path.
     return subprocess.Popen(
         [*command, "--address", cluster.address, *options],
+        cwd=out.parent,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -202,7 +204,7 @@ def _refuse_a_node_without_the_package(cluster: RayCluster, tmp_path: Path) -> N
     cluster.add_node(tmp_path / "bare.log", f"--address={cluster.address}", env=env)
     (bare,) = {node.node_id for node in cluster.wait_for_nodes(len(before) + 1)} - before
     out = tmp_path / "runs" / "refused"
-    run = _train(cluster, out)
+    run = _train(cluster, out, "--preset", str(write_preset(tmp_path)))
     try:
         assert run.wait(timeout=DEADLINE_S) == 2
     finally:
