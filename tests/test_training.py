@@ -308,7 +308,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     first = subprocess.Popen(
         [*command, "--preset", str(preset)], stdout=log, stderr=log, start_new_session=True
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while not list(out.glob("seed0_*/checkpoint_*/run.json")):
         assert first.poll() is None and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.2)

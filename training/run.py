@@ -160,9 +160,10 @@ def _git(directory: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one
     with ``num_cpus`` CPUs (default: all of them). Trial processes get one thread each.
+    Returns whether it joined an existing cluster.
 
     Raises
     ------
@@ -188,6 +189,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         )
     except ConnectionError as exc:  # e.g. a head that refuses this driver's token
         raise TrainingError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return not local
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -207,9 +209,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def check_cluster(workers: int) -> None:
+def check_cluster(workers: int, probe_nodes: bool = True) -> None:
     """Check that the connected Ray cluster can run the trials: a node with ``workers`` CPUs
-    (a trial's environment processes share its node), and the package importable on every node.
+    (a trial's environment processes share its node), and, with ``probe_nodes``, the package
+    importable on every node (a task on each; a local Ray runs this very installation).
 
     Raises
     ------
@@ -225,6 +228,8 @@ def check_cluster(workers: int) -> None:
             f"--workers {workers}: a trial's workers share one node, and the largest node of "
             f"the Ray cluster has {largest:g} CPUs"
         )
+    if not probe_nodes:
+        return
     missing = [
         f"{node['NodeManagerAddress']} ({node['NodeID'][:12]}): {problem}"
         for node, problem in zip(nodes, _import_problems(nodes), strict=True)
@@ -372,9 +377,9 @@ def run_training(
         os.environ.setdefault(key, value)
     if resume:
         request = TrainRequest.load(request.out)
-    init_ray(address, num_cpus)
+    joined = init_ray(address, num_cpus)
     try:
-        check_cluster(request.preset.workers)
+        check_cluster(request.preset.workers, probe_nodes=joined)
         request.out.mkdir(parents=True, exist_ok=True)
         exists = _experiment_exists(request.experiment_path)
         if resume:
