@@ -20,6 +20,8 @@ import pytest
 from conftest import _free_port, kill_session, stop_process
 from test_training import TINY, write_preset
 
+#: Ray's CLI on this interpreter, wherever pip put its scripts.
+RAY_CLI = (sys.executable, "-m", "ray.scripts.scripts")
 #: Generous: Ray's services start slowly on a loaded machine.
 DEADLINE_S = 300.0
 
@@ -39,9 +41,7 @@ class RayCluster:
             for name in ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent")
         ]
         command = [
-            sys.executable,  # Ray's CLI on this interpreter, wherever pip put its scripts
-            "-m",
-            "ray.scripts.scripts",
+            *RAY_CLI,
             "start",
             "--block",
             "--node-ip-address=127.0.0.1",
@@ -58,23 +58,32 @@ class RayCluster:
                 )
             )
 
-    def alive_nodes(self) -> list:
-        """Ray's state API: the cluster's alive nodes."""
-        from ray.util.state import list_nodes
+    def state(self, kind: str, *options: str) -> list[dict]:
+        """Alive ``kind`` ("nodes", "actors") as Ray's state API lists them (its CLI, in a fresh
+        process: this one may hold another Ray's token from earlier tests)."""
+        command = [*RAY_CLI, "list", kind, "--address", self.address, "--format", "json"]
+        listing = subprocess.run(
+            [*command, "--filter", "state=ALIVE", *options],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        # An empty listing is a sentence ("No resource in the cluster"), not JSON.
+        return json.loads(listing.stdout) if listing.stdout.lstrip().startswith("[") else []
 
-        return list_nodes(address=self.address, filters=[("state", "=", "ALIVE")])
-
-    def wait_for_nodes(self, count: int) -> list:
+    def wait_for_nodes(self, count: int) -> list[dict]:
         deadline = time.monotonic() + DEADLINE_S
         while True:
             assert all(node.poll() is None for node in self.nodes), "a Ray node exited"
             try:
-                nodes = self.alive_nodes()
+                nodes = self.state("nodes", "--detail")
                 if len(nodes) == count:
                     return nodes
-            except Exception:  # the head's dashboard is not serving yet
-                pass
-            assert time.monotonic() < deadline, f"the cluster did not reach {count} nodes"
+                problem = f"{len(nodes)} nodes alive"
+            except subprocess.CalledProcessError as exc:  # the dashboard is not serving yet
+                problem = exc.stderr[-500:]
+            assert time.monotonic() < deadline, f"no {count} nodes alive: {problem}"
             time.sleep(1.0)
 
     def stop(self) -> None:
@@ -134,12 +143,12 @@ def _train(cluster: RayCluster, out: Path, *options: str) -> subprocess.Popen:
     )
 
 
-def _trial_actors(cluster: RayCluster) -> list:
+def _trial_actors(cluster: RayCluster) -> list[dict]:
     """Ray's state API: the alive actors running trials (one per trial)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], detail=True)
-    return [a for a in actors if "train_trial" in a.class_name or a.class_name == "ImplicitFunc"]
+    actors = cluster.state("actors", "--detail")
+    return [
+        a for a in actors if "train_trial" in a["class_name"] or a["class_name"] == "ImplicitFunc"
+    ]
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -168,10 +177,10 @@ def test_training_spreads_over_two_nodes_resumes_a_killed_trial_and_refuses_bare
             assert first.poll() is None, "the run ended before both trials checkpointed"
             assert time.monotonic() < deadline, "the trials did not both reach a checkpoint"
             time.sleep(0.2)
-        nodes = {node.node_id: node for node in ray_cluster.alive_nodes()}
-        assert {actor.node_id for actor in actors} == set(nodes), "trials not on both nodes"
-        (victim,) = [a for a in actors if "second_node" in nodes[a.node_id].resources_total]
-        os.kill(victim.pid, 9)
+        nodes = {node["node_id"]: node for node in ray_cluster.state("nodes", "--detail")}
+        assert {actor["node_id"] for actor in actors} == set(nodes), "trials not on both nodes"
+        (victim,) = [a for a in actors if "second_node" in nodes[a["node_id"]]["resources_total"]]
+        os.kill(victim["pid"], 9)
         assert first.wait(timeout=DEADLINE_S) == 1  # one trial errored
     finally:
         kill_session(first.pid)
@@ -202,10 +211,10 @@ def _refuse_a_node_without_the_package(cluster: RayCluster, tmp_path: Path) -> N
     shadow = tmp_path / "shadow"
     (shadow / "training").mkdir(parents=True)
     (shadow / "training" / "__init__.py").write_text("")
-    before = {node.node_id for node in cluster.alive_nodes()}
+    before = {node["node_id"] for node in cluster.state("nodes")}
     env = os.environ | {"PYTHONPATH": str(shadow)}
     cluster.add_node(tmp_path / "bare.log", f"--address={cluster.address}", env=env)
-    (bare,) = {node.node_id for node in cluster.wait_for_nodes(len(before) + 1)} - before
+    (bare,) = {node["node_id"] for node in cluster.wait_for_nodes(len(before) + 1)} - before
     out = tmp_path / "runs" / "refused"
     run = _train(cluster, out, "--preset", str(write_preset(tmp_path)))
     try:
