@@ -20,6 +20,19 @@ import pytest
 from conftest import _free_port, kill_session, stop_process
 from test_training import TINY, write_preset
 
+#: A node's ``sitecustomize``: budgetpilot's ``training`` package is absent there.
+ABSENT_PACKAGE = """import importlib.abc, sys
+
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "training":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Absent())
+"""
 #: Ray's CLI on this interpreter, wherever pip put its scripts.
 RAY_CLI = (sys.executable, "-m", "ray.scripts.scripts")
 #: Generous: Ray's services start slowly on a loaded machine.
@@ -34,8 +47,11 @@ class RayCluster:
     temp_dir: str
     nodes: list[subprocess.Popen] = field(default_factory=list)
 
-    def add_node(self, log: Path, *options: str, env: dict[str, str] | None = None) -> None:
-        """Start a node with ``options`` (the head: ``--head --port``; a worker: ``--address``)."""
+    def add_node(self, log: Path, *options: str, env: dict[str, str] | None = None) -> dict:
+        """Start a node with ``options`` (the head: ``--head --port``; a worker: ``--address``)
+        and wait until it is alive; return it as the state API lists it. A node that gives up
+        during startup (Ray waits a fixed 30 s for it to register, too little on a loaded
+        machine) is started again, twice at most."""
         ports = [
             f"--{name}-port={_free_port()}"
             for name in ("dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent")
@@ -51,12 +67,19 @@ class RayCluster:
             *ports,
             *options,
         ]
-        with log.open("w") as out:
-            self.nodes.append(
-                subprocess.Popen(
+        before = {node["node_id"] for node in self.state("nodes")} if self.nodes else set()
+        for attempt in range(3):
+            with log.with_suffix(f".{attempt}.log").open("w") as out:
+                node = subprocess.Popen(
                     command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
                 )
-            )
+            self.nodes.append(node)
+            alive = self._wait_for_nodes(len(before) + 1, node)
+            if alive is not None:
+                (new,) = [n for n in alive if n["node_id"] not in before]
+                return new
+            kill_session(node.pid)
+        raise AssertionError(f"the node did not start: see {log.parent}")
 
     def state(self, kind: str, *options: str) -> list[dict]:
         """Alive ``kind`` ("nodes", "actors") as Ray's state API lists them (its CLI, in a fresh
@@ -72,10 +95,10 @@ class RayCluster:
         # An empty listing is a sentence ("No resource in the cluster"), not JSON.
         return json.loads(listing.stdout) if listing.stdout.lstrip().startswith("[") else []
 
-    def wait_for_nodes(self, count: int) -> list[dict]:
+    def _wait_for_nodes(self, count: int, starting: subprocess.Popen) -> list[dict] | None:
+        """The alive nodes once there are ``count``, or ``None`` if ``starting`` exits first."""
         deadline = time.monotonic() + DEADLINE_S
-        while True:
-            assert all(node.poll() is None for node in self.nodes), "a Ray node exited"
+        while starting.poll() is None:
             try:
                 nodes = self.state("nodes", "--detail")
                 if len(nodes) == count:
@@ -85,6 +108,7 @@ class RayCluster:
                 problem = exc.stderr[-500:]
             assert time.monotonic() < deadline, f"no {count} nodes alive: {problem}"
             time.sleep(1.0)
+        return None
 
     def stop(self) -> None:
         """Stop every node by its process id: SIGTERM, then SIGKILL what it left running."""
@@ -118,13 +142,11 @@ def ray_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ray
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={_free_port()}",
         )
-        cluster.wait_for_nodes(1)
         cluster.add_node(
             tmp_path / "second.log",
             f"--address={cluster.address}",
             '--resources={"second_node": 1}',
         )
-        cluster.wait_for_nodes(2)
         yield cluster
     finally:
         cluster.stop()
@@ -206,15 +228,15 @@ def test_training_spreads_over_two_nodes_resumes_a_killed_trial_and_refuses_bare
 
 
 def _refuse_a_node_without_the_package(cluster: RayCluster, tmp_path: Path) -> None:
-    """Add a node whose Python finds an empty ``training`` package first (it lacks the
-    trainable): a new run names that node and writes nothing."""
+    """Add a node on which the package cannot be imported: a ``sitecustomize`` on its path
+    refuses ``training`` before any finder (an editable install's included) looks for it.
+    A new run names that node and writes nothing."""
     shadow = tmp_path / "shadow"
-    (shadow / "training").mkdir(parents=True)
-    (shadow / "training" / "__init__.py").write_text("")
+    shadow.mkdir()
+    (shadow / "sitecustomize.py").write_text(ABSENT_PACKAGE)
     before = {node["node_id"] for node in cluster.state("nodes")}
     env = os.environ | {"PYTHONPATH": str(shadow)}
-    cluster.add_node(tmp_path / "bare.log", f"--address={cluster.address}", env=env)
-    (bare,) = {node["node_id"] for node in cluster.wait_for_nodes(len(before) + 1)} - before
+    bare = cluster.add_node(tmp_path / "bare.log", f"--address={cluster.address}", env=env)
     out = tmp_path / "runs" / "refused"
     run = _train(cluster, out, "--preset", str(write_preset(tmp_path)))
     try:
@@ -223,6 +245,6 @@ def _refuse_a_node_without_the_package(cluster: RayCluster, tmp_path: Path) -> N
         kill_session(run.pid)
     log = next(out.parent.glob("refused-*.log")).read_text()
     assert "Ray nodes that cannot import the budgetpilot package" in log
-    assert f"({bare[:12]}): ModuleNotFoundError: No module named 'training.trainable'" in log
+    assert f"({bare['node_id'][:12]}): ModuleNotFoundError: No module named 'training'" in log
     assert not any(node_id[:12] in log for node_id in before)
     assert not out.exists()
