@@ -309,7 +309,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
         [*command, "--preset", str(preset)], stdout=log, stderr=log, start_new_session=True
     )
     deadline = time.monotonic() + 180
-    while not list(out.glob("seed0_*/checkpoint_*/run.json")):
+    # Tune writes a checkpoint before the result row that reports it: wait for both.
+    while not list(out.glob("seed0_*/checkpoint_*/run.json")) or not any(
+        path.stat().st_size for path in out.glob("seed0_*/result.json")
+    ):
         assert first.poll() is None and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.2)
     kill_session(first.pid)
