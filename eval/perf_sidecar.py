@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from slo.prometheus_server import free_port
+
 #: This module run as a script: the fleet server and the measuring sidecar are processes of it.
 _SELF = (sys.executable, "-m", "eval.perf_sidecar")
 #: Modules that must never be imported by a sidecar process.
@@ -427,7 +429,7 @@ def run(
         fleet = subprocess.Popen([*_SELF, "serve", str(endpoints), str(ready)])
         try:
             base_url = _wait_file(ready, fleet)
-            port = _free_port()
+            port = free_port()
             config = sidecar_config(policy, base_url, endpoints, port=port, interval_s=1.0)
             config_path = work / "sidecar.yaml"
             config_path.write_text(yaml.safe_dump(config))
@@ -646,14 +648,6 @@ def _wait_file(path: Path, process: subprocess.Popen, timeout_s: float = 120.0) 
             raise RuntimeError("the page server exited")
         time.sleep(0.05)
     raise RuntimeError("the page server did not start")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> None:

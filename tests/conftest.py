@@ -58,6 +58,19 @@ def finish_process(
         pytest.fail(f"pid {process.pid} ignored {signal.Signals(sig).name} for {grace_s} s: killed")
 
 
+def kill_session(leader_pid: int) -> None:
+    """SIGKILL every process of the session ``leader_pid`` leads (a child started with
+    ``start_new_session=True``): the leader and what it started, even the processes that put
+    themselves in process groups of their own (Ray's services and workers do)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == leader_pid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+
+
 @pytest.fixture
 def prometheus_server(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
     """Factory for real Prometheus servers on loopback; skipped when `prometheus` is absent.

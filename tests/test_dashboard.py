@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from envs.twin import EngineTwin
 from eval.cli import app
-from eval.perf_sidecar import _free_port
 from slo.dashboard import build_dashboard, panel_queries
+from slo.prometheus_server import free_port
 from slo.rules import render_rules
 from slo.spec import default_spec
 from tests.conftest import stop_process
@@ -74,7 +74,7 @@ def twin():
 def sidecar_url(twin, tmp_path):
     """A sidecar process governing the twin every second; its small max step makes the
     guardrails intervene."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "sidecar.yaml"
     config.write_text(
         yaml.safe_dump(

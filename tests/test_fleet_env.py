@@ -186,7 +186,7 @@ def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
         LLMFleetEnv(**kwargs)
 
 
-def test_perf_env_prints_its_figures_and_the_ceiling_the_simulator_sets() -> None:
+def test_perf_env_prints_its_figures_and_the_cost_of_larger_fleets() -> None:
     import json
 
     from typer.testing import CliRunner
@@ -201,10 +201,26 @@ def test_perf_env_prints_its_figures_and_the_ceiling_the_simulator_sets() -> Non
     assert figures["overhead_vs_sim"] == pytest.approx(
         figures["sim_steps_per_s"] / figures["env_steps_per_s"] - 1.0
     )
-    assert figures["ppo_steps_per_s_ratio"] == pytest.approx(
-        figures["ppo_steps_per_s"] / figures["cartpole_ppo_steps_per_s"]
+    assert figures["learn_over_sim"] == pytest.approx(
+        figures["ppo_steps_per_s"] / figures["sim_steps_per_s"]
     )
-    cartpole_s, sim_s = 1 / figures["cartpole_ppo_steps_per_s"], 1 / figures["sim_steps_per_s"]
-    ceiling = cartpole_s / (cartpole_s + sim_s)
-    assert figures["ppo_ratio_ceiling_at_sim_speed"] == pytest.approx(ceiling)
-    assert 0.0 < ceiling < 1.0
+    fleets = [figures[f"env_steps_per_s_{n}_replicas"] for n in (3, 16, 64)]
+    # Every replica simulates its own requests: a larger fleet is slower to step.
+    assert fleets[0] > fleets[2] > 0
+
+
+@pytest.mark.parametrize("replicas", [3, 16, 64])
+def test_scaled_fleets_keep_the_load_per_replica(replicas: int) -> None:
+    from agents.perf import scaled_fleet
+    from envs.scenarios import get_scenario
+
+    steady = get_scenario("steady")
+    reference = steady.build(np.random.default_rng(0), 600.0)
+    scaled = scaled_fleet(steady, replicas).build(np.random.default_rng(0), 600.0)
+    counts = [pool.replicas for pool in scaled.config.pools]
+    assert sum(counts) == pytest.approx(replicas, abs=1)
+    per_replica = [
+        w.mean_rate / sum(p.replicas for p in s.config.pools)
+        for w, s in ((reference.workload, reference), (scaled.workload, scaled))
+    ]
+    assert per_replica[1] == pytest.approx(per_replica[0], rel=0.1)

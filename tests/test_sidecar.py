@@ -29,7 +29,6 @@ from eval.cli import app
 from eval.perf_sidecar import (
     FORBIDDEN_MODULES,
     PageServer,
-    _free_port,
     engine_pages,
     fleet_contracts,
     linear_policy,
@@ -47,6 +46,7 @@ from policies.sidecar.config import (
 from policies.sidecar.guardrails import Guardrails, action_problem
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.server import SidecarServer
+from slo.prometheus_server import free_port
 from tests.conftest import finish_process
 
 pytest.importorskip("onnx", reason="the test policies are written with onnx (train extra)")
@@ -793,7 +793,7 @@ def _ready(url: str) -> bool:
 
 
 def test_the_sidecar_process_serves_until_sigterm_and_saves_its_state(policy_path, fleet, tmp_path):
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "sidecar.yaml"
     state = tmp_path / "state"
     config.write_text(yaml.safe_dump(config_dict(policy_path, fleet, port=port, interval_s=0.5)))

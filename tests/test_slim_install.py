@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.perf_sidecar import _free_port
+from slo.prometheus_server import free_port
 from tests.conftest import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_the_slim_install_has_none_of_the_heavy_packages(slim_venv, tmp_path):
 @pytest.fixture
 def twin_url(tmp_path):
     """An engine twin of the full install (this interpreter) on loopback."""
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     args = ["twin", "--scenario", "steady", "--listen", url.removeprefix("http://")]
     process = subprocess.Popen(
         [sys.executable, "-m", "eval.cli", *args, "--speed", "30"],

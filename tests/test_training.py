@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,10 +13,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
+from conftest import kill_session
 from typer.testing import CliRunner
 
 from envs.scenarios import ELASTIC_SCENARIOS, TRAINING_SCENARIOS
 from eval.cli import app
+from slo.prometheus_server import free_port
 from training.config import PresetError, load_preset
 from training.run import point_best, resolve_best
 
@@ -72,6 +73,8 @@ def test_bundled_presets_train_on_every_scenario_of_their_fleet_kind(
         ({"ppo": {"n_envs": 2, "n_steps": 128, "batch_size": 100}}, "batch_size 100 must divide"),
         ({"timesteps": 1000}, "timesteps 1000 must be a multiple of one rollout"),
         ({"ppo": {"gama": 0.9}}, "ppo.gama: Extra inputs are not permitted"),
+        ({"workers": 3}, "workers 3 must divide ppo.n_envs 2"),
+        ({"workers": 0}, "workers: Input should be greater than or equal to 1"),
         ({"env_kwargs": {"episode_hours": 0}}, "env_kwargs.episode_hours: Input should be greater"),
         (
             {"search": {"grace_timesteps": 512, "space": {"n_envs": {"choice": [1, 2]}}}},
@@ -109,6 +112,71 @@ def test_cli_rejects_bad_preset_and_missing_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "nothing to resume" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--workers", "2", "--num-cpus", "1"], "the largest node of the Ray cluster has 1 CPUs"),
+        (["--address", "127.0.0.1:{port}"], "no Ray head answers there"),
+        (["--address", "nowhere"], "expected HOST:PORT of the Ray head"),
+    ],
+)
+def test_cli_refuses_a_run_it_cannot_place_before_writing_anything(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    out = tmp_path / "runs" / "r"
+    options = [option.format(port=free_port()) for option in options]
+    command = ["train", "--preset", str(write_preset(tmp_path)), "--out", str(out), *options]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_trial_reserves_one_bundle_of_a_cpu_per_worker(tmp_path: Path, workers: int) -> None:
+    from training.run import TrainRequest, _trainable
+
+    preset = load_preset("quick").with_overrides(workers=workers)
+    trainable = _trainable(TrainRequest(preset, [0], tmp_path / "r"))
+    # One bundle: Tune places it on a single node, where the environment processes start.
+    assert trainable._resources.bundles == [{"CPU": float(workers)}]
+
+
+def _learned(workers: int) -> tuple[dict, np.ndarray, str]:
+    """Metrics, policy parameters and rollout class after one tiny rollout of seed 3."""
+    import torch
+
+    from training.learner import PPOLearner
+
+    preset = load_preset(write_preset(Path(tempfile.mkdtemp()))).with_overrides(workers=workers)
+    learner = PPOLearner.create(preset, seed=3)
+    try:
+        metrics = learner.learn(256)
+        parameters = torch.cat([p.detach().flatten() for p in learner.model.policy.parameters()])
+        return metrics, parameters.double().numpy(), type(learner.model.get_env().venv).__name__
+    finally:
+        learner.close()
+
+
+def test_one_worker_trains_as_before_workers_existed() -> None:
+    metrics, parameters, rollouts = _learned(workers=1)
+    assert rollouts == "DummyVecEnv"
+    # Recorded with the code before the workers field (commit b0146b7), seed 3.
+    assert metrics["episodes"] == 8
+    assert metrics["mean_episode_reward"] == pytest.approx(-132.57867625, rel=1e-9)
+    assert parameters.sum() == pytest.approx(-14.530184993947842, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_rollout_workers_repeat_their_run_and_its_episodes() -> None:
+    first, second = _learned(workers=2), _learned(workers=2)
+    assert first[2] == second[2] == "SubprocVecEnv"
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[0]["episodes"] == second[0]["episodes"] == 8
+    # The environments step through the episodes one worker would see.
+    assert first[0]["mean_episode_reward"] == pytest.approx(-132.57867625, rel=1e-9)
 
 
 class ScriptedBudgets(gym.Env):
@@ -229,19 +297,6 @@ def test_best_is_a_symlink_or_a_pointer_file(tmp_path: Path) -> None:
     assert resolve_best(tmp_path) == "s3://bucket/run/trial/checkpoint_000002"
 
 
-def _kill_session(leader: subprocess.Popen) -> None:
-    """SIGKILL every process of the run's session: the driver, Ray's services and the trial
-    workers (which Ray puts in process groups of their own)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == leader.pid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                continue
-    leader.wait()
-
-
 def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
@@ -255,10 +310,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
         [*command, "--preset", str(preset)], stdout=log, stderr=log, start_new_session=True
     )
     deadline = time.monotonic() + 300  # Ray and numba start slowly on a loaded machine
-    while not list(out.glob("seed0_*/checkpoint_*/run.json")):
+    # Tune writes a checkpoint before the result row that reports it: wait for both.
+    while not list(out.glob("seed0_*/checkpoint_*/run.json")) or not any(
+        path.stat().st_size for path in out.glob("seed0_*/result.json")
+    ):
         assert first.poll() is None and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.2)
-    _kill_session(first)
+    kill_session(first.pid)
+    first.wait()
     (trial_dir,) = out.glob("seed0_*")
     steps_at_kill = max(r["timesteps"] for r in _results(trial_dir))
     assert steps_at_kill < TINY["timesteps"]

@@ -22,7 +22,8 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         timesteps: int = typer.Option(16384, help="PPO timesteps per trial.", min=1),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """PPO steps/s of one Ray trial alone and of two at once (parallel efficiency)."""
+        """PPO steps/s of one Ray trial alone, of two at once (parallel efficiency) and of one
+        trial with two rollout workers (rollout scaling)."""
         from training.perf import run
 
         try:
@@ -48,12 +49,20 @@ def train(
     chunk_timesteps: Annotated[
         int | None, typer.Option(help="Override the timesteps between checkpoints.", min=1)
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Override the preset's rollout workers: CPUs per trial, on one node, the "
+            "environments stepping in parallel processes.",
+            min=1,
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
             "--resume",
-            help="Continue the interrupted run in --out, with the preset, seeds and timesteps it "
-            "was started with (read from its train.json; those flags are ignored).",
+            help="Continue the interrupted run in --out, with the preset, seeds, timesteps and "
+            "workers it was started with (read from its train.json; those flags are ignored).",
         ),
     ] = False,
     address: Annotated[
@@ -77,7 +86,7 @@ def train(
 
     try:
         spec = load_preset(preset).with_overrides(
-            timesteps=timesteps, chunk_timesteps=chunk_timesteps
+            timesteps=timesteps, chunk_timesteps=chunk_timesteps, workers=workers
         )
         request = TrainRequest(spec, list(range(seeds)), out, storage, search)
         summary = run_training(request, resume=resume, address=address, num_cpus=num_cpus)

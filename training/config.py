@@ -176,6 +176,11 @@ class Preset(_Strict):
         Training scenarios drawn at each reset (domain randomisation); held-out ones are refused.
         An elastic preset (``env_kwargs.elastic: true``) draws elastic scenarios only, a fixed
         one fixed-fleet scenarios only (the policy's contract is one or the other).
+    workers:
+        CPUs one trial collects its rollouts on (Tune reserves them on one node). Above 1, each
+        of the ``ppo.n_envs`` environments steps in a process of its own (SB3's
+        ``SubprocVecEnv``) and PPO's update uses ``workers`` torch threads; it must divide
+        ``ppo.n_envs`` so that the environments spread evenly over the CPUs.
     """
 
     name: str
@@ -183,6 +188,7 @@ class Preset(_Strict):
     timesteps: int = Field(..., ge=1)
     chunk_timesteps: int = Field(..., ge=1)
     scenarios: list[str] = Field(..., min_length=1)
+    workers: int = Field(1, ge=1, le=64)
     env_kwargs: EnvKwargs = Field(default_factory=EnvKwargs)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     vecnormalize: VecNormalizeConfig = Field(default_factory=VecNormalizeConfig)
@@ -222,6 +228,15 @@ class Preset(_Strict):
                     f"{field} {getattr(self, field)} must be a multiple of one rollout "
                     f"(ppo.n_steps * ppo.n_envs = {rollout})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_divide_envs(self) -> Preset:
+        if self.ppo.n_envs % self.workers:
+            raise ValueError(
+                f"workers {self.workers} must divide ppo.n_envs {self.ppo.n_envs} "
+                "(each worker steps the same number of environments)"
+            )
         return self
 
     def with_overrides(self, **changes: Any) -> Preset:

@@ -19,7 +19,7 @@ import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from envs.contract import ActionContract, neutral_knob_values
 from envs.fleet_env import LLMFleetEnv
@@ -102,10 +102,13 @@ class PPOLearner:
         model.set_logger(configure(str(log_dir) if log_dir else None, formats))
 
     @staticmethod
-    def _vec_env(preset: Preset, n_envs: int, seed: int, timesteps: int) -> DummyVecEnv:
+    def _vec_env(preset: Preset, n_envs: int, seed: int, timesteps: int) -> VecEnv:
+        """The ``n_envs`` environments: in this process for one worker, else each in a
+        subprocess. Both seed environment ``i`` alike, so they step through the same episodes."""
         make = partial(make_training_env, preset.scenarios, preset.env_kwargs.as_kwargs())
+        vec_env_cls = SubprocVecEnv if preset.workers > 1 else DummyVecEnv
         return make_vec_env(
-            make, n_envs=n_envs, seed=env_seed(seed, timesteps), vec_env_cls=DummyVecEnv
+            make, n_envs=n_envs, seed=env_seed(seed, timesteps), vec_env_cls=vec_env_cls
         )
 
     @classmethod
@@ -122,7 +125,7 @@ class PPOLearner:
         vec = cls._vec_env(preset, ppo.n_envs, seed, 0)
         venv = VecNormalize(vec, **preset.vecnormalize.model_dump())
         model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **ppo.sb3_kwargs())
-        start_at_neutral(model, vec.envs[0].unwrapped.action_contract)
+        start_at_neutral(model, vec.get_attr("action_contract", indices=0)[0])
         return cls(preset, ppo, seed, model, commit, log_dir)
 
     @classmethod

@@ -1,8 +1,9 @@
-"""``budgetpilot perf train``: PPO throughput of one Ray trial alone and of two at once.
+"""``budgetpilot perf train``: PPO throughput of one Ray trial alone, of two at once, and of
+one trial collecting its rollouts in two workers.
 
-Both measurements run the quick preset as real Tune trials (one CPU and one thread each); a
-trial's throughput is its learning timesteps over its learning time, leaving out its first chunk
-(process start, numba cache loading, torch warm-up).
+Every measurement runs the quick preset as real Tune trials (one thread per process, one CPU
+per worker); a trial's throughput is its learning timesteps over its learning time, leaving out
+its first chunk (process start, numba cache loading, torch warm-up).
 """
 
 from __future__ import annotations
@@ -36,18 +37,22 @@ class TrialSpeed:
         return cls(steps / wall, steps / cpu)
 
 
-def _trial_speeds(trials: int, timesteps: int, root: Path) -> list[TrialSpeed]:
+def _trial_speeds(trials: int, timesteps: int, root: Path, workers: int = 1) -> list[TrialSpeed]:
+    """Speeds of ``trials`` trials run side by side, each with ``workers`` rollout workers, on a
+    local Ray with just the CPUs they need."""
     preset = load_preset(PRESET)
     chunk = preset.ppo.rollout_steps
-    preset = preset.with_overrides(timesteps=timesteps, chunk_timesteps=chunk)
-    out = root / f"trials{trials}"
-    run_training(TrainRequest(preset, list(range(trials)), out), num_cpus=trials, verbose=0)
+    preset = preset.with_overrides(timesteps=timesteps, chunk_timesteps=chunk, workers=workers)
+    out = root / f"trials{trials}-workers{workers}"
+    request = TrainRequest(preset, list(range(trials)), out)
+    run_training(request, num_cpus=trials * workers, verbose=0)
     return [TrialSpeed.from_results(d) for d in sorted(out.glob("seed*")) if d.is_dir()]
 
 
 def run(timesteps: int = 16384) -> dict[str, float]:
     """Measure ``ppo_steps_per_s`` (one trial), ``ppo_steps_per_s_parallel`` (two trials at
-    once, summed) and ``parallel_efficiency`` (their ratio to twice one trial).
+    once, summed), ``parallel_efficiency`` (their ratio to twice one trial), and
+    ``rollout_scaling_2``: one trial's steps/s with two rollout workers over one worker's.
 
     Wall-clock efficiency also drops when other processes share the cores; ``cpu_efficiency``
     (steps per CPU-second of the two trials over one trial's) does not, and stays near 1 when
@@ -64,6 +69,7 @@ def run(timesteps: int = 16384) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-") as root:
         (single,) = _trial_speeds(1, timesteps, Path(root))
         pair = _trial_speeds(2, timesteps, Path(root))
+        (two_workers,) = _trial_speeds(1, timesteps, Path(root), workers=2)
     parallel = sum(t.steps_per_s for t in pair)
     return {
         "preset": PRESET,
@@ -73,4 +79,6 @@ def run(timesteps: int = 16384) -> dict[str, float]:
         "parallel_efficiency": parallel / (2 * single.steps_per_s),
         "ppo_steps_per_cpu_s": single.steps_per_cpu_s,
         "cpu_efficiency": sum(t.steps_per_cpu_s for t in pair) / (2 * single.steps_per_cpu_s),
+        "ppo_steps_per_s_2_workers": two_workers.steps_per_s,
+        "rollout_scaling_2": two_workers.steps_per_s / single.steps_per_s,
     }

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import socket
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,26 +162,116 @@ def _git(directory: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one
-    with ``num_cpus`` CPUs (default: all of them). Trial processes get one thread each."""
+    with ``num_cpus`` CPUs (default: all of them). Trial processes get one thread each.
+    Returns whether it joined an existing cluster.
+
+    Raises
+    ------
+    TrainingError
+        ``address`` names a cluster whose head does not answer or refuses this driver.
+    """
     import ray
 
     from training.trainable import THREAD_ENV
 
-    local = address is None and not os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
+    local = address is None
+    if not local:
+        check_reachable(address)
     # Ray warns at every start that it enabled token authentication: nothing to act on.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
-    ray.init(
-        address=address,
-        num_cpus=(num_cpus or os.cpu_count()) if local else None,
-        include_dashboard=False,
-        runtime_env={"env_vars": THREAD_ENV},
-        logging_level="warning",
-        configure_logging=True,
-    )
+    try:
+        ray.init(
+            address=address,
+            num_cpus=(num_cpus or os.cpu_count()) if local else None,
+            include_dashboard=False,
+            runtime_env={"env_vars": THREAD_ENV},
+            logging_level="warning",
+            configure_logging=True,
+        )
+    except ConnectionError as exc:  # e.g. a head that refuses this driver's token
+        raise TrainingError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return not local
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once when the head ``host:port`` of ``address`` does not accept connections
+    (``ray.init`` would retry for a minute before its own error)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        if address in ("auto", "local"):
+            return
+        raise TrainingError(f"--address {address!r}: expected HOST:PORT of the Ray head")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise TrainingError(
+            f"--address {address}: no Ray head answers there ({exc.strerror or exc}); "
+            "start one with `ray start --head --port PORT` or fix the address"
+        ) from None
+
+
+def check_cluster(workers: int, probe_nodes: bool = True) -> None:
+    """Check that the connected Ray cluster can run the trials: a node with ``workers`` CPUs
+    (a trial's environment processes share its node), and, with ``probe_nodes``, the package
+    importable on every node (a task on each; a local Ray runs this very installation).
+
+    Raises
+    ------
+    TrainingError
+        Naming the missing CPUs or the nodes that cannot import the package.
+    """
+    import ray
+
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    largest = max(node["Resources"].get("CPU", 0.0) for node in nodes)
+    if workers > largest:
+        raise TrainingError(
+            f"--workers {workers}: a trial's workers share one node, and the largest node of "
+            f"the Ray cluster has {largest:g} CPUs"
+        )
+    if not probe_nodes:
+        return
+    missing = [
+        f"{node['NodeManagerAddress']} ({node['NodeID'][:12]}): {problem}"
+        for node, problem in zip(nodes, _import_problems(nodes), strict=True)
+        if problem
+    ]
+    if missing:
+        raise TrainingError(
+            "Ray nodes that cannot import the budgetpilot package (install it with its "
+            f"[train] extra on every node): {'; '.join(missing)}"
+        )
+
+
+def _import_problems(nodes: list[dict[str, Any]], timeout_s: float = 120.0) -> list[str | None]:
+    """Per node, why a Ray worker there cannot import the trainable (``None`` if it can)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def probe() -> None:  # nested: sent by value, so a node without the package can run it
+        import training.trainable  # noqa: F401
+
+    task = ray.remote(num_cpus=0, max_retries=0)(probe)
+    pending = [
+        task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote()
+        for node in nodes
+    ]
+    problems: list[str | None] = []
+    for ref in pending:
+        try:
+            ray.get(ref, timeout=timeout_s)
+            problems.append(None)
+        except Exception as exc:  # a task error, a worker that died, a node that timed out
+            cause = getattr(exc, "cause", None) or exc
+            problems.append(f"{type(cause).__name__}: {cause}".splitlines()[0])
+    return problems
 
 
 def _trainable(request: TrainRequest):
@@ -191,7 +282,7 @@ def _trainable(request: TrainRequest):
     bound = tune.with_parameters(
         train_trial, preset=request.preset.model_dump(mode="json"), commit=git_commit()
     )
-    return tune.with_resources(bound, {"cpu": 1})
+    return tune.with_resources(bound, {"cpu": request.preset.workers})
 
 
 def _trial_name(trial) -> str:
@@ -293,7 +384,7 @@ def run_training(
     address:
         Ray cluster address (``None``: ``RAY_ADDRESS`` or a new local Ray).
     num_cpus:
-        CPUs of a local Ray (default: all); one trial runs per CPU.
+        CPUs of a local Ray (default: all); one trial runs per ``preset.workers`` CPUs.
     verbose:
         Tune's progress output: 0 silent, 1 a status table per trial and metrics.
     """
@@ -303,11 +394,12 @@ def run_training(
         os.environ.setdefault(key, value)
     if resume:
         request = TrainRequest.load(request.out)
-    request.out.mkdir(parents=True, exist_ok=True)
     print(f"training into {request.out}: starting Ray", flush=True)
-    init_ray(address, num_cpus)
+    joined = init_ray(address, num_cpus)
     print("training: Ray started, trials starting (a status table every 30 s)", flush=True)
     try:
+        check_cluster(request.preset.workers, probe_nodes=joined)
+        request.out.mkdir(parents=True, exist_ok=True)
         exists = _experiment_exists(request.experiment_path)
         if resume:
             if not exists:

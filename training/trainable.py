@@ -2,7 +2,7 @@
 
 This module is imported by every Ray worker before a trial starts, so it imports neither torch
 nor stable-baselines3 at module level: :func:`pin_threads` must run first, so that a trial keeps
-to the one CPU Tune reserved for it.
+to the CPUs Tune reserved for it (one per worker of the preset).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ THREAD_ENV = {
 }
 
 
-def pin_threads() -> None:
-    """Keep this process to one thread: environment variables for libraries not yet loaded,
-    ``torch.set_num_threads(1)`` for torch."""
+def pin_threads(torch_threads: int = 1) -> None:
+    """Keep this process (and the environment processes it starts) to one thread for numba,
+    OpenMP and BLAS through environment variables for libraries not yet loaded, and torch to
+    ``torch_threads``."""
     os.environ.update(THREAD_ENV)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(torch_threads)
 
 
 def train_trial(config: dict[str, Any], preset: dict[str, Any], commit: str | None) -> None:
@@ -45,11 +46,12 @@ def train_trial(config: dict[str, Any], preset: dict[str, Any], commit: str | No
     commit:
         Git commit of the driver's code, recorded in every checkpoint.
     """
-    pin_threads()
     from training.config import PPOConfig, Preset
-    from training.learner import PPOLearner
 
     spec = Preset.model_validate(preset)
+    pin_threads(spec.workers)
+    from training.learner import PPOLearner
+
     seed = int(config["seed"])
     log_dir = Path(tune.get_context().get_trial_dir()) / "tensorboard"
     checkpoint = tune.get_checkpoint()
