@@ -17,6 +17,10 @@ With a fleet file (:attr:`BenchConfig.fleet`) every run governs that fleet inste
 reference one; baselines take parameters tuned on it (``budgetpilot tune --fleet``), and a
 policy runs only if its observation contract is the fleet's.
 
+With a user's trace (:attr:`BenchConfig.trace`, :class:`envs.scenarios.TraceTraffic`) the
+controllers are also judged on that trace replayed on the fleet, a scenario of its own group
+(``user-trace``) that no default, training or held-out selection contains.
+
 Elastic scenarios (:data:`envs.scenarios.ELASTIC_SCENARIOS`) run in the elastic environment
 (:func:`envs.scenarios.env_kwargs_for`). They are benchmarked when named, not by default; a
 baseline that scales pools runs on them only, and a policy only on scenarios of its own kind
@@ -45,8 +49,11 @@ from envs.scenarios import (
     HELD_OUT_SCENARIOS,
     SCENARIOS,
     TRAINING_SCENARIOS,
+    TraceTraffic,
     env_kwargs_for,
     get_scenario,
+    governed_fleet,
+    register_trace_scenario,
 )
 from slo.sli import EventBatch, SLIClassifier
 from slo.spec import ServiceSpec
@@ -65,11 +72,19 @@ TIMELINE_WINDOW = "1h"
 #: The default benchmark's scenarios: every fixed-fleet one (elastic ones run when named).
 DEFAULT_SCENARIOS = tuple(n for n, s in SCENARIOS.items() if not s.elastic)
 #: The report's scenario groups (keys of its ``groups`` section) and their names.
-GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out", "elastic": "elastic"}
-#: Names that stand for a group's scenarios in ``--scenarios``.
-SCENARIO_GROUPS = dict(
-    zip(GROUPS.values(), (TRAINING_SCENARIOS, HELD_OUT_SCENARIOS, ELASTIC_SCENARIOS), strict=True)
-)
+GROUPS = {
+    "in_distribution": "in-distribution",
+    "held_out": "held-out",
+    "elastic": "elastic",
+    "user_trace": "user-trace",
+}
+#: Names that stand for a group's scenarios in ``--scenarios`` (a user's trace is named by
+#: ``--trace``).
+SCENARIO_GROUPS = {
+    "in-distribution": TRAINING_SCENARIOS,
+    "held-out": HELD_OUT_SCENARIOS,
+    "elastic": ELASTIC_SCENARIOS,
+}
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
@@ -447,6 +462,7 @@ class RunSpec:
     warmup_s: float = 600.0
     record_trace: bool = False
     fleet: str | None = None
+    trace: TraceTraffic | None = None
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -472,6 +488,8 @@ class RunResult:
 
 def run_episode(run: RunSpec) -> RunResult:
     """Run one episode and measure it (the unit of work of :func:`execute`)."""
+    if run.trace is not None:  # a Ray worker knows the user's trace from its run only
+        register_trace_scenario(run.trace)
     env = BenchEnv(run.scenario, **run.env_kwargs)
     controller = run.controller.build(control_context(env), run.params)
     controller.reset()
@@ -574,6 +592,9 @@ class BenchConfig:
         Replicates and seed of every bootstrap of the report.
     fleet:
         A fleet file every run governs instead of the reference fleet.
+    trace:
+        A user's trace to judge the controllers on too (:func:`user_trace_scenario`); its
+        scenario runs when :attr:`scenarios` names it.
     """
 
     controllers: tuple[ControllerSpec, ...]
@@ -585,6 +606,7 @@ class BenchConfig:
     bootstrap_reps: int = 10_000
     bootstrap_seed: int = 0
     fleet: str | None = None
+    trace: TraceTraffic | None = None
 
     def __post_init__(self) -> None:
         if not self.controllers:
@@ -623,6 +645,26 @@ class BenchResult:
     tuned_params: dict[str, dict[str, dict | None]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+
+
+def user_trace_scenario(traffic: TraceTraffic, fleet: str | None = None) -> str:
+    """Check a user's trace (every row parsed: ValueError naming the file, row and column),
+    measure the capacity of ``fleet`` (a fleet file; ``None``: the reference fleet) for it, so
+    that runs find it in the cache, and register the scenario replaying it; return its name."""
+    if not Path(traffic.path).is_file():
+        raise ValueError(f"trace file not found: {traffic.path}")
+    if traffic.load is not None and not traffic.load > 0:
+        raise ValueError(
+            f"load must be > 0 (a multiple of the fleet's capacity), got {traffic.load}"
+        )
+    traffic.replay()
+    load, capacity = traffic.load_on(governed_fleet(fleet))
+    how = "the load it carries" if traffic.load is None else "the load asked for"
+    description = (
+        f"Replay of the user's trace {traffic.path} at load {load:.2f} ({how}) of the fleet's "
+        f"capacity for its lengths, {capacity:.1f} req/s; each seed starts at its own point of it."
+    )
+    return register_trace_scenario(traffic, description)
 
 
 def expand_scenarios(names: Sequence[str]) -> list[str]:
@@ -675,6 +717,8 @@ def tuned_params(
 def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
     scenario records traces), the baselines' parameters and warnings."""
+    if config.trace is not None:
+        user_trace_scenario(config.trace, config.fleet)
     scenarios, warnings = select_scenarios(config.scenarios)
     unfit = [
         r for c in config.controllers for s in scenarios if (r := c.unfit_reason(s, config.fleet))
@@ -704,6 +748,7 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                     config.warmup_s,
                     record_trace=seed == config.seeds[0],
                     fleet=config.fleet,
+                    trace=config.trace,
                 )
                 for seed in config.seeds
             ]

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from envs.scenarios import TraceTraffic
 
 #: ``--quick``: fewer seeds and shorter episodes (within 5 minutes on 2 cores).
 QUICK_SEEDS = 3
@@ -42,6 +45,29 @@ def _names(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _trace_traffic(
+    trace: Path | None, load: float | None, columns: str | None, time_scale: float
+) -> TraceTraffic | None:
+    """The user's trace of ``bench --trace`` (``None`` without one); ValueError on options that
+    do not fit."""
+    from envs.scenarios import TraceTraffic
+    from envs.sim.workload import TRACE_COLUMNS
+
+    if trace is None:
+        if load is not None:
+            raise ValueError("--load sets the load of --trace: give a trace")
+        return None
+    names = TRACE_COLUMNS if columns is None else tuple(c.strip() for c in columns.split(","))
+    if len(names) != 3 or not all(names):
+        raise ValueError(
+            f"--trace-columns: give the timestamp, prompt-token and output-token columns, got "
+            f"{columns!r}"
+        )
+    if not time_scale > 0:
+        raise ValueError(f"--time-scale must be > 0, got {time_scale}")
+    return TraceTraffic(str(trace), names, time_scale, load)  # type: ignore[arg-type]
 
 
 def bench(
@@ -109,6 +135,31 @@ def bench(
             "policies run only if their contract is this fleet's."
         ),
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also judge the controllers on this trace (CSV) replayed on the fleet: the "
+            "only scenario unless --scenarios names others; never in a default or held-out set.",
+        ),
+    ] = None,
+    load: Annotated[
+        float | None,
+        typer.Option(
+            help="Replay --trace at this multiple of the fleet's capacity for the trace's "
+            "lengths (default: the load the trace carries).",
+        ),
+    ] = None,
+    trace_columns: Annotated[
+        str | None,
+        typer.Option(
+            help="The trace's timestamp, prompt-token and output-token columns, comma-separated "
+            "(default: the Azure trace format's TIMESTAMP,ContextTokens,GeneratedTokens)."
+        ),
+    ] = None,
+    time_scale: Annotated[
+        float,
+        typer.Option(help="Factor on the trace's times into seconds (0.001: milliseconds)."),
+    ] = 1.0,
     bootstrap_reps: Annotated[
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).")
     ] = None,
@@ -129,14 +180,18 @@ def bench(
         expand_scenarios,
         resolve_controllers,
         run_bench,
+        user_trace_scenario,
     )
     from eval.report import write_report
 
     console = Console(stderr=True)
     try:
+        traffic = _trace_traffic(trace, load, trace_columns, time_scale)
+        fleet_file = None if fleet is None else str(fleet)
         chosen = _names(scenarios)
         chosen = expand_scenarios(chosen) if chosen else None
-        fleet_file = None if fleet is None else str(fleet)
+        if traffic is not None:
+            chosen = [*(chosen or ()), user_trace_scenario(traffic, fleet_file)]
         config = BenchConfig(
             controllers=resolve_controllers(_names(policies), scenarios=chosen, fleet=fleet_file),
             scenarios=chosen,
@@ -147,6 +202,7 @@ def bench(
             bootstrap_reps=bootstrap_reps or (QUICK_BOOTSTRAP_REPS if quick else 10_000),
             bootstrap_seed=bootstrap_seed,
             fleet=fleet_file,
+            trace=traffic,
         )
         columns = (
             *Progress.get_default_columns()[:-1],
