@@ -55,6 +55,7 @@ from envs.scenarios import (
     governed_fleet,
     register_trace_scenario,
 )
+from eval.on_demand import TuningBudget, on_demand_params
 from slo.sli import EventBatch, SLIClassifier
 from slo.spec import ServiceSpec
 
@@ -88,6 +89,8 @@ SCENARIO_GROUPS = {
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
+#: ``(what is tuned, episodes done, episodes in total)``, called after every tuning episode.
+TuningProgress = Callable[[str, int, int], None]
 
 
 def tuned_params_path(baseline: str, scenario: str, tuned_dir: Path = TUNED_DIR) -> Path:
@@ -393,9 +396,9 @@ class ControllerSpec:
 
 
 @cache
-def fleet_contract(scenario: str, fleet: str) -> str:
+def fleet_contract(scenario: str, fleet: str | None) -> str:
     """The observation contract digest of ``scenario``'s environment on the fleet file
-    ``fleet``."""
+    ``fleet`` (``None``: the reference fleet)."""
     env = LLMFleetEnv(scenario, fleet=fleet, **env_kwargs_for(scenario))
     return env.observation_contract.digest
 
@@ -595,6 +598,10 @@ class BenchConfig:
     trace:
         A user's trace to judge the controllers on too (:func:`user_trace_scenario`); its
         scenario runs when :attr:`scenarios` names it.
+    tuning:
+        Tune a baseline whose parameters :attr:`tuned_dir` lacks (or all of them, when it is
+        ``None``) with this budget, or read them from the cache of earlier tunings
+        (:func:`eval.on_demand.on_demand_params`); ``None``: run it with its defaults.
     """
 
     controllers: tuple[ControllerSpec, ...]
@@ -607,6 +614,7 @@ class BenchConfig:
     bootstrap_seed: int = 0
     fleet: str | None = None
     trace: TraceTraffic | None = None
+    tuning: TuningBudget | None = None
 
     def __post_init__(self) -> None:
         if not self.controllers:
@@ -714,9 +722,12 @@ def tuned_params(
     return params, None
 
 
-def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
+def plan_runs(
+    config: BenchConfig, tuning_progress: TuningProgress | None = None
+) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
-    scenario records traces), the baselines' parameters and warnings."""
+    scenario records traces), the baselines' parameters (tuned now if :attr:`BenchConfig.tuning`
+    says so, with ``tuning_progress``) and warnings."""
     if config.trace is not None:
         user_trace_scenario(config.trace, config.fleet)
     scenarios, warnings = select_scenarios(config.scenarios)
@@ -736,6 +747,10 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                 params, warning = tuned_params(
                     controller.name, scenario, config.tuned_dir, config.fleet
                 )
+                if params is None and config.tuning is not None:
+                    params, warning = _tune_now(
+                        controller.name, scenario, config.fleet, config.tuning, tuning_progress
+                    )
                 params_used.setdefault(controller.name, {})[scenario] = params
                 warnings += [warning] if warning else []
             runs += [
@@ -755,15 +770,30 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
     return runs, params_used, warnings
 
 
+def _tune_now(
+    baseline: str,
+    scenario: str,
+    fleet: str | None,
+    budget: TuningBudget,
+    progress: TuningProgress | None,
+) -> tuple[dict, str]:
+    """A baseline's parameters tuned on demand (:func:`eval.on_demand.on_demand_params`)."""
+    label = f"tuning {baseline} on {scenario}"
+    tick = None if progress is None else (lambda done, total: progress(label, done, total))
+    return on_demand_params(baseline, scenario, fleet, budget, tick)
+
+
 def run_bench(
     config: BenchConfig,
     use_ray: bool = True,
     address: str | None = None,
     num_cpus: int | None = None,
     progress: ProgressCallback | None = None,
+    tuning_progress: TuningProgress | None = None,
 ) -> BenchResult:
-    """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`)."""
-    runs, params_used, warnings = plan_runs(config)
+    """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`;
+    ``tuning_progress`` as for :func:`plan_runs`)."""
+    runs, params_used, warnings = plan_runs(config, tuning_progress)
     scenarios = tuple(dict.fromkeys(run.scenario for run in runs))
     started = time.perf_counter()
     results = execute(runs, use_ray, address, num_cpus, progress)

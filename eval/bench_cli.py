@@ -10,12 +10,18 @@ import typer
 
 if TYPE_CHECKING:
     from envs.scenarios import TraceTraffic
+    from eval.on_demand import TuningBudget
 
 #: ``--quick``: fewer seeds and shorter episodes (within 5 minutes on 2 cores).
 QUICK_SEEDS = 3
 QUICK_EPISODE_HOURS = 0.5
 QUICK_BOOTSTRAP_REPS = 2_000
 DEFAULT_SEEDS = 10
+#: Tuning on demand (``--tune``): training seeds and episode hours per candidate, as the shipped
+#: parameters were tuned (agents/tuned), and with ``--quick``.
+TUNING_SEEDS = 2
+TUNING_HOURS = 1.0
+QUICK_TUNING_SEEDS = 1
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -68,6 +74,16 @@ def _trace_traffic(
     if not time_scale > 0:
         raise ValueError(f"--time-scale must be > 0, got {time_scale}")
     return TraceTraffic(str(trace), names, time_scale, load)  # type: ignore[arg-type]
+
+
+def _tuning_budget(quick: bool, episode_hours: float | None, warmup_s: float) -> TuningBudget:
+    """How ``bench --tune`` tunes a baseline it has no parameters for: on episodes as long as
+    the benchmark's when it sets their length."""
+    from eval.on_demand import TuningBudget
+
+    if quick:
+        return TuningBudget(QUICK_TUNING_SEEDS, episode_hours or QUICK_EPISODE_HOURS, warmup_s)
+    return TuningBudget(TUNING_SEEDS, episode_hours or TUNING_HOURS, warmup_s)
 
 
 def bench(
@@ -124,8 +140,8 @@ def bench(
     tuned_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Tuned baseline parameters (default agents/tuned; with --fleet, none: tune "
-            "them with `budgetpilot tune --fleet`)."
+            help="Tuned baseline parameters (default agents/tuned; with --fleet, none: --tune "
+            "tunes them, or `budgetpilot tune --fleet` into this folder)."
         ),
     ] = None,
     fleet: Annotated[
@@ -135,6 +151,15 @@ def bench(
             "policies run only if their contract is this fleet's."
         ),
     ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="Tune baselines without tuned parameters for this fleet or trace now (every "
+            f"candidate on {TUNING_SEEDS} training seeds of {TUNING_HOURS:g} h, --quick "
+            f"{QUICK_TUNING_SEEDS} of {QUICK_EPISODE_HOURS:g} h, or of --episode-hours), cached "
+            "for the next benchmark; --no-tune: run them with their defaults."
+        ),
+    ] = True,
     trace: Annotated[
         Path | None,
         typer.Option(
@@ -203,6 +228,7 @@ def bench(
             bootstrap_seed=bootstrap_seed,
             fleet=fleet_file,
             trace=traffic,
+            tuning=_tuning_budget(quick, episode_hours, warmup_s) if tune else None,
         )
         columns = (
             *Progress.get_default_columns()[:-1],
@@ -216,7 +242,12 @@ def bench(
                 use_ray=not no_ray,
                 address=address,
                 num_cpus=num_cpus,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=lambda done, total: bar.update(
+                    task, description="benchmark runs", completed=done, total=total
+                ),
+                tuning_progress=lambda what, done, total: bar.update(
+                    task, description=what, completed=done, total=total
+                ),
             )
     except ValueError as exc:  # also PolicyFileError, ConfigError: a bad policy or fleet file
         typer.echo(f"error: {exc}", err=True)

@@ -116,7 +116,7 @@ def test_bench_on_a_fleet_file_with_a_trace_judges_controllers_on_it(tmp_path, t
     args = ["bench", "--fleet", SINGLE_TIER, "--trace", str(trace), "--load", "0.8"]
     args += ["--trace-columns", ",".join(COLUMNS), "--time-scale", "0.001"]
     args += ["--policies", "static,vllm-defaults", "--seeds", "2", "--episode-hours", "0.1"]
-    args += ["--no-ray", "--bootstrap-reps", "200", "--out", str(out)]
+    args += ["--no-ray", "--no-tune", "--bootstrap-reps", "200", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     document = json.loads((out / "results.json").read_text())
