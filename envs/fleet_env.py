@@ -29,6 +29,7 @@ from envs.scenarios import (
     Scenario,
     ScenarioSetup,
     get_scenario,
+    governed_fleet,
     scalable,
 )
 from envs.sim import FleetStats, Knobs, ReplicaState, SimConfig, Simulator
@@ -195,7 +196,7 @@ class LLMFleetEnv(gym.Env):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
-        self.fleet = _governed(fleet)
+        self.fleet = governed_fleet(fleet)
         if control_interval_s is None:
             control_interval_s = self.fleet.config.control_interval_s
         hours_ok = episode_hours is None or episode_hours > 0
@@ -522,12 +523,3 @@ class LLMFleetEnv(gym.Env):
         image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
         plt.close(fig)
         return image
-
-
-def _governed(fleet: SimConfig | str | Path | None) -> GovernedFleet:
-    """The fleet an environment governs: the reference one, or a fleet file's (a path or a
-    loaded :class:`envs.sim.SimConfig`) with its capacity measured."""
-    if fleet is None:
-        return REFERENCE_FLEET
-    config = fleet if isinstance(fleet, SimConfig) else SimConfig.from_yaml(fleet)
-    return GovernedFleet.from_config(config)

@@ -12,6 +12,10 @@ the controlled episode (after warm-up).
 Scenarios marked ``held_out`` are never part of a training preset: they measure how a policy
 trained on synthetic situations copes with real traces and with combinations it never saw.
 
+A user's own trace replayed on the fleet (:func:`trace_scenario`, ``budgetpilot bench --trace``)
+is a scenario too, but outside :data:`SCENARIOS`: never trained on, benchmarked only when asked
+for, and in no group but its own.
+
 Scenarios marked ``elastic`` (:data:`ELASTIC_SCENARIOS`) are the ones where scaling the pools
 matters: their pools may grow to :data:`MAX_REPLICAS` and they are meant for
 ``LLMFleetEnv(elastic=True)`` (:func:`env_kwargs_for`), where the replica knobs scale them. In a
@@ -24,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -36,13 +41,16 @@ from envs.sim import (
     Simulator,
     TenantConfig,
 )
+from envs.sim.config import TraceColumns
 from envs.sim.knobs import Knobs
 from envs.sim.workload import (
+    TRACE_COLUMNS,
     Diurnal,
     FlashCrowd,
     LengthModel,
     MixedWorkload,
     Poisson,
+    TraceReplay,
     Workload,
     get_length_model,
     make_workload,
@@ -121,6 +129,8 @@ class Scenario:
     episode_hours:
         The episode length the scenario needs (a day for a daily cycle); ``None``:
         :data:`DEFAULT_EPISODE_HOURS`. An environment given ``episode_hours`` overrides it.
+    user_trace:
+        Replays a user's own trace (:func:`trace_scenario`).
     """
 
     name: str
@@ -130,6 +140,7 @@ class Scenario:
     needs_data: bool = False
     elastic: bool = False
     episode_hours: float | None = None
+    user_trace: bool = False
 
     def build(
         self, rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet | None = None
@@ -269,6 +280,15 @@ class GovernedFleet:
             max_num_seqs_scale=values["max_num_seqs_scale"],
             tenant_weights=weights,
         )
+
+
+def governed_fleet(fleet: SimConfig | str | Path | None) -> GovernedFleet:
+    """The fleet an environment governs: the reference one, or a fleet file's (a path or a
+    loaded :class:`envs.sim.SimConfig`) with its capacity measured."""
+    if fleet is None:
+        return REFERENCE_FLEET
+    config = fleet if isinstance(fleet, SimConfig) else SimConfig.from_yaml(fleet)
+    return GovernedFleet.from_config(config)
 
 
 def scalable(config: SimConfig, autoscaling: AutoscalingConfig | None = None) -> SimConfig:
@@ -641,15 +661,114 @@ HELD_OUT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.held_out)
 ELASTIC_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.elastic)
 
 
+#: Scenarios replaying a user's trace in this process (:func:`register_trace_scenario`).
+_TRACE_SCENARIOS: dict[str, Scenario] = {}
+
+
 def get_scenario(name: str) -> Scenario:
-    """Look a scenario up by name; the error lists the known ones."""
-    try:
-        return SCENARIOS[name]
-    except KeyError:
-        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+    """Look a scenario up by name (a registered trace's too); the error lists the known ones."""
+    scenario = SCENARIOS.get(name) or _TRACE_SCENARIOS.get(name)
+    if scenario is None:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return scenario
 
 
 def env_kwargs_for(scenario: str) -> dict[str, bool]:
     """The :class:`envs.fleet_env.LLMFleetEnv` arguments a scenario needs: ``{"elastic": True}``
     for an elastic scenario, none otherwise (tuning and the benchmark build envs with them)."""
     return {"elastic": True} if get_scenario(scenario).elastic else {}
+
+
+@dataclass(frozen=True)
+class TraceTraffic:
+    """A user's request trace replayed on a fleet: the builder of :func:`trace_scenario`.
+
+    Parameters
+    ----------
+    path:
+        The trace CSV (see :class:`envs.sim.workload.TraceReplay`).
+    columns:
+        Its timestamp, prompt-token and output-token columns.
+    time_scale:
+        Factor on its times (0.001 for milliseconds).
+    load:
+        Replay at this multiple of the fleet's capacity for this trace's traffic; ``None``: at
+        the load the trace carries (its own rate over that capacity).
+    """
+
+    path: str
+    columns: tuple[str, str, str] = TRACE_COLUMNS
+    time_scale: float = 1.0
+    load: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The scenario's name: ``trace-`` and the file's stem."""
+        return f"trace-{Path(self.path).stem}"
+
+    def replay(self) -> TraceReplay:
+        """The trace at its own rate (parsing it: a bad row raises ValueError naming it)."""
+        return TraceReplay(self.path, time_scale=self.time_scale, columns=self.columns)
+
+    def capacity_rps(self, fleet: GovernedFleet) -> float:
+        """Requests per second ``fleet`` serves saturated by this trace's lengths (measured
+        once, then cached: :func:`envs.sim.capacity.fleet_capacity`)."""
+        from envs.sim.capacity import fleet_capacity
+
+        columns = TraceColumns(**dict(zip(TraceColumns.model_fields, self.columns, strict=True)))
+        workload = fleet.config.workload.model_copy(
+            update={"kind": "trace", "trace": str(Path(self.path).resolve()), "rate": None}
+            | {"load": None, "columns": columns, "time_scale": self.time_scale}
+        )
+        # A capacity the fleet file states holds for its own traffic, not for this trace.
+        return fleet_capacity(
+            fleet.config.model_copy(update={"workload": workload} | {"capacity_rps": None})
+        )
+
+    def load_on(self, fleet: GovernedFleet) -> tuple[float, float]:
+        """``(load, capacity)``: the load of the replay (stated, or the trace's own rate over
+        the capacity) and ``fleet``'s capacity for this trace (:meth:`capacity_rps`)."""
+        capacity = self.capacity_rps(fleet)
+        return (self.replay().mean_rate / capacity if self.load is None else self.load), capacity
+
+    def __call__(
+        self, rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+    ) -> ScenarioSetup:
+        load, capacity = self.load_on(fleet)
+        # Every seed replays the trace from its own point, so seeds sample different stretches.
+        start = float(rng.uniform(0.0, 1.0))
+        shares = fleet.tenant_shares
+        workload = make_workload(
+            "trace",
+            load * capacity,
+            trace=self.path,
+            trace_columns=self.columns,
+            trace_time_scale=self.time_scale,
+            trace_start=start,
+            tenants=len(shares),
+            tenant_shares=shares,
+        )
+        parameters = {"load": load, "capacity_rps": capacity, "trace_start": start}
+        return ScenarioSetup(fleet.with_failures(), workload, parameters=parameters)
+
+
+def trace_scenario(traffic: TraceTraffic, description: str | None = None) -> Scenario:
+    """The scenario replaying ``traffic`` on the fleet (outside :data:`SCENARIOS`: never a
+    training, default-benchmark or held-out scenario)."""
+    how = "at the load it carries" if traffic.load is None else f"at load {traffic.load:g}"
+    return Scenario(
+        traffic.name,
+        description or f"Replay of the user's trace {traffic.path} {how}.",
+        traffic,
+        user_trace=True,
+    )
+
+
+def register_trace_scenario(traffic: TraceTraffic, description: str | None = None) -> str:
+    """Make the scenario of ``traffic`` known to :func:`get_scenario` in this process (every
+    process running it registers it) and return its name. A later trace of the same name
+    replaces it; the same trace again keeps its description unless given a new one."""
+    known = _TRACE_SCENARIOS.get(traffic.name)
+    if description is not None or known is None or known.builder != traffic:
+        _TRACE_SCENARIOS[traffic.name] = trace_scenario(traffic, description)
+    return traffic.name

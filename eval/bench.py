@@ -17,6 +17,10 @@ With a fleet file (:attr:`BenchConfig.fleet`) every run governs that fleet inste
 reference one; baselines take parameters tuned on it (``budgetpilot tune --fleet``), and a
 policy runs only if its observation contract is the fleet's.
 
+With a user's trace (:attr:`BenchConfig.trace`, :class:`envs.scenarios.TraceTraffic`) the
+controllers are also judged on that trace replayed on the fleet, a scenario of its own group
+(``user-trace``) that no default, training or held-out selection contains.
+
 Elastic scenarios (:data:`envs.scenarios.ELASTIC_SCENARIOS`) run in the elastic environment
 (:func:`envs.scenarios.env_kwargs_for`). They are benchmarked when named, not by default; a
 baseline that scales pools runs on them only, and a policy only on scenarios of its own kind
@@ -45,9 +49,13 @@ from envs.scenarios import (
     HELD_OUT_SCENARIOS,
     SCENARIOS,
     TRAINING_SCENARIOS,
+    TraceTraffic,
     env_kwargs_for,
     get_scenario,
+    governed_fleet,
+    register_trace_scenario,
 )
+from eval.on_demand import TuningBudget, on_demand_params
 from slo.sli import EventBatch, SLIClassifier
 from slo.spec import ServiceSpec
 
@@ -65,11 +73,19 @@ TIMELINE_WINDOW = "1h"
 #: The default benchmark's scenarios: every fixed-fleet one (elastic ones run when named).
 DEFAULT_SCENARIOS = tuple(n for n, s in SCENARIOS.items() if not s.elastic)
 #: The report's scenario groups (keys of its ``groups`` section) and their names.
-GROUPS = {"in_distribution": "in-distribution", "held_out": "held-out", "elastic": "elastic"}
-#: Names that stand for a group's scenarios in ``--scenarios``.
-SCENARIO_GROUPS = dict(
-    zip(GROUPS.values(), (TRAINING_SCENARIOS, HELD_OUT_SCENARIOS, ELASTIC_SCENARIOS), strict=True)
-)
+GROUPS = {
+    "in_distribution": "in-distribution",
+    "held_out": "held-out",
+    "elastic": "elastic",
+    "user_trace": "user-trace",
+}
+#: Names that stand for a group's scenarios in ``--scenarios`` (a user's trace is named by
+#: ``--trace``).
+SCENARIO_GROUPS = {
+    "in-distribution": TRAINING_SCENARIOS,
+    "held-out": HELD_OUT_SCENARIOS,
+    "elastic": ELASTIC_SCENARIOS,
+}
 
 #: Frontier sweeps run on the first this many evaluation seeds: each point of a sweep costs as
 #: much as a controller of its own.
@@ -82,6 +98,8 @@ FAIR = "fair"
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
+#: ``(what is tuned, episodes done, episodes in total)``, called after every tuning episode.
+TuningProgress = Callable[[str, int, int], None]
 
 
 def tuned_params_path(baseline: str, scenario: str, tuned_dir: Path = TUNED_DIR) -> Path:
@@ -410,9 +428,9 @@ class ControllerSpec:
 
 
 @cache
-def fleet_contract(scenario: str, fleet: str) -> str:
+def fleet_contract(scenario: str, fleet: str | None) -> str:
     """The observation contract digest of ``scenario``'s environment on the fleet file
-    ``fleet``."""
+    ``fleet`` (``None``: the reference fleet)."""
     env = LLMFleetEnv(scenario, fleet=fleet, **env_kwargs_for(scenario))
     return env.observation_contract.digest
 
@@ -493,6 +511,7 @@ class RunSpec:
     record_trace: bool = False
     fleet: str | None = None
     label: str | None = None  # results' controller name, when not the controller's (a sweep point)
+    trace: TraceTraffic | None = None
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -518,6 +537,8 @@ class RunResult:
 
 def run_episode(run: RunSpec) -> RunResult:
     """Run one episode and measure it (the unit of work of :func:`execute`)."""
+    if run.trace is not None:  # a Ray worker knows the user's trace from its run only
+        register_trace_scenario(run.trace)
     env = BenchEnv(run.scenario, **run.env_kwargs)
     controller = run.controller.build(control_context(env), run.params)
     controller.reset()
@@ -627,6 +648,13 @@ class BenchConfig:
     grid_fleets:
         Further fleet files of the held-out grid (:mod:`eval.headline`): their cells are not run
         here, the report says why (a policy of another fleet's contract) or how to run them.
+    trace:
+        A user's trace to judge the controllers on too (:func:`user_trace_scenario`); its
+        scenario runs when :attr:`scenarios` names it.
+    tuning:
+        Tune a baseline whose parameters :attr:`tuned_dir` lacks (or all of them, when it is
+        ``None``) with this budget, or read them from the cache of earlier tunings
+        (:func:`eval.on_demand.on_demand_params`); ``None``: run it with its defaults.
     """
 
     controllers: tuple[ControllerSpec, ...]
@@ -640,6 +668,8 @@ class BenchConfig:
     fleet: str | None = None
     frontier_seeds: int = FRONTIER_SEEDS
     grid_fleets: tuple[str, ...] = ()
+    trace: TraceTraffic | None = None
+    tuning: TuningBudget | None = None
 
     def __post_init__(self) -> None:
         if self.frontier_seeds < 0:
@@ -687,6 +717,26 @@ class BenchResult:
     wall_time_s: float = 0.0
     frontiers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     cells_not_run: list[dict[str, str]] = field(default_factory=list)
+
+
+def user_trace_scenario(traffic: TraceTraffic, fleet: str | None = None) -> str:
+    """Check a user's trace (every row parsed: ValueError naming the file, row and column),
+    measure the capacity of ``fleet`` (a fleet file; ``None``: the reference fleet) for it, so
+    that runs find it in the cache, and register the scenario replaying it; return its name."""
+    if not Path(traffic.path).is_file():
+        raise ValueError(f"trace file not found: {traffic.path}")
+    if traffic.load is not None and not traffic.load > 0:
+        raise ValueError(
+            f"load must be > 0 (a multiple of the fleet's capacity), got {traffic.load}"
+        )
+    traffic.replay()
+    load, capacity = traffic.load_on(governed_fleet(fleet))
+    how = "the load it carries" if traffic.load is None else "the load asked for"
+    description = (
+        f"Replay of the user's trace {traffic.path} at load {load:.2f} ({how}) of the fleet's "
+        f"capacity for its lengths, {capacity:.1f} req/s; each seed starts at its own point of it."
+    )
+    return register_trace_scenario(traffic, description)
 
 
 def expand_scenarios(names: Sequence[str]) -> list[str]:
@@ -772,10 +822,14 @@ def frontier_sweeps(
     return sweeps
 
 
-def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
+def plan_runs(
+    config: BenchConfig, tuning_progress: TuningProgress | None = None
+) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
-    scenario records traces, then the points of the frontier sweeps), the baselines'
-    parameters and warnings."""
+    scenario records traces), the baselines' parameters (tuned now if :attr:`BenchConfig.tuning`
+    says so, with ``tuning_progress``) and warnings."""
+    if config.trace is not None:
+        user_trace_scenario(config.trace, config.fleet)
     scenarios, warnings = select_scenarios(config.scenarios)
     unfit = [
         r for c in config.controllers for s in scenarios if (r := c.unfit_reason(s, config.fleet))
@@ -795,6 +849,11 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                 params, warning = tuned_params(
                     controller.base_name, tuned_on, config.tuned_dir, config.fleet
                 )
+                # A fair parameter set pools the training scenarios: never tuned on one here.
+                if params is None and config.tuning is not None and controller.variant != FAIR:
+                    params, warning = _tune_now(
+                        controller.base_name, scenario, config.fleet, config.tuning, tuning_progress
+                    )
                 params_used.setdefault(controller.name, {})[scenario] = params
                 warnings += [warning] if warning else []
             runs += [
@@ -807,6 +866,7 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                     config.warmup_s,
                     record_trace=seed == config.seeds[0],
                     fleet=config.fleet,
+                    trace=config.trace,
                 )
                 for seed in config.seeds
             ]
@@ -823,6 +883,7 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
                     config.warmup_s,
                     label=point["label"],
                     fleet=config.fleet,
+                    trace=config.trace,
                 )
                 for point in sweep["points"]
                 if point["label"] != name  # the tuned setting's runs are the controller's
@@ -831,17 +892,32 @@ def plan_runs(config: BenchConfig) -> tuple[list[RunSpec], dict, list[str]]:
     return runs, params_used, warnings
 
 
+def _tune_now(
+    baseline: str,
+    scenario: str,
+    fleet: str | None,
+    budget: TuningBudget,
+    progress: TuningProgress | None,
+) -> tuple[dict, str]:
+    """A baseline's parameters tuned on demand (:func:`eval.on_demand.on_demand_params`)."""
+    label = f"tuning {baseline} on {scenario}"
+    tick = None if progress is None else (lambda done, total: progress(label, done, total))
+    return on_demand_params(baseline, scenario, fleet, budget, tick)
+
+
 def run_bench(
     config: BenchConfig,
     use_ray: bool = True,
     address: str | None = None,
     num_cpus: int | None = None,
     progress: ProgressCallback | None = None,
+    tuning_progress: TuningProgress | None = None,
 ) -> BenchResult:
-    """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`)."""
+    """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`;
+    ``tuning_progress`` as for :func:`plan_runs`)."""
     from eval.headline import cells_not_run
 
-    runs, params_used, warnings = plan_runs(config)
+    runs, params_used, warnings = plan_runs(config, tuning_progress)
     scenarios = tuple(dict.fromkeys(run.scenario for run in runs))
     config = replace(config, scenarios=scenarios)
     not_run = cells_not_run(config)  # before the runs: a bad fleet file fails early

@@ -4,17 +4,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from slo.cli import positive
+
+if TYPE_CHECKING:
+    from envs.scenarios import TraceTraffic
+    from eval.on_demand import TuningBudget
 
 #: ``--quick``: fewer seeds and shorter episodes (within 5 minutes on 2 cores).
 QUICK_SEEDS = 3
 QUICK_EPISODE_HOURS = 0.5
 QUICK_BOOTSTRAP_REPS = 2_000
 DEFAULT_SEEDS = 10
+#: Tuning on demand (``--tune``): training seeds and episode hours per candidate, as the shipped
+#: parameters were tuned (agents/tuned), and with ``--quick``.
+TUNING_SEEDS = 2
+TUNING_HOURS = 1.0
+QUICK_TUNING_SEEDS = 1
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -44,6 +53,39 @@ def _names(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _trace_traffic(
+    trace: Path | None, load: float | None, columns: str | None, time_scale: float
+) -> TraceTraffic | None:
+    """The user's trace of ``bench --trace`` (``None`` without one); ValueError on options that
+    do not fit."""
+    from envs.scenarios import TraceTraffic
+    from envs.sim.workload import TRACE_COLUMNS
+
+    if trace is None:
+        if load is not None:
+            raise ValueError("--load sets the load of --trace: give a trace")
+        return None
+    names = TRACE_COLUMNS if columns is None else tuple(c.strip() for c in columns.split(","))
+    if len(names) != 3 or not all(names):
+        raise ValueError(
+            f"--trace-columns: give the timestamp, prompt-token and output-token columns, got "
+            f"{columns!r}"
+        )
+    if not time_scale > 0:
+        raise ValueError(f"--time-scale must be > 0, got {time_scale}")
+    return TraceTraffic(str(trace), names, time_scale, load)  # type: ignore[arg-type]
+
+
+def _tuning_budget(quick: bool, episode_hours: float | None, warmup_s: float) -> TuningBudget:
+    """How ``bench --tune`` tunes a baseline it has no parameters for: on episodes as long as
+    the benchmark's when it sets their length."""
+    from eval.on_demand import TuningBudget
+
+    if quick:
+        return TuningBudget(QUICK_TUNING_SEEDS, episode_hours or QUICK_EPISODE_HOURS, warmup_s)
+    return TuningBudget(TUNING_SEEDS, episode_hours or TUNING_HOURS, warmup_s)
 
 
 def bench(
@@ -104,8 +146,8 @@ def bench(
     tuned_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Tuned baseline parameters (default agents/tuned; with --fleet, none: tune "
-            "them with `budgetpilot tune --fleet`)."
+            help="Tuned baseline parameters (default agents/tuned; with --fleet, none: --tune "
+            "tunes them, or `budgetpilot tune --fleet` into this folder)."
         ),
     ] = None,
     fleet: Annotated[
@@ -123,6 +165,44 @@ def bench(
             "Default: examples/fleets. Their cells are listed with why they were not run.",
         ),
     ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="Tune baselines without tuned parameters for this fleet or trace now (every "
+            f"candidate on {TUNING_SEEDS} training seeds of {TUNING_HOURS:g} h, --quick "
+            f"{QUICK_TUNING_SEEDS} of {QUICK_EPISODE_HOURS:g} h, or of --episode-hours), cached "
+            "for the next benchmark; --no-tune: run them with their defaults."
+        ),
+    ] = True,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also judge the controllers on this trace (CSV) replayed on the fleet: the "
+            "only scenario unless --scenarios names others; never in a default or held-out set.",
+        ),
+    ] = None,
+    load: Annotated[
+        float | None,
+        typer.Option(
+            help="Replay --trace at this multiple of the fleet's capacity for the trace's "
+            "lengths (default: the load the trace carries).",
+            callback=positive,
+        ),
+    ] = None,
+    trace_columns: Annotated[
+        str | None,
+        typer.Option(
+            help="The trace's timestamp, prompt-token and output-token columns, comma-separated "
+            "(default: the Azure trace format's TIMESTAMP,ContextTokens,GeneratedTokens)."
+        ),
+    ] = None,
+    time_scale: Annotated[
+        float,
+        typer.Option(
+            help="Factor on the trace's times into seconds (0.001: milliseconds).",
+            callback=positive,
+        ),
+    ] = 1.0,
     bootstrap_reps: Annotated[
         int | None, typer.Option(help="Bootstrap replicates (default 10000, --quick 2000).", min=1)
     ] = None,
@@ -150,6 +230,7 @@ def bench(
         expand_scenarios,
         resolve_controllers,
         run_bench,
+        user_trace_scenario,
     )
     from eval.headline import EXAMPLE_FLEETS
     from eval.report import write_report
@@ -157,9 +238,12 @@ def bench(
 
     console = Console(stderr=True)
     try:
+        traffic = _trace_traffic(trace, load, trace_columns, time_scale)
+        fleet_file = None if fleet is None else str(fleet)
         chosen = _names(scenarios)
         chosen = expand_scenarios(chosen) if chosen else None
-        fleet_file = None if fleet is None else str(fleet)
+        if traffic is not None:
+            chosen = [*(chosen or ()), user_trace_scenario(traffic, fleet_file)]
         config = BenchConfig(
             controllers=resolve_controllers(_names(policies), scenarios=chosen, fleet=fleet_file),
             scenarios=chosen,
@@ -172,6 +256,8 @@ def bench(
             fleet=fleet_file,
             **({} if frontier_seeds is None else {"frontier_seeds": frontier_seeds}),
             grid_fleets=tuple(map(str, grid_fleets)) if grid_fleets else EXAMPLE_FLEETS,
+            trace=traffic,
+            tuning=_tuning_budget(quick, episode_hours, warmup_s) if tune else None,
         )
         with ProgressReport("benchmark runs") as report:
             result = run_bench(
@@ -179,7 +265,8 @@ def bench(
                 use_ray=not no_ray,
                 address=address,
                 num_cpus=num_cpus,
-                progress=report.update,
+                progress=lambda done, total: report.update(done, total, "benchmark runs"),
+                tuning_progress=lambda what, done, total: report.update(done, total, what),
             )
     except ValueError as exc:  # also PolicyFileError, ConfigError: a bad policy or fleet file
         typer.echo(f"error: {exc}", err=True)

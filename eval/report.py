@@ -65,8 +65,10 @@ METRICS: dict[str, Metric] = {
 
 def scenario_group(name: str) -> str:
     """``held_out`` (never trained on), ``elastic`` (pools scale; fixed-fleet policies do not
-    run there) or ``in_distribution``."""
+    run there), ``user_trace`` (a user's own trace) or ``in_distribution``."""
     scenario = get_scenario(name)
+    if scenario.user_trace:
+        return "user_trace"
     if scenario.held_out:
         return "held_out"
     return "elastic" if scenario.elastic else "in_distribution"
@@ -426,6 +428,7 @@ def results_document(result: BenchResult, analysis: dict[str, Any]) -> dict[str,
                 "tuned_dir": str(config.tuned_dir),
                 **({"fleet": config.fleet} if config.fleet is not None else {}),
                 "grid_fleets": list(config.grid_fleets),
+                **({"trace": asdict(config.trace)} if config.trace is not None else {}),
             },
             "warnings": list(result.warnings),
             "tuned_params": result.tuned_params,

@@ -77,13 +77,20 @@ class ProgressReport:
             self._ticker.join()
         self._line("done" if kind is None else "stopped")
 
-    def update(self, done: float, total: float | None = None) -> None:
-        """Record ``done`` units of work done (of ``total``, when it becomes known)."""
+    def update(
+        self, done: float, total: float | None = None, description: str | None = None
+    ) -> None:
+        """Record ``done`` units of work done (of ``total``, when it becomes known), of the
+        work ``description`` names when it changes (e.g. from tuning to the runs)."""
         self.done = done
         if total is not None:
             self.total = total
+        if description is not None:
+            self.description = description
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=self.total)
+            self._bar.update(
+                self._task, completed=done, total=self.total, description=self.description
+            )
 
     def _start_bar(self) -> None:
         from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn

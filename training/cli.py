@@ -22,7 +22,9 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         timesteps: int = typer.Option(16384, help="PPO timesteps per trial.", min=1),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """PPO steps/s of one Ray trial alone, of two at once (parallel efficiency) and of one
+        """PPO steps/s: one trial, two at once, and one with two rollout workers.
+
+        PPO steps/s of one Ray trial alone, of two at once (parallel efficiency) and of one
         trial with two rollout workers (rollout scaling)."""
         from training.perf import run
 

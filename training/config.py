@@ -89,6 +89,27 @@ class EnvKwargs(_Strict):
     warmup_s: float | None = Field(None, ge=0.0)
     initial_budget_spent: tuple[float, float] | None = None
     elastic: bool | None = None
+    fleet: str | None = Field(
+        None, description="fleet file trained on: a name of examples/fleets or a path"
+    )
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_loads(cls, fleet: str | None) -> str | None:
+        """The fleet file's absolute path (run.json and Ray workers find it); its errors name
+        its file, line and field."""
+        if fleet is None:
+            return None
+        from envs.paths import EXAMPLE_FLEETS_DIR
+        from envs.sim import SimConfig
+
+        example = EXAMPLE_FLEETS_DIR / f"{fleet}.yaml"
+        path = (example if example.is_file() else Path(fleet)).resolve()
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in EXAMPLE_FLEETS_DIR.glob("*.yaml")))
+            raise ValueError(f"no fleet file {fleet!r}: give a path or one of {known}")
+        SimConfig.from_yaml(path)  # ConfigError (a ValueError) names file, line and field
+        return str(path)
 
     @field_validator("initial_budget_spent")
     @classmethod

@@ -92,7 +92,7 @@ def fleet_capacity(config: SimConfig, cache: Path | None = None) -> float:
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not measured yet, or an unreadable entry: measure again
     capacity = measure_capacity(measured_fleet(config))
-    _write_atomically(path, {"capacity_rps": capacity, "method": METHOD_VERSION})
+    write_json_atomically(path, {"capacity_rps": capacity, "method": METHOD_VERSION})
     return capacity
 
 
@@ -109,7 +109,7 @@ def with_load_resolved(config: SimConfig, cache: Path | None = None) -> SimConfi
     return config.model_copy(update={"workload": workload})
 
 
-def _write_atomically(path: Path, content: dict) -> None:
+def write_json_atomically(path: Path, content: dict) -> None:
     """Write JSON so that a reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -424,7 +424,7 @@ class WorkloadConfig(_Strict):
     @classmethod
     def _known_options(cls, options: dict[str, float]) -> dict[str, float]:
         fixed = {"name", "rate", "lengths", "trace", "tenants", "tenant_shares", "difficulty"}
-        fixed |= {"trace_columns", "trace_time_scale"}
+        fixed |= {"trace_columns", "trace_time_scale", "trace_start"}
         known = set(inspect.signature(make_workload).parameters) - fixed
         unknown = sorted(set(options) - known)
         if unknown:

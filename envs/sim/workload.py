@@ -474,6 +474,7 @@ class TraceReplay(ArrivalProcess):
     loop: start over after the last request (the cycle lasts the trace span plus one mean gap).
     modulations: see :class:`ArrivalProcess`.
     columns: names of the timestamp, prompt-token and output-token columns.
+    start: where in the cycle the replay starts, as a fraction of it (0: the first request).
     """
 
     def __init__(
@@ -483,6 +484,7 @@ class TraceReplay(ArrivalProcess):
         loop: bool = True,
         modulations: Sequence[RateModulation] = (),
         columns: tuple[str, str, str] = TRACE_COLUMNS,
+        start: float = 0.0,
     ) -> None:
         super().__init__(modulations)
         path = Path(path)
@@ -490,6 +492,8 @@ class TraceReplay(ArrivalProcess):
             raise FileNotFoundError(f"trace file not found: {path}")
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if not 0.0 <= start < 1.0:
+            raise ValueError(f"start must be in [0, 1) (a fraction of the trace), got {start}")
         times, self.prompt_tokens, self.output_tokens = _read_trace(
             path.resolve(), path.stat().st_mtime_ns, tuple(columns)
         )
@@ -498,6 +502,7 @@ class TraceReplay(ArrivalProcess):
         n = len(self.times)
         mean_gap = self.times[-1] / (n - 1) if n > 1 and self.times[-1] > 0 else time_scale
         self.cycle_s = float(self.times[-1] + mean_gap)
+        self._u = start * self.cycle_s
 
     @property
     def mean_rate(self) -> float:
@@ -653,6 +658,7 @@ def make_workload(
     trace: str | Path | None = None,
     trace_columns: tuple[str, str, str] = TRACE_COLUMNS,
     trace_time_scale: float = 1.0,
+    trace_start: float = 0.0,
     tenants: int = 1,
     tenant_shares: Sequence[float] | None = None,
     difficulty: tuple[float, float] = (2.0, 2.0),
@@ -675,7 +681,8 @@ def make_workload(
         ``azure-code`` (replay of the real traces, lengths included, time rescaled to ``rate``
         if given); ``trace`` (replay of the file ``trace``, whose ``trace_columns`` hold the
         timestamp, prompt and output tokens and whose times are multiplied by
-        ``trace_time_scale`` before the rescaling to ``rate``).
+        ``trace_time_scale`` before the rescaling to ``rate``; the replay starts at the
+        fraction ``trace_start`` of it).
     rate: mean requests per second (required for the synthetic ones).
     lengths: length model of the synthetic workloads (see :data:`LENGTH_MODELS`).
     tenants, tenant_shares: number of tenants and their shares (default equal).
@@ -698,7 +705,7 @@ def make_workload(
             trace, trace_columns = require_reference_file(AZURE_TRACES[name]), TRACE_COLUMNS
         native = TraceReplay(trace, time_scale=trace_time_scale, columns=trace_columns)
         scale = trace_time_scale * (1.0 if rate is None else native.mean_rate / rate)
-        replay = TraceReplay(trace, time_scale=scale, columns=trace_columns)
+        replay = TraceReplay(trace, time_scale=scale, columns=trace_columns, start=trace_start)
         return Workload(replay, None, **common)
     if name not in WORKLOAD_NAMES:
         raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOAD_NAMES)}")

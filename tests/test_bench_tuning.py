@@ -1,0 +1,119 @@
+"""Baselines tuned on demand by the benchmark: tuned with progress the first time, read from
+the cache (keyed by the fleet's contract, the trace and the budget) afterwards, never silently
+untuned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agents import tuning
+from envs.paths import EXAMPLE_FLEETS_DIR
+from envs.scenarios import TraceTraffic
+from envs.sim.capacity import CACHE_ENV
+from eval.bench import (
+    BenchConfig,
+    fleet_contract,
+    plan_runs,
+    resolve_controllers,
+    user_trace_scenario,
+)
+from eval.cli import app
+from eval.on_demand import TuningBudget, tuning_cache_path
+
+SINGLE_TIER = str(EXAMPLE_FLEETS_DIR / "single-tier.yaml")
+BUDGET = TuningBudget(seeds=1, episode_hours=0.05, warmup_s=60.0)
+
+
+@pytest.fixture(scope="module")
+def capacities(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One capacity cache for the module: the fleet is measured once."""
+    return tmp_path_factory.mktemp("capacity")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, capacities: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test tunes into its own cache folder, sharing the module's capacities."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "capacity").symlink_to(capacities)
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    return cache
+
+
+@pytest.fixture
+def tunings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The (baseline, scenario) pairs actually tuned (not read from the cache)."""
+    tuned: list[tuple[str, str]] = []
+    real = tuning.tune
+
+    def counting(baseline: str, scenario: str, *args, **kwargs):
+        tuned.append((baseline, scenario))
+        return real(baseline, scenario, *args, **kwargs)
+
+    monkeypatch.setattr("eval.on_demand.tune", counting)
+    return tuned
+
+
+def _config(**kwargs) -> BenchConfig:
+    return BenchConfig(
+        resolve_controllers(["pid", "vllm-defaults"]),
+        ("steady",),
+        seeds=(0,),
+        episode_hours=0.05,
+        warmup_s=60.0,
+        tuned_dir=None,
+        fleet=SINGLE_TIER,
+        **kwargs,
+    )
+
+
+def test_untuned_baselines_are_tuned_once_with_progress_then_read_from_the_cache(tunings):
+    ticks: list[tuple[str, int, int]] = []
+    runs, params, warnings = plan_runs(_config(tuning=BUDGET), lambda *t: ticks.append(t))
+    assert tunings == [("pid", "steady")]  # vllm-defaults has nothing to tune
+    path = tuning_cache_path("pid", "steady", fleet_contract("steady", SINGLE_TIER), BUDGET)
+    saved = json.loads(path.read_text())
+    assert saved["fleet"] == SINGLE_TIER and saved["seeds"] == [1000]
+    assert params["pid"]["steady"] == saved["best_params"] == runs[0].params
+    assert ticks[-1] == ("tuning pid on steady", len(saved["candidates"]), len(saved["candidates"]))
+    assert (
+        len(warnings) == 1 and "tuned now on this fleet" in warnings[0] and str(path) in warnings[0]
+    )
+    _, again, warnings = plan_runs(_config(tuning=BUDGET))
+    assert tunings == [("pid", "steady")] and again == params
+    assert "read from" in warnings[0]
+
+
+def test_without_tuning_the_defaults_are_said(tunings):
+    _, params, warnings = plan_runs(_config())
+    assert tunings == [] and params["pid"]["steady"] is None
+    assert "not tuned on this fleet, default parameters" in warnings[0]
+
+
+def test_the_cache_key_follows_the_budget_and_the_traces_content(tmp_path):
+    contract = fleet_contract("steady", None)
+    paths = {tuning_cache_path("pid", "steady", contract, b) for b in (BUDGET, TuningBudget())}
+    assert len(paths) == 2
+    trace = tmp_path / "mine.csv"
+    keys = []
+    for text in ("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,5\n1,20,5\n", "...\n0,10,5\n"):
+        trace.write_text(text.replace("...", "TIMESTAMP,ContextTokens,GeneratedTokens"))
+        name = user_trace_scenario(TraceTraffic(str(trace)))
+        keys.append(tuning_cache_path("pid", name, contract, BUDGET))
+    assert keys[0] != keys[1]
+
+
+def test_bench_cli_tunes_what_it_lacks_and_reports_it(tmp_path, tunings):
+    out = tmp_path / "report"
+    args = ["bench", "--fleet", SINGLE_TIER, "--policies", "pid", "--scenarios", "steady"]
+    args += ["--seeds", "1", "--episode-hours", "0.05", "--warmup-s", "60", "--quick"]
+    result = CliRunner().invoke(app, [*args, "--no-ray", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert tunings == [("pid", "steady")]
+    document = json.loads((out / "results.json").read_text())
+    assert document["tuned_params"]["pid"]["steady"] is not None
+    assert "pid on steady: tuned now on this fleet" in (out / "report.md").read_text()
