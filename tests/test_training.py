@@ -324,6 +324,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # Start-up lines are progress (stderr): stdout stays for what scripts read (perf --json).
+    assert "starting Ray" in resumed.stderr and "starting Ray" not in resumed.stdout
 
     results = _results(trial_dir)
     restarts = [r for r in results if r["iterations_since_restore"] == 1]

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,9 +395,13 @@ def run_training(
         os.environ.setdefault(key, value)
     if resume:
         request = TrainRequest.load(request.out)
-    print(f"training into {request.out}: starting Ray", flush=True)
+    print(f"training into {request.out}: starting Ray", file=sys.stderr, flush=True)
     joined = init_ray(address, num_cpus)
-    print("training: Ray started, trials starting (a status table every 30 s)", flush=True)
+    print(
+        "training: Ray started, trials starting (a status table every 30 s)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         check_cluster(request.preset.workers, probe_nodes=joined)
         request.out.mkdir(parents=True, exist_ok=True)
