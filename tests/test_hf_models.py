@@ -159,3 +159,10 @@ def test_datasheet_gpu_with_tensor_parallelism_needs_its_interconnect(tmp_path):
     with pytest.warns(UncalibratedGpuWarning):
         fleet = SimConfig.from_yaml(_fleet(tmp_path, pool.replace(DATASHEET, sheet)))
     assert fleet.pools[0].deployment().gpu.interconnect_bandwidth == 450e9
+
+
+def test_a_config_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xff\xfe\x00not text")
+    with pytest.raises(ValueError, match="config.json"):
+        model_from_hf_config(path)

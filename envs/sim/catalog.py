@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from slo.files import read_text
+
 GiB = 1024**3
 KiB = 1024
 
@@ -317,7 +319,7 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
 def _cached_hf_model(path: Path, mtime_ns: int) -> ModelSpec:
     del mtime_ns  # part of the cache key only
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(read_text(path))
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
