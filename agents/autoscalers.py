@@ -509,7 +509,8 @@ class WorkloadVariantAutoscaler(ScalingController):
     def param_grid() -> Iterator[WvaParams]:
         return params_grid(
             WvaParams,
-            kvCacheThreshold=(0.2, 0.4, 0.8),
+            # Dense below 0.4: every scenario's best lay at the lowest of (0.2, 0.4, 0.8).
+            kvCacheThreshold=(0.1, 0.15, 0.2, 0.3, 0.4, 0.8),
             queueLengthThreshold=(3.0, 5.0, 10.0),
             queueSpareTrigger=(1.0, 3.0),
         )
