@@ -27,7 +27,8 @@ MIN_TOKENS = 1.0
 
 
 class DomainRandomisation(BaseModel):
-    """Ranges every reset draws from; the defaults leave the scenario as it is.
+    """Ranges every reset draws from; the defaults leave the scenario, and the random draws of
+    its episodes, as they are (a range of one value draws nothing).
 
     Parameters
     ----------
@@ -75,10 +76,10 @@ class DomainRandomisation(BaseModel):
 
     def sample(self, rng: np.random.Generator, fleet: GovernedFleet) -> RandomisedFleet:
         """One draw around ``fleet`` from ``rng``: the fleet the scenario is built on."""
-        load = float(rng.uniform(*self.load_scale))
-        prompt, output = (_log_uniform(rng, r) for r in (self.prompt_scale, self.output_scale))
+        load = _draw(rng, self.load_scale)
+        prompt, output = (_draw(rng, r, log=True) for r in (self.prompt_scale, self.output_scale))
         shares = self._tenant_shares(rng, fleet)
-        rate = float(rng.uniform(*self.failure_rate_per_hour))
+        rate = _draw(rng, self.failure_rate_per_hour)
         config = fleet.config.model_copy(
             update={
                 "tenants": [
@@ -118,8 +119,15 @@ class DomainRandomisation(BaseModel):
         return (drawn / drawn.sum()).tolist()
 
 
-def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
-    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+def _draw(rng: np.random.Generator, bounds: tuple[float, float], log: bool = False) -> float:
+    """A uniform (``log``: log-uniform) draw within ``bounds``; a single value draws nothing,
+    so the defaults leave the episodes' random streams as they were."""
+    low, high = bounds
+    if low == high:
+        return float(low)
+    if log:
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    return float(rng.uniform(low, high))
 
 
 def scaled_lengths(base: LengthModel, prompt_scale: float, output_scale: float) -> LengthModel:

@@ -1,0 +1,188 @@
+"""The ingredients of a policy that generalises: domain randomisation, the action rate limit the
+policy carries, and the smoothness and overload reward terms (issue 16)."""
+
+import numpy as np
+import pytest
+
+from envs.action_filter import ActionRateLimit
+from envs.contract import DEFAULT_KNOBS, ActionContract
+from envs.domain import DomainRandomisation
+from envs.fleet_env import LLMFleetEnv
+
+SHORT = {"episode_hours": 0.1, "warmup_s": 60.0}
+WIDE = {
+    "load_scale": [0.7, 1.6],
+    "prompt_scale": [0.5, 3.0],
+    "output_scale": [0.5, 3.0],
+    "tenant_concentration": 20.0,
+    "failure_rate_per_hour": [0.0, 0.5],
+}
+
+
+def _flipping_actions(env: LLMFleetEnv, steps: int) -> list[np.ndarray]:
+    """Every knob between the ends of its range from one step to the next (what the policy did
+    on held-out traffic)."""
+    ends = np.ones(env.action_space.shape, dtype=np.float32)
+    return [ends * (-1.0) ** i for i in range(steps)]
+
+
+def _rollout(env: LLMFleetEnv, seed: int, actions: list[np.ndarray]) -> list[tuple]:
+    obs, info = env.reset(seed=seed)
+    steps = [(obs, 0.0, info)]
+    for action in actions:
+        obs, reward, _, _, info = env.step(action)
+        steps.append((obs, reward, info))
+    return steps
+
+
+def _in_force(env: LLMFleetEnv, info: dict) -> np.ndarray:
+    return env.action_contract.encode(info["knobs"]).astype(np.float64)
+
+
+def test_the_rate_limit_moves_continuous_knobs_at_most_max_step_and_integer_knobs_freely():
+    rate_limit = ActionRateLimit(max_step=0.1)
+    contract = ActionContract()
+    limited = rate_limit.limited(contract)
+    assert limited.tolist() == [not k.integer for k in DEFAULT_KNOBS]
+    in_force = np.zeros(len(DEFAULT_KNOBS))
+    proposed = np.array([1.0, -1.0, 0.05, 1.0, -0.3, 2.0, np.float32(0.1)])
+    out = rate_limit.apply(proposed, in_force, limited)
+    assert np.all(np.abs(out - in_force)[limited] <= 0.1 + 1e-12)
+    assert out[~limited].tolist() == [1.0]  # shed_priority_below: a limited step never rounds up
+    assert out[2] == pytest.approx(0.05)  # within the limit: unchanged
+    assert out[5] == pytest.approx(0.1)  # clipped to [-1, 1] first, then limited
+    np.testing.assert_allclose(rate_limit.apply(out, in_force, limited), out)  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"max_step": 0.0}, r"max_step must be in \(0, 2\]"),
+        ({"max_step": 3.0}, r"max_step must be in \(0, 2\]"),
+        ({}, "max_step is missing"),
+        ({"max_step": 0.1, "ema": 0.5}, r"unknown field\(s\) \['ema'\]"),
+    ],
+)
+def test_a_bad_rate_limit_is_refused_naming_the_field(data: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ActionRateLimit.from_mapping(data)
+
+
+def test_the_environment_applies_the_rate_limit_from_the_knobs_it_shows() -> None:
+    env = LLMFleetEnv("steady", action_filter={"max_step": 0.1}, **SHORT)
+    limited = env.action_filter.limited(env.action_contract)
+    features = env.action_filter.in_force_features(env.observation_contract, env.action_contract)
+    steps = _rollout(env, 0, _flipping_actions(env, 12))
+    for (_, _, info0), (obs1, _, info1) in zip(steps, steps[1:], strict=False):
+        before, after = _in_force(env, info0), _in_force(env, info1)
+        np.testing.assert_allclose(obs1[features], after, atol=1e-6)  # what the graph reads
+        assert np.all(np.abs(after - before)[limited] <= 0.1 + 1e-5)
+    moved = np.abs(_in_force(env, steps[-1][2]) - _in_force(env, steps[0][2]))
+    assert moved[limited].max() > 0.05  # it does move, slowly
+    free = _rollout(LLMFleetEnv("steady", **SHORT), 0, _flipping_actions(env, 2))
+    assert np.abs(_in_force(env, free[1][2]) - _in_force(env, free[0][2])).max() > 1.0
+
+
+def test_the_smoothness_term_charges_the_mean_change_of_the_knobs_in_force() -> None:
+    env = LLMFleetEnv("steady", reward={"smoothness": 2.0}, **SHORT)
+    steps = _rollout(env, 1, _flipping_actions(env, 4) + [np.ones(7, np.float32)] * 2)
+    for (_, _, before), (_, reward, info) in zip(steps, steps[1:], strict=False):
+        change = np.mean(np.abs(_in_force(env, info) - _in_force(env, before)))
+        assert info["reward_components"]["smoothness"] == pytest.approx(2.0 * change, abs=1e-6)
+        assert reward == pytest.approx(-sum(info["reward_components"].values()))
+    costs = [s[2]["reward_components"]["smoothness"] for s in steps[1:]]
+    assert min(costs[1:4]) > 1.0 and costs[-1] == 0.0  # flipping is charged, holding is free
+    plain = _rollout(LLMFleetEnv("steady", **SHORT), 1, _flipping_actions(env, 2))
+    assert plain[-1][2]["reward_components"]["smoothness"] == 0.0  # off by default
+
+
+@pytest.mark.parametrize(
+    ("overload_load", "factor"), [(1e-3, 3.0), (100.0, 1.0)], ids=["overloaded", "not-overloaded"]
+)
+def test_overload_weights_scale_the_costs_of_their_kinds_in_overloaded_steps(
+    overload_load: float, factor: float
+) -> None:
+    weights = {"ttft": 3.0, "quality": 0.5}
+    reward = {"overload_weights": weights, "overload_load": overload_load}
+    actions = [np.ones(7, np.float32)] * 6  # the cheap tier's largest share spends quality
+    plain = _rollout(LLMFleetEnv("steady", **SHORT), 2, actions)
+    weighted = _rollout(LLMFleetEnv("steady", reward=reward, **SHORT), 2, actions)
+    quality = 0.5 if factor != 1.0 else 1.0
+    for (_, _, a), (_, _, b) in zip(plain[1:], weighted[1:], strict=True):
+        ca, cb = a["reward_components"], b["reward_components"]
+        assert cb["burn/ttft-1s"] == pytest.approx(factor * ca["burn/ttft-1s"])
+        assert cb["burn/quality-intended-tier"] == pytest.approx(
+            quality * ca["burn/quality-intended-tier"]
+        )
+        assert cb["burn/itl-100ms"] == pytest.approx(ca["burn/itl-100ms"])
+    assert sum(s[2]["reward_components"]["burn/quality-intended-tier"] for s in plain[1:]) > 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"overload_weights": {"latency": 2.0}}, r"unknown SLI kind\(s\) \['latency'\]"),
+        ({"smoothnes": 1.0}, r"unknown field\(s\) \['smoothnes'\]"),
+        ({"smoothness": -1.0}, "must be >= 0"),
+    ],
+)
+def test_a_bad_reward_is_refused_naming_the_field(data: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LLMFleetEnv("steady", reward=data, **SHORT)
+
+
+def test_randomisation_is_drawn_from_the_environment_seed() -> None:
+    def draw(seed: int) -> tuple:
+        env = LLMFleetEnv("steady", randomisation=WIDE, **SHORT)
+        obs, reward, info = _rollout(env, seed, [np.zeros(7, np.float32)] * 3)[-1]
+        return obs, reward, info["scenario_parameters"]
+
+    first, again, other = draw(5), draw(5), draw(6)
+    np.testing.assert_array_equal(first[0], again[0])
+    assert first[1] == again[1] and first[2] == again[2]
+    assert first[2] != other[2]
+
+
+def test_randomisation_draws_within_its_ranges_and_acts_on_the_traffic() -> None:
+    env = LLMFleetEnv("steady", randomisation=WIDE, **SHORT)
+    base = LLMFleetEnv("steady", **SHORT)
+    for seed in range(8):
+        env.reset(seed=seed)
+        base.reset(seed=seed)
+        p = env.setup.parameters
+        assert 0.7 <= p["randomised.load_scale"] <= 1.6
+        assert 0.5 <= p["randomised.prompt_scale"] <= 3.0
+        assert 0.0 <= p["randomised.failure_rate_per_hour"] <= 0.5
+        shares = [p[f"randomised.share.{t}"] for t in ("premium", "standard", "batch")]
+        assert sum(shares) == pytest.approx(1.0)
+        rate = env.setup.workload.mean_rate / (env.setup.parameters["load"] * 15.2)
+        assert rate == pytest.approx(p["randomised.load_scale"])
+        mtbf = {pool.mtbf_s for pool in env.setup.config.pools}
+        assert mtbf == {3600.0 / p["randomised.failure_rate_per_hour"]}
+    lengths = env.setup.workload.lengths
+    np.testing.assert_allclose(
+        lengths.prompt_quantiles,
+        np.maximum(base.fleet.lengths.prompt_quantiles * p["randomised.prompt_scale"], 1.0),
+    )
+
+
+def test_no_randomisation_leaves_the_episodes_as_they_were() -> None:
+    actions = [np.zeros(7, np.float32)] * 3
+    plain = _rollout(LLMFleetEnv("diurnal", **SHORT), 3, actions)
+    neutral = _rollout(LLMFleetEnv("diurnal", randomisation={}, **SHORT), 3, actions)
+    np.testing.assert_array_equal(plain[-1][0], neutral[-1][0])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"load_scale": [1.5, 0.4]}, "load_scale"),
+        ({"prompt_scale": [0.0, 2.0]}, "prompt_scale"),
+        ({"failure_rate_per_hour": [-1.0, 0.0]}, "failure_rate_per_hour"),
+        ({"tenant_concentration": 0.0}, "tenant_concentration"),
+        ({"load": [0.4, 1.5]}, "load"),
+    ],
+)
+def test_a_bad_randomisation_is_refused_naming_the_field(data: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DomainRandomisation.from_mapping(data)
