@@ -16,17 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, ObservationContract
+from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, KnobSpec, ObservationContract
 
 
 @dataclass(frozen=True)
 class ActionRateLimit:
-    """Each continuous setting knob moves at most ``max_step`` (in action units, [-1, 1]) per
-    control interval from the value in force.
+    """Each setting knob moves at most ``max_step`` (in action units, [-1, 1]) per control
+    interval from the value in force.
 
-    Integer knobs (``shed_priority_below``) are left alone: a limited step below half a level
-    would round back to the level in force, so they could never move. Replica knobs of elastic
-    fleets are changes per interval, not settings, and are left alone too.
+    An integer knob (``shed_priority_below``) moves at most one level per interval when
+    ``max_step`` is smaller than a level: a step below half a level would round back to the
+    level in force, so it could never move (the sidecar's ``max_step`` guardrail does the
+    same). Replica knobs of elastic fleets are changes per interval, not settings, and pass
+    unchanged.
 
     Parameters
     ----------
@@ -53,12 +55,17 @@ class ActionRateLimit:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
-    @staticmethod
-    def limited(contract: ActionContract) -> np.ndarray:
-        """Per knob of ``contract``, whether the filter limits it."""
-        return np.array(
-            [not k.integer and not k.name.endswith(REPLICAS_KNOB_SUFFIX) for k in contract.knobs]
-        )
+    def step_limits(self, contract: ActionContract) -> np.ndarray:
+        """Per knob of ``contract``, the largest change per interval in action units (``inf``
+        for a knob the filter leaves alone)."""
+        return np.array([self._step_limit(k) for k in contract.knobs])
+
+    def _step_limit(self, knob: KnobSpec) -> float:
+        if knob.name.endswith(REPLICAS_KNOB_SUFFIX):
+            return np.inf
+        if knob.integer:
+            return max(self.max_step, 2.0 / (knob.high - knob.low))  # one level
+        return self.max_step
 
     @staticmethod
     def in_force_features(observation: ObservationContract, action: ActionContract) -> np.ndarray:
@@ -66,10 +73,12 @@ class ActionRateLimit:
         names = observation.feature_names
         return np.array([names.index(f"knob.{k}") for k in action.names])
 
-    def apply(self, action: np.ndarray, in_force: np.ndarray, limited: np.ndarray) -> np.ndarray:
-        """``action`` (one vector or a batch) with every ``limited`` knob moved at most
-        :attr:`max_step` from ``in_force`` (the knobs in force in action units), within [-1, 1]."""
+    @staticmethod
+    def apply(action: np.ndarray, in_force: np.ndarray, limits: np.ndarray) -> np.ndarray:
+        """``action`` (one vector or a batch) with every knob moved at most its limit
+        (:meth:`step_limits`) from ``in_force`` (the knobs in force in action units), within
+        [-1, 1]."""
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         in_force = np.asarray(in_force, dtype=np.float64)
-        step = np.clip(action - in_force, -self.max_step, self.max_step)
-        return np.where(limited, np.clip(in_force + step, -1.0, 1.0), action)
+        step = np.clip(action - in_force, -limits, limits)
+        return np.where(np.isfinite(limits), np.clip(in_force + step, -1.0, 1.0), action)

@@ -404,7 +404,7 @@ class LLMFleetEnv(gym.Env):
         if action_filter is not None and not isinstance(action_filter, ActionRateLimit):
             action_filter = ActionRateLimit.from_mapping(action_filter)
         self.action_filter: ActionRateLimit | None = action_filter
-        self._filtered_knobs = ActionRateLimit.limited(self.action_contract)
+        self._step_limits = action_filter and action_filter.step_limits(self.action_contract)
         weights = self.reward_config.overload_weights
         self._overload_factors = np.array(
             [weights.get(self.slo_kinds[n], 1.0) for n in self.slo_names]
@@ -416,7 +416,7 @@ class LLMFleetEnv(gym.Env):
         if self.action_filter is None:
             return action
         in_force = self.action_contract.encode(self.knob_values)
-        return self.action_filter.apply(action, in_force, self._filtered_knobs)
+        return self.action_filter.apply(action, in_force, self._step_limits)
 
     def _smoothness_cost(self, previous: Mapping[str, float]) -> float:
         """:attr:`RewardConfig.smoothness` times the mean absolute change of the knobs in force

@@ -40,13 +40,17 @@ def append_rate_limit(
     graph = model.graph
     for node in graph.node:
         node.output[:] = [RAW_ACTION if o == OUTPUT_NAME else o for o in node.output]
+    limits = rate_limit.step_limits(action)
+    limited = np.isfinite(limits)
+    # A knob left alone takes the raw action (Where); its limit only needs to be finite.
+    step = np.where(limited, limits, 2.0).astype(np.float32)
     constants = {
         "filter_features": np.asarray(
             ActionRateLimit.in_force_features(observation, action), np.int64
         ),
-        "filter_limited": ActionRateLimit.limited(action),
-        "filter_step_low": np.float32(-rate_limit.max_step),
-        "filter_step_high": np.float32(rate_limit.max_step),
+        "filter_limited": limited,
+        "filter_step_low": -step,
+        "filter_step_high": step,
         "filter_unit_low": np.float32(-1.0),
         "filter_unit_high": np.float32(1.0),
     }
@@ -57,9 +61,8 @@ def append_rate_limit(
         [
             helper.make_node("Gather", [INPUT_NAME, "filter_features"], ["in_force"], axis=1),
             helper.make_node("Sub", [RAW_ACTION, "in_force"], ["filter_change"]),
-            helper.make_node(
-                "Clip", ["filter_change", "filter_step_low", "filter_step_high"], ["filter_step"]
-            ),
+            helper.make_node("Min", ["filter_change", "filter_step_high"], ["filter_capped"]),
+            helper.make_node("Max", ["filter_capped", "filter_step_low"], ["filter_step"]),
             helper.make_node("Add", ["in_force", "filter_step"], ["filter_moved"]),
             helper.make_node(
                 "Clip", ["filter_moved", "filter_unit_low", "filter_unit_high"], ["filter_out"]

@@ -233,9 +233,9 @@ def _environment_filter(env: LLMFleetEnv) -> ActionFilter | None:
     if rate_limit is None:
         return None
     features = rate_limit.in_force_features(env.observation_contract, env.action_contract)
-    limited = rate_limit.limited(env.action_contract)
+    limits = rate_limit.step_limits(env.action_contract)
     return lambda actions, observations: rate_limit.apply(
-        actions, observations[:, features], limited
+        actions, observations[:, features], limits
     )
 
 

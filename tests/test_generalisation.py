@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from envs.action_filter import ActionRateLimit
-from envs.contract import DEFAULT_KNOBS, ActionContract
+from envs.contract import ActionContract, elastic_knobs
 from envs.domain import DomainRandomisation
 from envs.fleet_env import LLMFleetEnv
 
@@ -39,19 +39,18 @@ def _in_force(env: LLMFleetEnv, info: dict) -> np.ndarray:
     return env.action_contract.encode(info["knobs"]).astype(np.float64)
 
 
-def test_the_rate_limit_moves_continuous_knobs_at_most_max_step_and_integer_knobs_freely():
+def test_the_rate_limit_moves_settings_by_max_step_integers_by_a_level_replicas_freely():
     rate_limit = ActionRateLimit(max_step=0.1)
-    contract = ActionContract()
-    limited = rate_limit.limited(contract)
-    assert limited.tolist() == [not k.integer for k in DEFAULT_KNOBS]
-    in_force = np.zeros(len(DEFAULT_KNOBS))
-    proposed = np.array([1.0, -1.0, 0.05, 1.0, -0.3, 2.0, np.float32(0.1)])
-    out = rate_limit.apply(proposed, in_force, limited)
-    assert np.all(np.abs(out - in_force)[limited] <= 0.1 + 1e-12)
-    assert out[~limited].tolist() == [1.0]  # shed_priority_below: a limited step never rounds up
-    assert out[2] == pytest.approx(0.05)  # within the limit: unchanged
-    assert out[5] == pytest.approx(0.1)  # clipped to [-1, 1] first, then limited
-    np.testing.assert_allclose(rate_limit.apply(out, in_force, limited), out)  # idempotent
+    contract = ActionContract(knobs=elastic_knobs(("strong", "cheap")))
+    limits = rate_limit.step_limits(contract)
+    in_force = np.zeros(len(contract.knobs))
+    in_force[3] = -1.0  # shed_priority_below at 0
+    proposed = np.array([1.0, -1.0, 0.05, 1.0, -0.3, 2.0, 0.1, 0.8, -0.6])
+    out = rate_limit.apply(proposed, in_force, limits)
+    # The integer knob goes up one level (0 -> 1), not two; the replica changes pass; 2.0 is
+    # clipped to [-1, 1] first, then limited.
+    np.testing.assert_allclose(out, [0.1, -0.1, 0.05, 0.0, -0.1, 0.1, 0.1, 0.8, -0.6])
+    np.testing.assert_allclose(rate_limit.apply(out, in_force, limits), out)  # idempotent
 
 
 @pytest.mark.parametrize(
@@ -70,15 +69,15 @@ def test_a_bad_rate_limit_is_refused_naming_the_field(data: dict, message: str) 
 
 def test_the_environment_applies_the_rate_limit_from_the_knobs_it_shows() -> None:
     env = LLMFleetEnv("steady", action_filter={"max_step": 0.1}, **SHORT)
-    limited = env.action_filter.limited(env.action_contract)
+    limits = env.action_filter.step_limits(env.action_contract)
     features = env.action_filter.in_force_features(env.observation_contract, env.action_contract)
     steps = _rollout(env, 0, _flipping_actions(env, 12))
     for (_, _, info0), (obs1, _, info1) in zip(steps, steps[1:], strict=False):
         before, after = _in_force(env, info0), _in_force(env, info1)
         np.testing.assert_allclose(obs1[features], after, atol=1e-6)  # what the graph reads
-        assert np.all(np.abs(after - before)[limited] <= 0.1 + 1e-5)
+        assert np.all(np.abs(after - before) <= limits + 1e-5)
     moved = np.abs(_in_force(env, steps[-1][2]) - _in_force(env, steps[0][2]))
-    assert moved[limited].max() > 0.05  # it does move, slowly
+    assert moved.max() > 0.05  # it does move, slowly
     free = _rollout(LLMFleetEnv("steady", **SHORT), 0, _flipping_actions(env, 2))
     assert np.abs(_in_force(env, free[1][2]) - _in_force(env, free[0][2])).max() > 1.0
 
