@@ -185,3 +185,53 @@ def test_no_randomisation_leaves_the_episodes_as_they_were() -> None:
 def test_a_bad_randomisation_is_refused_naming_the_field(data: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DomainRandomisation.from_mapping(data)
+
+
+def _ablation_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("variant", "kept"),
+    [
+        ("baseline", set()),
+        ("smoothness", {"action_filter", "reward.smoothness"}),
+        ("randomisation", {"randomisation"}),
+        ("reward", {"reward.overload_weights", "reward.overload_load"}),
+        (
+            "all",
+            {
+                "randomisation",
+                "action_filter",
+                "reward.smoothness",
+                "reward.overload_weights",
+                "reward.overload_load",
+            },
+        ),
+    ],
+)
+def test_each_ablation_variant_keeps_only_its_ingredients_of_the_recipe(
+    variant: str, kept: set
+) -> None:
+    from training.config import load_preset
+
+    ablation = _ablation_module()
+    recipe = load_preset("standard-v3")
+    preset = ablation.variant_preset(recipe, variant, timesteps=4096)
+    kwargs = preset.env_kwargs.as_kwargs()
+    found = {k for k in kwargs if k != "reward"} | {f"reward.{k}" for k in kwargs.get("reward", {})}
+    assert found == kept
+    recipe_kwargs = recipe.env_kwargs.as_kwargs()
+    for name in kept:
+        top, _, sub = name.partition(".")
+        mine, theirs = kwargs[top], recipe_kwargs[top]
+        assert (mine[sub] == theirs[sub]) if sub else (mine == theirs)
+    assert preset.timesteps == 4096 and preset.scenarios == recipe.scenarios
+    assert preset.ppo == recipe.ppo
