@@ -235,3 +235,32 @@ def test_each_ablation_variant_keeps_only_its_ingredients_of_the_recipe(
         assert (mine[sub] == theirs[sub]) if sub else (mine == theirs)
     assert preset.timesteps == 4096 and preset.scenarios == recipe.scenarios
     assert preset.ppo == recipe.ppo
+
+
+def test_the_guard_hands_over_out_of_distribution_and_back_after_calm_steps() -> None:
+    from agents.tuning import control_context
+    from eval.bench import BenchEnv, RunSpec, resolve_controllers, run_episode
+
+    (spec,) = resolve_controllers(["ppo-standard+guard"])
+    env = BenchEnv("steady", **SHORT)
+    guard = spec.build(control_context(env), None)
+    obs, _ = env.reset(seed=0)
+    assert not guard.out_of_distribution(obs)
+    np.testing.assert_allclose(guard.act(obs), guard.policy.act(obs))
+    names = env.observation_contract.feature_names
+    knob, load = names.index("knob.admission_limit"), names.index("fleet.load_per_capacity")
+    far_knob, far_load = obs.copy(), obs.copy()
+    far_knob[knob] = guard.mean[knob] + 3 * guard.z_max * guard.std[knob]
+    far_load[load] = guard.mean[load] + 1.01 * guard.z_max * guard.std[load]
+    assert not guard.out_of_distribution(far_knob)  # the knobs are the controllers' own doing
+    guard.act(far_load)
+    assert guard.in_control is guard.fallback
+    for _ in range(guard.calm_steps - 1):
+        guard.act(obs)
+        assert guard.in_control is guard.fallback
+    guard.act(obs)
+    assert guard.in_control is guard.policy and guard.handovers == 2
+    result = run_episode(RunSpec(spec, "steady", 0, **SHORT))
+    assert result.controller == "ppo-standard+guard" and result.metrics["steps"] == 12
+    fleet = "examples/fleets/single-tier.yaml"
+    assert "fallback is tuned for the fixed reference fleet" in spec.unfit_reason("steady", fleet)
