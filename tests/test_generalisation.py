@@ -264,3 +264,46 @@ def test_the_guard_hands_over_out_of_distribution_and_back_after_calm_steps() ->
     assert result.controller == "ppo-standard+guard" and result.metrics["steps"] == 12
     fleet = "examples/fleets/single-tier.yaml"
     assert "fallback is tuned for the fixed reference fleet" in spec.unfit_reason("steady", fleet)
+
+
+def test_the_ablation_table_reads_the_benchmark_and_says_what_it_cannot_show(tmp_path) -> None:
+    import json
+
+    def interval(point: float) -> dict:
+        return {"point": point, "low": 0.9 * point, "high": 1.1 * point}
+
+    document = {
+        "headline": {
+            "abl-all@sidecar": {
+                "policy": "abl-all",
+                "pass_fraction_fair": 2 / 3,
+                "pass_fraction_strict": None,
+                "exhaustion_free_where_a_rival_is": True,
+                "cells": [{"scenario": "mixed", "fair": {"pass": False, "why": "spent more"}}],
+            },
+            "ppo-standard@sidecar": {"policy": "ppo-standard"},  # not a variant
+        },
+        "analysis": {
+            "groups": {
+                "held_out": {
+                    "controllers": {
+                        "abl-all@sidecar": {
+                            "budget_spent_total": interval(0.05),
+                            "cost_gpu_hours": interval(1.0),
+                            "action_smoothness": interval(0.01),
+                        },
+                        "abl-all": {"action_smoothness": {"point": None}},
+                    }
+                }
+            }
+        },
+        "timing": {"wall_time_s": 600.0},
+    }
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(document))
+    _ablation_module().main(["--report-only", "--out", str(tmp_path)])
+    table = (tmp_path / "ablation.md").read_text()
+    row = "| all | `abl-all@sidecar` | 0.67 | unknown | yes | 5.00 [4.50, 5.50] | 1.00 [0.90, 1.10]"
+    assert row + " | no data | 0.010 [0.009, 0.011] |" in table
+    assert "ppo-standard" not in table and "mixed (fair): spent more" in table
+    assert (tmp_path / "ablation.png").stat().st_size > 0
