@@ -307,3 +307,28 @@ def test_the_ablation_table_reads_the_benchmark_and_says_what_it_cannot_show(tmp
     assert row + " | no data | 0.010 [0.009, 0.011] |" in table
     assert "ppo-standard" not in table and "mixed (fair): spent more" in table
     assert (tmp_path / "ablation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("max_step", "moves"), [(0.02, False), (0.03, False), (0.05, True)])
+def test_a_rate_limit_within_the_sidecar_hysteresis_band_never_moves_as_deployed(
+    max_step: float, moves: bool
+) -> None:
+    from envs.contract import neutral_knob_values
+    from policies.sidecar.config import GuardrailSettings
+    from policies.sidecar.guardrails import Guardrails
+
+    contract = ActionContract()
+    guardrails = Guardrails(contract, GuardrailSettings())
+    neutral = neutral_knob_values(contract.names)
+    in_force = guardrails.final_clamp(neutral, neutral)[0]
+    rate_limit = ActionRateLimit(max_step)
+    for target in (-1.0, 1.0):  # every knob pushed one way, then the other
+        proposal = rate_limit.apply(
+            np.full(len(contract.names), target),
+            contract.encode(in_force),
+            rate_limit.step_limits(contract),
+        )
+        published, _ = guardrails.apply(guardrails.decode(proposal), in_force)
+        continuous = [k.name for k in contract.knobs if not k.integer]
+        changed = [k for k in continuous if published[k] != in_force[k]]
+        assert bool(changed) is moves, changed
