@@ -82,3 +82,16 @@ class ActionRateLimit:
         in_force = np.asarray(in_force, dtype=np.float64)
         step = np.clip(action - in_force, -limits, limits)
         return np.where(np.isfinite(limits), np.clip(in_force + step, -1.0, 1.0), action)
+
+    def apply_observed(
+        self,
+        action: np.ndarray,
+        observation: np.ndarray,
+        observation_contract: ObservationContract,
+        action_contract: ActionContract,
+    ) -> np.ndarray:
+        """:meth:`apply` from the knobs in force that ``observation`` shows (one or a batch):
+        what an exported policy's graph computes."""
+        features = self.in_force_features(observation_contract, action_contract)
+        in_force = np.asarray(observation)[..., features]
+        return self.apply(action, in_force, self.step_limits(action_contract))

@@ -135,12 +135,6 @@ class RewardConfig:
         values = {k: v if k == "overload_weights" else float(v) for k, v in data.items()}
         return cls(**values)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready weights (what ``run.json`` records)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {
-            "overload_weights": dict(self.overload_weights)
-        }
-
 
 class LLMFleetEnv(gym.Env):
     """Govern a two-tier LLM serving fleet by its multi-dimensional error budgets.
@@ -237,8 +231,8 @@ class LLMFleetEnv(gym.Env):
     :class:`envs.domain.DomainRandomisation` or its mapping: load, lengths, tenant mix and
     failure rate drawn around the scenario at each reset), ``action_filter`` (``None``; an
     :class:`envs.action_filter.ActionRateLimit` or its mapping, ``{"max_step": 0.1}``: each
-    continuous knob moves at most that far per step from the value in force, the way an
-    exported policy's graph limits it). ``reward`` may also be a mapping of
+    knob moves at most that far per step from the value in force, an integer knob one level,
+    the way an exported policy's graph limits it). ``reward`` may also be a mapping of
     :class:`RewardConfig`'s fields. The elastic scenarios
     (:data:`envs.scenarios.ELASTIC_SCENARIOS`) are meant for ``elastic=True``; without it their
     replicas stay at their initial count. With it, every scenario's pools may scale.
@@ -404,7 +398,8 @@ class LLMFleetEnv(gym.Env):
         if action_filter is not None and not isinstance(action_filter, ActionRateLimit):
             action_filter = ActionRateLimit.from_mapping(action_filter)
         self.action_filter: ActionRateLimit | None = action_filter
-        self._step_limits = action_filter and action_filter.step_limits(self.action_contract)
+        if action_filter is not None:
+            self._step_limits = action_filter.step_limits(self.action_contract)
         weights = self.reward_config.overload_weights
         self._overload_factors = np.array(
             [weights.get(self.slo_kinds[n], 1.0) for n in self.slo_names]

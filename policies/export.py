@@ -232,10 +232,8 @@ def _environment_filter(env: LLMFleetEnv) -> ActionFilter | None:
     rate_limit = env.action_filter
     if rate_limit is None:
         return None
-    features = rate_limit.in_force_features(env.observation_contract, env.action_contract)
-    limits = rate_limit.step_limits(env.action_contract)
-    return lambda actions, observations: rate_limit.apply(
-        actions, observations[:, features], limits
+    return lambda actions, observations: rate_limit.apply_observed(
+        actions, observations, env.observation_contract, env.action_contract
     )
 
 
