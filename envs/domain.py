@@ -44,7 +44,8 @@ class DomainRandomisation(BaseModel):
         0.1); ``None`` keeps the fleet's mix.
     failure_rate_per_hour:
         ``[low, high]``: random replica failures per replica-hour, drawn uniformly, on every
-        pool (each failure lasts the pool's ``mttr_s``); scheduled failures stay.
+        pool in place of its own ``mtbf_s`` (each failure lasts the pool's ``mttr_s``);
+        scheduled failures stay. ``[0, 0]``, the default, keeps the pools' own rates.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,18 +81,15 @@ class DomainRandomisation(BaseModel):
         prompt, output = (_draw(rng, r, log=True) for r in (self.prompt_scale, self.output_scale))
         shares = self._tenant_shares(rng, fleet)
         rate = _draw(rng, self.failure_rate_per_hour)
-        config = fleet.config.model_copy(
-            update={
-                "tenants": [
-                    t.model_copy(update={"share": s})
-                    for t, s in zip(fleet.config.tenants, shares, strict=True)
-                ],
-                "pools": [
-                    p.model_copy(update={"mtbf_s": 3600.0 / rate if rate > 0 else math.inf})
-                    for p in fleet.config.pools
-                ],
-            }
-        )
+        tenants = [
+            t.model_copy(update={"share": s})
+            for t, s in zip(fleet.config.tenants, shares, strict=True)
+        ]
+        pools = fleet.config.pools
+        if self.failure_rate_per_hour != (0.0, 0.0):  # else the fleet's own failure rates stay
+            mtbf = 3600.0 / rate if rate > 0 else math.inf
+            pools = [p.model_copy(update={"mtbf_s": mtbf}) for p in pools]
+        config = fleet.config.model_copy(update={"tenants": tenants, "pools": pools})
         parameters = {
             "randomised.load_scale": load,
             "randomised.prompt_scale": prompt,

@@ -332,3 +332,15 @@ def test_a_rate_limit_within_the_sidecar_hysteresis_band_never_moves_as_deployed
         continuous = [k.name for k in contract.knobs if not k.integer]
         changed = [k for k in continuous if published[k] != in_force[k]]
         assert bool(changed) is moves, changed
+
+
+def test_randomisation_keeps_what_it_does_not_draw() -> None:
+    from envs.scenarios import REFERENCE_FLEET, GovernedFleet
+
+    pools = [p.model_copy(update={"mtbf_s": 7200.0}) for p in REFERENCE_FLEET.config.pools]
+    fleet = GovernedFleet(REFERENCE_FLEET.config.model_copy(update={"pools": pools}), 15.2)
+    drawn = DomainRandomisation(load_scale=(0.5, 1.5)).sample(np.random.default_rng(0), fleet)
+    assert [p.mtbf_s for p in drawn.config.pools] == [7200.0, 7200.0]
+    assert drawn.tenant_shares == pytest.approx(fleet.tenant_shares)
+    np.testing.assert_array_equal(drawn.lengths.prompt_quantiles, fleet.lengths.prompt_quantiles)
+    assert 0.5 * 15.2 <= drawn.capacity_rps <= 1.5 * 15.2
