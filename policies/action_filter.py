@@ -36,8 +36,16 @@ def append_rate_limit(
     observation: ObservationContract,
     action: ActionContract,
 ) -> onnx.ModelProto:
-    """``model`` (observation -> action) with ``rate_limit`` applied to its action, checked."""
+    """``model`` (observation -> action) with ``rate_limit`` applied to its action, checked.
+
+    Raises
+    ------
+    ValueError
+        The graph already carries a filter (a policy is filtered once, by what it trained with).
+    """
     graph = model.graph
+    if any(RAW_ACTION in node.output for node in graph.node):
+        raise ValueError("the policy's graph already carries an action filter")
     for node in graph.node:
         node.output[:] = [RAW_ACTION if o == OUTPUT_NAME else o for o in node.output]
     limits = rate_limit.step_limits(action)

@@ -475,3 +475,5 @@ def test_a_filtered_policy_is_the_policy_moved_at_most_max_step(exported, tmp_pa
     obs = parity_observations(*contract.bounds(), 500, np.random.default_rng(3))
     expected = rate_limit.apply_observed(policy.act(obs), obs, contract, manifest.action_contract)
     np.testing.assert_allclose(slow.act(obs), expected, rtol=0, atol=PARITY_TOLERANCE)
+    with pytest.raises(ValueError, match="already carries an action filter"):
+        filter_policy(out, tmp_path / "slower.onnx", rate_limit)
