@@ -184,14 +184,35 @@ def _interval(value: Mapping[str, float | None], scale: float = 1.0, digits: int
     return f"{value['point'] * scale:.{digits}f}{bounds}"
 
 
-def render_table(rows: list[dict[str, Any]], args: argparse.Namespace, timing: str) -> str:
+def describe_run(document: Mapping[str, Any], zoo: Path) -> str:
+    """How the variants were trained (their manifests' provenance) and benchmarked (the
+    benchmark's configuration)."""
+    from policies.runtime import read_manifest
+
+    trained = sorted(
+        {
+            (m.provenance.timesteps, m.provenance.seed)
+            for m in (read_manifest(p) for p in sorted(zoo.glob(f"{POLICY_PREFIX}*.onnx")))
+        }
+    )
+    config = document["config"]
+    hours = config["episode_hours"]
+    training = ", ".join(
+        f"{steps:,} timesteps (best trial: seed {seed})" for steps, seed in trained
+    )
+    return (
+        (f"Policies trained for {training}" if training else f"No policy manifests in {zoo}")
+        + f"; benchmark on the held-out scenarios, {len(config['seeds'])} seeds of "
+        + (f"{hours:g} h" if hours else "each scenario's own length")
+    )
+
+
+def render_table(rows: list[dict[str, Any]], setup: str, timing: str) -> str:
     """``ablation.md``: how it was run, the table, and why the failing cells failed."""
     lines = [
         "# Ablation of the retrain's ingredients",
         "",
-        f"Recipe `{args.recipe}`, {args.timesteps or 'the recipe'} timesteps per policy, training "
-        f"seeds {args.seeds}; benchmark on the held-out scenarios, {args.bench_seeds} seeds of "
-        f"{args.episode_hours or 'their own'} h; {timing}. Held-out IQMs with "
+        f"{setup}; {timing}. Held-out IQMs with "
         "95 % stratified-bootstrap intervals (the benchmark report's): budget spent (% of the "
         "period budgets) and GPU-hours of the controller judged (the policy through the "
         "sidecar's guardrails); action change per step of the raw policy and as deployed "
@@ -210,7 +231,8 @@ def render_table(rows: list[dict[str, Any]], args: argparse.Namespace, timing: s
         )
     lines += ["", "## Why cells failed", ""]
     for r in rows:
-        lines += [f"- **{r['variant']}**: " + ("; ".join(r["failing_cells"]) or "none failed")]
+        lines += [f"- **{r['variant']}**" + ("" if r["failing_cells"] else ": none failed")]
+        lines += [f"  - {cell}" for cell in r["failing_cells"]]
     return "\n".join(lines) + "\n"
 
 
@@ -267,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         document = json.loads((args.out / "bench" / "results.json").read_text())
         minutes = document["timing"]["wall_time_s"] / 60
-        write_ablation(ablation_rows(document), args, f"benchmark {minutes:.0f} min")
+        write_ablation(document, args, f"benchmark {minutes:.0f} min")
         return
     recipe = load_preset(args.recipe)
     zoo = args.out / "zoo"
@@ -281,14 +303,17 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         train_and_export(preset, list(range(args.seeds)), args.out / "runs" / variant, zoo, name)
         print(f"{name}: trained in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
-    rows = ablation_rows(bench_variants(zoo, args))
+    document = bench_variants(zoo, args)
     minutes = (time.perf_counter() - started) / 60
-    write_ablation(rows, args, f"{minutes:.0f} min in all, training and benchmark")
+    write_ablation(document, args, f"{minutes:.0f} min in all, training and benchmark")
 
 
-def write_ablation(rows: list[dict[str, Any]], args: argparse.Namespace, timing: str) -> None:
-    """``ablation.md``, ``ablation.json`` and ``ablation.png`` in ``args.out``."""
-    (args.out / "ablation.md").write_text(render_table(rows, args, timing))
+def write_ablation(document: Mapping[str, Any], args: argparse.Namespace, timing: str) -> None:
+    """``ablation.md``, ``ablation.json`` and ``ablation.png`` in ``args.out`` from the
+    benchmark's ``results.json`` document."""
+    rows = ablation_rows(document)
+    setup = describe_run(document, args.out / "zoo")
+    (args.out / "ablation.md").write_text(render_table(rows, setup, timing))
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.out / "ablation.png")
     print(f"ablation: {args.out / 'ablation.md'} ({timing})")

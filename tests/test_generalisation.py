@@ -298,6 +298,7 @@ def test_the_ablation_table_reads_the_benchmark_and_says_what_it_cannot_show(tmp
             }
         },
         "timing": {"wall_time_s": 600.0},
+        "config": {"seeds": [0, 1, 2], "episode_hours": 0.5},
     }
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "results.json").write_text(json.dumps(document))
@@ -305,7 +306,8 @@ def test_the_ablation_table_reads_the_benchmark_and_says_what_it_cannot_show(tmp
     table = (tmp_path / "ablation.md").read_text()
     row = "| all | `abl-all@sidecar` | 0.67 | unknown | yes | 5.00 [4.50, 5.50] | 1.00 [0.90, 1.10]"
     assert row + " | no data | 0.010 [0.009, 0.011] |" in table
-    assert "ppo-standard" not in table and "mixed (fair): spent more" in table
+    assert "ppo-standard" not in table and "  - mixed (fair): spent more" in table
+    assert "3 seeds of 0.5 h; benchmark 10 min" in table
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
 
