@@ -236,29 +236,46 @@ def render_table(rows: list[dict[str, Any]], setup: str, timing: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _percent(interval: Mapping[str, float | None], key: str) -> float:
+    """``interval[key]`` in percent; the point where the bound is missing, 0 without data."""
+    value = interval.get(key)
+    return 100 * (value if value is not None else interval.get("point") or 0.0)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Pass fractions and action change per variant, side by side."""
+    """Per variant: held-out cells passed, budget spent (IQM and interval) and action change."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["variant"] for r in rows]
-    x = range(len(rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    x = list(range(len(rows)))
+    fig, (passed, spent, change) = plt.subplots(1, 3, figsize=(14, 3.8))
     for offset, reading in ((-0.2, "fair"), (0.2, "strict")):
         values = [r[f"pass_fraction_{reading}"] or 0.0 for r in rows]
-        left.bar([i + offset for i in x], values, width=0.4, label=reading)
-    left.axhline(0.7, color="tab:blue", ls=":", lw=1)
-    left.axhline(0.5, color="tab:orange", ls=":", lw=1)
-    left.set(xticks=list(x), xticklabels=names, ylim=(0, 1), ylabel="held-out cells passed")
-    left.legend()
+        passed.bar([i + offset for i in x], values, width=0.4, label=reading)
+    passed.axhline(0.7, color="tab:blue", ls=":", lw=1)
+    passed.axhline(0.5, color="tab:orange", ls=":", lw=1)
+    passed.set(ylim=(0, 1), ylabel="held-out cells passed")
+    budget = [r["budget_spent"] for r in rows]
+    points = [_percent(b, "point") for b in budget]
+    errors = [
+        [p - _percent(b, "low") for p, b in zip(points, budget, strict=True)],
+        [_percent(b, "high") - p for p, b in zip(points, budget, strict=True)],
+    ]
+    spent.bar(x, points, yerr=errors, capsize=3, color="tab:gray")
+    spent.set(ylabel="budget spent, as deployed (%)")
     for offset, key in ((-0.2, "smoothness_raw"), (0.2, "smoothness_deployed")):
         values = [r[key]["point"] or 0.0 for r in rows]
-        right.bar([i + offset for i in x], values, width=0.4, label=key[11:])
-    right.axhline(0.02, color="k", ls=":", lw=1, label="target")
-    right.set(xticks=list(x), xticklabels=names, ylabel="action change per step")
-    right.legend()
+        change.bar(
+            [i + offset for i in x], values, width=0.4, label=key.removeprefix("smoothness_")
+        )
+    change.axhline(0.02, color="k", ls=":", lw=1, label="target")
+    change.set(ylabel="action change per step")
+    for ax in (passed, spent, change):
+        ax.set_xticks(x, [r["variant"] for r in rows], rotation=20)
+    passed.legend()
+    change.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
