@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.action_filter import ActionRateLimit
 from envs.contract import (
     DEFAULT_KNOBS,
     ActionContract,
@@ -23,6 +24,7 @@ from envs.contract import (
     next_desired_replicas,
     replicas_knob_name,
 )
+from envs.domain import DomainRandomisation, RandomisedFleet
 from envs.scenarios import (
     REFERENCE_FLEET,
     GovernedFleet,
@@ -38,6 +40,18 @@ from slo.engine import AlertLevel
 
 #: Burn rates above this count as this in the reward (100% errors on a 99% SLO is 100x).
 MAX_REWARD_BURN = 50.0
+#: The SLI kinds of :mod:`slo.spec`, which :attr:`RewardConfig.overload_weights` are keyed by.
+SLI_KINDS = (
+    "ttft",
+    "itl",
+    "e2e",
+    "normalized_latency",
+    "streaming",
+    "availability",
+    "quality",
+    "context",
+    "fairness",
+)
 
 
 def sim_knobs(values: Mapping[str, float], fleet: GovernedFleet = REFERENCE_FLEET) -> Knobs:
@@ -69,6 +83,18 @@ class RewardConfig:
         environment) and CPU offload are charged relative to it.
     offload_cpu_share:
         Price of offloaded KV per replica, as a share of the replica's GPU price at offload 1.
+    smoothness:
+        Cost per unit of the step's mean absolute change of the knobs in force, in action units
+        (what the benchmark reports as action change per step); 0 leaves flipping free.
+    overload_weights:
+        Per SLI kind (``ttft``, ``availability``, ``quality``...), a factor on the burn and
+        exhaustion costs of its SLOs in overloaded steps, those whose arrivals reach
+        ``overload_load`` times the fleet's nominal capacity: e.g. latency and availability
+        above 1 and quality below it make exhausting a latency budget under overload cost more
+        than spending the quality budget that the cheap tier would spend to save it. Empty:
+        every SLO costs the same.
+    overload_load:
+        Arrivals per second, relative to the nominal capacity, from which a step is overloaded.
     """
 
     burn: float = 0.02
@@ -78,6 +104,36 @@ class RewardConfig:
     exhausted_multiplier: float = 2.0
     serving: float = 0.5
     offload_cpu_share: float = 0.2
+    smoothness: float = 0.0
+    overload_weights: Mapping[str, float] = field(default_factory=dict)
+    overload_load: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.overload_weights) - set(SLI_KINDS))
+        if unknown:
+            raise ValueError(
+                f"reward.overload_weights: unknown SLI kind(s) {unknown}; known: {list(SLI_KINDS)}"
+            )
+        negative = [k for k, w in self.overload_weights.items() if not w >= 0.0]
+        if negative or not self.smoothness >= 0.0 or not self.overload_load > 0.0:
+            raise ValueError(
+                "reward: smoothness and overload_weights must be >= 0 and overload_load > 0, "
+                f"got smoothness {self.smoothness}, overload_load {self.overload_load}, "
+                f"weights {dict(self.overload_weights)}"
+            )
+
+    @classmethod
+    def from_mapping(cls, data: RewardConfig | Mapping[str, Any] | None) -> RewardConfig:
+        """The weights of a preset's or ``run.json``'s ``reward`` mapping (defaults for the
+        rest); an unknown field is refused, naming it."""
+        if data is None or isinstance(data, cls):
+            return data or cls()
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"reward: unknown field(s) {unknown}; known: {known}")
+        values = {k: v if k == "overload_weights" else float(v) for k, v in data.items()}
+        return cls(**values)
 
 
 class LLMFleetEnv(gym.Env):
@@ -140,7 +196,10 @@ class LLMFleetEnv(gym.Env):
     busy GPU time at each GPU's price plus the CPU cost of offload, relative to the strong pool's
     initial replicas fully busy, times ``serving``. When elastic, the GPU time charged is the
     *provisioned* one (every replica from the start of its provisioning until it stops, busy or
-    idle), since idle capacity is what scaling saves. The reward is minus the sum.
+    idle), since idle capacity is what scaling saves. Optionally (both off by default):
+    ``smoothness`` times the step's mean absolute change of the knobs in force, and factors per
+    SLI kind on the burn and exhaustion costs of overloaded steps (``overload_weights``). The
+    reward is minus the sum.
 
     ## Starting State
 
@@ -168,15 +227,21 @@ class LLMFleetEnv(gym.Env):
     the reference fleet; a fleet file's :class:`envs.sim.SimConfig` or path: its pools, router,
     tenants, SLO spec, interval and episode length, with scenario loads relative to its measured
     capacity; knobs it has no counterpart for are held neutral and listed in
-    ``info["fixed_knobs"]``). The elastic scenarios
+    ``info["fixed_knobs"]``), ``randomisation`` (``None``; a
+    :class:`envs.domain.DomainRandomisation` or its mapping: load, lengths, tenant mix and
+    failure rate drawn around the scenario at each reset), ``action_filter`` (``None``; an
+    :class:`envs.action_filter.ActionRateLimit` or its mapping, ``{"max_step": 0.1}``: each
+    knob moves at most that far per step from the value in force, an integer knob one level,
+    the way an exported policy's graph limits it). ``reward`` may also be a mapping of
+    :class:`RewardConfig`'s fields. The elastic scenarios
     (:data:`envs.scenarios.ELASTIC_SCENARIOS`) are meant for ``elastic=True``; without it their
     replicas stay at their initial count. With it, every scenario's pools may scale.
 
     ## Version History
 
-    * v0: initial version; later gained ``elastic`` and per-scenario episode lengths
-      (``episode_hours=None``), leaving the fixed environment's contracts and dynamics as they
-      were.
+    * v0: initial version; later gained ``elastic``, per-scenario episode lengths
+      (``episode_hours=None``), ``randomisation``, ``action_filter`` and the optional reward
+      terms, leaving the contracts and, with them off, the dynamics as they were.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -193,6 +258,8 @@ class LLMFleetEnv(gym.Env):
         render_mode: str | None = None,
         elastic: bool = False,
         fleet: SimConfig | str | Path | None = None,
+        randomisation: DomainRandomisation | Mapping[str, Any] | None = None,
+        action_filter: ActionRateLimit | Mapping[str, Any] | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
@@ -219,7 +286,10 @@ class LLMFleetEnv(gym.Env):
         self.max_steps = self._episode_steps(self.scenario)
         self.warmup_s = float(warmup_s)
         self.initial_budget_spent = (float(low), float(high))
-        self.reward_config = reward or RewardConfig()
+        self.reward_config = RewardConfig.from_mapping(reward)
+        self.randomisation = (
+            None if randomisation is None else DomainRandomisation.from_mapping(randomisation)
+        )
         self.render_mode = render_mode
         self.elastic = bool(elastic)
 
@@ -243,6 +313,7 @@ class LLMFleetEnv(gym.Env):
         low_obs, high_obs = self.observation_contract.bounds()
         self.observation_space = spaces.Box(low_obs, high_obs, dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (len(self.action_contract.knobs),), np.float32)
+        self._init_action_shaping(action_filter)
 
     # ------------------------------------------------------------------------------------------
     # Gymnasium API
@@ -254,7 +325,7 @@ class LLMFleetEnv(gym.Env):
         if len(self.scenarios) > 1:
             self.scenario = self.scenarios[int(self.np_random.integers(len(self.scenarios)))]
         self.max_steps = self._episode_steps(self.scenario)
-        self.setup: ScenarioSetup = self.scenario.build(self.np_random, self.warmup_s, self.fleet)
+        self.setup: ScenarioSetup = self._build_scenario()
         if self.elastic:
             self.setup = replace(self.setup, config=scalable(self.setup.config))
         sim_seed = int(self.np_random.integers(2**63 - 1))
@@ -284,15 +355,18 @@ class LLMFleetEnv(gym.Env):
         return self._observation(), dict(self._last_info)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self.knob_values = self.fleet.in_force(self.action_contract.decode(action))
+        previous = self.knob_values
+        self.knob_values = self.fleet.in_force(self.action_contract.decode(self._filter(action)))
         self._apply_knobs()
         if self.elastic:
             self._scale_pools()
         good0, total0 = self.engine.cumulative_counts()
+        arrivals0 = self.sim.arrivals
         cost = self._advance(self.sim.now + self.control_interval_s)
         good1, total1 = self.engine.cumulative_counts()
         step_burn = self._step_burn(good1 - good0, total1 - total0)
-        components = self._reward_components(step_burn, cost)
+        components = self._reward_components(step_burn, cost, self._overloaded(arrivals0))
+        components["smoothness"] = self._smoothness_cost(previous)
         reward = -float(sum(components.values()))
         self.steps += 1
         truncated = self.steps >= self.max_steps
@@ -305,6 +379,52 @@ class LLMFleetEnv(gym.Env):
         if self.render_mode == "rgb_array":
             return self._render_rgb()
         return None
+
+    # ------------------------------------------------------------------------------------------
+    # Domain randomisation and action shaping
+
+    def _build_scenario(self) -> ScenarioSetup:
+        """This episode's draw of the scenario, on a fleet drawn by :attr:`randomisation`
+        (its draws added to the setup's parameters) or on the governed fleet itself."""
+        if self.randomisation is None:
+            return self.scenario.build(self.np_random, self.warmup_s, self.fleet)
+        fleet: RandomisedFleet = self.randomisation.sample(self.np_random, self.fleet)
+        setup = self.scenario.build(self.np_random, self.warmup_s, fleet)
+        setup.parameters.update(fleet.parameters or {})
+        return setup
+
+    def _init_action_shaping(self, action_filter: ActionRateLimit | Mapping | None) -> None:
+        """The action filter, and the per-SLO factors of :attr:`RewardConfig.overload_weights`."""
+        if action_filter is not None and not isinstance(action_filter, ActionRateLimit):
+            action_filter = ActionRateLimit.from_mapping(action_filter)
+        self.action_filter: ActionRateLimit | None = action_filter
+        if action_filter is not None:
+            self._step_limits = action_filter.step_limits(self.action_contract)
+        weights = self.reward_config.overload_weights
+        self._overload_factors = np.array(
+            [weights.get(self.slo_kinds[n], 1.0) for n in self.slo_names]
+        )
+
+    def _filter(self, action: np.ndarray) -> np.ndarray:
+        """The action that acts: through :attr:`action_filter` from the knobs in force (those
+        the observation shows), when there is one."""
+        if self.action_filter is None:
+            return action
+        in_force = self.action_contract.encode(self.knob_values)
+        return self.action_filter.apply(action, in_force, self._step_limits)
+
+    def _smoothness_cost(self, previous: Mapping[str, float]) -> float:
+        """:attr:`RewardConfig.smoothness` times the mean absolute change of the knobs in force
+        since ``previous``, in action units."""
+        encode = self.action_contract.encode
+        change = float(np.mean(np.abs(encode(self.knob_values) - encode(previous))))
+        return self.reward_config.smoothness * change
+
+    def _overloaded(self, arrivals_before: int) -> bool:
+        """Whether the step's arrivals reached :attr:`RewardConfig.overload_load` times the
+        nominal capacity."""
+        rate = (self.sim.arrivals - arrivals_before) / self.control_interval_s
+        return rate >= self.reward_config.overload_load * self.fleet.capacity_rps
 
     # ------------------------------------------------------------------------------------------
     # Simulation
@@ -401,18 +521,23 @@ class LLMFleetEnv(gym.Env):
         ratio = np.divide(bad, total, out=np.zeros_like(bad), where=total > 0)
         return ratio / (1.0 - self.engine.objectives)
 
-    def _reward_components(self, step_burn: np.ndarray, cost: float) -> dict[str, float]:
+    def _reward_components(
+        self, step_burn: np.ndarray, cost: float, overloaded: bool = False
+    ) -> dict[str, float]:
         rc = self.reward_config
         burn = np.minimum(step_burn, MAX_REWARD_BURN)
         exhausted = self.budget.budget_remaining <= 0.0
         newly = exhausted & ~self._exhausted
         self._exhausted = exhausted
         multiplier = np.where(exhausted, rc.exhausted_multiplier, 1.0)
-        per_slo = multiplier * (rc.burn * burn + rc.overspend * np.maximum(burn - 1.0, 0.0))
+        weight = self._overload_factors if overloaded else 1.0
+        per_slo = (
+            weight * multiplier * (rc.burn * burn + rc.overspend * np.maximum(burn - 1.0, 0.0))
+        )
         page = self.budget.page
         components = {f"burn/{n}": float(c) for n, c in zip(self.slo_names, per_slo, strict=True)}
         components["page"] = rc.page * float(page.sum())
-        components["exhaustion"] = rc.exhaustion * float(newly.sum())
+        components["exhaustion"] = rc.exhaustion * float(np.sum(weight * newly))
         components["serving"] = rc.serving * cost
         return components
 

@@ -95,6 +95,15 @@ SIDECAR = "sidecar"
 #: Variant of a baseline tuned over the policy's training scenarios (``NAME@fair``); its
 #: parameters are ``<baseline>/fair.json`` in the tuned directory.
 FAIR = "fair"
+#: Variant of a policy behind an out-of-distribution guard (``NAME+guard``,
+#: :mod:`eval.ood_guard`), benchmarked only when named.
+GUARD = "guard"
+
+
+def variant_suffix(variant: str) -> str:
+    """How a variant is written after a controller's name: ``+guard``, ``@sidecar``, ``@fair``."""
+    return f"+{variant}" if variant == GUARD else f"@{variant}"
+
 
 #: ``(runs done, runs in total)``, called after every run.
 ProgressCallback = Callable[[int, int], None]
@@ -372,7 +381,8 @@ class ControllerSpec:
     variant:
         :data:`SIDECAR` for a policy run through the sidecar's default guardrails
         (``NAME@sidecar``), :data:`FAIR` for a baseline with the parameters tuned over the
-        policy's training scenarios (``NAME@fair``), ``None`` otherwise.
+        policy's training scenarios (``NAME@fair``), :data:`GUARD` for a policy behind an
+        out-of-distribution guard (``NAME+guard``), ``None`` otherwise.
     """
 
     name: str
@@ -389,7 +399,7 @@ class ControllerSpec:
     @property
     def base_name(self) -> str:
         """The baseline's or policy's own name, without the variant."""
-        return self.name.removesuffix(f"@{self.variant}") if self.variant else self.name
+        return self.name.removesuffix(variant_suffix(self.variant)) if self.variant else self.name
 
     def unfit_reason(self, scenario: str, fleet: str | None = None) -> str | None:
         """Why this controller cannot govern ``scenario`` (on the fleet file ``fleet``), or
@@ -399,6 +409,12 @@ class ControllerSpec:
             return f"{self.name} cannot govern {scenario}: it needs an elastic scenario"
         if self.is_policy and elastic_scenario and not self.elastic:
             return f"{self.name} cannot govern {scenario}: its policy is for fixed fleets"
+        if self.variant == GUARD and (self.elastic or fleet is not None):
+            return (
+                f"{self.name} cannot govern {scenario}"
+                + (f" on {fleet}" if fleet else "")
+                + ": its fallback is tuned for the fixed reference fleet"
+            )
         if self.variant == FAIR and (elastic_scenario or fleet is not None):
             return (
                 f"{self.name} cannot govern {scenario}"
@@ -424,6 +440,10 @@ class ControllerSpec:
         from eval.policy_controller import OnnxController, SidecarGuardedController
 
         policy = OnnxController(context, self.policy_path)
+        if self.variant == GUARD:
+            from eval.ood_guard import guarded
+
+            return guarded(policy)
         return SidecarGuardedController(policy) if self.variant == SIDECAR else policy
 
 
@@ -475,21 +495,24 @@ def _controller_spec(name: str, zoo: dict[str, Path], zoo_dir: Path) -> Controll
     from policies.runtime import read_manifest
 
     base, _, variant = name.rpartition("@") if "@" in name else (name, "", "")
+    if not variant and name.endswith(variant_suffix(GUARD)):
+        base, variant = name.removesuffix(variant_suffix(GUARD)), GUARD
     if base in BASELINES and variant in ("", FAIR):
         if variant == FAIR and base == "vllm-defaults":
             raise ValueError("vllm-defaults has no parameters: it has no @fair variant")
         return ControllerSpec(name, elastic=BASELINES[base].needs_elastic, variant=variant or None)
     path = zoo.get(base) or (Path(base) if base.endswith(".onnx") else None)
-    if path is None or variant not in ("", SIDECAR):
+    if path is None or variant not in ("", SIDECAR, GUARD):
         known = ", ".join([*BASELINES, *zoo]) or "none"
         raise ValueError(
             f"unknown controller {name!r}: give a baseline (optionally NAME@{FAIR}), a policy of "
-            f"{zoo_dir} or a path to an .onnx file (optionally NAME@{SIDECAR}); known: {known}"
+            f"{zoo_dir} or a path to an .onnx file (optionally NAME@{SIDECAR} or NAME+{GUARD}); "
+            f"known: {known}"
         )
     manifest = read_manifest(path)  # PolicyFileError names what is wrong
     contract = manifest.observation_contract
     return ControllerSpec(
-        path.stem + (f"@{variant}" if variant else ""),
+        path.stem + (variant_suffix(variant) if variant else ""),
         str(path),
         manifest.provenance.scenarios,
         contract.elastic,

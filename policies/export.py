@@ -7,9 +7,11 @@ keeps the deterministic actor only::
     raw observation -> VecNormalize's normalisation (in float64, as VecNormalize computes it)
                     -> mlp_extractor.policy_net -> action_net -> clip to [-1, 1]
 
-which is what ``model.predict(vecnorm.normalize_obs(obs), deterministic=True)`` returns. The
-graph is checked with ``onnx.checker``, and onnxruntime's actions are compared with
-stable-baselines3's on random observations before anything is written.
+which is what ``model.predict(vecnorm.normalize_obs(obs), deterministic=True)`` returns, then,
+for a checkpoint trained with ``env_kwargs.action_filter``, the same rate limit the environment
+applied (:mod:`policies.action_filter`). The graph is checked with ``onnx.checker``, and
+onnxruntime's actions are compared with stable-baselines3's (filtered by the environment's numpy
+filter) on random observations before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from envs.fleet_env import LLMFleetEnv
+from policies.action_filter import append_rate_limit
 from policies.manifest import (
     INPUT_NAME,
     MIN_OPSET,
@@ -202,12 +206,46 @@ def _to_onnx(actor: DeterministicActor, n_features: int, opset: int) -> bytes:
     return model
 
 
-def parity_error(model: bytes, ppo: PPO, vecnorm: VecNormalize, observations: np.ndarray) -> float:
-    """Largest |onnxruntime action - ``ppo.predict(normalised, deterministic=True)``|."""
+#: ``(actions, observations) -> actions``: what the environment does to a policy's actions.
+ActionFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def parity_error(
+    model: bytes,
+    ppo: PPO,
+    vecnorm: VecNormalize,
+    observations: np.ndarray,
+    action_filter: ActionFilter | None = None,
+) -> float:
+    """Largest |onnxruntime action - ``ppo.predict(normalised, deterministic=True)``|, the
+    latter passed through ``action_filter`` when given."""
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     (ours,) = session.run([OUTPUT_NAME], {INPUT_NAME: observations})
     theirs, _ = ppo.predict(vecnorm.normalize_obs(observations), deterministic=True)
+    if action_filter is not None:
+        theirs = action_filter(theirs, observations)
     return float(np.max(np.abs(ours - theirs)))
+
+
+def _environment_filter(env: LLMFleetEnv) -> ActionFilter | None:
+    """The environment's action filter as a function of the observation, ``None`` without."""
+    rate_limit = env.action_filter
+    if rate_limit is None:
+        return None
+    return lambda actions, observations: rate_limit.apply_observed(
+        actions, observations, env.observation_contract, env.action_contract
+    )
+
+
+def _with_filter(model: bytes, env: LLMFleetEnv) -> bytes:
+    """The graph with the environment's action filter appended (unchanged without one)."""
+    if env.action_filter is None:
+        return model
+    graph = onnx.load_from_string(model)
+    filtered = append_rate_limit(
+        graph, env.action_filter, env.observation_contract, env.action_contract
+    )
+    return filtered.SerializeToString()
 
 
 def _export_actor(
@@ -217,10 +255,10 @@ def _export_actor(
     ppo, vecnorm = _load_model(checkpoint, env)
     normalisation = _normalisation(vecnorm, env.observation_contract.size)
     actor = DeterministicActor(ppo.policy, normalisation)
-    model = _to_onnx(actor, env.observation_contract.size, opset)
+    model = _with_filter(_to_onnx(actor, env.observation_contract.size, opset), env)
     low, high = env.observation_contract.bounds()
     observations = parity_observations(low, high, samples, np.random.default_rng(seed))
-    error = parity_error(model, ppo, vecnorm, observations)
+    error = parity_error(model, ppo, vecnorm, observations, _environment_filter(env))
     if not error <= PARITY_TOLERANCE:
         raise ExportError(
             f"{checkpoint}: onnxruntime differs from stable-baselines3 by {error:.2e} "
@@ -275,7 +313,7 @@ def export_checkpoint(
         normalisation=normalisation,
         onnx_sha256=hashlib.sha256(model).hexdigest(),
         opset=opset,
-        provenance=_provenance(run, checkpoint, error, parity_samples),
+        provenance=_provenance(run, checkpoint, error, parity_samples, env),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model)
@@ -297,7 +335,9 @@ def export_checkpoint(
     )
 
 
-def _provenance(run: Provenance, checkpoint: Path, error: float, samples: int) -> Provenance:
+def _provenance(
+    run: Provenance, checkpoint: Path, error: float, samples: int, env: LLMFleetEnv
+) -> Provenance:
     export: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "parity_max_abs_error": error,
@@ -307,4 +347,6 @@ def _provenance(run: Provenance, checkpoint: Path, error: float, samples: int) -
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
     }
+    if env.action_filter is not None:
+        export["action_filter"] = env.action_filter.to_dict()
     return replace(run, export=export)

@@ -408,3 +408,72 @@ def test_an_export_within_the_parity_tolerance_is_written(checkpoint, tmp_path, 
     result = export_checkpoint(checkpoint, tmp_path / "drifted.onnx", parity_samples=200)
     assert PARITY_TOLERANCE / 8 < result.parity_max_abs_error <= PARITY_TOLERANCE
     assert result.onnx_path.exists() and result.manifest_path.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The action filter inside the graph (issue 16)
+
+RATE_LIMIT = {"max_step": 0.1}
+
+
+@pytest.fixture(scope="module")
+def filtered_checkpoint(checkpoint, tmp_path_factory) -> Path:
+    """The same checkpoint, its run.json saying it was trained with a rate limit."""
+    path = tmp_path_factory.mktemp("filtered-checkpoint")
+    for name in ("model.zip", "vecnormalize.pkl"):
+        shutil.copy(checkpoint / name, path / name)
+    run = RUN | {"env_kwargs": ENV_KWARGS | {"action_filter": RATE_LIMIT}}
+    (path / "run.json").write_text(json.dumps(run))
+    return path
+
+
+def test_an_exported_rate_limit_is_the_environment_filter_after_sb3(
+    filtered_checkpoint, tmp_path
+) -> None:
+    result = export_checkpoint(filtered_checkpoint, tmp_path / "filtered.onnx")
+    env = LLMFleetEnv(scenario=RUN["scenarios"], action_filter=RATE_LIMIT, **ENV_KWARGS)
+    model = PPO.load(filtered_checkpoint / "model.zip", device="cpu")
+    vecnorm = VecNormalize.load(str(filtered_checkpoint / "vecnormalize.pkl"), DummyVecEnv([_env]))
+    obs = _observations(env, 1000, seed=2)
+    raw, _ = model.predict(vecnorm.normalize_obs(obs), deterministic=True)
+    features = env.action_filter.in_force_features(env.observation_contract, env.action_contract)
+    limits = env.action_filter.step_limits(env.action_contract)
+    actions = load_policy(result.onnx_path).act(obs)
+    expected = env.action_filter.apply_observed(
+        raw, obs, env.observation_contract, env.action_contract
+    )
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=PARITY_TOLERANCE)
+    in_force = np.clip(obs[:, features], -1.0, 1.0)
+    assert np.all(np.abs(actions - in_force) <= limits + 1e-6)
+    assert np.mean(np.abs(actions - raw) > 1e-3) > 0.3  # the filter acts on most of them
+    assert result.manifest.provenance.export["action_filter"] == RATE_LIMIT
+    assert result.manifest.provenance.env_kwargs["action_filter"] == RATE_LIMIT
+
+
+def test_an_export_that_drops_the_trained_filter_fails_its_parity_check(
+    filtered_checkpoint, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr("policies.export._with_filter", lambda model, env: model)
+    out = tmp_path / "unfiltered.onnx"
+    with pytest.raises(ExportError, match="differs from stable-baselines3"):
+        export_checkpoint(filtered_checkpoint, out, parity_samples=200)
+    assert not out.exists()
+
+
+def test_a_filtered_policy_is_the_policy_moved_at_most_max_step(exported, tmp_path) -> None:
+    from envs.action_filter import ActionRateLimit
+    from policies.action_filter import filter_policy
+
+    rate_limit = ActionRateLimit(0.05)
+    out = filter_policy(exported.onnx_path, tmp_path / "slow.onnx", rate_limit)
+    policy, slow = load_policy(exported.onnx_path), load_policy(out)
+    manifest = slow.manifest
+    assert manifest.onnx_sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert manifest.provenance.export["action_filter"] == {"max_step": 0.05}
+    assert manifest.observation_contract == policy.manifest.observation_contract
+    contract = manifest.observation_contract
+    obs = parity_observations(*contract.bounds(), 500, np.random.default_rng(3))
+    expected = rate_limit.apply_observed(policy.act(obs), obs, contract, manifest.action_contract)
+    np.testing.assert_allclose(slow.act(obs), expected, rtol=0, atol=PARITY_TOLERANCE)
+    with pytest.raises(ValueError, match="already carries an action filter"):
+        filter_policy(out, tmp_path / "slower.onnx", rate_limit)

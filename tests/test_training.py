@@ -20,6 +20,7 @@ from envs.scenarios import ELASTIC_SCENARIOS, TRAINING_SCENARIOS
 from eval.cli import app
 from slo.prometheus_server import free_port
 from training.config import PresetError, load_preset
+from training.learner import make_training_env
 from training.run import point_best, resolve_best
 
 TINY = {
@@ -43,6 +44,7 @@ def write_preset(directory: Path, **changes) -> Path:
     [
         ("quick", TRAINING_SCENARIOS, None),
         ("standard", TRAINING_SCENARIOS, None),
+        ("standard-v3", TRAINING_SCENARIOS, None),
         ("elastic", ELASTIC_SCENARIOS, True),
     ],
 )
@@ -77,6 +79,18 @@ def test_bundled_presets_train_on_every_scenario_of_their_fleet_kind(
         ({"workers": 0}, "workers: Input should be greater than or equal to 1"),
         ({"env_kwargs": {"episode_hours": 0}}, "env_kwargs.episode_hours: Input should be greater"),
         (
+            {"env_kwargs": {"randomisation": {"load_scale": [1.5, 0.4]}}},
+            "env_kwargs.randomisation: Value error, load_scale: Value error, must satisfy",
+        ),
+        (
+            {"env_kwargs": {"action_filter": {"max_step": 5}}},
+            "env_kwargs.action_filter: Value error, action_filter.max_step must be in (0, 2]",
+        ),
+        (
+            {"env_kwargs": {"reward": {"overload_weights": {"latency": 2}}}},
+            "env_kwargs.reward: Value error, reward.overload_weights: unknown SLI kind(s)",
+        ),
+        (
             {"search": {"grace_timesteps": 512, "space": {"n_envs": {"choice": [1, 2]}}}},
             "cannot search n_envs",
         ),
@@ -91,6 +105,15 @@ def test_bad_preset_names_the_field(tmp_path: Path, changes: dict, message: str)
     with pytest.raises(PresetError, match="tiny.yaml") as error:
         load_preset(path)
     assert message in str(error.value)
+
+
+def test_the_retrain_preset_hands_its_ingredients_to_the_environment() -> None:
+    preset = load_preset("standard-v3")
+    env = make_training_env(preset.scenarios, preset.env_kwargs.as_kwargs()).unwrapped
+    assert env.action_filter.max_step == 0.1
+    assert env.reward_config.smoothness > 0 and env.reward_config.overload_weights["ttft"] > 1
+    assert env.randomisation.load_scale == (0.7, 1.6)
+    assert env.randomisation.prompt_scale == env.randomisation.output_scale == (0.5, 3.0)
 
 
 def test_unreadable_presets_are_reported(tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
     @perf.command("train")
     def perf_train(
         timesteps: int = typer.Option(16384, help="PPO timesteps per trial.", min=1),
+        preset: str = typer.Option(
+            "quick", help="Preset whose environment and hyperparameters the trials run."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """PPO steps/s: one trial, two at once, and one with two rollout workers.
@@ -29,8 +32,8 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         from training.perf import run
 
         try:
-            figures = run(timesteps)
-        except ValueError as exc:
+            figures = run(timesteps, preset)
+        except ValueError as exc:  # PresetError too
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         echo_figures(figures, as_json)

@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from envs.scenario_names import ELASTIC_SCENARIO_NAMES, HELD_OUT_SCENARIO_NAMES, SCENARIO_NAMES
 from slo.files import TextFileError, read_text
@@ -92,6 +100,41 @@ class EnvKwargs(_Strict):
     fleet: str | None = Field(
         None, description="fleet file trained on: a name of examples/fleets or a path"
     )
+    randomisation: dict[str, Any] | None = Field(
+        None, description="envs.domain.DomainRandomisation: ranges drawn at each reset"
+    )
+    action_filter: dict[str, float] | None = Field(
+        None, description="envs.action_filter.ActionRateLimit, {max_step: ...} (graph too)"
+    )
+    reward: dict[str, Any] | None = Field(
+        None, description="envs.fleet_env.RewardConfig weights that differ from the defaults"
+    )
+
+    @field_validator("randomisation", "action_filter", "reward")
+    @classmethod
+    def _environment_accepts(
+        cls, value: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        """What the environment will build from the mapping, built now (imported lazily: the
+        simulator is heavy), so a mistake is reported when the preset loads."""
+        if value is None:
+            return None
+        from envs.action_filter import ActionRateLimit
+        from envs.domain import DomainRandomisation
+        from envs.fleet_env import RewardConfig
+
+        build = {
+            "randomisation": DomainRandomisation.from_mapping,
+            "action_filter": ActionRateLimit.from_mapping,
+            "reward": RewardConfig.from_mapping,
+        }[info.field_name]
+        try:
+            build(value)
+        except ValidationError as exc:
+            raise ValueError(_problems(exc)) from None
+        except TypeError as exc:  # a value of the wrong type
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("fleet")
     @classmethod
@@ -267,15 +310,18 @@ class Preset(_Strict):
         return _validate(data, f"preset {self.name!r} with overrides")
 
 
+def _problems(exc: ValidationError) -> str:
+    """Every error of ``exc`` as ``field.path: message``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()
+    )
+
+
 def _validate(data: Any, source: str) -> Preset:
     try:
         return Preset.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise PresetError(f"{source}: {problems}") from None
+        raise PresetError(f"{source}: {_problems(exc)}") from None
 
 
 def preset_path(name_or_path: str | Path) -> Path:

@@ -1,9 +1,9 @@
 """``budgetpilot perf train``: PPO throughput of one Ray trial alone, of two at once, and of
 one trial collecting its rollouts in two workers.
 
-Every measurement runs the quick preset as real Tune trials (one thread per process, one CPU
-per worker); a trial's throughput is its learning timesteps over its learning time, leaving out
-its first chunk (process start, numba cache loading, torch warm-up).
+Every measurement runs a preset (the quick one unless told) as real Tune trials (one thread per
+process, one CPU per worker); a trial's throughput is its learning timesteps over its learning
+time, leaving out its first chunk (process start, numba cache loading, torch warm-up).
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ class TrialSpeed:
         return cls(steps / wall, steps / cpu)
 
 
-def _trial_speeds(trials: int, timesteps: int, root: Path, workers: int = 1) -> list[TrialSpeed]:
+def _trial_speeds(
+    trials: int, timesteps: int, root: Path, workers: int = 1, preset_name: str = PRESET
+) -> list[TrialSpeed]:
     """Speeds of ``trials`` trials run side by side, each with ``workers`` rollout workers, on a
     local Ray with just the CPUs they need."""
-    preset = load_preset(PRESET)
+    preset = load_preset(preset_name)
     chunk = preset.ppo.rollout_steps
     preset = preset.with_overrides(timesteps=timesteps, chunk_timesteps=chunk, workers=workers)
     out = root / f"trials{trials}-workers{workers}"
@@ -49,7 +51,7 @@ def _trial_speeds(trials: int, timesteps: int, root: Path, workers: int = 1) -> 
     return [TrialSpeed.from_results(d) for d in sorted(out.glob("seed*")) if d.is_dir()]
 
 
-def run(timesteps: int = 16384) -> dict[str, float]:
+def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float]:
     """Measure ``ppo_steps_per_s`` (one trial), ``ppo_steps_per_s_parallel`` (two trials at
     once, summed), ``parallel_efficiency`` (their ratio to twice one trial), and
     ``rollout_scaling_2``: one trial's steps/s with two rollout workers over one worker's.
@@ -61,18 +63,20 @@ def run(timesteps: int = 16384) -> dict[str, float]:
     Parameters
     ----------
     timesteps:
-        Timesteps per trial; at least two rollouts of the quick preset (one is warm-up).
+        Timesteps per trial; at least two rollouts of the preset (one is warm-up).
+    preset:
+        The preset run (``standard-v3``: what its randomised, filtered environment costs).
     """
-    rollout = load_preset(PRESET).ppo.rollout_steps
+    rollout = load_preset(preset).ppo.rollout_steps
     if timesteps < 2 * rollout or timesteps % rollout:
         raise ValueError(f"--timesteps must be a multiple of {rollout}, at least {2 * rollout}")
     with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-") as root:
-        (single,) = _trial_speeds(1, timesteps, Path(root))
-        pair = _trial_speeds(2, timesteps, Path(root))
-        (two_workers,) = _trial_speeds(1, timesteps, Path(root), workers=2)
+        (single,) = _trial_speeds(1, timesteps, Path(root), preset_name=preset)
+        pair = _trial_speeds(2, timesteps, Path(root), preset_name=preset)
+        (two_workers,) = _trial_speeds(1, timesteps, Path(root), 2, preset)
     parallel = sum(t.steps_per_s for t in pair)
     return {
-        "preset": PRESET,
+        "preset": preset,
         "timesteps": timesteps,
         "ppo_steps_per_s": single.steps_per_s,
         "ppo_steps_per_s_parallel": parallel,
