@@ -74,7 +74,7 @@ from envs.fleet_env import LLMFleetEnv, sim_knobs
 from envs.scenarios import env_kwargs_for
 from envs.sim import FleetStats, ReplicaState, SimConfig
 from envs.twin_faults import FaultError, PageFault
-from slo.events import REQUEST_EVENT_DTYPE, Outcome, empty_events
+from slo.events import REQUEST_EVENT_DTYPE, empty_events, finished_by_engine
 from slo.exposition import ExpositionRenderer
 from slo.metrics import load_mapping
 from slo.spec import ServiceSpec
@@ -333,7 +333,7 @@ class _Engine(_Page):
         """Account the request events this replica ended."""
         self.exposition.add(events)
         if self.finished_name is not None:
-            self.finished += int(np.count_nonzero(_finished_by_engine(events)))
+            self.finished += int(np.count_nonzero(finished_by_engine(events)))
 
     def collect(self) -> Iterator[Metric]:
         """Scheduler gauges and counters, from the last tick's fleet stats."""
@@ -354,13 +354,6 @@ class _Engine(_Page):
                 family = kind(name, ENGINE_HELP[name], labels=self.label_names)
                 family.add_metric(self.label_values, float(value))
                 yield family
-
-
-def _finished_by_engine(events: np.ndarray) -> np.ndarray:
-    """Which requests an engine finished: served, or aborted once it held them (what vLLM's
-    ``request_success`` counts, :mod:`slo.exposition`; failed ones died with the engine)."""
-    outcome = events["outcome"]
-    return (outcome == Outcome.SERVED) | ((outcome == Outcome.ABORTED) & (events["tier"] >= 0))
 
 
 class _Router(_Page):
