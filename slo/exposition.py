@@ -73,15 +73,16 @@ def length_histograms(mapping: MetricMapping, max_model_len: int) -> tuple[Reque
     """The prompt and generation length histograms of finished requests, with the engine's
     default buckets: SGLang's fixed lists for ``sglang:`` names, vLLM's 1-2-5 series up to
     ``max_model_len`` otherwise."""
-    sglang = (mapping.prompt_tokens or "").startswith("sglang:")
-    prompt = SGLANG_PROMPT_TOKENS_BUCKETS if sglang else length_buckets_1_2_5(max_model_len)
-    generation = SGLANG_GENERATION_TOKENS_BUCKETS if sglang else prompt
+    if (mapping.prompt_tokens or "").startswith("sglang:"):
+        prompt, generation = SGLANG_PROMPT_TOKENS_BUCKETS, SGLANG_GENERATION_TOKENS_BUCKETS
+        helps = ("Histogram of prompt token length.", "Histogram of generation token length.")
+    else:
+        prompt = generation = length_buckets_1_2_5(max_model_len)
+        helps = ("Number of prefill tokens processed.", "Number of generation tokens processed.")
     return (
-        ("prompt_tokens", _tokens_of_finished("prompt_tokens"), prompt,
-         "Number of prefill tokens processed."),
-        ("generation_tokens", _tokens_of_finished("output_tokens"), generation,
-         "Number of generation tokens processed."),
-    )  # fmt: skip
+        ("prompt_tokens", _tokens_of_finished("prompt_tokens"), prompt, helps[0]),
+        ("generation_tokens", _tokens_of_finished("output_tokens"), generation, helps[1]),
+    )
 
 
 class ExpositionRenderer:

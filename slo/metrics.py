@@ -71,9 +71,10 @@ class MetricMapping:
     ``waiting`` and ``running`` (gauges: requests queued, requests in the running batch),
     ``preemptions`` (counter: requests preempted, their KV cache freed to be recomputed or
     swapped back later) and ``finished`` (counter: requests finished, whatever the reason); and
-    the length histograms of finished requests, ``prompt_tokens`` and ``generation_tokens``
-    (what ``budgetpilot fit`` fits the traffic's lengths to). The engine twin renders these
-    names and the sidecar reads them.
+    the length histograms of finished requests, ``prompt_tokens`` and ``generation_tokens``,
+    and the token counters ``prompt_tokens_total`` and ``generation_tokens_total`` (what
+    ``budgetpilot fit`` fits the traffic's lengths to). The engine twin renders these names
+    and the sidecar reads them.
     """
 
     name: str
@@ -89,6 +90,8 @@ class MetricMapping:
     finished: str | None = None
     prompt_tokens: str | None = None
     generation_tokens: str | None = None
+    prompt_tokens_total: str | None = None
+    generation_tokens_total: str | None = None
     model_label: str = "model_name"
     sli_events: str = "budgetpilot:sli_events_total"
     tenant_sli_events: str = "budgetpilot:tenant_sli_events_total"
@@ -105,6 +108,8 @@ _VLLM_SCHEDULER = {
     "finished": "vllm:request_success_total",
     "prompt_tokens": "vllm:request_prompt_tokens",
     "generation_tokens": "vllm:request_generation_tokens",
+    "prompt_tokens_total": "vllm:prompt_tokens_total",
+    "generation_tokens_total": "vllm:generation_tokens_total",
 }
 # SGLang preempts by retracting requests (their KV cache freed, to be recomputed). Recent SGLang
 # counts them in sglang:num_retracted_requests_total (its series appears at the first
@@ -119,6 +124,8 @@ _SGLANG_SCHEDULER = {
     # Exported when SGLang runs with --collect-tokens-histogram.
     "prompt_tokens": "sglang:prompt_tokens_histogram",
     "generation_tokens": "sglang:generation_tokens_histogram",
+    "prompt_tokens_total": "sglang:prompt_tokens_total",
+    "generation_tokens_total": "sglang:generation_tokens_total",
 }
 
 BUILTIN_MAPPINGS: dict[str, MetricMapping] = {
