@@ -104,7 +104,10 @@ def test_fit_recovers_an_unknown_fleet_from_prometheus_and_scrapes(prometheus_se
     out = tmp_path / "fitted.yaml"
     interval = ["--start", f"{run.t0:.0f}", "--end", f"{run.t1:.0f}", "--step", f"{STEP_S:g}"]
     figures = fit_json("--prometheus", server.url, *interval, "-o", str(out), *MODELS)
-    from_scrapes = fit_json("--scrapes", str(run.scrapes), "-o", str(tmp_path / "s.yaml"), *MODELS)
+    scrapes_out = str(tmp_path / "s.yaml")
+    from_scrapes = fit_json(
+        "--scrapes", str(run.scrapes), "-o", scrapes_out, "--no-calibrate", *MODELS
+    )
 
     assert figures["rate_rps"] == pytest.approx(run.rate, rel=0.05)
     assert figures["prompt_tokens_mean"] == pytest.approx(PROMPT_MEAN, rel=0.10)
