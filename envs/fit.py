@@ -7,10 +7,11 @@ saved scrapes) :func:`fit_fleet` makes a fleet file (:class:`envs.sim.SimConfig`
   tenant label) from the finished-request counter (``vllm:request_success_total``, SGLang's
   ``sglang:num_requests_total``), as a Poisson workload at the interval's mean rate whose tenants
   split it per model and tenant; the rate curve goes to the calibration report;
-* **lengths**: prompt and output lengths as lognormal distributions (:class:`envs.sim.config.
-  LognormalLengths`) from the length histograms (``vllm:request_prompt_tokens`` and
-  ``vllm:request_generation_tokens``, SGLang's ``*_tokens_histogram``): the mean is the
-  histogram's exact ``_sum / _count``, the spread the one whose CDF is closest to the buckets';
+* **lengths**: prompt and output length distributions (:class:`envs.sim.config.
+  LengthDistributions`) from the length histograms (``vllm:request_prompt_tokens`` and
+  ``vllm:request_generation_tokens``, SGLang's ``*_tokens_histogram``): the histogram's exact
+  mean (``_sum / _count``), its CDF at the bucket bounds, and the spread of the lognormal whose
+  CDF is closest to the buckets' (for the tails beyond them);
 * **pools and replicas** from the series' labels: a pool per value of the pool label (default
   ``pool``), its model from the model label, its replicas the distinct values of the replica
   label (the first of ``pod``, ``replica``, ``instance`` the series carry).
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.sim.catalog import resolve_model
-from envs.sim.config import ConfigError, LognormalLengths, SimConfig
+from envs.sim.config import ConfigError, LengthDistributions, SimConfig
 from envs.sim.workload import get_length_model
 from slo.metrics import MetricMapping
 from slo.series import MetricsSource, Series
@@ -443,7 +444,7 @@ def _lengths_entry(lengths: Mapping[str, LengthFit]) -> dict[str, object]:
         | ({"cdf": fit.cdf} if fit.cdf else {})
         for which, fit in lengths.items()
     }
-    return LognormalLengths.model_validate(entry).model_dump()
+    return LengthDistributions.model_validate(entry).model_dump()
 
 
 def parse_model_options(values: Sequence[str]) -> dict[str, str]:

@@ -14,8 +14,9 @@ from envs.twin_cli import fail
 from slo.cli import positive
 
 if TYPE_CHECKING:
-    from envs.fit import FleetFit
+    from envs.fit import FitOptions, FleetFit
     from envs.fit_report import SLICalibration
+    from slo.series import MetricsSource
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -107,7 +108,7 @@ def fit(
 
     Reads the engines' counters over [--start, --end] from Prometheus (--prometheus URL) or from
     a directory of saved scrapes (--scrapes DIR): the arrival rate per model (and tenant) from
-    the finished-request counters, lognormal prompt and output lengths from the length
+    the finished-request counters, prompt and output length distributions from the length
     histograms, pools and replicas from the series' labels. Writes the fleet file (-o) and a
     calibration report: the fitted fleet simulated over as long, its TTFT, ITL and E2E
     quantiles against the observed ones. What the metrics cannot tell is listed with what was
@@ -139,7 +140,7 @@ def fit(
 
 def _source(
     prometheus: str | None, scrapes: Path | None, start: str | None, end: str | None, step: float
-) -> Any:
+) -> MetricsSource:
     from slo.series import PrometheusSource, ScrapesSource
 
     if (prometheus is None) == (scrapes is None):
@@ -163,7 +164,12 @@ def _write_fleet(fitted: FleetFit, out: Path) -> None:
 
 
 def _calibrate(
-    fitted: FleetFit, source: Any, options: Any, seed: int, out: Path, report: Path | None
+    fitted: FleetFit,
+    source: MetricsSource,
+    options: FitOptions,
+    seed: int,
+    out: Path,
+    report: Path | None,
 ) -> list[SLICalibration]:
     from envs.fit_report import WARMUP_S, calibrate, write_report
     from slo.progress import ProgressReport

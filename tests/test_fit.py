@@ -123,6 +123,17 @@ def test_fit_recovers_an_unknown_fleet_from_prometheus_and_scrapes(prometheus_se
     observed = ttft_percentiles(run.events)
     assert simulated == pytest.approx(observed, rel=0.15), (simulated, observed)
 
+    before = ["--start", f"{run.t0 - 7200:.0f}", "--end", f"{run.t0 - 3600:.0f}"]
+    refused = {
+        "no samples of vllm:request_success_total between": before,
+        "answered HTTP 400: exceeded maximum resolution": [*interval[:4], "--step", "0.01"],
+    }
+    for message, args in refused.items():
+        result = runner.invoke(
+            app, ["fit", "--prometheus", server.url, *args, "-o", str(tmp_path / "x.yaml")]
+        )
+        assert result.exit_code == 2 and message in result.stderr, result.output
+
     report = out.with_suffix(".calibration.md").read_text()
     assert re.search(r"\| ttft \| p99 \| [\d.]+ \| [\d.]+ \| [+-][\d.]+% \|", report), report
     assert out.with_suffix(".calibration.png").stat().st_size > 10_000

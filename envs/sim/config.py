@@ -409,7 +409,7 @@ class LengthDistribution(_Strict):
         return Marginal(self.mean, self.sigma, self.cdf)
 
 
-class LognormalLengths(_Strict):
+class LengthDistributions(_Strict):
     """Prompt and output lengths (:class:`LengthDistribution`) joined by the correlation of
     their normal scores (what ``budgetpilot fit`` writes from an engine's length histograms)."""
 
@@ -443,7 +443,7 @@ class WorkloadConfig(_Strict):
     rate: float | None = Field(None, gt=0.0)
     load: float | None = Field(None, gt=0.0, description="multiple of the measured capacity")
     lengths: Annotated[
-        Annotated[str, Tag("name")] | Annotated[LognormalLengths, Tag("distributions")],
+        Annotated[str, Tag("name")] | Annotated[LengthDistributions, Tag("distributions")],
         Discriminator(lambda v: "name" if isinstance(v, str) else "distributions"),
     ] = "azure-conv"
     trace: str | None = None
@@ -461,7 +461,7 @@ class WorkloadConfig(_Strict):
 
     @field_validator("lengths")
     @classmethod
-    def _known_lengths(cls, name: str | LognormalLengths) -> str | LognormalLengths:
+    def _known_lengths(cls, name: str | LengthDistributions) -> str | LengthDistributions:
         if isinstance(name, str) and name not in LENGTH_MODELS:
             raise ValueError(f"unknown length model {name!r}; known: {', '.join(LENGTH_MODELS)}")
         return name

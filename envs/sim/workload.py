@@ -48,10 +48,10 @@ Z_GRID = np.round(np.linspace(-4.0, 4.0, 161), 10)
 class Marginal:
     """A token-length distribution of a known mean: lognormal of spread ``sigma`` (the standard
     deviation of the log length), or, given ``cdf`` (tokens -> share of lengths at or below, a
-    histogram's), the quantiles of the CDF, uniform within each of its buckets as
-    Prometheus's ``histogram_quantile`` reads them, and lognormal of spread ``sigma`` beyond its
-    first and last share when those are not 0 and 1. The tabulated quantiles are scaled to keep
-    ``mean`` (the table clamps the tails at scores -4 and 4).
+    histogram's), the quantiles of the CDF, the log length linear in the share within each of
+    its buckets (lengths spread evenly on a log scale, as the buckets are), and lognormal of
+    spread ``sigma`` beyond its first and last share when those are not 0 and 1. The tabulated
+    quantiles are scaled to keep ``mean`` (the table clamps the tails at scores -4 and 4).
     """
 
     def __init__(self, mean: float, sigma: float, cdf: Mapping[float, float] | None = None):
@@ -76,10 +76,15 @@ class Marginal:
             return lognormal
         tokens = np.array(sorted(self.cdf))
         shares = np.maximum.accumulate([self.cdf[t] for t in tokens])
-        # Uniform within each bucket (Prometheus's histogram_quantile), the lognormal's slope
-        # beyond the first and last share the CDF knows.
-        shares, first = np.unique(shares, return_index=True)
-        tokens = tokens[first]
+        # Log-uniform within each bucket (length distributions are skewed: a bucket's mass sits
+        # near its lower bound), the lognormal's slope beyond the first and last share known.
+        # A share held over several bounds: no length between them, so the next bucket starts
+        # at the last (a share of 1 ends at the first: no length above it).
+        unique, last = np.unique(shares[::-1], return_index=True)
+        index = len(shares) - 1 - last
+        if unique[-1] >= 1.0:
+            index[-1] = int(np.argmax(shares >= 1.0))
+        shares, tokens = unique, tokens[index]
         p = np.array([NormalDist().cdf(z) for z in Z_GRID])
         table = np.interp(p, shares, np.log(tokens))
         for end in (0, -1):
