@@ -20,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from envs.fit import FitError, FitOptions, fit_fleet
+from envs.fit import FitError, FitOptions, FleetFit, fit_fleet
 from envs.fit_cli import parse_time
 from envs.fit_report import WARMUP_S
 from envs.sim.config import ConfigError, SimConfig
@@ -156,11 +156,22 @@ def rewritten(scrapes: Path, directory: Path, edit) -> Path:
     return directory
 
 
-def fit_of(directory: Path, **options) -> object:
+def fit_of(directory: Path, **options) -> FleetFit:
+    options = {"mapping": load_mapping("vllm")} | options
     models = {"strong": "llama-3-8b", "fast": "llama-3.2-1b"}
-    return fit_fleet(
-        ScrapesSource(directory), FitOptions(load_mapping("vllm"), models=models, **options)
-    )
+    return fit_fleet(ScrapesSource(directory), FitOptions(models=models, **options))
+
+
+def test_sglang_fleet_is_fitted_from_its_own_names(scrapes, tmp_path):
+    """SGLang's request counter and token histograms give the fit vLLM's do (same traffic)."""
+    twin = EngineTwin("steady", seed=3, speed=0, mapping="sglang")
+    sglang = TwinRun(twin, tmp_path, minutes=5, t0=1_765_000_000.0).scrapes
+    fitted = fit_of(sglang, mapping=load_mapping("sglang"))
+    vllm = fit_of(scrapes)
+    assert fitted.rate == pytest.approx(vllm.rate, rel=1e-6)
+    assert fitted.lengths["prompt"].source == "sglang:prompt_tokens_histogram"
+    for which in ("prompt", "output"):
+        assert fitted.lengths[which].mean == pytest.approx(vllm.lengths[which].mean, rel=1e-6)
 
 
 def test_twin_pages_hold_vllm_length_histograms(scrapes):
