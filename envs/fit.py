@@ -43,8 +43,10 @@ ASSUMED_SIGMA = 1.0
 #: Length model whose mean and spread stand in when neither length histograms nor token
 #: counters are exported.
 FALLBACK_LENGTHS = "azure-conv"
-#: Index of dispersion of per-step request counts above which the rate is said to vary.
-VARYING_DISPERSION = 2.0
+#: Blocks over which the rate curve is compared, and the spread of their rates (relative to the
+#: mean) above which the rate is said to vary.
+RATE_BLOCK_S = 300.0
+VARYING_RANGE = 0.25
 
 
 class FitError(ValueError):
@@ -258,17 +260,23 @@ def _rate_curve(
 def _note_varying_rate(
     times: np.ndarray, curve: Mapping[object, np.ndarray], notes: list[str]
 ) -> None:
-    """Name a rate that varies beyond Poisson noise: the fleet file holds its mean."""
+    """Name a rate that varies from one :data:`RATE_BLOCK_S` block to another by more than
+    :data:`VARYING_RANGE` of its mean (completions are too bursty for a test on single steps):
+    the fleet file holds its mean."""
     counts = sum(curve.values()) * np.diff(times)
-    mean = float(counts.mean()) if len(counts) else 0.0
-    if len(counts) > 2 and mean > 0:
-        dispersion = float(counts.var(ddof=1)) / mean
-        if dispersion > VARYING_DISPERSION:
-            notes.append(
-                f"traffic: the arrival rate varies over the interval (index of dispersion "
-                f"{dispersion:.1f} per step, 1 for Poisson): the fleet file holds its mean as a "
-                "poisson workload; the curve is in the calibration report"
-            )
+    block = max(1, round(RATE_BLOCK_S / float(np.median(np.diff(times)))))
+    blocks = len(counts) // block
+    if blocks < 3:
+        return
+    spans = np.diff(times)[: blocks * block].reshape(blocks, block).sum(axis=1)
+    rates = counts[: blocks * block].reshape(blocks, block).sum(axis=1) / spans
+    spread = (rates.max() - rates.min()) / rates.mean() if rates.mean() > 0 else 0.0
+    if spread > VARYING_RANGE:
+        notes.append(
+            f"traffic: the arrival rate varies over the interval ({rates.min():.3g} to "
+            f"{rates.max():.3g} requests/s in {RATE_BLOCK_S / 60:g}-minute blocks): the fleet "
+            "file holds its mean as a poisson workload; the curve is in the calibration report"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def _source(
 def _write_fleet(fitted: FleetFit, out: Path) -> None:
     import yaml
 
-    document = fitted.config.model_dump(mode="json", exclude_unset=True)
+    document = fitted.config.model_dump(exclude_unset=True)  # token counts as numbers
     header = "".join(f"# {note}\n" for note in ["Written by budgetpilot fit.", *fitted.notes])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(document, sort_keys=False))

@@ -113,6 +113,7 @@ def test_fit_recovers_an_unknown_fleet_from_prometheus_and_scrapes(prometheus_se
     assert figures["prompt_tokens_mean"] == pytest.approx(PROMPT_MEAN, rel=0.10)
     assert figures["output_tokens_mean"] == pytest.approx(OUTPUT_MEAN, rel=0.10)
     assert figures["pools"] == {"strong": 3, "cheap": 1}
+    assert not any("varies" in note for note in figures["notes"])  # steady: Poisson arrivals
     for key in ("rate_rps", "prompt_tokens_mean", "output_tokens_mean", "pools"):
         assert from_scrapes[key] == pytest.approx(figures[key], rel=0.01), key
 
@@ -281,6 +282,24 @@ def test_series_without_pool_label_make_one_pool_per_model(scrapes, tmp_path):
         )
         fit_of(partly)
     assert fit_of(scrapes, pool_label="replica").config.pools[0].replicas == 1
+
+
+def test_a_varying_rate_is_named(tmp_path):
+    """10 requests/s for ten minutes, then 20: the mean and the curve's range are named."""
+    finished = 0.0
+    for k in range(81):
+        finished += 15 * (10 if k <= 40 else 20) if k else 0
+        sample = (
+            f'vllm:request_success_total{{model_name="strong",replica="a",pool="p"}} {finished}'
+        )
+        (tmp_path / f"{k * 15}.prom").write_text(
+            f"# TYPE vllm:request_success_total counter\n{sample}\n"
+        )
+    fitted = fit_of(tmp_path)
+    assert fitted.rate == pytest.approx(15.0)
+    assert "the arrival rate varies over the interval (10 to 20 requests/s in 5-minute blocks)" in (
+        "\n".join(fitted.notes)
+    )
 
 
 def test_unknown_model_label_is_named(scrapes):
