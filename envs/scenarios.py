@@ -223,7 +223,7 @@ class GovernedFleet:
     @property
     def lengths(self) -> LengthModel:
         """Prompt and output lengths of the fleet's traffic."""
-        return get_length_model(self.config.workload.lengths)
+        return self.config.workload.length_model
 
     @property
     def fixed_knobs(self) -> dict[str, str]:

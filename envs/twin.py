@@ -74,7 +74,7 @@ from envs.fleet_env import LLMFleetEnv, sim_knobs
 from envs.scenarios import env_kwargs_for
 from envs.sim import FleetStats, ReplicaState, SimConfig
 from envs.twin_faults import FaultError, PageFault
-from slo.events import REQUEST_EVENT_DTYPE, Outcome, empty_events
+from slo.events import REQUEST_EVENT_DTYPE, empty_events, finished_by_engine
 from slo.exposition import ExpositionRenderer
 from slo.metrics import load_mapping
 from slo.spec import ServiceSpec
@@ -95,6 +95,10 @@ ENGINE_HELP: dict[str, str] = {
     "vllm:num_requests_waiting": "Number of requests waiting to be processed.",
     "vllm:num_requests_running": "Number of requests in model execution batches.",
     "vllm:num_preemptions_total": "Cumulative number of preemption from the engine.",
+    "vllm:prompt_tokens_total": "Number of prefill tokens processed.",
+    "vllm:generation_tokens_total": "Number of generation tokens processed.",
+    "sglang:prompt_tokens_total": "Number of prefill tokens processed.",
+    "sglang:generation_tokens_total": "Number of generation tokens processed.",
     "sglang:token_usage": "The token usage.",
     "sglang:num_queue_reqs": "The number of requests in the waiting queue.",
     "sglang:num_running_reqs": "The number of running requests.",
@@ -303,8 +307,9 @@ class _Page:
 
 class _Engine(_Page):
     """One replica's engine process: request metrics, scheduler gauges (KV-cache usage, waiting,
-    running) and counters (preemptions; finished requests when the mapping counts them apart
-    from ``request_success``), named by the metric mapping. :meth:`restart` starts a new process
+    running) and counters (preemptions; prompt and generation tokens of finished requests;
+    finished requests when the mapping counts them apart from ``request_success``), named by
+    the metric mapping. :meth:`restart` starts a new process
     (counters from zero)."""
 
     def __init__(self, twin: EngineTwin, info: ReplicaInfo, healthy: bool) -> None:
@@ -327,13 +332,15 @@ class _Engine(_Page):
         )
         self.exposition = _LazyExposition(renderer)
         self.preemptions0 = int(stats.preemptions[self.info.index])
-        self.finished = 0
+        self.finished = self.prompt_tokens = self.generation_tokens = 0
 
     def add(self, events: np.ndarray) -> None:
         """Account the request events this replica ended."""
         self.exposition.add(events)
-        if self.finished_name is not None:
-            self.finished += int(np.count_nonzero(_finished_by_engine(events)))
+        finished = events[finished_by_engine(events)]
+        self.finished += len(finished)
+        self.prompt_tokens += int(finished["prompt_tokens"].sum(dtype=np.int64))
+        self.generation_tokens += int(finished["output_tokens"].sum(dtype=np.int64))
 
     def collect(self) -> Iterator[Metric]:
         """Scheduler gauges and counters, from the last tick's fleet stats."""
@@ -346,6 +353,8 @@ class _Engine(_Page):
         counters = (
             (mapping.preemptions, stats.preemptions[r] - self.preemptions0),
             (self.finished_name, self.finished),
+            (mapping.prompt_tokens_total, self.prompt_tokens),
+            (mapping.generation_tokens_total, self.generation_tokens),
         )
         for kind, series in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
             for name, value in series:
@@ -354,13 +363,6 @@ class _Engine(_Page):
                 family = kind(name, ENGINE_HELP[name], labels=self.label_names)
                 family.add_metric(self.label_values, float(value))
                 yield family
-
-
-def _finished_by_engine(events: np.ndarray) -> np.ndarray:
-    """Which requests an engine finished: served, or aborted once it held them (what vLLM's
-    ``request_success`` counts, :mod:`slo.exposition`; failed ones died with the engine)."""
-    outcome = events["outcome"]
-    return (outcome == Outcome.SERVED) | ((outcome == Outcome.ABORTED) & (events["tier"] >= 0))
 
 
 class _Router(_Page):

@@ -76,11 +76,11 @@ def twin(
             scenario, seed, speed, mapping=mapping, elastic=elastic, fleet=fleet
         )
     except (ValueError, FileNotFoundError) as exc:  # bad option or fleet file, trace data missing
-        _fail(str(exc))
+        fail(str(exc))
     try:
         url = engine_twin.start(host, port)
     except OSError as exc:
-        _fail(f"cannot listen on {listen}: {exc.strerror or exc}")
+        fail(f"cannot listen on {listen}: {exc.strerror or exc}")
     fleet = "elastic" if engine_twin.elastic else "fixed"
     typer.echo(
         f"budgetpilot twin: scenario {engine_twin.scenario} (seed {seed}, {fleet} fleet) at "
@@ -116,7 +116,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with status 2 (a usage or input error)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 

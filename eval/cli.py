@@ -16,7 +16,7 @@ import typer.core
 
 from agents import cli as agents_cli
 from envs import cli as envs_cli
-from envs import twin_cli
+from envs import fit_cli, twin_cli
 from eval import bench_cli
 from policies import cli as policies_cli
 from policies.sidecar import cli as sidecar_cli
@@ -35,6 +35,7 @@ for module in (
     slo_cli,
     envs_cli,
     twin_cli,
+    fit_cli,
     agents_cli,
     training_cli,
     policies_cli,

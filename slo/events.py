@@ -30,6 +30,30 @@ E2E_BUCKETS_S: tuple[float, ...] = (
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
+#: SGLang's default ``sglang:prompt_tokens_histogram`` bucket upper bounds (tokens).
+SGLANG_PROMPT_TOKENS_BUCKETS: tuple[float, ...] = (
+    100, 300, 500, 700, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000,
+    12000, 15000, 20000, 22000, 25000, 30000, 35000, 40000,
+)  # fmt: skip
+#: SGLang's default ``sglang:generation_tokens_histogram`` bucket upper bounds (tokens).
+SGLANG_GENERATION_TOKENS_BUCKETS: tuple[float, ...] = (
+    100, 300, 500, 1000, 1200, 1500, 1700, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 6000,
+    7000, 8000, 9000, 10000,
+)  # fmt: skip
+
+
+def length_buckets_1_2_5(max_model_len: int) -> tuple[float, ...]:
+    """vLLM's bucket upper bounds of ``vllm:request_prompt_tokens`` and
+    ``vllm:request_generation_tokens``: 1, 2, 5, 10, 20, 50... up to ``max_model_len``."""
+    bounds: list[float] = []
+    scale = 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if mantissa * scale > max_model_len:
+                return tuple(bounds)
+            bounds.append(float(mantissa * scale))
+        scale *= 10
+
 
 class Outcome(IntEnum):
     """How a request ended (vLLM's ``finished_reason`` maps onto these)."""
@@ -82,6 +106,13 @@ REQUEST_EVENT_DTYPE = np.dtype(
         ("itl_hist", "u4", (N_ITL_BUCKETS,)),
     ]
 )
+
+
+def finished_by_engine(events: np.ndarray) -> np.ndarray:
+    """Which requests an engine finished: served, or aborted once it held them (what vLLM's
+    ``request_success`` and length histograms count; failed ones died with the engine)."""
+    outcome = events["outcome"]
+    return (outcome == Outcome.SERVED) | ((outcome == Outcome.ABORTED) & (events["tier"] >= 0))
 
 
 def empty_events(n: int = 0) -> np.ndarray:

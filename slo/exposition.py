@@ -25,15 +25,24 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from slo.events import E2E_BUCKETS_S, ITL_BUCKETS_S, TTFT_BUCKETS_S, Outcome, Reason
+from slo.events import (
+    E2E_BUCKETS_S,
+    ITL_BUCKETS_S,
+    SGLANG_GENERATION_TOKENS_BUCKETS,
+    SGLANG_PROMPT_TOKENS_BUCKETS,
+    TTFT_BUCKETS_S,
+    Outcome,
+    Reason,
+    finished_by_engine,
+    length_buckets_1_2_5,
+)
 from slo.metrics import MetricMapping, load_mapping
 from slo.sli import EventBatch, SLIClassifier, e2e_s, itl_gap_counts, tpot_request_s, ttft_s
 from slo.spec import ServiceSpec, load_spec
 
-# (mapping attribute, measure, bucket bounds, HELP text) of the per-request histograms.
-_REQUEST_HISTOGRAMS: tuple[
-    tuple[str, Callable[[EventBatch], np.ndarray], tuple[float, ...], str], ...
-] = (
+#: (mapping attribute, measure, bucket bounds, HELP text) of a per-request histogram.
+RequestHistogram = tuple[str, Callable[[EventBatch], np.ndarray], tuple[float, ...], str]
+_REQUEST_HISTOGRAMS: tuple[RequestHistogram, ...] = (
     ("ttft", ttft_s, TTFT_BUCKETS_S, "Histogram of time to first token in seconds."),
     ("e2e", e2e_s, E2E_BUCKETS_S, "Histogram of e2e request latency in seconds."),
     (
@@ -44,8 +53,36 @@ _REQUEST_HISTOGRAMS: tuple[
     ),
 )
 _ITL_HELP = "Histogram of inter-token latency in seconds."
-_BOUNDS = {a: b for a, _, b, _ in _REQUEST_HISTOGRAMS} | {"itl": ITL_BUCKETS_S}
 _FINISHED_REASONS = ("stop", "length", "abort")
+#: The model length the twin's engines are started with (vLLM's ``--max-model-len``): the last
+#: bucket bound of vLLM's length histograms.
+DEFAULT_MAX_MODEL_LEN = 32768
+
+
+def _tokens_of_finished(field: str) -> Callable[[EventBatch], np.ndarray]:
+    """A measure: ``field`` of the requests an engine finished, NaN for the others."""
+
+    def measure(batch: EventBatch) -> np.ndarray:
+        finished = finished_by_engine(batch.events)
+        return np.where(finished, batch.column(field).astype(np.float64), np.nan)
+
+    return measure
+
+
+def length_histograms(mapping: MetricMapping, max_model_len: int) -> tuple[RequestHistogram, ...]:
+    """The prompt and generation length histograms of finished requests, with the engine's
+    default buckets: SGLang's fixed lists for ``sglang:`` names, vLLM's 1-2-5 series up to
+    ``max_model_len`` otherwise."""
+    if (mapping.prompt_tokens or "").startswith("sglang:"):
+        prompt, generation = SGLANG_PROMPT_TOKENS_BUCKETS, SGLANG_GENERATION_TOKENS_BUCKETS
+        helps = ("Histogram of prompt token length.", "Histogram of generation token length.")
+    else:
+        prompt = generation = length_buckets_1_2_5(max_model_len)
+        helps = ("Number of prefill tokens processed.", "Number of generation tokens processed.")
+    return (
+        ("prompt_tokens", _tokens_of_finished("prompt_tokens"), prompt, helps[0]),
+        ("generation_tokens", _tokens_of_finished("output_tokens"), generation, helps[1]),
+    )
 
 
 class ExpositionRenderer:
@@ -70,6 +107,8 @@ class ExpositionRenderer:
     tenants:
         Number of tenants whose fairness counters exist from the start, at zero, as a router
         configured with its tenants creates them (others appear with their first request).
+    max_model_len:
+        The engine's longest sequence: the last bound of vLLM's length histograms.
     """
 
     def __init__(
@@ -82,12 +121,15 @@ class ExpositionRenderer:
         budget_counters: bool = True,
         tiers: Iterable[int] = (),
         tenants: int = 0,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     ) -> None:
         self.spec = load_spec(spec)
         self.mapping = load_mapping(mapping)
         self.labels = dict(labels or {})
         self.engine_metrics = engine_metrics
         self.budget_counters = budget_counters
+        self._histograms = _REQUEST_HISTOGRAMS + length_histograms(self.mapping, max_model_len)
+        self._bounds = {a: b for a, _, b, _ in self._histograms} | {"itl": ITL_BUCKETS_S}
         self._classifiers = [SLIClassifier(s, self.spec) for s in self.spec.engine_slos]
         self._buckets: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
         self._sums: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -100,7 +142,7 @@ class ExpositionRenderer:
         }
         self._tenants = tenants
         for tier in tiers:
-            for attribute, bounds in _BOUNDS.items():
+            for attribute, bounds in self._bounds.items():
                 self._add_buckets(attribute, int(tier), np.zeros(len(bounds) + 1))
             for reason in _FINISHED_REASONS:
                 self._finished[(int(tier), reason)] += 0.0
@@ -125,7 +167,7 @@ class ExpositionRenderer:
 
     def _add_engine_metrics(self, batch: EventBatch) -> None:
         tier = batch.column("tier")
-        for attribute, measure, bounds, _ in _REQUEST_HISTOGRAMS:
+        for attribute, measure, bounds, _ in self._histograms:
             if getattr(self.mapping, attribute) is None:
                 continue
             values = measure(batch)
@@ -191,7 +233,7 @@ class ExpositionRenderer:
 
     def _engine_families(self, extra_names: list[str], extra_values: list[str]) -> Iterator[Metric]:
         model_label = self.mapping.model_label
-        histograms = [(a, b, h) for a, _, b, h in _REQUEST_HISTOGRAMS] + [
+        histograms = [(a, b, h) for a, _, b, h in self._histograms] + [
             ("itl", ITL_BUCKETS_S, _ITL_HELP)
         ]
         for attribute, bounds, help_text in histograms:

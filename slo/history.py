@@ -72,7 +72,7 @@ def write_family(out: IO[str], name: str, kind: str, samples: Iterable[Sample]) 
     """Write one metric family's timestamped samples as OpenMetrics (without ``# EOF``)."""
     out.write(f"# TYPE {name} {'unknown' if kind == 'untyped' else kind}\n")
     for sample in samples:
-        inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+        inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(sample.labels.items()))
         out.write(
             f"{sample.name}{{{inner}}} {floatToGoString(sample.value)} {sample.timestamp:.3f}\n"
         )
@@ -138,5 +138,6 @@ def backfill(openmetrics: Path, tsdb: Path) -> None:
         raise RuntimeError(f"promtool backfill of {openmetrics} failed: {done.stderr[-2000:]}")
 
 
-def _escape(value: str) -> str:
+def escape_label_value(value: str) -> str:
+    """A label value escaped for the exposition formats (backslash, newline, double quote)."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

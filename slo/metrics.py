@@ -70,8 +70,11 @@ class MetricMapping:
     (with ``_total``). Besides the request metrics the SLOs are fed from, the scheduler's:
     ``waiting`` and ``running`` (gauges: requests queued, requests in the running batch),
     ``preemptions`` (counter: requests preempted, their KV cache freed to be recomputed or
-    swapped back later) and ``finished`` (counter: requests finished, whatever the reason). The
-    engine twin renders these names and the sidecar reads them.
+    swapped back later) and ``finished`` (counter: requests finished, whatever the reason); and
+    the length histograms of finished requests, ``prompt_tokens`` and ``generation_tokens``,
+    and the token counters ``prompt_tokens_total`` and ``generation_tokens_total`` (what
+    ``budgetpilot fit`` fits the traffic's lengths to). The engine twin renders these names
+    and the sidecar reads them.
     """
 
     name: str
@@ -85,13 +88,17 @@ class MetricMapping:
     running: str | None = None
     preemptions: str | None = None
     finished: str | None = None
+    prompt_tokens: str | None = None
+    generation_tokens: str | None = None
+    prompt_tokens_total: str | None = None
+    generation_tokens_total: str | None = None
     model_label: str = "model_name"
     sli_events: str = "budgetpilot:sli_events_total"
     tenant_sli_events: str = "budgetpilot:tenant_sli_events_total"
 
 
 #: Fields naming histograms (base names) and fields that must name something.
-_HISTOGRAM_FIELDS = ("ttft", "itl", "e2e", "tpot_request")
+_HISTOGRAM_FIELDS = ("ttft", "itl", "e2e", "tpot_request", "prompt_tokens", "generation_tokens")
 _REQUIRED_FIELDS = ("name", "model_label", "sli_events", "tenant_sli_events")
 
 _VLLM_SCHEDULER = {
@@ -99,6 +106,10 @@ _VLLM_SCHEDULER = {
     "running": "vllm:num_requests_running",
     "preemptions": "vllm:num_preemptions_total",
     "finished": "vllm:request_success_total",
+    "prompt_tokens": "vllm:request_prompt_tokens",
+    "generation_tokens": "vllm:request_generation_tokens",
+    "prompt_tokens_total": "vllm:prompt_tokens_total",
+    "generation_tokens_total": "vllm:generation_tokens_total",
 }
 # SGLang preempts by retracting requests (their KV cache freed, to be recomputed). Recent SGLang
 # counts them in sglang:num_retracted_requests_total (its series appears at the first
@@ -110,6 +121,11 @@ _SGLANG_SCHEDULER = {
     "running": "sglang:num_running_reqs",
     "preemptions": "sglang:num_retracted_requests_total",
     "finished": "sglang:num_requests_total",
+    # Exported when SGLang runs with --collect-tokens-histogram.
+    "prompt_tokens": "sglang:prompt_tokens_histogram",
+    "generation_tokens": "sglang:generation_tokens_histogram",
+    "prompt_tokens_total": "sglang:prompt_tokens_total",
+    "generation_tokens_total": "sglang:generation_tokens_total",
 }
 
 BUILTIN_MAPPINGS: dict[str, MetricMapping] = {

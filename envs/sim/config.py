@@ -39,13 +39,15 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -66,8 +68,11 @@ from envs.sim.workload import (
     LENGTH_MODELS,
     TRACE_COLUMNS,
     WORKLOAD_NAMES,
+    LengthModel,
+    Marginal,
     TraceReplay,
     Workload,
+    get_length_model,
     make_workload,
 )
 from slo.files import TextFileError, read_text
@@ -376,6 +381,49 @@ class TraceColumns(_Strict):
         return (self.timestamp, self.prompt_tokens, self.output_tokens)
 
 
+class LengthDistribution(_Strict):
+    """A token-length distribution of a known mean (:class:`envs.sim.workload.Marginal`):
+    lognormal of spread ``sigma``, shaped by ``cdf`` when given (tokens -> share of lengths at
+    or below, e.g. a length histogram's buckets)."""
+
+    mean: float = Field(ge=1.0, allow_inf_nan=False, description="mean tokens")
+    sigma: float = Field(ge=0.0, le=4.0, description="standard deviation of log(tokens)")
+    cdf: dict[float, float] | None = Field(
+        None, description="share of lengths at or below each token count"
+    )
+
+    @field_validator("cdf")
+    @classmethod
+    def _a_cdf(cls, cdf: dict[float, float] | None) -> dict[float, float] | None:
+        if cdf is None:
+            return None
+        shares = [cdf[t] for t in sorted(cdf)]
+        if min(cdf, default=1.0) <= 0 or not all(0.0 <= p <= 1.0 for p in shares):
+            raise ValueError("a cdf maps token counts > 0 to shares in [0, 1]")
+        if any(b < a for a, b in zip(shares, shares[1:], strict=False)):
+            raise ValueError("a cdf's shares must not decrease as the token count grows")
+        return cdf
+
+    def marginal(self) -> Marginal:
+        """The simulator's distribution of these lengths."""
+        return Marginal(self.mean, self.sigma, self.cdf)
+
+
+class LengthDistributions(_Strict):
+    """Prompt and output lengths (:class:`LengthDistribution`) joined by the correlation of
+    their normal scores (what ``budgetpilot fit`` writes from an engine's length histograms)."""
+
+    prompt: LengthDistribution
+    output: LengthDistribution
+    correlation: float = Field(0.0, ge=-1.0, le=1.0)
+
+    def length_model(self) -> LengthModel:
+        """The simulator's length model of these distributions."""
+        return LengthModel.from_marginals(
+            self.prompt.marginal(), self.output.marginal(), self.correlation
+        )
+
+
 class WorkloadConfig(_Strict):
     """The request source, the fleet's traffic (see :func:`envs.sim.workload.make_workload`).
 
@@ -394,7 +442,10 @@ class WorkloadConfig(_Strict):
     kind: str = "poisson"
     rate: float | None = Field(None, gt=0.0)
     load: float | None = Field(None, gt=0.0, description="multiple of the measured capacity")
-    lengths: str = "azure-conv"
+    lengths: Annotated[
+        Annotated[str, Tag("name")] | Annotated[LengthDistributions, Tag("distributions")],
+        Discriminator(lambda v: "name" if isinstance(v, str) else "distributions"),
+    ] = "azure-conv"
     trace: str | None = None
     columns: TraceColumns = TraceColumns()
     time_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False)
@@ -410,8 +461,8 @@ class WorkloadConfig(_Strict):
 
     @field_validator("lengths")
     @classmethod
-    def _known_lengths(cls, name: str) -> str:
-        if name not in LENGTH_MODELS:
+    def _known_lengths(cls, name: str | LengthDistributions) -> str | LengthDistributions:
+        if isinstance(name, str) and name not in LENGTH_MODELS:
             raise ValueError(f"unknown length model {name!r}; known: {', '.join(LENGTH_MODELS)}")
         return name
 
@@ -443,6 +494,13 @@ class WorkloadConfig(_Strict):
             TraceReplay(self.trace, columns=self.columns.names())  # names file, row and column
         return self
 
+    @property
+    def length_model(self) -> LengthModel:
+        """The prompt and output lengths of the synthetic workloads."""
+        if isinstance(self.lengths, str):
+            return get_length_model(self.lengths)
+        return self.lengths.length_model()
+
     def build(self, tenant_shares: list[float]) -> Workload:
         """Instantiate the workload for tenants with these traffic shares.
 
@@ -459,7 +517,7 @@ class WorkloadConfig(_Strict):
         return make_workload(
             self.kind,
             rate,
-            lengths=self.lengths,
+            lengths=self.length_model,
             trace=self.trace,
             trace_columns=self.columns.names(),
             trace_time_scale=self.time_scale,
@@ -603,12 +661,14 @@ def yaml_lines(text: str) -> dict[Loc, int]:
 
 
 def _line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
-    """The line of the longest prefix of ``loc`` that the document has (pydantic adds the names
-    of union members and validators to a field's path)."""
-    for end in range(len(loc), 0, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
+    """The line of the deepest key of ``loc`` that the document has, past the names pydantic
+    adds to a field's path (union members, validators), which the document does not have."""
+    found, path = None, ()
+    for key in loc:
+        if (*path, key) in lines:
+            path = (*path, key)
+            found = lines[path]
+    return found
 
 
 #: A whole-model check's message that starts with the path it is about (``failures.0.pool: ...``).

@@ -123,7 +123,7 @@ class FleetStats:
     pool_interruptions: np.ndarray
 
 
-def _histogram_quantile(q: float, counts: np.ndarray, edges: np.ndarray) -> float:
+def histogram_quantile(q: float, counts: np.ndarray, edges: np.ndarray) -> float:
     """Prometheus ``histogram_quantile``: linear inside the bucket holding quantile ``q``."""
     total = counts.sum()
     if total == 0:
@@ -170,7 +170,7 @@ class RunSummary:
             return float(np.percentile(values, q)) if len(values) else None
 
         def itl(q: float) -> float | None:
-            value = _histogram_quantile(q, self.itl_hist, edges)
+            value = histogram_quantile(q, self.itl_hist, edges)
             return None if math.isnan(value) else value
 
         served = int(self.outcomes[Outcome.SERVED])

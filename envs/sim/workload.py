@@ -15,9 +15,10 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -38,6 +39,61 @@ LENGTHS_PATH = Path(__file__).resolve().parent / "params" / "lengths.json"
 
 # ---------------------------------------------------------------------------------------------
 # Lengths
+
+
+#: Normal scores at which fitted marginals are tabulated.
+Z_GRID = np.round(np.linspace(-4.0, 4.0, 161), 10)
+
+
+class Marginal:
+    """A token-length distribution of a known mean: lognormal of spread ``sigma`` (the standard
+    deviation of the log length), or, given ``cdf`` (tokens -> share of lengths at or below, a
+    histogram's), the quantiles of the CDF, the log length linear in the share within each of
+    its buckets (lengths spread evenly on a log scale, as the buckets are), and lognormal of
+    spread ``sigma`` beyond its first and last share when those are not 0 and 1. The tabulated
+    quantiles are scaled to keep ``mean`` (the table clamps the tails at scores -4 and 4).
+    """
+
+    def __init__(self, mean: float, sigma: float, cdf: Mapping[float, float] | None = None):
+        if not (mean >= 1 and sigma >= 0):
+            raise ValueError(
+                f"a length distribution needs mean >= 1 and sigma >= 0, got {mean}, {sigma}"
+            )
+        self.mean, self.sigma, self.cdf = float(mean), float(sigma), dict(cdf or {})
+
+    def quantiles(self) -> np.ndarray:
+        """Token counts at the normal scores :data:`Z_GRID`, of mean :attr:`mean`."""
+        logs = self._log_quantiles()
+        fine = np.linspace(-8.0, 8.0, 4001)  # the mean of the table sampled at N(0, 1) scores
+        weights = np.exp(-0.5 * fine**2)
+        tabulated = np.exp(logs)
+        tabulated_mean = float(np.interp(fine, Z_GRID, tabulated) @ (weights / weights.sum()))
+        return tabulated * (self.mean / tabulated_mean)
+
+    def _log_quantiles(self) -> np.ndarray:
+        lognormal = math.log(self.mean) - 0.5 * self.sigma**2 + self.sigma * Z_GRID
+        if not any(0.0 < p < 1.0 for p in self.cdf.values()):
+            return lognormal
+        tokens = np.array(sorted(self.cdf))
+        shares = np.maximum.accumulate([self.cdf[t] for t in tokens])
+        # Log-uniform within each bucket (length distributions are skewed: a bucket's mass sits
+        # near its lower bound), the lognormal's slope beyond the first and last share known.
+        # A share held over several bounds: no length between them, so the next bucket starts
+        # at the last (a share of 1 ends at the first: no length above it).
+        unique, last = np.unique(shares[::-1], return_index=True)
+        index = len(shares) - 1 - last
+        if unique[-1] >= 1.0:
+            index[-1] = int(np.argmax(shares >= 1.0))
+        shares, tokens = unique, tokens[index]
+        p = np.array([NormalDist().cdf(z) for z in Z_GRID])
+        table = np.interp(p, shares, np.log(tokens))
+        for end in (0, -1):
+            if 0.0 < shares[end] < 1.0:
+                z_end = NormalDist().inv_cdf(float(shares[end]))
+                beyond = z_end > Z_GRID if end == 0 else z_end < Z_GRID
+                slope = math.log(tokens[end]) + self.sigma * (Z_GRID - z_end)
+                table = np.where(beyond, slope, table)
+        return table
 
 
 class LengthModel:
@@ -74,6 +130,14 @@ class LengthModel:
             name: (q.astype(np.float32), np.diff(q, append=q[-1]).astype(np.float32))
             for name, q in (("prompt", self.prompt_quantiles), ("output", self.output_quantiles))
         }
+
+    @classmethod
+    def from_marginals(
+        cls, prompt: Marginal, output: Marginal, correlation: float = 0.0
+    ) -> LengthModel:
+        """Prompt and output lengths of these marginal distributions (see :class:`Marginal`),
+        joined by the correlation of their normal scores."""
+        return cls(Z_GRID, prompt.quantiles(), output.quantiles(), correlation)
 
     @classmethod
     def from_params(cls, params: dict) -> LengthModel:
@@ -654,7 +718,7 @@ def make_workload(
     name: str,
     rate: float | None = None,
     *,
-    lengths: str = "azure-conv",
+    lengths: str | LengthModel = "azure-conv",
     trace: str | Path | None = None,
     trace_columns: tuple[str, str, str] = TRACE_COLUMNS,
     trace_time_scale: float = 1.0,
@@ -684,7 +748,7 @@ def make_workload(
         ``trace_time_scale`` before the rescaling to ``rate``; the replay starts at the
         fraction ``trace_start`` of it).
     rate: mean requests per second (required for the synthetic ones).
-    lengths: length model of the synthetic workloads (see :data:`LENGTH_MODELS`).
+    lengths: length model of the synthetic workloads (a name of :data:`LENGTH_MODELS` or one).
     tenants, tenant_shares: number of tenants and their shares (default equal).
     difficulty: Beta parameters of request difficulty.
     The remaining parameters tune the named process as described above.
@@ -723,4 +787,5 @@ def make_workload(
             rate, [FlashCrowd(flash_start_s, flash_duration_s, flash_multiplier)]
         ),
     }
-    return Workload(processes[name](), get_length_model(lengths), **common)
+    length_model = get_length_model(lengths) if isinstance(lengths, str) else lengths
+    return Workload(processes[name](), length_model, **common)
