@@ -373,6 +373,9 @@ class ControllerSpec:
         :data:`SIDECAR` for a policy run through the sidecar's default guardrails
         (``NAME@sidecar``), :data:`FAIR` for a baseline with the parameters tuned over the
         policy's training scenarios (``NAME@fair``), ``None`` otherwise.
+    contract_version:
+        The observation contract the controller's environment builds (a policy's: 2 or 3;
+        baselines read either).
     """
 
     name: str
@@ -381,6 +384,7 @@ class ControllerSpec:
     elastic: bool = False
     contract: str | None = None
     variant: str | None = None
+    contract_version: int = 2
 
     @property
     def is_policy(self) -> bool:
@@ -408,7 +412,7 @@ class ControllerSpec:
         if (
             self.is_policy
             and fleet is not None
-            and self.contract != fleet_contract(scenario, fleet)
+            and self.contract != fleet_contract(scenario, fleet, self.contract_version)
         ):
             return (
                 f"{self.name} cannot govern {scenario} on {fleet}: its observation contract "
@@ -428,10 +432,10 @@ class ControllerSpec:
 
 
 @cache
-def fleet_contract(scenario: str, fleet: str | None) -> str:
-    """The observation contract digest of ``scenario``'s environment on the fleet file
-    ``fleet`` (``None``: the reference fleet)."""
-    env = LLMFleetEnv(scenario, fleet=fleet, **env_kwargs_for(scenario))
+def fleet_contract(scenario: str, fleet: str | None, version: int = 2) -> str:
+    """The observation contract digest (of ``version``) of ``scenario``'s environment on the
+    fleet file ``fleet`` (``None``: the reference fleet)."""
+    env = LLMFleetEnv(scenario, fleet=fleet, contract=version, **env_kwargs_for(scenario))
     return env.observation_contract.digest
 
 
@@ -495,6 +499,7 @@ def _controller_spec(name: str, zoo: dict[str, Path], zoo_dir: Path) -> Controll
         contract.elastic,
         contract.digest,
         variant or None,
+        3 if contract.by_role else 2,
     )
 
 
@@ -521,6 +526,7 @@ class RunSpec:
             "warmup_s": self.warmup_s,
             **env_kwargs_for(self.scenario),
             **({"fleet": self.fleet} if self.fleet is not None else {}),
+            **({"contract": 3} if self.controller.contract_version == 3 else {}),
         }
 
 

@@ -97,7 +97,13 @@ def linear_policy(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from policies.manifest import Normalisation, PolicyManifest, Provenance, spec_to_json
+    from policies.manifest import (
+        Envelope,
+        Normalisation,
+        PolicyManifest,
+        Provenance,
+        spec_to_json,
+    )
     from slo.engine import BudgetEngine
 
     rng = np.random.default_rng(seed)
@@ -125,11 +131,12 @@ def linear_policy(
     data = model.SerializeToString()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    fingerprint = BudgetEngine(spec).spec_fingerprint()
     manifest = PolicyManifest(
         observation_contract=observation_contract,
         action_contract=action_contract,
         spec=spec_to_json(spec),
-        spec_hash=BudgetEngine(spec).spec_fingerprint(),
+        spec_hash=fingerprint,
         normalisation=Normalisation((0.0,) * n_obs, (1.0,) * n_obs, None, 0.0),
         onnx_sha256=hashlib.sha256(data).hexdigest(),
         opset=17,
@@ -143,6 +150,7 @@ def linear_policy(
             metrics={},
             export={"kind": "linear tanh(obs @ W + b), random weights"},
         ),
+        envelope=Envelope.reference(observation_contract, spec.service, fingerprint, assumed=False),
     )
     path.with_suffix(".json").write_text(manifest.to_json())
     return path
