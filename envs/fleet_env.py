@@ -133,10 +133,24 @@ class LLMFleetEnv(gym.Env):
     engines' metrics (and the Deployments' status), which is how the sidecar rebuilds the same
     vector.
 
+    That is contract v2 (``contract=2``, the default): one fleet's, its pools by name, load
+    relative to its capacity, the replica features relative to its caps. Contract v3
+    (``contract=3``, what training presets use by default;
+    :func:`envs.contract.fleet_independent_contract`) is the same for every fleet, whatever its
+    size, GPUs and models: pools are grouped by role, ``strong`` (tier 0) and ``cheap`` (the
+    other tiers), each role's features taken over all its pools' replicas, and every role also
+    has ``present`` (1, or 0 when the fleet has no pool of that role: its features are then all
+    0, masked), ``capacity_share`` (the role's measured capacity over the fleet's nominal one,
+    :attr:`envs.scenarios.GovernedFleet.role_capacity_rps`) and ``queue_s`` (log1p of the
+    role's waiting requests over its capacity: seconds of queue). Load stays relative to the
+    fleet's nominal capacity and the replica features to each role's caps, both given at run
+    time (:class:`envs.contract.FleetShape`), not by the contract.
+
     ## Action Space
 
     A ``Box(-1, 1, (7,))`` (``(9,)`` when elastic) decoded by
-    :class:`envs.contract.ActionContract` into knobs:
+    :class:`envs.contract.ActionContract` into knobs (the same for contracts v2 and v3, whose
+    replica knobs are named by role and move every pool of the role):
 
     ====================  ===============  =====================================================
     knob                  range            real-world counterpart
@@ -196,7 +210,10 @@ class LLMFleetEnv(gym.Env):
     the reference fleet; a fleet file's :class:`envs.sim.SimConfig` or path: its pools, router,
     tenants, SLO spec, interval and episode length, with scenario loads relative to its measured
     capacity; knobs it has no counterpart for are held neutral and listed in
-    ``info["fixed_knobs"]``). The elastic scenarios
+    ``info["fixed_knobs"]``), ``contract`` (2: the observation contract v2, one fleet's; 3:
+    v3, any fleet's, see above), ``fleets`` (with ``contract=3``, instead of ``fleet``: a list
+    of fleets, each reset draws one from ``self.np_random``; they must share one SLO spec, and
+    the first gives the control interval when not given). The elastic scenarios
     (:data:`envs.scenarios.ELASTIC_SCENARIOS`) are meant for ``elastic=True``; without it their
     replicas stay at their initial count. With it, every scenario's pools may scale.
 
@@ -204,7 +221,9 @@ class LLMFleetEnv(gym.Env):
 
     * v0: initial version; later gained ``elastic`` and per-scenario episode lengths
       (``episode_hours=None``), leaving the fixed environment's contracts and dynamics as they
-      were.
+      were; then fleet files (``fleet``), and the observation contract v3 (``contract=3``) with
+      fleets drawn per episode (``fleets``), the default contract staying v2 so that policies
+      trained on it still load.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}

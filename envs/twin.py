@@ -153,7 +153,8 @@ class ReplicaInfo:
     """One replica as the twin exposes it.
 
     ``model`` is the ``model_name`` label of its series (the SLO spec's name of its tier, what
-    SLO selectors match); ``served_model`` the catalog model it simulates.
+    SLO selectors match); ``served_model`` the model it simulates (its catalog name, or its
+    ``config.json``'s) and ``gpu`` the GPU kind it runs on.
     """
 
     index: int
@@ -163,6 +164,7 @@ class ReplicaInfo:
     model: str
     served_model: str
     max_num_seqs: int
+    gpu: str
 
 
 def validate_knob_update(contract: ActionContract, body: Any) -> dict[str, float]:
@@ -483,8 +485,9 @@ class EngineTwin:
                     pool=pools[p].name,
                     tier=tier,
                     model=self.spec.model_of_tier(tier),
-                    served_model=pools[p].model,
+                    served_model=pools[p].model_spec().name,
                     max_num_seqs=pools[p].max_num_seqs,
+                    gpu=pools[p].gpu_spec().name,
                 )
             )
         return tuple(infos)
@@ -663,6 +666,7 @@ class EngineTwin:
                 "pool": r.pool,
                 "model": r.model,
                 "served_model": r.served_model,
+                "gpu": r.gpu,
                 "tier": r.tier,
                 "max_num_seqs": r.max_num_seqs,
                 "healthy": healthy,

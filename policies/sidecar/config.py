@@ -209,6 +209,21 @@ class MissingDataSettings(_Settings):
     min_coverage: float = Field(default=0.9, ge=0, le=1)
 
 
+class EnvelopeSettings(_Settings):
+    """What the sidecar does when discovery shows the fleet leaving the policy's envelope (the
+    fleets it was trained on; see :mod:`policies.sidecar.envelope`). A fleet outside it at
+    start is refused.
+
+    Parameters
+    ----------
+    action:
+        ``hold`` the last safe action, or hand over to the ``fallback`` baseline, until the
+        fleet is back inside.
+    """
+
+    action: Literal["hold", "fallback"] = "hold"
+
+
 class FileActuatorSettings(_Settings):
     """Kubernetes manifests for an llm-d / Gateway API Inference Extension router.
 
@@ -447,6 +462,8 @@ class SidecarConfig(_Settings):
     missing_data:
         Holding or falling back when an SLO has had no data for some cycles; the coverage
         alerts and budgets need.
+    envelope:
+        Holding or falling back while the fleet is outside the policy's envelope.
     initial_knobs:
         Knob values in force when the sidecar starts (others: neutral).
     kill_knobs:
@@ -479,6 +496,7 @@ class SidecarConfig(_Settings):
     guardrails: GuardrailSettings = GuardrailSettings()
     fallback: FallbackSettings = FallbackSettings()
     missing_data: MissingDataSettings = MissingDataSettings()
+    envelope: EnvelopeSettings = EnvelopeSettings()
     actuators: ActuatorSettings = ActuatorSettings()
     state: StateSettings = StateSettings()
     initial_knobs: dict[str, float] = {}
