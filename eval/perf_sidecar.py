@@ -85,6 +85,7 @@ def linear_policy(
     bias: np.ndarray | None = None,
     squash: bool = True,
     weights: np.ndarray | None = None,
+    envelope: Any = None,
 ) -> Path:
     """Write a linear ONNX policy ``tanh(obs @ W + b)`` and its manifest (needs ``onnx``, of the
     train extra: a stand-in for an exported PPO actor, with the same file format).
@@ -92,7 +93,8 @@ def linear_policy(
     ``W`` and ``b`` are drawn from ``seed`` (times ``scale``); ``weights`` (``[n_obs,
     n_knobs]``) replaces ``W`` and ``bias`` replaces ``b`` (e.g. a policy scaling a pool by its
     replica features); ``squash=False`` leaves out the tanh (outputs may leave [-1, 1], for
-    guardrail tests).
+    guardrail tests); ``envelope`` (a :class:`policies.manifest.Envelope`) replaces the
+    reference fleet's.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -150,7 +152,8 @@ def linear_policy(
             metrics={},
             export={"kind": "linear tanh(obs @ W + b), random weights"},
         ),
-        envelope=Envelope.reference(observation_contract, spec.service, fingerprint, assumed=False),
+        envelope=envelope
+        or Envelope.reference(observation_contract, spec.service, fingerprint, assumed=False),
     )
     path.with_suffix(".json").write_text(manifest.to_json())
     return path

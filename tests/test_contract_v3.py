@@ -3,8 +3,11 @@ episode."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from envs.contract import (
     OBSERVATION_VERSION_V3,
@@ -16,7 +19,8 @@ from envs.contract import (
 )
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import EXAMPLE_FLEETS_DIR
-from envs.scenarios import REFERENCE_FLEET, cheap_tier_alone
+from envs.scenarios import REFERENCE_FLEET, cheap_tier_alone, governed_fleet
+from eval.cli import app
 
 SINGLE_TIER = str(EXAMPLE_FLEETS_DIR / "single-tier.yaml")
 REFERENCE = str(EXAMPLE_FLEETS_DIR / "reference.yaml")
@@ -122,3 +126,16 @@ def test_fleets_are_drawn_per_episode_from_the_seed() -> None:
 def test_bad_fleet_lists_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LLMFleetEnv("steady", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("fleet", "roles"), [(REFERENCE, ["strong", "cheap"]), (SINGLE_TIER, ["strong"])]
+)
+def test_simulate_prints_the_capacity_per_role_the_sidecar_takes(fleet: str, roles: list) -> None:
+    result = CliRunner().invoke(app, ["simulate", "--fleet", fleet, "--capacity", "--json"])
+    assert result.exit_code == 0, result.output
+    capacity = json.loads(result.stdout)
+    assert list(capacity) == roles
+    assert capacity["strong"] == pytest.approx(governed_fleet(fleet).capacity_rps)
+    if "cheap" in roles:
+        assert capacity["cheap"] == pytest.approx(REFERENCE_FLEET.role_capacity_rps[1])

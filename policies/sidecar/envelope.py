@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from envs.contract import ReplicaLifecycle, role_of_tier
+from envs.contract import ReplicaLifecycle, neutral_knob_values, role_of_tier
 from policies.manifest import Envelope, FleetFacts
 from policies.sidecar.config import EngineEndpoint
 from policies.sidecar.discovery import DiscoveredEngine
@@ -27,6 +27,16 @@ def engine_role(engine: EngineEndpoint | DiscoveredEngine) -> str:
     """The envelope role of an engine: from its tier when listed, else its pool's name."""
     tier = getattr(engine, "tier", None)
     return engine.pool if tier is None else role_of_tier(tier)
+
+
+def knobs_without_counterpart(
+    engines: Sequence[EngineEndpoint | DiscoveredEngine],
+) -> dict[str, float]:
+    """Knobs the fleet of ``engines`` has no counterpart for, at the neutral value they are
+    held at (as the environments hold them): ``cheap_tier_share`` without a cheap tier."""
+    if any(engine_role(e) == "cheap" for e in engines):
+        return {}
+    return neutral_knob_values(("cheap_tier_share",))
 
 
 def fleet_facts(engines: Sequence[EngineEndpoint | DiscoveredEngine]) -> FleetFacts:

@@ -65,7 +65,7 @@ from policies.sidecar.discovery import (
     Listing,
     scraped_endpoints,
 )
-from policies.sidecar.envelope import describe, outside_envelope
+from policies.sidecar.envelope import describe, knobs_without_counterpart, outside_envelope
 from policies.sidecar.fallback import build_baseline
 from policies.sidecar.guardrails import (
     Guardrails,
@@ -357,6 +357,7 @@ class Sidecar:
             config.interval_s,
             config.stale_after_s,
             config.missing_data.min_coverage,
+            config.fleet_capacity,
         )
 
     def _replica_guardrails(self) -> ReplicaGuardrails | None:
@@ -565,6 +566,7 @@ class Sidecar:
         kill, shadow = self.kill_switch, self.shadow
         choice = self._choose(observation.vector, now, age, kill)
         knobs, clamped = self.guardrails.final_clamp(choice.values, self.last_safe)
+        knobs, fixed = self._hold_without_counterpart(knobs)
         desired_replicas, knobs, scaled = self._scale(knobs)
         if choice.mode in ("policy", "fallback"):
             # Replica knobs are changes: holding must not repeat one.
@@ -579,7 +581,7 @@ class Sidecar:
             knobs=knobs,
             proposed=choice.proposed,
             raw_action=None if choice.raw is None else [float(x) for x in choice.raw],
-            interventions=choice.interventions + clamped + scaled,
+            interventions=choice.interventions + clamped + fixed + scaled,
             observation=observation,
             metrics_age_s=age,
             problems=self.last_report.problems if self.last_report else (),
@@ -588,6 +590,21 @@ class Sidecar:
             decision_ms=(time.perf_counter() - start) * 1e3,
             desired_replicas=desired_replicas,
         )
+
+    def _hold_without_counterpart(
+        self, knobs: dict[str, float]
+    ) -> tuple[dict[str, float], list[Intervention]]:
+        """The knobs with those the fleet has no counterpart for (a v3 policy on a fleet
+        without a cheap tier) at their neutral value, each change an intervention."""
+        held = knobs_without_counterpart(self.observer.engines)
+        if not self.observation_contract.by_role or not held:
+            return knobs, []
+        fixed = [
+            Intervention(name, "no_counterpart", knobs[name], value)
+            for name, value in held.items()
+            if name in knobs and knobs[name] != value
+        ]
+        return knobs | {n: v for n, v in held.items() if n in knobs}, fixed
 
     def _scale(
         self, knobs: dict[str, float]
