@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from envs.twin import EngineTwin
 from eval.perf_sidecar import fleet_contracts, linear_policy
 from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 from policies.sidecar.loop import Sidecar
-from policies.sidecar.server import SidecarServer
+from tests.test_sidecar_nodata import http, served
 
 pytest.importorskip("onnx", reason="the test policy is written with onnx (train extra)")
 
@@ -39,14 +36,6 @@ def _config(twin: EngineTwin, policy: Path, tmp_path: Path, discovery: bool, **e
         "state": {"directory": str(tmp_path / "state")},
     }
     return load_config(None, entries | settings | extra)
-
-
-def _http(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def _reference_fleet_with(directory: Path, pool: int, **changes) -> Path:
@@ -125,14 +114,13 @@ def test_a_fleet_leaving_the_envelope_is_said_and_held_or_handed_over(
     twin.start()
     config = _config(twin, stand_in, tmp_path, True, envelope={"action": action})
     sidecar = Sidecar(config)
-    server = SidecarServer(sidecar)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = served(sidecar)
     try:
         decisions = [sidecar.cycle(twin.now)]
         twin.step(INTERVAL_S)
         decisions.append(sidecar.cycle(twin.now))
         assert [d.mode for d in decisions] == ["policy", "policy"]
-        assert "budgetpilot_sidecar_fleet_in_envelope 1.0" in _http(f"{server.url}/metrics")[1]
+        assert "budgetpilot_sidecar_fleet_in_envelope 1.0" in http(f"{server.url}/metrics")[1]
 
         twin.set_replicas({"desired": {"strong": 3}})
         twin.step(INTERVAL_S)
@@ -141,18 +129,18 @@ def test_a_fleet_leaving_the_envelope_is_said_and_held_or_handed_over(
         assert outside.mode == action
         assert "role 'strong': 3 replicas, outside the trained 2" in outside.reason
         assert any("outside the policy's envelope" in r.getMessage() for r in caplog.records)
-        status, body = _http(f"{server.url}/readyz")
+        status, body = http(f"{server.url}/readyz")
         assert status == 503
         assert "role 'strong': 3 replicas" in json.loads(body)["problem"]
-        assert "budgetpilot_sidecar_fleet_in_envelope 0.0" in _http(f"{server.url}/metrics")[1]
+        assert "budgetpilot_sidecar_fleet_in_envelope 0.0" in http(f"{server.url}/metrics")[1]
         if action == "hold":
             assert outside.knobs == decisions[-1].knobs
 
         twin.set_replicas({"desired": {"strong": 2}})
         twin.step(INTERVAL_S)
         assert sidecar.cycle(twin.now).mode == "policy"
-        assert _http(f"{server.url}/readyz")[0] == 200
-        assert "budgetpilot_sidecar_fleet_in_envelope 1.0" in _http(f"{server.url}/metrics")[1]
+        assert http(f"{server.url}/readyz")[0] == 200
+        assert "budgetpilot_sidecar_fleet_in_envelope 1.0" in http(f"{server.url}/metrics")[1]
     finally:
         server.shutdown()
         server.server_close()
