@@ -220,6 +220,32 @@ class GovernedFleet:
             caps[ROLES.index(role_of_tier(pool.tier))] += pool.replica_slots
         return FleetShape(self.capacity_rps, self.role_capacity_rps, tuple(caps))
 
+    def role_replicas(self, elastic: bool = False) -> dict[str, tuple[int, int]]:
+        """Per role of :data:`envs.contract.ROLES` the fleet has, the fewest and most replicas
+        it runs (all its pools of the role together): its replicas when fixed; when elastic
+        (:func:`scalable`), from its pools' minimum (at least one, as the replica knobs keep)
+        to their caps."""
+        totals: dict[str, tuple[int, int]] = {}
+        for pool in (scalable(self.config) if elastic else self.config).pools:
+            if elastic:
+                low, high = max(pool.min_replicas, 1), pool.replica_slots
+            else:
+                low = high = pool.replicas
+            role = role_of_tier(pool.tier)
+            before = totals.get(role, (0, 0))
+            totals[role] = (before[0] + low, before[1] + high)
+        return totals
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models its pools serve (catalog names, or a ``config.json``'s model name)."""
+        return tuple(sorted({p.model_spec().name for p in self.config.pools}))
+
+    @property
+    def gpu_names(self) -> tuple[str, ...]:
+        """The GPU kinds its pools run on."""
+        return tuple(sorted({p.gpu_spec().name for p in self.config.pools}))
+
     @property
     def strong_pool(self) -> str:
         """The first pool of tier 0 (the one scenarios fail replicas of)."""

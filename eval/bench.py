@@ -418,6 +418,12 @@ class ControllerSpec:
                 f"{self.name} cannot govern {scenario} on {fleet}: its observation contract "
                 "(pools, capacity, SLOs) is another fleet's"
             )
+        outside = () if not self.is_policy else outside_envelope(self.policy_path, fleet)
+        if outside:
+            return (
+                f"{self.name} cannot govern {scenario}" + (f" on {fleet}" if fleet else "")
+                + f": the fleet is outside its envelope: {'; '.join(outside)}"
+            )
         return None
 
     def build(self, context: ControlContext, params: dict | None) -> Controller:
@@ -429,6 +435,22 @@ class ControllerSpec:
 
         policy = OnnxController(context, self.policy_path)
         return SidecarGuardedController(policy) if self.variant == SIDECAR else policy
+
+
+@cache
+def outside_envelope(policy_path: str, fleet: str | None) -> tuple[str, ...]:
+    """How the fleet file ``fleet`` (``None``: the reference fleet) lies outside the envelope of
+    the policy at ``policy_path`` (empty: inside), as the sidecar judges a live fleet."""
+    from policies.manifest import FleetFacts
+    from policies.runtime import read_manifest
+
+    governed = governed_fleet(fleet)
+    facts = FleetFacts(
+        replicas={role: high for role, (_, high) in governed.role_replicas().items()},
+        models=frozenset(governed.model_names),
+        gpus=frozenset(governed.gpu_names),
+    )
+    return tuple(read_manifest(policy_path).envelope.differences(facts))
 
 
 @cache

@@ -33,10 +33,8 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from envs.contract import ROLES, role_of_tier
+from envs.contract import ROLES
 from envs.fleet_env import LLMFleetEnv
-from envs.scenarios import scalable
-from envs.sim import SimConfig
 from policies.manifest import (
     INPUT_NAME,
     MIN_OPSET,
@@ -302,38 +300,20 @@ def export_checkpoint(
     )
 
 
-def _role_replicas(config: SimConfig, elastic: bool) -> dict[str, tuple[int, int]]:
-    """Per role, the fewest and most replicas ``config`` runs (all its pools of the role
-    together): its replicas when fixed, from its pools' minimum (at least one, as the replica
-    knobs keep) to their caps when elastic."""
-    totals: dict[str, tuple[int, int]] = {}
-    for pool in (scalable(config) if elastic else config).pools:
-        low, high = (
-            (max(pool.min_replicas, 1), pool.replica_slots)
-            if elastic
-            else (pool.replicas, pool.replicas)
-        )
-        role = role_of_tier(pool.tier)
-        before = totals.get(role, (0, 0))
-        totals[role] = (before[0] + low, before[1] + high)
-    return totals
-
-
 def training_envelope(env: LLMFleetEnv, fleet_names: tuple[str, ...]) -> Envelope:
     """The envelope of a policy trained in ``env``: over every fleet it draws from, each pool
     role's replica range (0 fewest where a fleet lacks the role), the models, GPUs and the SLO
     spec."""
-    per_fleet = [_role_replicas(f.config, env.elastic) for f in env.fleets]
+    per_fleet = [f.role_replicas(env.elastic) for f in env.fleets]
     roles = {}
     for role in ROLES:
         ranges = [replicas.get(role, (0, 0)) for replicas in per_fleet]
         if any(high > 0 for _, high in ranges):
             roles[role] = (min(low for low, _ in ranges), max(high for _, high in ranges))
-    pools = [p for f in env.fleets for p in f.config.pools]
     return Envelope(
         roles=roles,
-        models=tuple(sorted({p.model_spec().name for p in pools})),
-        gpus=tuple(sorted({p.gpu_spec().name for p in pools})),
+        models=tuple(sorted({m for f in env.fleets for m in f.model_names})),
+        gpus=tuple(sorted({g for f in env.fleets for g in f.gpu_names})),
         spec_service=env.slo_spec.service,
         spec_digest=BudgetEngine(env.slo_spec).spec_fingerprint(),
         fleets=fleet_names,
