@@ -163,3 +163,9 @@ def test_a_preset_names_fleets_to_draw_from_with_contract_3_by_default(tmp_path)
 def test_a_bad_fleet_list_in_a_preset_is_refused(tmp_path, env_kwargs, match) -> None:
     with pytest.raises(PresetError, match=match):
         load_preset(_preset(tmp_path, env_kwargs))
+
+
+@pytest.mark.parametrize(("preset", "contract"), [("quick", 3), ("standard", 3), ("elastic", 2)])
+def test_new_training_observes_contract_3_but_elastic_stays_on_2(preset, contract) -> None:
+    # The sidecar does not run elastic v3 policies yet: an elastic preset defaults to v2.
+    assert load_preset(preset).env_kwargs.as_kwargs()["contract"] == contract

@@ -113,7 +113,10 @@ class EnvKwargs(_Strict):
         description="fleet files drawn from at each episode (contract 3), instead of fleet",
     )
     contract: Literal[2, 3] = Field(
-        3, description="observation contract: 3 (any fleet, by role) or 2 (one fleet's pools)"
+        3,
+        description="observation contract: 3 (any fleet, by role) or 2 (one fleet's pools); "
+        "default 3, and 2 for an elastic preset (the sidecar does not run elastic v3 policies "
+        "yet)",
     )
 
     @field_validator("fleet")
@@ -128,6 +131,13 @@ class EnvKwargs(_Strict):
     def _fleets_load(cls, fleets: list[str] | None) -> list[str] | None:
         """Each fleet file's absolute path (see ``fleet``)."""
         return None if fleets is None else [_fleet_path(f) for f in fleets]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_contract(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("contract") is None:
+            return data | {"contract": 2 if data.get("elastic") else 3}
+        return data
 
     @model_validator(mode="after")
     def _fleets_need_contract_3(self) -> EnvKwargs:
