@@ -135,7 +135,7 @@ class LLMFleetEnv(gym.Env):
 
     That is contract v2 (``contract=2``, the default): one fleet's, its pools by name, load
     relative to its capacity, the replica features relative to its caps. Contract v3
-    (``contract=3``, what training presets use by default;
+    (``contract=3``, what training presets of fixed fleets use by default;
     :func:`envs.contract.fleet_independent_contract`) is the same for every fleet, whatever its
     size, GPUs and models: pools are grouped by role, ``strong`` (tier 0) and ``cheap`` (the
     other tiers), each role's features taken over all its pools' replicas, and every role also

@@ -77,7 +77,8 @@ class ExportResult:
             f"{m.provenance.preset} (seed {m.provenance.seed}, {m.provenance.timesteps} steps): "
             f"{m.observation_contract.size} features -> {len(m.action_contract.knobs)} knobs, "
             f"spec {m.service}@{m.spec_hash}, opset {m.opset}, {self.onnx_bytes / 1024:.1f} KiB, "
-            f"parity max |diff| {self.parity_max_abs_error:.1e}, {self.seconds:.1f} s"
+            f"parity max |diff| {self.parity_max_abs_error:.1e}, {self.seconds:.1f} s; "
+            f"envelope: {m.envelope.summary()}"
         )
 
 

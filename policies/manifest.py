@@ -306,6 +306,14 @@ class Envelope(_FieldMapping):
         fleets = ("reference",)
         return cls(roles, REFERENCE_MODELS, REFERENCE_GPUS, service, digest, fleets, assumed)
 
+    def summary(self) -> str:
+        """One line: the replicas of each role, the models, GPUs and fleets."""
+        roles = ", ".join(f"{r} {_range(low, high)}" for r, (low, high) in self.roles.items())
+        return (
+            f"replicas {roles}; models {', '.join(self.models)}; GPUs {', '.join(self.gpus)}; "
+            f"fleets {', '.join(self.fleets)}"
+        )
+
     def differences(self, fleet: FleetFacts) -> list[str]:
         """How ``fleet`` lies outside the envelope, one sentence each (empty: inside)."""
         found = []
