@@ -421,7 +421,8 @@ class ControllerSpec:
         outside = () if not self.is_policy else outside_envelope(self.policy_path, fleet)
         if outside:
             return (
-                f"{self.name} cannot govern {scenario}" + (f" on {fleet}" if fleet else "")
+                f"{self.name} cannot govern {scenario}"
+                + (f" on {fleet}" if fleet else "")
                 + f": the fleet is outside its envelope: {'; '.join(outside)}"
             )
         return None

@@ -311,8 +311,8 @@ class Sidecar:
         """Refuse a fleet outside the policy's envelope (before anything is written); warn
         when the manifest has none (the reference fleet's is assumed)."""
         envelope = self.policy.manifest.envelope
-        if envelope.assumed:
-            log.warning(
+        if envelope.assumed:  # the shipped policies: a normal start (EnvelopeAssumedWarning too)
+            log.info(
                 "%s has no envelope: the reference fleet's is assumed (re-export the policy "
                 "to record the fleets it was trained on)",
                 self.config.policy,
