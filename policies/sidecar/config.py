@@ -698,9 +698,11 @@ def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dic
     }
 
 
-def twin_capacity(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def twin_capacity(config: SidecarConfig, url: str, timeout_s: float = 120.0) -> dict[str, Any]:
     """The ``fleet_capacity`` a policy of observation contract v3 needs against the engine twin
     at ``url`` (``GET /fleet``), when ``config`` has none (else, or for a v2 policy: empty).
+    The twin measures its cheap tier's capacity when first asked (seconds; then cached), hence
+    the long default deadline.
 
     Raises
     ------
