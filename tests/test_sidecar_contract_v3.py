@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import EXAMPLE_FLEETS_DIR
 from envs.twin import EngineTwin
+from eval.cli import app
 from eval.perf_sidecar import linear_policy
 from policies.sidecar.config import (
     SidecarConfigError,
@@ -27,6 +29,7 @@ pytest.importorskip("torch", reason="the envelope is computed as the exporter do
 from policies.export import training_envelope  # noqa: E402
 
 SINGLE_TIER = EXAMPLE_FLEETS_DIR / "single-tier.yaml"
+TIERED = EXAMPLE_FLEETS_DIR / "tiered-h100-a100.yaml"
 INTERVAL_S = 30.0
 CYCLES = 4
 
@@ -108,3 +111,21 @@ def test_a_v3_policy_without_the_fleets_capacity_is_refused(v3_policy) -> None:
             Sidecar(config)
     finally:
         twin.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fleet", "code", "says"),
+    [
+        (SINGLE_TIER, 0, "fits the config (4 engines)"),
+        (TIERED, 2, "the fleet is outside the policy's envelope"),
+    ],
+    ids=["single-tier", "tiered"],
+)
+def test_the_sidecar_command_takes_the_twins_fleet(v3_policy, fleet, code, says) -> None:
+    with EngineTwin("steady", seed=11, speed=0.0, fleet=fleet) as twin:
+        twin.start()
+        args = ["sidecar", "--twin", twin.url, "--policy", str(v3_policy), "--check"]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == code, result.output
+    assert says in result.output
