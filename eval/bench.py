@@ -522,7 +522,7 @@ def _controller_spec(name: str, zoo: dict[str, Path], zoo_dir: Path) -> Controll
         contract.elastic,
         contract.digest,
         variant or None,
-        3 if contract.by_role else 2,
+        contract_version=3 if contract.by_role else 2,
     )
 
 
