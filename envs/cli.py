@@ -56,6 +56,14 @@ def simulate(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    capacity: Annotated[
+        bool,
+        typer.Option(
+            "--capacity",
+            help="Print the fleet's capacity per pool role instead of simulating (requests/s "
+            "saturated, measured and cached: the sidecar's fleet_capacity).",
+        ),
+    ] = False,
 ) -> None:
     """Simulate a fleet serving a workload and print latency, throughput and KV figures.
 
@@ -66,7 +74,7 @@ def simulate(
 
     try:
         sim_config = _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config)
-        summary = _run(sim_config, hours, seed)
+        summary = _role_capacity(sim_config) if capacity else _run(sim_config, hours, seed)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -103,6 +111,19 @@ def _simulate_config(workload, rate, replicas, model, gpu, tp, trace, config):
     spec = {"kind": kind, "rate": rate, "trace": str(trace) if trace else None}
     source = validated(WorkloadConfig, spec, "workload options")
     return base.model_copy(update={"workload": source})
+
+
+def _role_capacity(config) -> dict:
+    """Requests/s each pool role of the fleet serves saturated (roles it lacks left out), as
+    the sidecar's ``fleet_capacity`` takes them."""
+    from rich.console import Console
+
+    from envs.contract import ROLES
+    from envs.scenarios import GovernedFleet
+
+    with Console(stderr=True).status("measuring the fleet's capacity per role (cached)"):
+        rps = GovernedFleet.from_config(config).role_capacity_rps
+    return {role: value for role, value in zip(ROLES, rps, strict=True) if value > 0}
 
 
 def _run(config, hours: float, seed: int) -> dict:

@@ -8,6 +8,16 @@ the simulator.
 
 The contract is versioned: :attr:`ObservationContract.version` and :attr:`ActionContract.version`
 change whenever a feature or knob changes meaning, and an exported policy carries both.
+
+Observation v2 describes one fleet: its pools by name, its nominal capacity and replica caps are
+part of the contract. Observation v3 (:func:`fleet_independent_contract`) describes any fleet:
+pools are grouped by role (:data:`ROLES`, from their tier), every per-role signal is relative to
+the role's replicas or measured capacity, and the fleet's numbers (capacities, replica caps) are
+given at run time as a :class:`FleetShape`, so one policy can govern fleets of different sizes.
+A role the fleet lacks has its features fixed at 0 and its ``present`` feature 0 (masked). The
+action contract is the same for both (v1): its knobs already mean the same on every fleet
+(admission relative to the fleet's capacity, knobs without a counterpart held neutral); with v3
+the replica knobs are named by role.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from typing import Literal
 import numpy as np
 
 OBSERVATION_VERSION = "budgetpilot.observation/v2"
+#: The fleet-independent observation contract (see the module docstring).
+OBSERVATION_VERSION_V3 = "budgetpilot.observation/v3"
 ACTION_VERSION = "budgetpilot.action/v1"
 
 #: Burn rates are observed as log2(1 + burn rate), clipped here: 2**8 - 1 = 255x burn.
@@ -288,6 +300,57 @@ FLEET_FEATURES: tuple[str, ...] = (
     "preemptions_per_replica_s",  # log1p of vllm:num_preemptions_total rate per replica
 )
 
+#: Pool roles of the v3 contract: the strong tier (tier 0) and the cheap one (every other tier,
+#: where the router downgrades to).
+ROLES: tuple[str, ...] = ("strong", "cheap")
+#: Per-role signals of the v3 contract, beyond :data:`POOL_FEATURES` (over the role's pools).
+ROLE_FEATURES: tuple[str, ...] = (
+    "present",  # 1 when the fleet has a pool of this role, 0 when its features are masked
+    "capacity_share",  # the role's measured capacity / the fleet's nominal capacity
+    "queue_s",  # log1p of the role's waiting requests / its capacity: seconds of queue
+)
+ROLE_FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "present": (0.0, 1.0),
+    "capacity_share": (0.0, 16.0),
+    "queue_s": (0.0, 12.0),
+}
+
+
+def role_of_tier(tier: int) -> str:
+    """The v3 role of a pool of ``tier``: ``strong`` for tier 0, else ``cheap``."""
+    return ROLES[0] if tier == 0 else ROLES[1]
+
+
+@dataclass(frozen=True)
+class FleetShape:
+    """The numbers of the governed fleet a v3 observation is relative to, by role
+    (:data:`ROLES` order).
+
+    Parameters
+    ----------
+    capacity_rps:
+        The fleet's nominal capacity (requests/s its strong tier serves saturated).
+    role_capacity_rps:
+        Requests/s each role serves saturated (0 for a role the fleet lacks).
+    role_max_replicas:
+        Most replicas each role may have (its pools' replica slots; 0 for a role it lacks).
+    """
+
+    capacity_rps: float
+    role_capacity_rps: tuple[float, ...]
+    role_max_replicas: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.capacity_rps > 0:
+            raise ValueError(f"capacity_rps must be > 0, got {self.capacity_rps}")
+        for name in ("role_capacity_rps", "role_max_replicas"):
+            if len(getattr(self, name)) != len(ROLES):
+                raise ValueError(f"{name} must give one value per role {list(ROLES)}")
+
+    def present(self, role: int) -> bool:
+        """Whether the fleet has a pool of role ``role`` (an index into :data:`ROLES`)."""
+        return self.role_max_replicas[role] > 0
+
 
 @dataclass(frozen=True)
 class FleetSignals:
@@ -370,12 +433,26 @@ class FleetSignalTracker:
         The observation contract (pool names and the nominal capacity).
     control_interval_s:
         Seconds between two :meth:`update` calls.
+    shape:
+        The fleet's capacities and replica caps by role: required by a v3 contract (whose
+        gauges give each replica's role as its ``pool``), unused by v2.
     """
 
-    def __init__(self, contract: ObservationContract, control_interval_s: float) -> None:
+    def __init__(
+        self,
+        contract: ObservationContract,
+        control_interval_s: float,
+        shape: FleetShape | None = None,
+    ) -> None:
         if control_interval_s <= 0:
             raise ValueError(f"control_interval_s must be > 0, got {control_interval_s}")
+        if contract.by_role and shape is None:
+            raise ValueError(f"a {contract.version} contract needs the fleet's FleetShape")
         self.contract = contract
+        self.shape = shape
+        self.capacity_rps = (
+            shape.capacity_rps if contract.by_role else contract.nominal_capacity_rps
+        )
         self.control_interval_s = float(control_interval_s)
         self._rates: deque[float] = deque(maxlen=max(1, int(3600.0 / control_interval_s)))
 
@@ -405,11 +482,14 @@ class FleetSignalTracker:
             name: _pool_features([r for r in reporting if r[0] == p])
             for p, name in enumerate(self.contract.pools)
         }
+        if self.contract.by_role:
+            for r, name in enumerate(self.contract.pools):
+                pools[name] |= _role_features([x for x in reporting if x[0] == r], self.shape, r)
         if self.contract.elastic:
             desired = self._pool_desired(gauges)
             for p, name in enumerate(self.contract.pools):
                 states = [s for r, s in zip(replicas, lifecycle, strict=True) if r[0] == p]
-                cap = self.contract.max_replicas[p]
+                cap = self._max_replicas(p)
                 pools[name] |= _replica_features(states, desired[p], cap)
         rate = max(float(arrivals), 0.0) / self.control_interval_s
         self._rates.append(rate)
@@ -417,10 +497,17 @@ class FleetSignalTracker:
         per_replica_s = max(float(preemptions), 0.0) / max(len(reporting), 1)
         fleet = {
             "arrival_rate_trend": math.log2((rate + 1e-3) / (mean_rate + 1e-3)),
-            "load_per_capacity": rate / self.contract.nominal_capacity_rps,
+            "load_per_capacity": rate / self.capacity_rps,
             "preemptions_per_replica_s": math.log1p(per_replica_s / self.control_interval_s),
         }
         return FleetSignals(pools=pools, fleet=fleet)
+
+    def _max_replicas(self, pool: int) -> int:
+        """The replica cap the replica features of contract pool ``pool`` are relative to (a
+        role the fleet lacks: 1, its features are 0 anyway)."""
+        if self.contract.by_role:
+            return max(self.shape.role_max_replicas[pool], 1)
+        return self.contract.max_replicas[pool]
 
     def _lifecycle(self, gauges: ReplicaGauges) -> list[int]:
         """Each replica's lifecycle state (all serving when the gauges do not say)."""
@@ -454,6 +541,19 @@ def _replica_features(states: list[int], desired: float, max_replicas: int) -> d
         "replicas_provisioning": states.count(ReplicaLifecycle.PROVISIONING) / max_replicas,
         "replicas_draining": states.count(ReplicaLifecycle.DRAINING) / max_replicas,
         "replicas_desired": desired / max_replicas,
+    }
+
+
+def _role_features(replicas: list[tuple], shape: FleetShape, role: int) -> dict[str, float]:
+    """:data:`ROLE_FEATURES` of one role from its reporting replicas' rows (as
+    :func:`_pool_features` reads them); all 0 for a role the fleet lacks."""
+    capacity = shape.role_capacity_rps[role]
+    if not shape.present(role) or capacity <= 0:
+        return dict.fromkeys(ROLE_FEATURES, 0.0)
+    return {
+        "present": 1.0,
+        "capacity_share": capacity / shape.capacity_rps,
+        "queue_s": math.log1p(sum(r[4] for r in replicas) / capacity),
     }
 
 
@@ -496,7 +596,15 @@ class ObservationContract:
     max_replicas:
         For an elastic fleet, the most replicas each pool may have (in :attr:`pools` order):
         every pool then also has the :data:`REPLICA_FEATURES`, relative to it. Empty (the
-        default): a fixed fleet, without them.
+        default): a fixed fleet, without them. Always empty in v3.
+    scales:
+        v3 only: the pools scale, every role has the :data:`REPLICA_FEATURES`, relative to the
+        live fleet's caps (:class:`FleetShape`).
+
+    With ``version`` :data:`OBSERVATION_VERSION_V3` (see :func:`fleet_independent_contract`)
+    ``pools`` are the :data:`ROLES`, each with the :data:`ROLE_FEATURES` too, and neither
+    ``nominal_capacity_rps`` nor ``max_replicas`` is part of the contract: the fleet gives them
+    at run time.
     """
 
     slo_names: tuple[str, ...]
@@ -507,9 +615,17 @@ class ObservationContract:
     nominal_capacity_rps: float = 1.0
     version: str = OBSERVATION_VERSION
     max_replicas: tuple[int, ...] = ()
+    scales: bool = False
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.by_role and (tuple(self.pools) != ROLES or self.max_replicas):
+            raise ValueError(
+                f"a {OBSERVATION_VERSION_V3} contract observes the roles {list(ROLES)} and has "
+                "no max_replicas (the fleet gives its caps)"
+            )
+        if self.scales and not self.by_role:
+            raise ValueError(f"scales is a {OBSERVATION_VERSION_V3} setting; v2 has max_replicas")
         if not self.nominal_capacity_rps > 0:
             raise ValueError(f"nominal_capacity_rps must be > 0, got {self.nominal_capacity_rps}")
         caps = tuple(int(n) for n in self.max_replicas)
@@ -530,14 +646,20 @@ class ObservationContract:
         object.__setattr__(self, "_bounds", self._feature_bounds())
 
     @property
+    def by_role(self) -> bool:
+        """Whether the pools are roles, fleet-independent (v3)."""
+        return self.version == OBSERVATION_VERSION_V3
+
+    @property
     def elastic(self) -> bool:
         """Whether the pools scale (and the replica features are observed)."""
-        return bool(self.max_replicas)
+        return bool(self.max_replicas) or self.scales
 
     @property
     def pool_features(self) -> tuple[str, ...]:
-        """The features of every pool, in order."""
-        return POOL_FEATURES + (REPLICA_FEATURES if self.elastic else ())
+        """The features of every pool (role), in order."""
+        roles = ROLE_FEATURES if self.by_role else ()
+        return POOL_FEATURES + roles + (REPLICA_FEATURES if self.elastic else ())
 
     @property
     def size(self) -> int:
@@ -551,7 +673,7 @@ class ObservationContract:
     def _feature_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         per_slo = [(0.0, MAX_LOG_BURN)] * len(self.windows) + [(-1.0, 1.0), (0.0, 1.0)]
         ranges = per_slo * len(self.slo_names)
-        bounds = POOL_FEATURE_BOUNDS | REPLICA_FEATURE_BOUNDS
+        bounds = POOL_FEATURE_BOUNDS | ROLE_FEATURE_BOUNDS | REPLICA_FEATURE_BOUNDS
         ranges += [bounds[f] for _ in self.pools for f in self.pool_features]
         ranges += [FLEET_FEATURE_BOUNDS[f] for f in FLEET_FEATURES]
         ranges += [(-1.0, 1.0)] * len(self.knob_names)
@@ -605,7 +727,10 @@ class ObservationContract:
             "nominal_capacity_rps": self.nominal_capacity_rps,
             "feature_names": list(self.feature_names),
         }
-        if self.elastic:  # absent for fixed fleets: their dicts and digests stay as they were
+        if self.by_role:  # fleet-independent: the fleet's numbers are given at run time
+            del data["nominal_capacity_rps"]
+            data["scales"] = self.scales
+        elif self.elastic:  # absent for fixed fleets: their dicts and digests stay as they were
             data["max_replicas"] = list(self.max_replicas)
         return data
 
@@ -617,9 +742,12 @@ class ObservationContract:
             pools=tuple(data["pools"]),
             knob_names=tuple(data["knob_names"]),
             spec_digest=data.get("spec_digest", ""),
-            nominal_capacity_rps=float(data["nominal_capacity_rps"]),
+            nominal_capacity_rps=float(data.get("nominal_capacity_rps", 1.0))
+            if data["version"] == OBSERVATION_VERSION_V3
+            else float(data["nominal_capacity_rps"]),
             version=data["version"],
             max_replicas=tuple(data.get("max_replicas", ())),
+            scales=bool(data.get("scales", False)),
         )
         if "feature_names" in data and list(data["feature_names"]) != list(contract.feature_names):
             raise ValueError("observation contract: feature_names do not match its definition")
@@ -628,3 +756,23 @@ class ObservationContract:
     @property
     def digest(self) -> str:
         return _digest(self.to_dict())
+
+
+def fleet_independent_contract(
+    slo_names: Sequence[str],
+    windows: Sequence[str],
+    knob_names: Sequence[str],
+    spec_digest: str,
+    scales: bool = False,
+) -> ObservationContract:
+    """The v3 observation contract (:data:`OBSERVATION_VERSION_V3`): pools by role, nothing of
+    one fleet's size in it."""
+    return ObservationContract(
+        slo_names=tuple(slo_names),
+        windows=tuple(windows),
+        pools=ROLES,
+        knob_names=tuple(knob_names),
+        spec_digest=spec_digest,
+        version=OBSERVATION_VERSION_V3,
+        scales=scales,
+    )

@@ -14,15 +14,18 @@ from gymnasium import spaces
 from envs.action_filter import ActionRateLimit
 from envs.contract import (
     DEFAULT_KNOBS,
+    ROLES,
     ActionContract,
     FleetSignals,
     FleetSignalTracker,
     ObservationContract,
     ReplicaGauges,
     elastic_knobs,
+    fleet_independent_contract,
     neutral_knob_values,
     next_desired_replicas,
     replicas_knob_name,
+    role_of_tier,
 )
 from envs.domain import DomainRandomisation, RandomisedFleet
 from envs.scenarios import (
@@ -52,6 +55,31 @@ SLI_KINDS = (
     "context",
     "fairness",
 )
+
+
+#: A fleet as environments take it: ``None`` (the reference fleet), a fleet file's path or
+#: its loaded :class:`envs.sim.SimConfig`.
+FleetArgument = SimConfig | str | Path | None
+
+
+def _governed_fleets(
+    fleet: FleetArgument, fleets: Sequence[FleetArgument] | None, contract: int
+) -> tuple[GovernedFleet, ...]:
+    """The fleets of an environment: ``fleet``, or ``fleets`` to draw from at each reset (v3
+    only: a v2 contract is one fleet's), all with the same SLO spec."""
+    if fleets is None:
+        return (governed_fleet(fleet),)
+    if fleet is not None:
+        raise ValueError("give fleet or fleets, not both")
+    if not fleets:
+        raise ValueError("fleets: give a non-empty list of fleet files")
+    if contract != 3:
+        raise ValueError("fleets: drawing fleets needs contract=3 (v2 observes one fleet)")
+    drawn = tuple(governed_fleet(f) for f in fleets)
+    specs = {str(f.config.slo_spec) for f in drawn}
+    if len(specs) > 1:
+        raise ValueError(f"fleets: they name different SLO specs {sorted(specs)}: give one")
+    return drawn
 
 
 def sim_knobs(values: Mapping[str, float], fleet: GovernedFleet = REFERENCE_FLEET) -> Knobs:
@@ -161,10 +189,24 @@ class LLMFleetEnv(gym.Env):
     engines' metrics (and the Deployments' status), which is how the sidecar rebuilds the same
     vector.
 
+    That is contract v2 (``contract=2``, the default): one fleet's, its pools by name, load
+    relative to its capacity, the replica features relative to its caps. Contract v3
+    (``contract=3``, what training presets of fixed fleets use by default;
+    :func:`envs.contract.fleet_independent_contract`) is the same for every fleet, whatever its
+    size, GPUs and models: pools are grouped by role, ``strong`` (tier 0) and ``cheap`` (the
+    other tiers), each role's features taken over all its pools' replicas, and every role also
+    has ``present`` (1, or 0 when the fleet has no pool of that role: its features are then all
+    0, masked), ``capacity_share`` (the role's measured capacity over the fleet's nominal one,
+    :attr:`envs.scenarios.GovernedFleet.role_capacity_rps`) and ``queue_s`` (log1p of the
+    role's waiting requests over its capacity: seconds of queue). Load stays relative to the
+    fleet's nominal capacity and the replica features to each role's caps, both given at run
+    time (:class:`envs.contract.FleetShape`), not by the contract.
+
     ## Action Space
 
     A ``Box(-1, 1, (7,))`` (``(9,)`` when elastic) decoded by
-    :class:`envs.contract.ActionContract` into knobs:
+    :class:`envs.contract.ActionContract` into knobs (the same for contracts v2 and v3, whose
+    replica knobs are named by role and move every pool of the role):
 
     ====================  ===============  =====================================================
     knob                  range            real-world counterpart
@@ -232,16 +274,22 @@ class LLMFleetEnv(gym.Env):
     failure rate drawn around the scenario at each reset), ``action_filter`` (``None``; an
     :class:`envs.action_filter.ActionRateLimit` or its mapping, ``{"max_step": 0.1}``: each
     knob moves at most that far per step from the value in force, an integer knob one level,
-    the way an exported policy's graph limits it). ``reward`` may also be a mapping of
-    :class:`RewardConfig`'s fields. The elastic scenarios
+    the way an exported policy's graph limits it), ``contract`` (2: the observation contract
+    v2, one fleet's; 3: v3, any fleet's, see above), ``fleets`` (with ``contract=3``, instead
+    of ``fleet``: a list of fleets, each reset draws one from ``self.np_random``; they must
+    share one SLO spec, and the first gives the control interval when not given). ``reward``
+    may also be a mapping of :class:`RewardConfig`'s fields. The elastic scenarios
     (:data:`envs.scenarios.ELASTIC_SCENARIOS`) are meant for ``elastic=True``; without it their
     replicas stay at their initial count. With it, every scenario's pools may scale.
 
     ## Version History
 
-    * v0: initial version; later gained ``elastic``, per-scenario episode lengths
-      (``episode_hours=None``), ``randomisation``, ``action_filter`` and the optional reward
-      terms, leaving the contracts and, with them off, the dynamics as they were.
+    * v0: initial version; later gained ``elastic`` and per-scenario episode lengths
+      (``episode_hours=None``), leaving the fixed environment's contracts and dynamics as they
+      were; then fleet files (``fleet``), the observation contract v3 (``contract=3``) with
+      fleets drawn per episode (``fleets``), the default contract staying v2 so that policies
+      trained on it still load; then ``randomisation``, ``action_filter`` and the optional
+      reward terms, leaving the contracts and, with them off, the dynamics as they were.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -257,13 +305,18 @@ class LLMFleetEnv(gym.Env):
         reward: RewardConfig | None = None,
         render_mode: str | None = None,
         elastic: bool = False,
-        fleet: SimConfig | str | Path | None = None,
+        fleet: FleetArgument = None,
         randomisation: DomainRandomisation | Mapping[str, Any] | None = None,
         action_filter: ActionRateLimit | Mapping[str, Any] | None = None,
+        contract: int = 2,
+        fleets: Sequence[FleetArgument] | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} not in {self.metadata['render_modes']}")
-        self.fleet = governed_fleet(fleet)
+        if contract not in (2, 3):
+            raise ValueError(f"contract must be 2 or 3 (the observation contract), got {contract}")
+        self.fleets = _governed_fleets(fleet, fleets, contract)
+        self.fleet = self.fleets[0]
         if control_interval_s is None:
             control_interval_s = self.fleet.config.control_interval_s
         hours_ok = episode_hours is None or episode_hours > 0
@@ -296,24 +349,36 @@ class LLMFleetEnv(gym.Env):
         probe = BudgetEngine(self.slo_spec)
         self.slo_names = probe.slo_names
         self.slo_kinds = {s.name: s.sli.llm.kind for s in probe.slos}
-        pools = tuple(p.name for p in self.fleet.config.pools)
-        knobs = elastic_knobs(pools) if self.elastic else DEFAULT_KNOBS
-        self.action_contract = ActionContract(knobs=knobs)
-        caps = tuple(p.replica_slots for p in scalable(self.fleet.config).pools)
-        self.observation_contract = ObservationContract(
-            slo_names=self.slo_names,
-            windows=("5m", "30m", "1h", "6h"),
-            pools=pools,
-            knob_names=self.action_contract.names,
-            spec_digest=probe.spec_fingerprint(),
-            nominal_capacity_rps=self.fleet.capacity_rps,
-            max_replicas=caps if self.elastic else (),
-        )
+        self.observation_contract = self._contracts(contract, probe.spec_fingerprint())
         self._window_index = [probe.windows.index(w) for w in self.observation_contract.windows]
         low_obs, high_obs = self.observation_contract.bounds()
         self.observation_space = spaces.Box(low_obs, high_obs, dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (len(self.action_contract.knobs),), np.float32)
         self._init_action_shaping(action_filter)
+
+    def _contracts(self, version: int, spec_digest: str) -> ObservationContract:
+        """Set the action contract and return the observation contract of ``version``: v2
+        observes this fleet's pools by name, v3 (:func:`envs.contract.
+        fleet_independent_contract`) any fleet's by role."""
+        pools = ROLES if version == 3 else tuple(p.name for p in self.fleet.config.pools)
+        knobs = elastic_knobs(pools) if self.elastic else DEFAULT_KNOBS
+        self.action_contract = ActionContract(knobs=knobs)
+        windows = ("5m", "30m", "1h", "6h")
+        names = self.action_contract.names
+        if version == 3:
+            return fleet_independent_contract(
+                self.slo_names, windows, names, spec_digest, scales=self.elastic
+            )
+        caps = tuple(p.replica_slots for p in scalable(self.fleet.config).pools)
+        return ObservationContract(
+            slo_names=self.slo_names,
+            windows=windows,
+            pools=pools,
+            knob_names=names,
+            spec_digest=spec_digest,
+            nominal_capacity_rps=self.fleet.capacity_rps,
+            max_replicas=caps if self.elastic else (),
+        )
 
     # ------------------------------------------------------------------------------------------
     # Gymnasium API
@@ -324,6 +389,8 @@ class LLMFleetEnv(gym.Env):
         super().reset(seed=seed)
         if len(self.scenarios) > 1:
             self.scenario = self.scenarios[int(self.np_random.integers(len(self.scenarios)))]
+        if len(self.fleets) > 1:
+            self.fleet = self.fleets[int(self.np_random.integers(len(self.fleets)))]
         self.max_steps = self._episode_steps(self.scenario)
         self.setup: ScenarioSetup = self._build_scenario()
         if self.elastic:
@@ -333,13 +400,12 @@ class LLMFleetEnv(gym.Env):
         self.engine = BudgetEngine(self.slo_spec)
         self.knob_values = neutral_knob_values(self.action_contract.names)
         self._apply_knobs()
-        self._contract_pool = np.array(
-            [self.observation_contract.pools.index(n) for n in self.sim.pool_names]
-        )
+        self._contract_pool = self._observed_pools()
         self._replica_caps = self._check_replica_caps()
         self._provisioned_mark = (0.0, np.zeros(len(self.sim.pool_names)))
+        shape = self.fleet.shape(self.setup.config) if self.observation_contract.by_role else None
         self._signal_tracker = FleetSignalTracker(
-            self.observation_contract, self.control_interval_s
+            self.observation_contract, self.control_interval_s, shape
         )
         self._arrivals_seen = 0
         self._preemptions_seen = 0
@@ -436,11 +502,19 @@ class LLMFleetEnv(gym.Env):
         hours = self.episode_hours or scenario.episode_hours or self.fleet.config.episode_hours
         return int(round(hours * 3600.0 / self.control_interval_s))
 
+    def _observed_pools(self) -> np.ndarray:
+        """Index of each simulated pool among the observation contract's pools: its own name's
+        in v2, its role's in v3."""
+        if self.observation_contract.by_role:
+            roles = [role_of_tier(p.tier) for p in self.setup.config.pools]
+            return np.array([ROLES.index(r) for r in roles])
+        return np.array([self.observation_contract.pools.index(n) for n in self.sim.pool_names])
+
     def _check_replica_caps(self) -> list[int]:
-        """Replica slots of every pool; an elastic fleet's must be the contract's caps (the
-        replica features are relative to them)."""
+        """Replica slots of every pool; an elastic v2 fleet's must be the contract's caps (the
+        replica features are relative to them; v3's to the fleet's own)."""
         caps = [p.replica_slots for p in self.setup.config.pools]
-        if not self.elastic:
+        if not self.elastic or self.observation_contract.by_role:
             return caps
         expected = [self.observation_contract.max_replicas[i] for i in self._contract_pool]
         if caps != expected:
@@ -454,8 +528,11 @@ class LLMFleetEnv(gym.Env):
         """Apply the replica knobs: each moves its pool's desired replicas (a change inside the
         dead band leaves the pool alone)."""
         desired = self.sim.desired_replicas
-        for pool, cap in zip(self.sim.pool_names, self._replica_caps, strict=True):
-            change = self.knob_values[replicas_knob_name(pool)]
+        knob_pools = [self.observation_contract.pools[i] for i in self._contract_pool]
+        for pool, knob_pool, cap in zip(
+            self.sim.pool_names, knob_pools, self._replica_caps, strict=True
+        ):
+            change = self.knob_values[replicas_knob_name(knob_pool)]
             target = next_desired_replicas(desired[pool], change, cap)
             if target != desired[pool]:
                 self.sim.set_desired_replicas(pool, target)
@@ -557,7 +634,7 @@ class LLMFleetEnv(gym.Env):
     def _fleet_signals(self) -> FleetSignals:
         stats = self.stats
         desired = np.zeros(len(self.observation_contract.pools))
-        desired[self._contract_pool] = stats.pool_desired
+        np.add.at(desired, self._contract_pool, stats.pool_desired)  # v3: a role's pools
         gauges = ReplicaGauges(
             pool=self._contract_pool[stats.pool],
             healthy=stats.healthy > 0,

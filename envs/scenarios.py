@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from envs.contract import neutral_knob_values
+from envs.contract import ROLES, FleetShape, neutral_knob_values, role_of_tier
 from envs.sim import (
     AutoscalingConfig,
     PoolConfig,
@@ -180,10 +181,14 @@ class GovernedFleet:
         failures and arrivals).
     capacity_rps:
         Requests per second the fleet serves saturated (load 1): its nominal capacity.
+    cheap_capacity_rps:
+        Requests per second its cheap tier serves saturated, alone; ``None``: measured when
+        first needed (:attr:`role_capacity_rps`).
     """
 
     config: SimConfig
     capacity_rps: float
+    cheap_capacity_rps: float | None = None
 
     @classmethod
     def from_config(cls, config: SimConfig) -> GovernedFleet:
@@ -192,6 +197,54 @@ class GovernedFleet:
         from envs.sim.capacity import fleet_capacity
 
         return cls(config.model_copy(update={"failures": []}), fleet_capacity(config))
+
+    @cached_property
+    def role_capacity_rps(self) -> tuple[float, ...]:
+        """Requests per second each role of :data:`envs.contract.ROLES` serves saturated: the
+        strong one is the nominal capacity (measured with every request on the strong tier),
+        the cheap one its pools' alone, measured (cached, see :func:`envs.sim.capacity.
+        fleet_capacity`) unless given; 0 for a role the fleet lacks."""
+        from envs.sim.capacity import fleet_capacity
+
+        cheap = self.cheap_capacity_rps
+        if cheap is None:
+            alone = cheap_tier_alone(self.config)
+            cheap = 0.0 if alone is None else fleet_capacity(alone)
+        return (self.capacity_rps, float(cheap))
+
+    def shape(self, config: SimConfig | None = None) -> FleetShape:
+        """The :class:`envs.contract.FleetShape` a v3 observation of ``config`` (default: this
+        fleet; a scalable copy of it has other caps) is relative to."""
+        caps = [0] * len(ROLES)
+        for pool in (config or self.config).pools:
+            caps[ROLES.index(role_of_tier(pool.tier))] += pool.replica_slots
+        return FleetShape(self.capacity_rps, self.role_capacity_rps, tuple(caps))
+
+    def role_replicas(self, elastic: bool = False) -> dict[str, tuple[int, int]]:
+        """Per role of :data:`envs.contract.ROLES` the fleet has, the fewest and most replicas
+        it runs (all its pools of the role together): its replicas when fixed; when elastic
+        (:func:`scalable`), from its pools' minimum (at least one, as the replica knobs keep)
+        to their caps."""
+        totals: dict[str, tuple[int, int]] = {}
+        for pool in (scalable(self.config) if elastic else self.config).pools:
+            if elastic:
+                low, high = max(pool.min_replicas, 1), pool.replica_slots
+            else:
+                low = high = pool.replicas
+            role = role_of_tier(pool.tier)
+            before = totals.get(role, (0, 0))
+            totals[role] = (before[0] + low, before[1] + high)
+        return totals
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models its pools serve (catalog names, or a ``config.json``'s model name)."""
+        return tuple(sorted({p.model_spec().name for p in self.config.pools}))
+
+    @property
+    def gpu_names(self) -> tuple[str, ...]:
+        """The GPU kinds its pools run on."""
+        return tuple(sorted({p.gpu_spec().name for p in self.config.pools}))
 
     @property
     def strong_pool(self) -> str:
@@ -280,6 +333,20 @@ class GovernedFleet:
             max_num_seqs_scale=values["max_num_seqs_scale"],
             tenant_weights=weights,
         )
+
+
+def cheap_tier_alone(config: SimConfig) -> SimConfig | None:
+    """The pools of ``config`` beyond tier 0 as a fleet of their own (renumbered from tier 0,
+    every tenant on it), whose capacity is the cheap role's; ``None`` for a single tier."""
+    cheap = [p for p in config.pools if p.tier > 0]
+    if not cheap:
+        return None
+    lowest = min(p.tier for p in cheap)
+    pools = [p.model_copy(update={"tier": p.tier - lowest}) for p in cheap]
+    tenants = [t.model_copy(update={"tier": 0}) for t in config.tenants]
+    router = config.router.model_copy(update={"cheap_tier": None})
+    update = {"pools": pools, "tenants": tenants, "router": router, "failures": []}
+    return config.model_copy(update=update | {"capacity_rps": None})
 
 
 def governed_fleet(fleet: SimConfig | str | Path | None) -> GovernedFleet:

@@ -21,6 +21,8 @@ accelerated real time and serves, on loopback or any address:
                                    pool and the bound, nothing applied (409 on a fixed fleet)
 ``GET /v1/state``                  simulated time, speed, scenario, knobs, replica health
                                    (elastic: also the ``/v1/replicas`` document)
+``GET /fleet``                      the fleet's capacity per pool role (requests/s saturated;
+                                   what a policy of observation contract v3 is relative to)
 ``GET /v1/faults``                 the faults injected into each replica's page
 ``POST /v1/faults``                ``{"replica": "strong-0", "kind": "nan", "metric": ...}``
                                    injects a fault (:mod:`envs.twin_faults`), ``{"clear":
@@ -69,7 +71,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from envs.contract import REPLICAS_KNOB_SUFFIX, ActionContract, KnobSpec
+from envs.contract import REPLICAS_KNOB_SUFFIX, ROLES, ActionContract, KnobSpec
 from envs.fleet_env import LLMFleetEnv, sim_knobs
 from envs.scenarios import env_kwargs_for
 from envs.sim import FleetStats, ReplicaState, SimConfig
@@ -157,7 +159,8 @@ class ReplicaInfo:
     """One replica as the twin exposes it.
 
     ``model`` is the ``model_name`` label of its series (the SLO spec's name of its tier, what
-    SLO selectors match); ``served_model`` the catalog model it simulates.
+    SLO selectors match); ``served_model`` the model it simulates (its catalog name, or its
+    ``config.json``'s) and ``gpu`` the GPU kind it runs on.
     """
 
     index: int
@@ -167,6 +170,7 @@ class ReplicaInfo:
     model: str
     served_model: str
     max_num_seqs: int
+    gpu: str
 
 
 def validate_knob_update(contract: ActionContract, body: Any) -> dict[str, float]:
@@ -485,8 +489,9 @@ class EngineTwin:
                     pool=pools[p].name,
                     tier=tier,
                     model=self.spec.model_of_tier(tier),
-                    served_model=pools[p].model,
+                    served_model=pools[p].model_spec().name,
                     max_num_seqs=pools[p].max_num_seqs,
+                    gpu=pools[p].gpu_spec().name,
                 )
             )
         return tuple(infos)
@@ -665,6 +670,7 @@ class EngineTwin:
                 "pool": r.pool,
                 "model": r.model,
                 "served_model": r.served_model,
+                "gpu": r.gpu,
                 "tier": r.tier,
                 "max_num_seqs": r.max_num_seqs,
                 "healthy": healthy,
@@ -674,6 +680,13 @@ class EngineTwin:
                 entry |= {"state": STATE_NAMES[state], "desired_replicas": desired[r.pool]}
             listed.append(entry)
         return listed
+
+    def fleet_capacity(self) -> dict[str, Any]:
+        """What ``GET /fleet`` reports: requests/s each role of :data:`envs.contract.ROLES`
+        serves saturated (0 for a role the fleet lacks; the cheap one measured when first
+        asked, then cached)."""
+        rps = self.fleet.role_capacity_rps
+        return {"capacity_rps": dict(zip(ROLES, rps, strict=True))}
 
     def replicas_state(self) -> dict[str, Any]:
         """What ``GET /v1/replicas`` reports: per pool, the desired replicas, the cap and the
@@ -851,6 +864,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/replicas": twin.replicas_state,
             "/v1/state": twin.state,
             "/v1/faults": twin.faults,
+            "/fleet": twin.fleet_capacity,
         }
         if path in documents:
             return _json(HTTPStatus.OK, documents[path]())

@@ -383,6 +383,9 @@ class ControllerSpec:
         (``NAME@sidecar``), :data:`FAIR` for a baseline with the parameters tuned over the
         policy's training scenarios (``NAME@fair``), :data:`GUARD` for a policy behind an
         out-of-distribution guard (``NAME+guard``), ``None`` otherwise.
+    contract_version:
+        The observation contract the controller's environment builds (a policy's: 2 or 3;
+        baselines read either).
     """
 
     name: str
@@ -391,6 +394,7 @@ class ControllerSpec:
     elastic: bool = False
     contract: str | None = None
     variant: str | None = None
+    contract_version: int = 2
 
     @property
     def is_policy(self) -> bool:
@@ -424,11 +428,18 @@ class ControllerSpec:
         if (
             self.is_policy
             and fleet is not None
-            and self.contract != fleet_contract(scenario, fleet)
+            and self.contract != fleet_contract(scenario, fleet, self.contract_version)
         ):
             return (
                 f"{self.name} cannot govern {scenario} on {fleet}: its observation contract "
                 "(pools, capacity, SLOs) is another fleet's"
+            )
+        outside = () if not self.is_policy else outside_envelope(self.policy_path, fleet)
+        if outside:
+            return (
+                f"{self.name} cannot govern {scenario}"
+                + (f" on {fleet}" if fleet else "")
+                + f": the fleet is outside its envelope: {'; '.join(outside)}"
             )
         return None
 
@@ -448,10 +459,26 @@ class ControllerSpec:
 
 
 @cache
-def fleet_contract(scenario: str, fleet: str | None) -> str:
-    """The observation contract digest of ``scenario``'s environment on the fleet file
-    ``fleet`` (``None``: the reference fleet)."""
-    env = LLMFleetEnv(scenario, fleet=fleet, **env_kwargs_for(scenario))
+def outside_envelope(policy_path: str, fleet: str | None) -> tuple[str, ...]:
+    """How the fleet file ``fleet`` (``None``: the reference fleet) lies outside the envelope of
+    the policy at ``policy_path`` (empty: inside), as the sidecar judges a live fleet."""
+    from policies.manifest import FleetFacts
+    from policies.runtime import read_manifest
+
+    governed = governed_fleet(fleet)
+    facts = FleetFacts(
+        replicas={role: high for role, (_, high) in governed.role_replicas().items()},
+        models=frozenset(governed.model_names),
+        gpus=frozenset(governed.gpu_names),
+    )
+    return tuple(read_manifest(policy_path).envelope.differences(facts))
+
+
+@cache
+def fleet_contract(scenario: str, fleet: str | None, version: int = 2) -> str:
+    """The observation contract digest (of ``version``) of ``scenario``'s environment on the
+    fleet file ``fleet`` (``None``: the reference fleet)."""
+    env = LLMFleetEnv(scenario, fleet=fleet, contract=version, **env_kwargs_for(scenario))
     return env.observation_contract.digest
 
 
@@ -518,6 +545,7 @@ def _controller_spec(name: str, zoo: dict[str, Path], zoo_dir: Path) -> Controll
         contract.elastic,
         contract.digest,
         variant or None,
+        contract_version=3 if contract.by_role else 2,
     )
 
 
@@ -544,6 +572,7 @@ class RunSpec:
             "warmup_s": self.warmup_s,
             **env_kwargs_for(self.scenario),
             **({"fleet": self.fleet} if self.fleet is not None else {}),
+            **({"contract": 3} if self.controller.contract_version == 3 else {}),
         }
 
 

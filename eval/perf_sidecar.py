@@ -85,6 +85,7 @@ def linear_policy(
     bias: np.ndarray | None = None,
     squash: bool = True,
     weights: np.ndarray | None = None,
+    envelope: Any = None,
 ) -> Path:
     """Write a linear ONNX policy ``tanh(obs @ W + b)`` and its manifest (needs ``onnx``, of the
     train extra: a stand-in for an exported PPO actor, with the same file format).
@@ -92,12 +93,19 @@ def linear_policy(
     ``W`` and ``b`` are drawn from ``seed`` (times ``scale``); ``weights`` (``[n_obs,
     n_knobs]``) replaces ``W`` and ``bias`` replaces ``b`` (e.g. a policy scaling a pool by its
     replica features); ``squash=False`` leaves out the tanh (outputs may leave [-1, 1], for
-    guardrail tests).
+    guardrail tests); ``envelope`` (a :class:`policies.manifest.Envelope`) replaces the
+    reference fleet's.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from policies.manifest import Normalisation, PolicyManifest, Provenance, spec_to_json
+    from policies.manifest import (
+        Envelope,
+        Normalisation,
+        PolicyManifest,
+        Provenance,
+        spec_to_json,
+    )
     from slo.engine import BudgetEngine
 
     rng = np.random.default_rng(seed)
@@ -125,11 +133,12 @@ def linear_policy(
     data = model.SerializeToString()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    fingerprint = BudgetEngine(spec).spec_fingerprint()
     manifest = PolicyManifest(
         observation_contract=observation_contract,
         action_contract=action_contract,
         spec=spec_to_json(spec),
-        spec_hash=BudgetEngine(spec).spec_fingerprint(),
+        spec_hash=fingerprint,
         normalisation=Normalisation((0.0,) * n_obs, (1.0,) * n_obs, None, 0.0),
         onnx_sha256=hashlib.sha256(data).hexdigest(),
         opset=17,
@@ -143,6 +152,8 @@ def linear_policy(
             metrics={},
             export={"kind": "linear tanh(obs @ W + b), random weights"},
         ),
+        envelope=envelope
+        or Envelope.reference(observation_contract, spec.service, fingerprint, assumed=False),
     )
     path.with_suffix(".json").write_text(manifest.to_json())
     return path

@@ -36,12 +36,14 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from envs.contract import ROLES
 from envs.fleet_env import LLMFleetEnv
 from policies.action_filter import append_rate_limit
 from policies.manifest import (
     INPUT_NAME,
     MIN_OPSET,
     OUTPUT_NAME,
+    Envelope,
     ManifestError,
     Normalisation,
     PolicyManifest,
@@ -79,7 +81,8 @@ class ExportResult:
             f"{m.provenance.preset} (seed {m.provenance.seed}, {m.provenance.timesteps} steps): "
             f"{m.observation_contract.size} features -> {len(m.action_contract.knobs)} knobs, "
             f"spec {m.service}@{m.spec_hash}, opset {m.opset}, {self.onnx_bytes / 1024:.1f} KiB, "
-            f"parity max |diff| {self.parity_max_abs_error:.1e}, {self.seconds:.1f} s"
+            f"parity max |diff| {self.parity_max_abs_error:.1e}, {self.seconds:.1f} s; "
+            f"envelope: {m.envelope.summary()}"
         )
 
 
@@ -314,6 +317,7 @@ def export_checkpoint(
         onnx_sha256=hashlib.sha256(model).hexdigest(),
         opset=opset,
         provenance=_provenance(run, checkpoint, error, parity_samples, env),
+        envelope=training_envelope(env, _fleet_names(run)),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model)
@@ -333,6 +337,33 @@ def export_checkpoint(
         parity_max_abs_error=error,
         seconds=time.perf_counter() - start,
     )
+
+
+def training_envelope(env: LLMFleetEnv, fleet_names: tuple[str, ...]) -> Envelope:
+    """The envelope of a policy trained in ``env``: over every fleet it draws from, each pool
+    role's replica range (0 fewest where a fleet lacks the role), the models, GPUs and the SLO
+    spec."""
+    per_fleet = [f.role_replicas(env.elastic) for f in env.fleets]
+    roles = {}
+    for role in ROLES:
+        ranges = [replicas.get(role, (0, 0)) for replicas in per_fleet]
+        if any(high > 0 for _, high in ranges):
+            roles[role] = (min(low for low, _ in ranges), max(high for _, high in ranges))
+    return Envelope(
+        roles=roles,
+        models=tuple(sorted({m for f in env.fleets for m in f.model_names})),
+        gpus=tuple(sorted({g for f in env.fleets for g in f.gpu_names})),
+        spec_service=env.slo_spec.service,
+        spec_digest=BudgetEngine(env.slo_spec).spec_fingerprint(),
+        fleets=fleet_names,
+    )
+
+
+def _fleet_names(run: Provenance) -> tuple[str, ...]:
+    """The training fleets' names (file stems; ``reference`` for the environments' own)."""
+    kwargs = run.env_kwargs
+    paths = kwargs.get("fleets") or ([kwargs["fleet"]] if kwargs.get("fleet") else [])
+    return tuple(Path(p).stem for p in paths) or ("reference",)
 
 
 def _provenance(

@@ -11,7 +11,11 @@ server needs to decide whether the policy may govern its fleet, and to use it:
 * the observation normalisation baked into the graph (mean, variance, clip, epsilon), for the
   record and for re-implementations;
 * the ONNX file's SHA-256 and opset, and the provenance (training preset, seed, scenarios,
-  timesteps, commit, final metrics, exporter versions).
+  timesteps, commit, final metrics, exporter versions);
+* the envelope (:class:`Envelope`): the fleets the policy was trained on, as pool roles with
+  their replica ranges, models, GPUs and SLO spec; a server refuses a fleet outside it. A
+  manifest written before envelopes existed is taken to have the reference fleet's
+  (:meth:`Envelope.reference`), with an :class:`EnvelopeAssumedWarning`.
 
 This module depends on numpy and :mod:`envs.contract` only (no pydantic, no torch), so the sidecar
 can read manifests. Every missing or invalid field is reported as a :class:`ManifestError` naming
@@ -23,11 +27,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from envs.contract import ActionContract, ObservationContract
+from envs.contract import ROLES, ActionContract, ObservationContract
 
 MANIFEST_FORMAT = "budgetpilot.policy/v1"
 #: Lowest ONNX opset a policy may use (what ``budgetpilot export`` writes).
@@ -227,6 +232,183 @@ class Provenance(_FieldMapping):
         )
 
 
+class EnvelopeAssumedWarning(UserWarning):
+    """A manifest without an envelope is taken to have the reference fleet's."""
+
+
+#: The reference fleet (``examples/fleets/reference.yaml``) as an envelope sees it: replicas per
+#: role when fixed, and up to ``envs.scenarios.MAX_REPLICAS`` when elastic (tests check both
+#: against the environment's fleet).
+REFERENCE_REPLICAS: dict[str, int] = {"strong": 2, "cheap": 1}
+REFERENCE_MODELS = ("llama-3-8b", "llama-3.2-1b")
+REFERENCE_GPUS = ("a100-80gb",)
+
+
+@dataclass(frozen=True)
+class FleetFacts:
+    """What a server knows of the fleet it governs, to compare with an :class:`Envelope`.
+
+    Parameters
+    ----------
+    replicas:
+        Replicas per role (:data:`envs.contract.ROLES`; a role without replicas may be absent).
+    models, gpus:
+        The models and GPU kinds its replicas run (``None``: not known, not compared).
+    spec_digest:
+        Fingerprint of the SLO spec governed (``None``: not compared).
+    """
+
+    replicas: Mapping[str, int]
+    models: frozenset[str] | None = None
+    gpus: frozenset[str] | None = None
+    spec_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Envelope(_FieldMapping):
+    """The fleets a policy was trained on: a server refuses to let it govern another.
+
+    Parameters
+    ----------
+    roles:
+        Per pool role, the fewest and most replicas it had in training (0 fewest: some training
+        fleet lacked the role).
+    models, gpus:
+        Model and GPU names of the training fleets (catalog names, or a ``config.json``'s
+        model name).
+    spec_service, spec_digest:
+        The SLO spec's service name and fingerprint.
+    fleets:
+        The training fleets (``reference`` for the environments' own).
+    assumed:
+        The manifest had no envelope: this is the reference fleet's (not written back).
+    """
+
+    roles: Mapping[str, tuple[int, int]]
+    models: tuple[str, ...]
+    gpus: tuple[str, ...]
+    spec_service: str
+    spec_digest: str
+    fleets: tuple[str, ...] = ()
+    assumed: bool = field(default=False, compare=False)
+
+    @classmethod
+    def reference(
+        cls, contract: ObservationContract, service: str, digest: str, *, assumed: bool = True
+    ) -> Envelope:
+        """The reference fleet's envelope for a policy of ``contract`` (elastic: from one
+        replica up to its caps), with the given SLO spec; ``assumed``: standing in for a
+        missing one."""
+        if contract.max_replicas:
+            roles = {p: (1, n) for p, n in zip(contract.pools, contract.max_replicas, strict=True)}
+        else:
+            roles = {p: (n, n) for p, n in REFERENCE_REPLICAS.items()}
+        fleets = ("reference",)
+        return cls(roles, REFERENCE_MODELS, REFERENCE_GPUS, service, digest, fleets, assumed)
+
+    def summary(self) -> str:
+        """One line: the replicas of each role, the models, GPUs and fleets."""
+        roles = ", ".join(f"{r} {_range(low, high)}" for r, (low, high) in self.roles.items())
+        return (
+            f"replicas {roles}; models {', '.join(self.models)}; GPUs {', '.join(self.gpus)}; "
+            f"fleets {', '.join(self.fleets)}"
+        )
+
+    def differences(self, fleet: FleetFacts) -> list[str]:
+        """How ``fleet`` lies outside the envelope, one sentence each (empty: inside)."""
+        found = []
+        for role, (low, high) in self.roles.items():
+            n = fleet.replicas.get(role, 0)
+            if n == 0 and low > 0:
+                found.append(f"role {role!r} missing (trained with {_range(low, high)} replicas)")
+            elif not low <= n <= high:
+                found.append(
+                    f"role {role!r}: {n} replicas, outside the trained {_range(low, high)}"
+                )
+        for role, n in fleet.replicas.items():
+            if n > 0 and role not in self.roles:
+                found.append(f"role {role!r}: {n} replicas of a role the policy never saw")
+        for what, live, known in (
+            ("models", fleet.models, self.models),
+            ("GPUs", fleet.gpus, self.gpus),
+        ):
+            unknown = sorted((live or frozenset()) - set(known))
+            if unknown:
+                found.append(f"{what} {unknown} unknown to the policy (trained on {list(known)})")
+        if fleet.spec_digest is not None and fleet.spec_digest != self.spec_digest:
+            found.append(
+                f"SLO spec {fleet.spec_digest} is not the one trained on "
+                f"({self.spec_service}@{self.spec_digest})"
+            )
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "roles": {
+                r: {"min_replicas": low, "max_replicas": high}
+                for r, (low, high) in self.roles.items()
+            },
+            "models": list(self.models),
+            "gpus": list(self.gpus),
+            "slo_spec": {"service": self.spec_service, "digest": self.spec_digest},
+            "fleets": list(self.fleets),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "envelope") -> Envelope:
+        f = _Fields(data, where)
+        roles_field = f.sub("roles")
+        roles = {}
+        for role in roles_field.data:
+            if role not in ROLES:
+                raise roles_field.fail(role, f"is not a pool role ({', '.join(ROLES)})")
+            entry = roles_field.sub(role)
+            low, high = (
+                entry.get("min_replicas", "an integer"),
+                entry.get("max_replicas", "an integer"),
+            )
+            if not 0 <= low <= high:
+                raise entry.fail(
+                    "max_replicas", f"must satisfy 0 <= min_replicas <= it, got {low}, {high}"
+                )
+            roles[role] = (low, high)
+        spec = f.sub("slo_spec")
+        return cls(
+            roles,
+            tuple(f.get("models", "a list of strings")),
+            tuple(f.get("gpus", "a list of strings")),
+            spec.get("service", "a string"),
+            spec.get("digest", "a string"),
+            tuple(f.get("fleets", "a list of strings")),
+        )
+
+
+def _range(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _read_envelope(f: _Fields, contract: ObservationContract, spec_hash: str) -> Envelope:
+    """The manifest's envelope, or the reference fleet's when it has none (with a warning)."""
+    if "envelope" in f.data:
+        envelope = Envelope.from_dict(f.get("envelope", "an object"))
+        if envelope.spec_digest != spec_hash:
+            raise f.fail(
+                "envelope.slo_spec.digest",
+                f"{envelope.spec_digest!r} is not the manifest's spec_hash {spec_hash!r}",
+            )
+        return envelope
+    service = str(f.data["spec"].get("service", "?"))
+    warnings.warn(
+        EnvelopeAssumedWarning(
+            "the manifest has no envelope (exported before envelopes existed): taken to be the "
+            "reference fleet's (2 strong replicas of llama-3-8b and 1 cheap of llama-3.2-1b on "
+            "a100-80gb, or up to 6 and 3 when elastic); re-export the policy to record its own"
+        ),
+        stacklevel=3,
+    )
+    return Envelope.reference(contract, service, spec_hash)
+
+
 def _read_contract(f: _Fields, key: str, contract_cls: type) -> Any:
     """A contract from its ``to_dict()`` form plus ``digest``, checked against the digest."""
     section = f.sub(key)
@@ -282,6 +464,8 @@ class PolicyManifest(_FieldMapping):
         ONNX opset of the graph.
     provenance:
         Training run and export facts.
+    envelope:
+        The fleets it was trained on (see :class:`Envelope`).
     format:
         Manifest format version.
     """
@@ -294,6 +478,7 @@ class PolicyManifest(_FieldMapping):
     onnx_sha256: str
     opset: int
     provenance: Provenance
+    envelope: Envelope
     format: str = MANIFEST_FORMAT
 
     @property
@@ -319,6 +504,7 @@ class PolicyManifest(_FieldMapping):
             "spec": dict(self.spec),
             "normalisation": self.normalisation.to_dict(),
             "provenance": self.provenance.to_dict(),
+            **({} if self.envelope.assumed else {"envelope": self.envelope.to_dict()}),
         }
 
     def to_json(self) -> str:
@@ -357,6 +543,7 @@ class PolicyManifest(_FieldMapping):
             onnx_sha256=sha,
             opset=opset,
             provenance=Provenance.from_dict(f.get("provenance", "an object")),
+            envelope=_read_envelope(f, observation, spec_hash),
             format=fmt,
         )
 

@@ -341,6 +341,16 @@ def test_cli_export_writes_the_same_policy_and_a_summary(checkpoint, exported, t
     assert read_manifest(out).spec_hash == exported.manifest.spec_hash
 
 
+def test_the_manifest_records_the_envelope_of_the_training_fleet(exported) -> None:
+    envelope = exported.manifest.envelope
+    assert not envelope.assumed and envelope.fleets == ("reference",)
+    assert envelope.roles == {"strong": (2, 2), "cheap": (1, 1)}
+    assert envelope.spec_digest == exported.manifest.spec_hash
+    written = json.loads(exported.manifest_path.read_text())["envelope"]
+    assert written["roles"]["strong"] == {"min_replicas": 2, "max_replicas": 2}
+    assert "envelope: replicas strong 2, cheap 1; models llama-3-8b" in exported.summary()
+
+
 def _without(key: str):
     return lambda ckpt: _edit_run(ckpt, lambda run: run.pop(key))
 

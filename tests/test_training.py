@@ -173,7 +173,10 @@ def _learned(workers: int) -> tuple[dict, np.ndarray, str]:
 
     from training.learner import PPOLearner
 
-    preset = load_preset(write_preset(Path(tempfile.mkdtemp()))).with_overrides(workers=workers)
+    # The recorded figures observed contract v2 (presets now default to v3).
+    env_kwargs = TINY["env_kwargs"] | {"contract": 2}
+    path = write_preset(Path(tempfile.mkdtemp()), env_kwargs=env_kwargs)
+    preset = load_preset(path).with_overrides(workers=workers)
     learner = PPOLearner.create(preset, seed=3)
     try:
         metrics = learner.learn(256)
@@ -249,7 +252,8 @@ def test_checkpoint_restores_weights_normalisation_and_steps(tmp_path: Path) -> 
     run = json.loads((tmp_path / "ckpt" / "run.json").read_text())
     assert run["preset"] == "tiny" and run["seed"] == 3 and run["commit"] == "abc"
     assert run["scenarios"] == ["steady", "flash-crowd"] and run["timesteps"] == 256
-    assert run["env_kwargs"] == {"episode_hours": 0.25, "warmup_s": 120.0}
+    # The contract is recorded: export rebuilds the environment the policy observed.
+    assert run["env_kwargs"] == {"episode_hours": 0.25, "warmup_s": 120.0, "contract": 3}
     assert run["metrics"]["mean_episode_reward"] == pytest.approx(metrics["mean_episode_reward"])
     assert run["metrics"]["budget_exhaustions_per_episode"] >= 0
 

@@ -7,7 +7,7 @@ A preset is a YAML file (``training/presets/<name>.yaml``, or any path) validate
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -88,6 +88,21 @@ class VecNormalizeConfig(_Strict):
     clip_reward: float = Field(10.0, gt=0.0)
 
 
+def _fleet_path(fleet: str) -> str:
+    """A fleet file's absolute path (an example's name, or a path), after loading it: its
+    errors name its file, line and field."""
+    from envs.paths import EXAMPLE_FLEETS_DIR
+    from envs.sim import SimConfig
+
+    example = EXAMPLE_FLEETS_DIR / f"{fleet}.yaml"
+    path = (example if example.is_file() else Path(fleet)).resolve()
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in EXAMPLE_FLEETS_DIR.glob("*.yaml")))
+        raise ValueError(f"no fleet file {fleet!r}: give a path or one of {known}")
+    SimConfig.from_yaml(path)  # ConfigError (a ValueError) names file, line and field
+    return str(path)
+
+
 class EnvKwargs(_Strict):
     """:class:`envs.fleet_env.LLMFleetEnv` arguments other than ``scenario`` (unset = default)."""
 
@@ -108,6 +123,18 @@ class EnvKwargs(_Strict):
     )
     reward: dict[str, Any] | None = Field(
         None, description="envs.fleet_env.RewardConfig weights that differ from the defaults"
+    )
+
+    fleets: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="fleet files drawn from at each episode (contract 3), instead of fleet",
+    )
+    contract: Literal[2, 3] = Field(
+        3,
+        description="observation contract: 3 (any fleet, by role) or 2 (one fleet's pools); "
+        "default 3, and 2 for an elastic preset (the sidecar does not run elastic v3 policies "
+        "yet)",
     )
 
     @field_validator("randomisation", "action_filter", "reward")
@@ -141,18 +168,28 @@ class EnvKwargs(_Strict):
     def _fleet_loads(cls, fleet: str | None) -> str | None:
         """The fleet file's absolute path (run.json and Ray workers find it); its errors name
         its file, line and field."""
-        if fleet is None:
-            return None
-        from envs.paths import EXAMPLE_FLEETS_DIR
-        from envs.sim import SimConfig
+        return None if fleet is None else _fleet_path(fleet)
 
-        example = EXAMPLE_FLEETS_DIR / f"{fleet}.yaml"
-        path = (example if example.is_file() else Path(fleet)).resolve()
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in EXAMPLE_FLEETS_DIR.glob("*.yaml")))
-            raise ValueError(f"no fleet file {fleet!r}: give a path or one of {known}")
-        SimConfig.from_yaml(path)  # ConfigError (a ValueError) names file, line and field
-        return str(path)
+    @field_validator("fleets")
+    @classmethod
+    def _fleets_load(cls, fleets: list[str] | None) -> list[str] | None:
+        """Each fleet file's absolute path (see ``fleet``)."""
+        return None if fleets is None else [_fleet_path(f) for f in fleets]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_contract(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("contract") is None:
+            return data | {"contract": 2 if data.get("elastic") else 3}
+        return data
+
+    @model_validator(mode="after")
+    def _fleets_need_contract_3(self) -> EnvKwargs:
+        if self.fleets is not None and self.fleet is not None:
+            raise ValueError("fleet and fleets: give one (fleets draws one per episode)")
+        if self.fleets is not None and self.contract != 3:
+            raise ValueError("fleets: drawing fleets needs contract 3 (v2 observes one fleet)")
+        return self
 
     @field_validator("initial_budget_spent")
     @classmethod

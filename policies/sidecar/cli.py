@@ -101,6 +101,7 @@ def sidecar(
     from policies.sidecar.config import (
         SidecarConfigError,
         load_config,
+        twin_capacity,
         twin_scaling,
         twin_settings,
     )
@@ -136,6 +137,9 @@ def sidecar(
         scaling = {} if twin is None else twin_scaling(settings, twin)
         if scaling:  # an elastic policy, no scaling configured: the twin's pools
             settings = load_config(config, {**overrides, "scaling": scaling})
+        capacity = {} if twin is None else twin_capacity(settings, twin)
+        if capacity:  # a v3 policy, no capacity configured: the twin's
+            settings = settings.model_copy(update={"fleet_capacity": capacity})
         if twin is not None and settings.audit_log is None and not (check or once):
             settings = settings.model_copy(update={"audit_log": TWIN_AUDIT_LOG})
         _configure_logging(settings.log_level)

@@ -70,12 +70,17 @@ class EngineEndpoint(_Settings):
         The pool it serves in; one of the policy contract's pools (``strong``, ``cheap``).
     max_num_seqs:
         Its batch limit (vLLM ``--max-num-seqs``; engines do not export it).
+    tier:
+        Its pool's model tier (0 the strongest): the role a policy of observation contract v3
+        sees it in (``strong`` for 0, ``cheap`` for the others); ``None``: the pool's name
+        says (``strong`` or ``cheap``).
     """
 
     name: str = Field(min_length=1)
     url: URL | None = None
     pool: str
     max_num_seqs: int = Field(gt=0)
+    tier: int | None = Field(default=None, ge=0)
 
 
 class CounterEndpoint(_Settings):
@@ -207,6 +212,21 @@ class MissingDataSettings(_Settings):
     after_cycles: int = Field(default=3, ge=1)
     action: Literal["hold", "fallback"] = "hold"
     min_coverage: float = Field(default=0.9, ge=0, le=1)
+
+
+class EnvelopeSettings(_Settings):
+    """What the sidecar does when discovery shows the fleet leaving the policy's envelope (the
+    fleets it was trained on; see :mod:`policies.sidecar.envelope`). A fleet outside it at
+    start is refused.
+
+    Parameters
+    ----------
+    action:
+        ``hold`` the last safe action, or hand over to the ``fallback`` baseline, until the
+        fleet is back inside.
+    """
+
+    action: Literal["hold", "fallback"] = "hold"
 
 
 class FileActuatorSettings(_Settings):
@@ -433,6 +453,12 @@ class SidecarConfig(_Settings):
     engines:
         The engines scraped, each with its pool and ``max_num_seqs`` (a fixed list; or
         ``discovery``).
+    fleet_capacity:
+        Requests per second each role of the fleet serves saturated (``strong``: the fleet's
+        nominal capacity; ``cheap`` when it has a cheap tier), which a policy of observation
+        contract v3 observes load and queues relative to (``budgetpilot simulate --fleet F
+        --capacity`` measures them for a fleet file; the engine twin reports its own). A v2
+        policy's contract carries its fleet's.
     prometheus:
         A Prometheus server to read the metrics from (instead of scraping the engines) and to
         bootstrap the budgets from at start.
@@ -447,6 +473,8 @@ class SidecarConfig(_Settings):
     missing_data:
         Holding or falling back when an SLO has had no data for some cycles; the coverage
         alerts and budgets need.
+    envelope:
+        Holding or falling back while the fleet is outside the policy's envelope.
     initial_knobs:
         Knob values in force when the sidecar starts (others: neutral).
     kill_knobs:
@@ -471,6 +499,7 @@ class SidecarConfig(_Settings):
     mapping: str | dict[str, Any] = "vllm"
     signals: SignalNames = SignalNames()
     engines: list[EngineEndpoint] = []
+    fleet_capacity: dict[Literal["strong", "cheap"], Annotated[float, Field(gt=0)]] = {}
     discovery: DiscoverySettings | None = None
     prometheus: PrometheusSettings | None = None
     scaling: dict[str, ScalingSettings] = {}
@@ -479,6 +508,7 @@ class SidecarConfig(_Settings):
     guardrails: GuardrailSettings = GuardrailSettings()
     fallback: FallbackSettings = FallbackSettings()
     missing_data: MissingDataSettings = MissingDataSettings()
+    envelope: EnvelopeSettings = EnvelopeSettings()
     actuators: ActuatorSettings = ActuatorSettings()
     state: StateSettings = StateSettings()
     initial_knobs: dict[str, float] = {}
@@ -606,6 +636,7 @@ def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
             "url": "metrics_url",
             "pool": "pool",
             "max_num_seqs": "max_num_seqs",
+            "tier": "tier",
         }
         engines = [{ours: r[theirs] for ours, theirs in keys.items()} for r in replicas]
         elastic = any("state" in r for r in replicas)
@@ -665,6 +696,30 @@ def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dic
         for pool, cap in caps.items()
         if pool in twin_caps
     }
+
+
+def twin_capacity(config: SidecarConfig, url: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The ``fleet_capacity`` a policy of observation contract v3 needs against the engine twin
+    at ``url`` (``GET /fleet``), when ``config`` has none (else, or for a v2 policy: empty).
+    The twin measures its cheap tier's capacity when first asked (seconds; then cached), hence
+    the long default deadline.
+
+    Raises
+    ------
+    SidecarConfigError
+        The twin cannot be reached.
+    policies.runtime.PolicyFileError
+        The policy's manifest is unusable.
+    """
+    from policies.runtime import read_manifest
+
+    if config.fleet_capacity or not read_manifest(config.policy).observation_contract.by_role:
+        return {}
+    try:
+        capacity = _get_json(f"{url.rstrip('/')}/fleet", timeout_s)["capacity_rps"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SidecarConfigError(f"twin {url}: cannot read its capacity: {exc}") from None
+    return {role: rps for role, rps in capacity.items() if rps > 0}
 
 
 def _get_json(url: str, timeout_s: float) -> Any:

@@ -9,7 +9,8 @@ policy). A listing is either
   ``metrics_url`` (or ``url``), ``max_num_seqs``, and the lifecycle as ``state``
   (``provisioning|serving|draining``, :func:`lifecycle_of_state`) or as the engine's
   Kubernetes Pod object under ``pod`` (:func:`lifecycle_of_pod`); optionally its pool's
-  ``desired_replicas``;
+  ``desired_replicas``, and what the policy's envelope is checked against: its pool's
+  ``tier`` (0 the strong one), the model it serves (``served_model``) and its ``gpu``;
 * or Kubernetes Pods (a ``PodList`` or a list of Pods), each made an engine by
   :func:`engine_of_pod` with the ``discovery.pods`` settings.
 
@@ -62,6 +63,8 @@ class DiscoveredEngine:
         Its batch limit.
     lifecycle:
         Its :class:`ReplicaLifecycle` (``SERVING`` when the listing does not say).
+    tier, model, gpu:
+        Its pool's tier, the model it serves and its GPU kind (``None``: not listed).
     """
 
     name: str
@@ -69,6 +72,9 @@ class DiscoveredEngine:
     url: str | None
     max_num_seqs: int
     lifecycle: ReplicaLifecycle
+    tier: int | None = None
+    model: str | None = None
+    gpu: str | None = None
 
     @property
     def scraped(self) -> bool:
@@ -187,7 +193,20 @@ def engine_of_entry(entry: Mapping[str, Any]) -> tuple[DiscoveredEngine, bool]:
         lifecycle = ReplicaLifecycle.SERVING
     reported = "pod" in entry or "state" in entry
     url = None if url is None else str(url)
-    return DiscoveredEngine(name, pool, url, max_num_seqs, lifecycle), reported
+    tier = entry.get("tier")
+    if tier is not None and (type(tier) is not int or tier < 0):
+        raise ValueError(f"engine {name!r}: tier must be a whole number >= 0, got {tier!r}")
+    model, gpu = (_optional_text(entry, key, name) for key in ("served_model", "gpu"))
+    engine = DiscoveredEngine(name, pool, url, max_num_seqs, lifecycle, tier, model, gpu)
+    return engine, reported
+
+
+def _optional_text(entry: Mapping[str, Any], key: str, name: str) -> str | None:
+    """A listing entry's optional non-empty text field."""
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"engine {name!r}: {key} must be a non-empty string, got {value!r}")
+    return value
 
 
 def read_listing(document: Any, pods: PodDiscoverySettings | None = None) -> Listing:

@@ -41,7 +41,7 @@ class Intervention:
     """A guardrail changed a knob: from ``proposed`` to ``applied``."""
 
     knob: str
-    # invalid_output, bounds, hysteresis, max_step, final_clamp; for a replica knob,
+    # invalid_output, bounds, hysteresis, max_step, final_clamp, no_counterpart; for a replica knob,
     # replica_step or replica_bounds, whose proposed and applied values are desired replicas.
     guardrail: str
     proposed: float | None

@@ -12,6 +12,9 @@ repeats it at multiples of the interval until stopped. The decision mode follows
 * ``hold`` or ``fallback`` (``missing_data.action``) as well while some SLO the policy observes
   has had no data for ``missing_data.after_cycles`` intervals (a series the mapping names is
   not on the pages, say): the reason names the SLOs;
+* ``hold`` or ``fallback`` (``envelope.action``) as well while discovery shows the fleet outside
+  the policy's envelope (the fleets it was trained on, :mod:`policies.sidecar.envelope`): the
+  reason names what differs; a fleet outside it at start is refused;
 * ``kill``: the kill switch is engaged: the kill knobs (neutral by default) are published.
 
 In shadow mode every decision is made and recorded but no actuator is called.
@@ -62,6 +65,7 @@ from policies.sidecar.discovery import (
     Listing,
     scraped_endpoints,
 )
+from policies.sidecar.envelope import describe, knobs_without_counterpart, outside_envelope
 from policies.sidecar.fallback import build_baseline
 from policies.sidecar.guardrails import (
     Guardrails,
@@ -265,6 +269,7 @@ class Sidecar:
             self.in_force = self._knob_values(config.initial_knobs, "initial_knobs")
             self.kill_knobs = self._knob_values(config.kill_knobs, "kill_knobs")
             self.fallback = self._fallback()
+            self._refuse_outside_envelope(engines)  # after the config's own mistakes
         except (FeedabilityError, SpecError, ValueError) as exc:
             raise SidecarConfigError(f"{config.policy}: {exc}") from None
         self.last_safe = dict(self.in_force)
@@ -300,6 +305,34 @@ class Sidecar:
         if config.prometheus is not None and self.observer.engine.now == 0.0:  # not restored
             self.bootstrap = bootstrap_sidecar(config, self.observer, self.metrics, clock())
         self.metrics.shadow.set(float(self._shadow))
+        self.metrics.in_envelope.set(1.0)
+
+    def _refuse_outside_envelope(self, engines: Sequence[Engine]) -> None:
+        """Refuse a fleet outside the policy's envelope (before anything is written); warn
+        when the manifest has none (the reference fleet's is assumed)."""
+        envelope = self.policy.manifest.envelope
+        if envelope.assumed:  # the shipped policies: a normal start (EnvelopeAssumedWarning too)
+            log.info(
+                "%s has no envelope: the reference fleet's is assumed (re-export the policy "
+                "to record the fleets it was trained on)",
+                self.config.policy,
+            )
+        #: What differs between the fleet and the envelope (empty: inside).
+        self.outside = outside_envelope(envelope, engines)
+        if self.outside:
+            raise ValueError(f"{describe(envelope, self.outside)}; nothing started")
+
+    def _check_envelope(self, engines: Sequence[Engine]) -> None:
+        """Follow the discovered fleet in and out of the envelope (logged when it changes)."""
+        envelope = self.policy.manifest.envelope
+        outside = outside_envelope(envelope, engines)
+        if outside != self.outside:
+            if outside:
+                log.warning("%s", describe(envelope, outside))
+            else:
+                log.info("the fleet is back inside the policy's envelope")
+        self.outside = outside
+        self.metrics.in_envelope.set(0.0 if outside else 1.0)
 
     def _initial_engines(self) -> Sequence[Engine]:
         """The configured engines, or the first discovery listing's (an unreachable listing
@@ -324,6 +357,7 @@ class Sidecar:
             config.interval_s,
             config.stale_after_s,
             config.missing_data.min_coverage,
+            config.fleet_capacity,
         )
 
     def _replica_guardrails(self) -> ReplicaGuardrails | None:
@@ -479,6 +513,7 @@ class Sidecar:
         self._last_listing = now
         problems = [Problem("discovery", "discovery", p) for p in listing.problems]
         problems += self.observer.set_engines(listing.engines)
+        self._check_envelope(listing.engines)
         self.scraper.set_endpoints(self._scraped(self.observer.engines))
         if self.shadow and self.scaling is not None:
             self.desired = self._listed_desired(self.observer.engines, listing)
@@ -531,6 +566,7 @@ class Sidecar:
         kill, shadow = self.kill_switch, self.shadow
         choice = self._choose(observation.vector, now, age, kill)
         knobs, clamped = self.guardrails.final_clamp(choice.values, self.last_safe)
+        knobs, fixed = self._hold_without_counterpart(knobs)
         desired_replicas, knobs, scaled = self._scale(knobs)
         if choice.mode in ("policy", "fallback"):
             # Replica knobs are changes: holding must not repeat one.
@@ -545,7 +581,7 @@ class Sidecar:
             knobs=knobs,
             proposed=choice.proposed,
             raw_action=None if choice.raw is None else [float(x) for x in choice.raw],
-            interventions=choice.interventions + clamped + scaled,
+            interventions=choice.interventions + clamped + fixed + scaled,
             observation=observation,
             metrics_age_s=age,
             problems=self.last_report.problems if self.last_report else (),
@@ -554,6 +590,21 @@ class Sidecar:
             decision_ms=(time.perf_counter() - start) * 1e3,
             desired_replicas=desired_replicas,
         )
+
+    def _hold_without_counterpart(
+        self, knobs: dict[str, float]
+    ) -> tuple[dict[str, float], list[Intervention]]:
+        """The knobs with those the fleet has no counterpart for (a v3 policy on a fleet
+        without a cheap tier) at their neutral value, each change an intervention."""
+        held = knobs_without_counterpart(self.observer.engines)
+        if not self.observation_contract.by_role or not held:
+            return knobs, []
+        fixed = [
+            Intervention(name, "no_counterpart", knobs[name], value)
+            for name, value in held.items()
+            if name in knobs and knobs[name] != value
+        ]
+        return knobs | {n: v for n, v in held.items() if n in knobs}, fixed
 
     def _scale(
         self, knobs: dict[str, float]
@@ -568,6 +619,11 @@ class Sidecar:
         """The decision mode and its proposal (see the module docstring)."""
         if kill:
             return _Choice("kill", "kill switch engaged: kill knobs published", self.kill_knobs)
+        if self.outside:
+            reason = describe(self.policy.manifest.envelope, self.outside)
+            if self.config.envelope.action == "hold":
+                return _Choice("hold", f"{reason}: last safe action held", self.last_safe)
+            return self._fallback_choice(vector, reason)
         if age <= self.config.stale_after_s:
             blind = self._slos_without_data(now)
             if not blind:

@@ -48,6 +48,9 @@ import numpy as np
 from envs.contract import (
     ALERT_LEVELS,
     OBSERVATION_VERSION,
+    OBSERVATION_VERSION_V3,
+    ROLES,
+    FleetShape,
     FleetSignals,
     FleetSignalTracker,
     ObservationContract,
@@ -56,6 +59,7 @@ from envs.contract import (
 )
 from policies.sidecar.config import EngineEndpoint
 from policies.sidecar.discovery import SCRAPED, STATES, DiscoveredEngine
+from policies.sidecar.envelope import engine_role
 from policies.sidecar.parse import Sample, SeriesSelection, read_page
 from policies.sidecar.scrape import ScrapeResult
 from slo.engine import BudgetEngine, BudgetSnapshot
@@ -190,6 +194,25 @@ def _shown(value: float, known: bool = True) -> float | None:
 Engine = EngineEndpoint | DiscoveredEngine
 
 
+def contract_pool(contract: ObservationContract, engine: Engine) -> str:
+    """The contract pool ``engine`` is observed in: its pool (v2), its role (v3)."""
+    return engine_role(engine) if contract.by_role else engine.pool
+
+
+def fleet_shape(engines: Sequence[Engine], capacity: Mapping[str, float]) -> FleetShape | None:
+    """The :class:`~envs.contract.FleetShape` of a fixed fleet of ``engines`` for a v3
+    observation: the roles' capacities as configured (``fleet_capacity``), their replicas as
+    listed (``None`` without the strong role's capacity)."""
+    if "strong" not in capacity:
+        return None
+    roles = [engine_role(e) for e in engines]
+    return FleetShape(
+        capacity_rps=capacity["strong"],
+        role_capacity_rps=tuple(float(capacity.get(r, 0.0)) for r in ROLES),
+        role_max_replicas=tuple(roles.count(r) for r in ROLES),
+    )
+
+
 @dataclass
 class _Replicas:
     """Per-engine gauge state, arrays indexed like the engines (``lifecycle``: ``None`` when
@@ -220,7 +243,9 @@ class _Replicas:
         lifecycle = [getattr(e, "lifecycle", None) for e in engines]
         replicas = cls(
             names=tuple(e.name for e in engines),
-            pool=np.array([contract.pools.index(e.pool) for e in engines], dtype=np.int64),
+            pool=np.array(
+                [contract.pools.index(contract_pool(contract, e)) for e in engines], dtype=np.int64
+            ),
             max_num_seqs=np.array([e.max_num_seqs for e in engines], dtype=float),
             lifecycle=None if None in lifecycle else np.array(lifecycle, dtype=np.int64),
         )
@@ -312,6 +337,9 @@ class Observer:
     min_coverage:
         Share of a window (of the period) that must hold data for its alerts (for the budget to
         leave warm-up), see :class:`slo.engine.BudgetEngine`.
+    fleet_capacity:
+        Requests/s each role serves saturated (a v3 contract observes load and queues
+        relative to them; see :func:`fleet_shape`).
 
     Raises
     ------
@@ -330,8 +358,10 @@ class Observer:
         interval_s: float,
         stale_after_s: float,
         min_coverage: float = 0.9,
+        fleet_capacity: Mapping[str, float] | None = None,
     ) -> None:
         self.contract = contract
+        self.fleet_capacity = dict(fleet_capacity or {})
         # The sidecar has seen nothing before it started (a restored state brings its history).
         self.engine = BudgetEngine(spec, history_covered=False, min_coverage=min_coverage)
         self.feed = MetricsFeed(self.engine, mapping)
@@ -345,7 +375,14 @@ class Observer:
         }
         self.engines: tuple[Engine, ...] = tuple(engines)
         self.counter_endpoints = tuple(counter_endpoints)
-        check_feedable(contract, self.feed, self.signal_names, self.engines, counter_endpoints)
+        check_feedable(
+            contract,
+            self.feed,
+            self.signal_names,
+            self.engines,
+            counter_endpoints,
+            self.fleet_capacity,
+        )
         self.interval_s = float(interval_s)
         self.stale_after_s = float(stale_after_s)
         self._gauge_names = {
@@ -360,7 +397,9 @@ class Observer:
         self._signal_only = signals - read_by_feed - {None}
         self._window_index = [self.engine.windows.index(w) for w in contract.windows]
         self._needs_counters = any(not s.exact_from_engine for s in self.feed.sources)
-        self.tracker = FleetSignalTracker(contract, interval_s)
+        self.tracker = FleetSignalTracker(
+            contract, interval_s, fleet_shape(self.engines, self.fleet_capacity)
+        )
         self.replicas = _Replicas.of(contract, self.engines, None)
         self._engine_index = {e.name: i for i, e in enumerate(self.engines)}
         self._listed = {e.name for e in self.engines}  # the names listed now
@@ -397,12 +436,13 @@ class Observer:
         """Observe ``engines`` (a discovery listing) from now on: replicas keep their gauge
         state by name, new ones start fresh. Engines in pools the contract does not know are
         left out and reported."""
+        pools = self.contract.pools
         problems = [
             Problem(e.name, "discovery", f"pool {e.pool!r} is not a pool of the policy's contract")
             for e in engines
-            if e.pool not in self.contract.pools
+            if contract_pool(self.contract, e) not in pools
         ]
-        known = tuple(e for e in engines if e.pool in self.contract.pools)
+        known = tuple(e for e in engines if contract_pool(self.contract, e) in pools)
         names = {e.name for e in known}
         for engine in known:
             if (
@@ -417,6 +457,8 @@ class Observer:
         self.replicas = _Replicas.of(self.contract, known, self.replicas)
         self.engines = known
         self._engine_index = {e.name: i for i, e in enumerate(known)}
+        if self.contract.by_role:  # the roles' replicas changed
+            self.tracker.shape = fleet_shape(known, self.fleet_capacity)
         return problems
 
     def parse(self, endpoint: str, text: str) -> list[Sample]:
@@ -627,12 +669,35 @@ def _feed_problems(report: ScrapeReport) -> list[Problem]:
     return problems
 
 
+def _fleet_independent_problems(
+    contract: ObservationContract, engines: Sequence[Engine], capacity: Mapping[str, float]
+) -> list[str]:
+    """What a v3 contract needs beyond v2's: the capacity of every role the fleet has, and a
+    fixed fleet (this sidecar does not follow v3 replica caps yet)."""
+    problems = []
+    if contract.elastic:
+        problems.append(
+            f"the policy scales pools under {contract.version!r}, which this sidecar does not "
+            "run yet (elastic policies: observation contract v2)"
+        )
+    roles = sorted({engine_role(e) for e in engines} & set(ROLES), key=ROLES.index)
+    missing = [r for r in ("strong", *roles) if r not in capacity]
+    if missing:
+        problems.append(
+            f"fleet_capacity: the policy observes load and queues relative to each role's "
+            f"capacity; give requests/s for {sorted(set(missing), key=ROLES.index)} "
+            "(budgetpilot simulate --fleet F --capacity measures a fleet file's)"
+        )
+    return problems
+
+
 def check_feedable(
     contract: ObservationContract,
     feed: MetricsFeed,
     signal_names: Mapping[str, str | None],
     engines: Sequence[EngineEndpoint],
     counter_endpoints: Sequence[str],
+    fleet_capacity: Mapping[str, float] | None = None,
 ) -> None:
     """Refuse metrics that cannot feed the contract: every problem, one per line.
 
@@ -646,10 +711,13 @@ def check_feedable(
     """
     engine = feed.engine
     problems = []
-    if contract.version != OBSERVATION_VERSION:
+    if contract.version not in (OBSERVATION_VERSION, OBSERVATION_VERSION_V3):
         problems.append(
-            f"the policy observes {contract.version!r}, this sidecar builds {OBSERVATION_VERSION!r}"
+            f"the policy observes {contract.version!r}, this sidecar builds "
+            f"{OBSERVATION_VERSION!r} and {OBSERVATION_VERSION_V3!r}"
         )
+    if contract.by_role:
+        problems += _fleet_independent_problems(contract, engines, fleet_capacity or {})
     if tuple(contract.slo_names) != tuple(engine.slo_names):
         problems.append(
             f"the contract observes SLOs {list(contract.slo_names)}, the policy's spec defines "
@@ -661,13 +729,16 @@ def check_feedable(
     if contract.spec_digest and contract.spec_digest != engine.spec_fingerprint():
         problems.append("the contract was built for another SLO spec than the manifest's")
     for i, endpoint in enumerate(engines):
-        if endpoint.pool not in contract.pools:
+        if contract_pool(contract, endpoint) not in contract.pools:
             problems.append(
                 f"engines[{i}] ({endpoint.name}): pool {endpoint.pool!r} is not a pool of the "
                 f"policy's contract {list(contract.pools)}"
+                + (" (give its tier: 0 strong, more cheap)" if contract.by_role else "")
             )
-    for pool in contract.pools:
-        if not any(e.pool == pool for e in engines):
+    # A v3 contract masks a role the fleet lacks; the strong one it needs.
+    required = contract.pools[:1] if contract.by_role else contract.pools
+    for pool in required:
+        if not any(contract_pool(contract, e) == pool for e in engines):
             problems.append(f"pool {pool!r} of the policy's contract has no engine in engines")
     needing = [
         f"{slo.name} ({engine_gap(slo, feed.mapping)})"

@@ -124,6 +124,12 @@ class SidecarMetrics:
         self.state_errors = Counter(
             f"{PREFIX}_state_errors", "Failed state saves or restores.", ["operation"], registry=r
         )
+        self.in_envelope = Gauge(
+            f"{PREFIX}_fleet_in_envelope",
+            "1 while the discovered fleet is inside the policy's envelope (the fleets it was "
+            "trained on), 0 while outside.",
+            registry=r,
+        )
         self.shadow = Gauge(f"{PREFIX}_shadow_mode", "1 in shadow mode.", registry=r)
         self.kill_switch = Gauge(f"{PREFIX}_kill_switch", "1 while engaged.", registry=r)
         self.desired_replicas = Gauge(
