@@ -226,9 +226,14 @@ def test_each_ablation_variant_keeps_only_its_ingredients_of_the_recipe(
     recipe = load_preset("standard-v3")
     preset = ablation.variant_preset(recipe, variant, timesteps=4096)
     kwargs = preset.env_kwargs.as_kwargs()
-    found = {k for k in kwargs if k != "reward"} | {f"reward.{k}" for k in kwargs.get("reward", {})}
-    assert found == kept
     recipe_kwargs = recipe.env_kwargs.as_kwargs()
+    # The contract and the fleets define the environment, not an ingredient: every variant
+    # keeps the recipe's.
+    shared = ("contract", "fleet", "fleets")
+    assert {k: kwargs.get(k) for k in shared} == {k: recipe_kwargs.get(k) for k in shared}
+    found = {k for k in kwargs if k not in ("reward", *shared)}
+    found |= {f"reward.{k}" for k in kwargs.get("reward", {})}
+    assert found == kept
     for name in kept:
         top, _, sub = name.partition(".")
         mine, theirs = kwargs[top], recipe_kwargs[top]
