@@ -24,7 +24,7 @@ import yaml
 from envs.twin import EngineTwin
 from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 from policies.sidecar.loop import Sidecar
-from slo.prometheus_server import scrape_configs
+from slo.prometheus_server import free_port, scrape_configs
 from tests.conftest import stop_process
 
 ZOO_POLICY = Path(__file__).parents[1] / "policies" / "zoo" / "ppo-standard.onnx"
@@ -189,6 +189,41 @@ def test_prometheus_slow_or_erroring_is_reported_and_held(fleet, tmp_path, failu
     assert {p.kind for p in decision.problems} == {kind}
     detail = decision.problems[0].detail
     assert ("no answer within 0.5 s" if failure == "slow" else "parse error") in detail, detail
+    assert_within_contract(sidecar, decision.knobs)
+
+
+@pytest.mark.slow
+def test_a_replica_prometheus_cannot_scrape_is_down_the_others_are_read(
+    prometheus_server, tmp_path
+):
+    """Prometheus's last scrape of strong-1 failed (``up == 0``): that replica is down this
+    cycle, with the reason; the others' gauges and the fleet's counters are read."""
+    twin = EngineTwin("steady", seed=5, speed=0.0)
+    twin.start()
+    try:
+        scraped = [e for e in twin.engines() if e["name"] != "strong-1"]
+        dead = {"targets": [f"127.0.0.1:{free_port()}"], "labels": {"replica": "strong-1"}}
+        configs = [
+            *scrape_configs(twin.url, scraped),
+            {"job_name": "dead", "static_configs": [dead]},
+        ]
+        server = prometheus_server(configs)
+        wait_until_read(server, 0.0, "Prometheus's first scrapes")
+        sidecar = Sidecar(sidecar_config(twin, tmp_path, {"url": server.url}))
+        try:
+            sidecar.cycle(twin.now)
+            step_and_scrape(twin, server, INTERVAL_S)
+            decision = sidecar.cycle(twin.now)
+        finally:
+            sidecar.close()
+    finally:
+        twin.close()
+    assert [(p.endpoint, p.kind) for p in decision.problems] == [
+        ("strong-1", "prometheus_target_down")
+    ]
+    assert sidecar.last_report.engines_ok == 2 and sidecar.last_report.complete
+    assert decision.observation.healthy_replicas == 2
+    assert sidecar.observer.engine.cumulative_counts()[1].sum() > 0  # the fleet's counters
     assert_within_contract(sidecar, decision.knobs)
 
 
