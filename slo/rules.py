@@ -292,9 +292,10 @@ def sli_increases(
     return _bad_and_total(source, slo, mapping, lambda s: f"sum({counter_step(s, step)})", matchers)
 
 
-#: How far before a step :func:`counter_step` looks for a series' previous sample (further
-#: back, the series counts as new).
-PREVIOUS_SAMPLE_WITHIN = "1h"
+#: How far before a step :func:`counter_step` looks for a series' previous sample: twice
+#: Prometheus's lookback, which bridges missed scrapes (a series absent longer counts as new,
+#: as a pod whose engine restarted would be) and keeps the samples read per series few.
+PREVIOUS_SAMPLE_WITHIN = "10m"
 
 
 def counter_step(selector: str, step: str) -> str:

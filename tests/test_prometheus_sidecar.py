@@ -11,10 +11,8 @@ from __future__ import annotations
 import itertools
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from envs.twin import EngineTwin
+from eval.perf_sidecar import PageServer
 from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 from policies.sidecar.loop import Sidecar
 from slo.prometheus_server import free_port, scrape_configs
@@ -227,35 +226,23 @@ def test_a_replica_prometheus_cannot_scrape_is_down_the_others_are_read(
     assert_within_contract(sidecar, decision.knobs)
 
 
-class FailingProxy(ThreadingHTTPServer):
-    """Forwards requests to a real Prometheus, or answers ``failure`` (status, body) instead:
-    the error shapes a real Prometheus cannot be made to produce on demand."""
+class PrometheusInTrouble(dict):
+    """Routes of a :class:`PageServer` that forward every request to a real Prometheus, or
+    answer ``failure`` (status, body) instead: the error shapes a real Prometheus cannot be
+    made to produce on demand."""
 
     def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        super().__init__()
         self.upstream = upstream
         self.failure: tuple[int, str] | None = None
-        threading.Thread(target=self.serve_forever, daemon=True).start()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+    def get(self, path: str, default=None):
+        return lambda: self.failure or _forward(self.upstream + path)
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        failure = self.server.failure
-        if failure is None:
-            with urllib.request.urlopen(self.server.upstream + self.path, timeout=10) as answer:
-                failure = (answer.status, answer.read().decode())
-        status, body = failure
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        pass
+def _forward(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.status, answer.read().decode()
 
 
 #: Answers of a Prometheus in trouble (or of what stands in front of it), the problem each is
@@ -297,13 +284,14 @@ def test_prometheus_answering_errors_is_reported_held_and_recovered(fleet, tmp_p
     (then falls back) within its bounds; once Prometheus answers again, the events counted
     meanwhile are all counted: the budgets equal those of scraping the engines."""
     twin, server = fleet
-    proxy = FailingProxy(server.url)
+    proxy = PageServer()
+    proxy.routes = routes = PrometheusInTrouble(server.url)
     reading = Sidecar(sidecar_config(twin, tmp_path, {"url": proxy.url}))
     scraping = Sidecar(sidecar_config(twin, tmp_path, None))
     try:
         assert reading.cycle(twin.now).mode == scraping.cycle(twin.now).mode == "policy"
         for name, (status, body, kind, detail) in BAD_ANSWERS.items():
-            proxy.failure = (status, body)
+            routes.failure = (status, body)
             step_and_scrape(twin, server, INTERVAL_S)
             decision = reading.cycle(twin.now)
             scraping.cycle(twin.now)
@@ -311,7 +299,7 @@ def test_prometheus_answering_errors_is_reported_held_and_recovered(fleet, tmp_p
             assert {p.kind for p in decision.problems} == {kind}, name
             assert all(detail in p.detail for p in decision.problems), decision.problems[0]
             assert_within_contract(reading, decision.knobs)
-        proxy.failure = None
+        routes.failure = None
         step_and_scrape(twin, server, INTERVAL_S)
         decision = reading.cycle(twin.now)
         scraping.cycle(twin.now)
@@ -321,8 +309,7 @@ def test_prometheus_answering_errors_is_reported_held_and_recovered(fleet, tmp_p
     finally:
         reading.close()
         scraping.close()
-        proxy.shutdown()
-        proxy.server_close()
+        proxy.close()
 
 
 def assert_within_contract(sidecar: Sidecar, knobs: dict[str, float]) -> None:

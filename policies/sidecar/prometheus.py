@@ -246,12 +246,14 @@ class PrometheusSource:
         """Query every metric; per endpoint its gauges, for :data:`FLEET` the counters of all,
         or the round's error for all (``parse`` is not needed: Prometheus has parsed the
         pages)."""
-        start = time.perf_counter()
         if not self._names:
             return {}
+        start = time.perf_counter()
         # Scrapes are stamped when they start and seen when they end: reading a little behind
         # the clock, no scrape stamped before the evaluation time is still to come.
         at = round(self.clock() - self.settings.settle_s, 3)
+        if self._read_at is not None:
+            at = max(at, self._read_at + 0.001)  # a clock set back: the step stays positive
         queries = self.queries(at)
         futures = [self._pool.submit(self.api.query, q, at) for _, q in queries]
         try:
@@ -267,6 +269,9 @@ class PrometheusSource:
     def _read(
         self, answers: list[tuple[str, list[dict[str, Any]]]], at: float, start: float
     ) -> dict[str, ScrapeResult]:
+        """The round's results from the answers of :meth:`queries` (in its order). A sum that
+        is not finite (a NaN counter) goes to the page as it is, for the metrics feed to
+        report, and its total stays: its increases of this round are not counted."""
         label = self.settings.endpoint_label
         samples: dict[str, list[Sample]] = {name: [] for name in self._names}
         up: dict[str, float] = {}
