@@ -270,8 +270,7 @@ BAD_ANSWERS = {
     "not-json": (200, "<html>sign in</html>", "prometheus_response", "not JSON"),
     "wrong-shape": (
         200,
-        '{"status": "success", "data": {"resultType": "matrix", "result": '
-        '[{"metric": {"replica": "strong-0"}, "values": [[1, "1"]]}]}}',
+        '{"status": "success", "data": {"resultType": "scalar", "result": [1, "1"]}}',
         "prometheus_response",
         "unexpected series",
     ),
@@ -310,6 +309,35 @@ def test_prometheus_answering_errors_is_reported_held_and_recovered(fleet, tmp_p
         reading.close()
         scraping.close()
         proxy.close()
+
+
+@pytest.mark.parametrize("answer", ["down", *BAD_ANSWERS])
+def test_a_history_prometheus_cannot_give_leaves_the_budgets_fresh(answer, tmp_path):
+    """At start, a Prometheus down or answering badly cannot bootstrap the budgets: the
+    sidecar starts with fresh ones, counts the failure and logs it; nothing is half-read."""
+    twin = EngineTwin("steady", seed=5, speed=0.0)
+    twin.start()
+    proxy = PageServer()
+    proxy.routes = routes = PrometheusInTrouble("")
+    routes.failure = BAD_ANSWERS.get(answer, (0, ""))[:2]
+    url = f"http://127.0.0.1:{free_port()}" if answer == "down" else proxy.url
+    try:
+        overrides = {
+            "policy": str(ZOO_POLICY),
+            "port": 0,
+            **twin_settings(twin.url),
+            "prometheus": {"url": url, "read": False},
+        }
+        sidecar = Sidecar(load_config(None, overrides))
+        sidecar.close()
+    finally:
+        proxy.close()
+        twin.close()
+    assert sidecar.bootstrap is None
+    errors = sidecar.metrics.registry.get_sample_value
+    assert errors("budgetpilot_sidecar_state_errors_total", {"operation": "bootstrap"}) == 1
+    good, total = sidecar.observer.engine.cumulative_counts()
+    assert total.sum() == good.sum() == 0
 
 
 def assert_within_contract(sidecar: Sidecar, knobs: dict[str, float]) -> None:

@@ -424,16 +424,27 @@ def bootstrap_budgets(
 def _range(
     api: PrometheusAPI, expr: str, lo: float, hi: float, step: float
 ) -> list[tuple[float, float]]:
-    """``(time, value)`` of a scalar-valued range query, in chunks within the points limit."""
+    """``(time, value)`` of a scalar-valued range query, in chunks within the points limit.
+
+    Raises
+    ------
+    PrometheusError
+        The query failed, or its answer is not a matrix of the span asked for.
+    """
     points = []
     chunk = step * (MAX_POINTS - 1)
     while lo <= hi:
         end = min(hi, lo + chunk)
-        for series in api.query_range(expr, lo, end, step):
-            for t, value in series["values"]:
-                value = float(value)
-                if math.isfinite(value):
-                    points.append((float(t), value))
+        try:
+            for series in api.query_range(expr, lo, end, step):
+                for t, value in series["values"]:
+                    t, value = float(t), float(value)
+                    if not lo <= t <= end:
+                        raise ValueError(f"a point at {t:.0f}, out of [{lo:.0f}, {end:.0f}]")
+                    if math.isfinite(value):
+                        points.append((t, value))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PrometheusError("response", f"{api.url}: unexpected series: {exc!r}") from None
         lo = end + step
     return points
 
