@@ -3,10 +3,11 @@
 :class:`PrometheusSource` stands in for :class:`~policies.sidecar.scrape.Scraper` when
 ``prometheus.read`` is set: every cycle, at one evaluation time, it runs one instant query per
 gauge the observer reads (each engine's, grouped by the ``endpoint_label``), one of ``up``, and
-one per counter, histogram ``_count`` and bucket at an SLO threshold, summed over the endpoints
-by Prometheus (each series' exact increase since the previous round, so that restarts count as
-they do when scraping): the counters' answers, the bulk of a page, do not grow with the
-replicas. The metrics feed takes the sums as the counters of one endpoint, :data:`FLEET`.
+one per counter and per histogram (its buckets at the SLO thresholds and ``+Inf``, which is its
+``_count``), summed over the endpoints by Prometheus (each series' exact increase since the
+previous round, so that restarts count as they do when scraping): the counters' answers, the
+bulk of a page, do not grow with the replicas. The metrics feed takes the sums as the counters
+of one endpoint, :data:`FLEET`.
 
 :func:`bootstrap_budgets` fills a fresh budget engine from Prometheus's history: per SLO, its
 bad and total events counted over adjacent steps (:func:`slo.rules.sli_increases`: exact
@@ -168,14 +169,14 @@ class PrometheusSource:
 
     Every round runs, at one evaluation time, one instant query per gauge (per endpoint: the
     observation needs each replica's), one of ``up`` (which endpoints Prometheus scraped), and
-    one per counter, histogram ``_count`` and threshold bucket, summed over every endpoint by
-    the labels the metrics feed tells series apart by: the answers of those do not grow with
-    the replicas. The sums are of each series' increase since the previous round
-    (:func:`slo.rules.counter_step`), not of the counters themselves: a replica that restarts
-    drops its counters, and a sum of raw counters would lose its events, or, while the others
-    grow faster than it dropped, not even show a drop. Their running totals make the page of
-    the :data:`FLEET` endpoint, counters that only grow, so the metrics feed counts exactly
-    what the replicas counted.
+    one per counter and per histogram (buckets at the thresholds and ``+Inf``, which is its
+    ``_count``), summed over every endpoint by the labels the metrics feed tells series apart
+    by: the answers of those do not grow with the replicas. The sums are of each series'
+    increase since the previous round (:func:`slo.rules.counter_step`), not of the counters
+    themselves: a replica that restarts drops its counters, and a sum of raw counters would lose
+    its events, or, while the others grow faster than it dropped, not even show a drop. Their
+    running totals make the page of the :data:`FLEET` endpoint, counters that only grow, so the
+    metrics feed counts exactly what the replicas counted.
 
     Parameters
     ----------
@@ -205,7 +206,10 @@ class PrometheusSource:
         self.settings = settings
         self.api = PrometheusAPI(settings.url, settings.timeout_s)
         self.gauges = sorted(set(gauges) & selection.names)
-        self.counters = [(n, ()) for n in sorted(selection.names - set(self.gauges))]
+        # A histogram's _count is its +Inf bucket, which the query of its buckets reads already.
+        self._count_of = {n: f"{n.removesuffix('_bucket')}_count" for n in selection.buckets}
+        summed = selection.names - set(self.gauges) - set(self._count_of.values())
+        self.counters = [(n, ()) for n in sorted(summed)]
         self.counters += [(n, tuple(sorted(b))) for n, b in sorted(selection.buckets.items())]
         self.sum_by = ", ".join(sorted(sum_by))
         self.clock = clock
@@ -296,6 +300,9 @@ class PrometheusSource:
                 if math.isfinite(value):
                     value = totals[key] = totals.get(key, 0.0) + value
                 fleet.append((name, labels, value))
+                if labels.get("le") == "+Inf" and name in self._count_of:
+                    others = {k: v for k, v in labels.items() if k != "le"}
+                    fleet.append((self._count_of[name], others, value))
         self._totals, self._read_at = totals, at
         elapsed = time.perf_counter() - start
         results = {FLEET: ScrapeResult(FLEET, fleet, seconds=elapsed)}
