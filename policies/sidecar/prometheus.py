@@ -10,10 +10,10 @@ bulk of a page, do not grow with the replicas. The metrics feed takes the sums a
 of one endpoint, :data:`FLEET`.
 
 :func:`bootstrap_budgets` fills a fresh budget engine from Prometheus's history: per SLO, its
-bad and total events counted over adjacent steps (:func:`slo.rules.sli_increases`: exact
-differences of the counters, not ``rate()``'s extrapolation), hourly (``period_resolution``)
-over the period, then at the shortest burn-rate window over the longest window. Where
-Prometheus holds less than a period, the coverage says how much.
+bad and total events over adjacent steps, at the shortest burn-rate window over the longest
+window counted exactly (:func:`slo.rules.sli_increases`: differences of the counters, not
+``rate()``'s extrapolation), hourly (``period_resolution``) over the rest of the period by the
+recording rules' rates. Where Prometheus holds less than a period, the coverage says how much.
 
 A Prometheus that is down, slow (beyond ``timeout_s``) or answering errors or warnings fails the
 round for every endpoint, with the reason: the sidecar holds, then falls back, as with engines
@@ -45,10 +45,11 @@ from policies.sidecar.observe import Observer
 from policies.sidecar.parse import Sample, SeriesSelection
 from policies.sidecar.scrape import Scraper, ScrapeResult
 from policies.sidecar.telemetry import SidecarMetrics
-from slo.durations import format_duration
+from slo.durations import format_duration, parse_duration
 from slo.engine import BudgetEngine
 from slo.metrics import MetricMapping
-from slo.rules import counter_step, sli_increases
+from slo.rules import counter_step, sli_increases, sli_rates
+from slo.spec import ServiceSpec, SLOSpec
 
 log = logging.getLogger("budgetpilot.sidecar")
 
@@ -386,17 +387,22 @@ def bootstrap_budgets(
     coarse = engine.period_resolution
     fine_from = _floor(now - float(engine.window_seconds.max()), coarse)
     period_from = _floor(now - float(engine.periods.max()), coarse)
-    spans = [(period_from, fine_from, coarse), (fine_from, _floor(now, fine), fine)]
+    # The windows' span is counted exactly; the rest of the period by rate()s, whose
+    # extrapolation errs where a series starts within a step but which Prometheus evaluates
+    # over weeks ten times faster than instant selectors.
+    spans = [
+        (period_from, fine_from, coarse, _summed_rates),
+        (fine_from, _floor(now, fine), fine, sli_increases),
+    ]
     jobs, skipped = [], {}
     for i, slo in enumerate(engine.slos):
         if slo.sli.llm.kind == "fairness":
             skipped[slo.name] = "fairness slices are judged live (per-tenant history not read)"
             continue
-        for lo, hi, step in spans:
+        for lo, hi, step, counted in spans:
             if hi <= lo:
                 continue
-            span = format_duration(step)
-            bad, total = sli_increases(slo, engine.spec, mapping, span, matchers)
+            bad, total = counted(slo, engine.spec, mapping, format_duration(step), matchers)
             for what, expr in (("bad", bad), ("total", total)):
                 jobs.append((i, what, expr, lo + step, hi, step))
     counts: dict[float, np.ndarray] = {}
@@ -426,6 +432,15 @@ def bootstrap_budgets(
     }
     events = {s.name: float(ingested[i]) for i, s in enumerate(engine.slos) if s.name in coverage}
     return BootstrapReport(coverage, events, skipped, time.perf_counter() - start)
+
+
+def _summed_rates(
+    slo: SLOSpec, spec: ServiceSpec, mapping: MetricMapping, step: str, matchers: str = ""
+) -> tuple[str, str]:
+    """The bad and total events of the recording rules' rates over ``step``, per step."""
+    seconds = parse_duration(step)
+    bad, total = sli_rates(slo, spec, mapping, step, matchers)
+    return f"({bad}) * {seconds:g}", f"({total}) * {seconds:g}"
 
 
 def _range(
