@@ -494,6 +494,16 @@ def prometheus_figures(policy: Path, work: Path) -> dict[str, Any]:
     return {**_prometheus_cycle(policy, work), **_bootstrap_30d(work)}
 
 
+def prometheus_cycle() -> dict[str, Any]:
+    """``cycle_ms_prometheus_256`` and its companions alone (about a minute, where the whole
+    benchmark takes minutes), with the machine's load: ``python -m eval.perf_sidecar
+    prometheus-cycle``."""
+    with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-sidecar-") as tmp:
+        work = Path(tmp)
+        figures = _prometheus_cycle(linear_policy(work / "linear.onnx", *fleet_contracts()), work)
+    return {**figures, "load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count()}
+
+
 def _prometheus_cycle(policy: Path, work: Path) -> dict[str, Any]:
     """Median cycle of a sidecar reading 256 replicas' signals from a real Prometheus that
     scrapes them (the realistic pages of :func:`engine_pages`)."""
@@ -662,7 +672,8 @@ def _wait_file(path: Path, process: subprocess.Popen, timeout_s: float = 120.0) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Subprocess entry points of the benchmark (``serve``, ``measure``)."""
+    """Subprocess entry points of the benchmark (``serve``, ``measure``), and
+    ``prometheus-cycle`` (:func:`prometheus_cycle`)."""
     parser = argparse.ArgumentParser(prog="python -m eval.perf_sidecar")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve")
@@ -672,9 +683,12 @@ def main(argv: list[str] | None = None) -> None:
     measure.add_argument("config", type=Path)
     measure.add_argument("cycles", type=int)
     measure.add_argument("decisions", type=int)
+    sub.add_parser("prometheus-cycle", help="cycle_ms_prometheus_256 alone (JSON)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         _serve_fleet(args.endpoints, args.ready_file)
+    elif args.command == "prometheus-cycle":
+        print(json.dumps(prometheus_cycle()))
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         print(json.dumps(_measure(args.config, args.cycles, args.decisions)))

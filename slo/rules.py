@@ -20,7 +20,7 @@ traffic.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +244,7 @@ class _SLORules:
         if promql is not None:
             return _WINDOW_TEMPLATE.sub(window, promql)
         source = metric_source(self.slo, self.spec, self.mapping)
-        bad, total = _bad_and_total(source, self.slo, self.mapping, window)
+        bad, total = _bad_and_total(source, self.slo, self.mapping, _summed_rate(window))
         return f"(\n  {bad}\n)\n/\n(\n  {total}\n)"
 
     def _fairness_exprs(self) -> tuple[str, str]:
@@ -274,27 +274,69 @@ def sli_rates(
     """PromQL rates of the bad and the total events of a (non-fairness) ``llm`` SLI over
     ``window`` (e.g. ``5m``), the rules' own; ``matchers`` (``job="vllm"``) narrow every
     selector."""
-    return _bad_and_total(metric_source(slo, spec, mapping), slo, mapping, window, matchers)
+    source = metric_source(slo, spec, mapping)
+    return _bad_and_total(source, slo, mapping, _summed_rate(window), matchers)
+
+
+def _summed_rate(window: str) -> Callable[[str], str]:
+    return lambda selector: f"sum(rate({selector}[{window}]))"
+
+
+def sli_increases(
+    slo: SLOSpec, spec: ServiceSpec, mapping: MetricMapping, step: str, matchers: str = ""
+) -> tuple[str, str]:
+    """PromQL of the bad and the total events of a (non-fairness) ``llm`` SLI counted over the
+    ``step`` before the evaluation time, exactly (:func:`counter_step`): adjacent steps add up
+    to what the counters counted."""
+    source = metric_source(slo, spec, mapping)
+    return _bad_and_total(source, slo, mapping, lambda s: f"sum({counter_step(s, step)})", matchers)
+
+
+#: How far before a step :func:`counter_step` looks for a series' previous sample: twice
+#: Prometheus's lookback, which bridges missed scrapes (a series absent longer counts as new,
+#: as a pod whose engine restarted would be) and keeps the samples read per series few.
+PREVIOUS_SAMPLE_WITHIN = "10m"
+
+
+def counter_step(selector: str, step: str) -> str:
+    """PromQL of what each counter series of ``selector`` counted over the ``step`` before
+    the evaluation time: its value less its last sample before the step, or all of its value
+    after a drop (a restart) or without an earlier sample (a new series counts from zero).
+
+    Unlike ``increase()``, nothing is extrapolated: evaluated at adjacent steps, the results
+    add up exactly to what the counters counted, whatever the scrape times (an ``increase()``
+    extrapolates each series to the step's ends, and where a series starts within a step it
+    does so differently for a histogram's bucket and its count, so their difference, the bad
+    events, is off). ``last_over_time`` skips staleness markers: a series whose target missed
+    a scrape at the step's start is not taken for a new one.
+    """
+    previous = f"last_over_time({selector}[{PREVIOUS_SAMPLE_WITHIN}] offset {step})"
+    return f"(({selector} - {previous}) >= 0 or {selector})"
 
 
 def _bad_and_total(
-    source: MetricSource, slo: SLOSpec, mapping: MetricMapping, window: str, matchers: str = ""
+    source: MetricSource,
+    slo: SLOSpec,
+    mapping: MetricMapping,
+    over: Callable[[str], str],
+    matchers: str = "",
 ) -> tuple[str, str]:
-    """PromQL rates of the bad and the total events of a (non-fairness) SLI over ``window``."""
+    """PromQL of the bad and the total events of a (non-fairness) SLI, each counter selector
+    summed by ``over`` (a rate over a window, the increase over a step)."""
     models = _model_matcher(source.models, mapping.model_label)
     if source.kind == "histogram":
         le = 'le="' + floatToGoString(source.threshold) + '"'
-        total = f"sum(rate({_selector(source.metric + '_count', models, matchers)}[{window}]))"
-        good = f"sum(rate({_selector(source.metric + '_bucket', le, models, matchers)}[{window}]))"
+        total = over(_selector(source.metric + "_count", models, matchers))
+        good = over(_selector(source.metric + "_bucket", le, models, matchers))
         return f"{total}\n  -\n  {good}", total
     if source.kind == "request_success":
         length, finished = 'finished_reason="length"', 'finished_reason=~"stop|length"'
-        bad = f"sum(rate({_selector(source.metric, length, models, matchers)}[{window}]))"
-        return bad, f"sum(rate({_selector(source.metric, finished, models, matchers)}[{window}]))"
+        bad = over(_selector(source.metric, length, models, matchers))
+        return bad, over(_selector(source.metric, finished, models, matchers))
     slo_matcher = f'slo="{_escape(slo.name)}"'
     bad_matcher = 'result="bad"'
-    bad = f"sum(rate({_selector(source.metric, slo_matcher, bad_matcher, matchers)}[{window}]))"
-    return bad, f"sum(rate({_selector(source.metric, slo_matcher, matchers)}[{window}]))"
+    bad = over(_selector(source.metric, slo_matcher, bad_matcher, matchers))
+    return bad, over(_selector(source.metric, slo_matcher, matchers))
 
 
 def _model_matcher(models: tuple[str, ...] | None, label: str) -> str:

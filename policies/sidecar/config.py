@@ -393,9 +393,9 @@ class PrometheusSettings(_Settings):
 
     With ``read`` the sidecar queries it over the HTTP API instead of scraping the engines:
     one instant query per metric it needs per cycle, the engines and counter endpoints told
-    apart by ``endpoint_label``. With ``bootstrap`` a sidecar that starts without a saved state
-    reads the budgets' history over each SLO's period (or all Prometheus holds, reported as
-    coverage), from either source.
+    apart by ``endpoint_label``, the counters summed over them by Prometheus. With
+    ``bootstrap`` a sidecar that starts without a saved state reads the budgets' history over
+    each SLO's period (or all Prometheus holds, reported as coverage), from either source.
 
     Parameters
     ----------
@@ -412,6 +412,10 @@ class PrometheusSettings(_Settings):
         Bootstrap the budgets from Prometheus's history when no state was restored.
     timeout_s:
         Deadline of one query (a slow server counts as down for the cycle).
+    settle_s:
+        How far behind the clock each round reads: Prometheus stamps a scrape when it starts
+        and shows it when it ends, and a scrape still under way when it is read loses its
+        increase (the next round starts from it).
     """
 
     url: URL
@@ -420,6 +424,7 @@ class PrometheusSettings(_Settings):
     read: bool = True
     bootstrap: bool = True
     timeout_s: float = Field(default=5.0, gt=0)
+    settle_s: float = Field(default=2.0, ge=0)
 
 
 class StateSettings(_Settings):

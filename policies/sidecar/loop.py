@@ -278,7 +278,7 @@ class Sidecar:
         if actuators is None:
             actuators = build_actuators(config.actuators, config.scaling)
         self.actuators = list(actuators)
-        self.scraper = build_source(config, self.observer.selection, self._scraped(engines))
+        self.scraper = build_source(config, self.observer, self._scraped(engines))
         self.metrics = SidecarMetrics(self.observation_contract.windows)
         self.decision_log = DecisionLog(self.observation_contract.windows[0])
         self.metrics.info.labels(

@@ -418,6 +418,14 @@ class Observer:
         self._last_shown = (np.zeros((n_slo, n_windows)), np.ones(n_slo), np.zeros(n_slo))
         self._unknown: set[str] = set()  # signals missing from a page this interval
         self._last_rates = {"arrivals": 0.0, "preemptions": 0.0}
+        #: The endpoint whose page holds every endpoint's counters (summed by Prometheus),
+        #: or ``None``: each page holds its own.
+        self.fleet_counters: str | None = None
+
+    @property
+    def gauges(self) -> frozenset[str]:
+        """Names of the gauges read from each engine's page."""
+        return frozenset(name for name in self._gauge_names.values() if name)
 
     def _selection(self) -> SeriesSelection:
         names = [*self._gauge_names.values(), *self.signal_names.values()]
@@ -520,7 +528,7 @@ class Observer:
             if name in by_name:
                 increase = self._counters.increase(endpoint, name, by_name[name])
                 self._interval_counts[counter] += increase
-            elif name and self._reports(counter, index is not None):
+            elif name and self._reports(counter, endpoint, index is not None):
                 self._unknown.add(counter)
                 problems.append(Problem(endpoint, "missing_series", f"no finite value of {name}"))
         self._counters.seen(endpoint)
@@ -547,10 +555,12 @@ class Observer:
             state.values[gauge][index] = value
         return problems
 
-    def _reports(self, counter: str, engine: bool) -> bool:
-        """Whether every page of its kind must carry ``counter``: engines their finished
-        requests, counter endpoints the arrivals (preemption series may appear with the first
-        preemption)."""
+    def _reports(self, counter: str, endpoint: str, engine: bool) -> bool:
+        """Whether ``endpoint``'s page must carry ``counter``: engines their finished
+        requests, counter endpoints the arrivals, or the fleet's page both (preemption series
+        may appear with the first preemption)."""
+        if self.fleet_counters is not None:
+            return endpoint == self.fleet_counters and counter != "preemptions"
         return counter == ("finished" if engine else "arrivals")
 
     def seconds_without_data(self, now: float, since: float) -> dict[str, float]:

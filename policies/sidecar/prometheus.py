@@ -1,22 +1,24 @@
 """Prometheus as the sidecar's source: the metrics it already scraped, and their history.
 
 :class:`PrometheusSource` stands in for :class:`~policies.sidecar.scrape.Scraper` when
-``prometheus.read`` is set: every cycle it runs one instant query per metric the observer reads
-(a gauge, a counter, a histogram's ``_count``, its bucket at the SLO threshold) over the HTTP
-API, concurrently, and hands the samples to the observer grouped by the endpoint they were
-scraped from (the ``endpoint_label``), as if it had scraped each page itself: the metrics feed
-then takes the same counter deltas, restarts and missing series included. The sidecar opens a
-dozen connections per cycle whatever the number of replicas.
+``prometheus.read`` is set: every cycle, at one evaluation time, it runs one instant query per
+gauge the observer reads (each engine's, grouped by the ``endpoint_label``), one of ``up``, and
+one per counter and per histogram (its buckets at the SLO thresholds and ``+Inf``, which is its
+``_count``), summed over the endpoints by Prometheus (each series' exact increase since the
+previous round, so that restarts count as they do when scraping): the counters' answers, the
+bulk of a page, do not grow with the replicas. The metrics feed takes the sums as the counters
+of one endpoint, :data:`FLEET`.
 
-:func:`bootstrap_budgets` fills a fresh budget engine from Prometheus's history: per SLO, the
-rates of its bad and total events (the expressions of the recording rules,
-:func:`slo.rules.sli_rates`) over adjacent steps, hourly (``period_resolution``) over the
-period, then at the shortest burn-rate window over the longest window, ingested as counts.
-Where Prometheus holds less than a period, the coverage says how much.
+:func:`bootstrap_budgets` fills a fresh budget engine from Prometheus's history: per SLO, its
+bad and total events over adjacent steps, at the shortest burn-rate window over the longest
+window counted exactly (:func:`slo.rules.sli_increases`: differences of the counters, not
+``rate()``'s extrapolation), hourly (``period_resolution``) over the rest of the period by the
+recording rules' rates. Where Prometheus holds less than a period, the coverage says how much.
 
-A Prometheus that is down, slow (beyond ``timeout_s``) or answering errors fails the round for
-every endpoint, with the reason: the sidecar holds, then falls back, as with engines that do not
-answer, and reads again when it answers.
+A Prometheus that is down, slow (beyond ``timeout_s``) or answering errors or warnings fails the
+round for every endpoint, with the reason: the sidecar holds, then falls back, as with engines
+that do not answer, and reads again when it answers (the fleet's counters from where the last
+round read them: nothing counted meanwhile is lost).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +45,11 @@ from policies.sidecar.observe import Observer
 from policies.sidecar.parse import Sample, SeriesSelection
 from policies.sidecar.scrape import Scraper, ScrapeResult
 from policies.sidecar.telemetry import SidecarMetrics
-from slo.durations import format_duration
+from slo.durations import format_duration, parse_duration
 from slo.engine import BudgetEngine
 from slo.metrics import MetricMapping
-from slo.rules import sli_rates
+from slo.rules import counter_step, sli_increases, sli_rates
+from slo.spec import ServiceSpec, SLOSpec
 
 log = logging.getLogger("budgetpilot.sidecar")
 
@@ -56,7 +60,8 @@ BOOTSTRAP_TIMEOUT_S = 30.0
 
 
 class PrometheusError(RuntimeError):
-    """A query failed; ``kind`` is ``connection``, ``timeout``, ``http_status`` or ``response``."""
+    """A query failed; ``kind`` is ``connection``, ``timeout``, ``http_status``, ``response``
+    or ``partial`` (an answer with warnings)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -114,6 +119,9 @@ class PrometheusAPI:
             raise PrometheusError("response", f"{self.url}: not JSON: {exc}") from None
         if not isinstance(body, dict) or body.get("status") != "success":
             raise PrometheusError("response", f"{self.url}: {str(body)[:200]}")
+        if body.get("warnings"):  # e.g. a remote store that did not answer: data may be missing
+            warnings = "; ".join(map(str, body["warnings"]))[:200]
+            raise PrometheusError("partial", f"{self.url}: an answer with warnings: {warnings}")
         try:
             return list(body["data"]["result"])
         except (KeyError, TypeError):
@@ -131,22 +139,45 @@ def _error_of(exc: urllib.error.HTTPError) -> str:
 # Reading each cycle
 
 
-def selection_queries(selection: SeriesSelection, matchers: str = "") -> list[str]:
-    """One instant query per metric of ``selection``: whole series by name, histogram buckets
-    at their selected bounds and ``+Inf`` (spelled as exporters write them)."""
+#: The endpoint whose page holds the fleet's counters, summed over every endpoint read.
+FLEET = "prometheus:fleet"
+
+
+def _series(name: str, matchers: str, le: Sequence[float] = ()) -> str:
+    """The selector of ``name``'s series (with ``le`` bounds: its buckets at them and ``+Inf``,
+    spelled as exporters write them)."""
     extra = f", {matchers}" if matchers else ""
-    queries = [f'{{__name__="{name}"{extra}}}' for name in sorted(selection.names)]
-    for name, bounds in sorted(selection.buckets.items()):
-        spellings = {"+Inf"}
-        for bound in bounds:
-            spellings |= {floatToGoString(bound), f"{bound:g}", repr(float(bound))}
-        le = "|".join(sorted(s.replace("+", "\\\\+").replace(".", "\\\\.") for s in spellings))
-        queries.append(f'{{__name__="{name}", le=~"{le}"{extra}}}')
-    return queries
+    if not le:
+        return f'{{__name__="{name}"{extra}}}'
+    spellings = {"+Inf"}
+    for bound in le:
+        spellings |= {floatToGoString(bound), f"{bound:g}", repr(float(bound))}
+    return f'{{__name__="{name}", le=~"{_alternatives(spellings)}"{extra}}}'
+
+
+def _alternatives(values: Iterable[str]) -> str:
+    """A PromQL regex (in a double-quoted string) matching exactly ``values``."""
+    escaped = (_RE2_SPECIAL.sub(r"\\\1", v) for v in values)
+    return "|".join(sorted(e.replace("\\", "\\\\").replace('"', '\\"') for e in escaped))
+
+
+#: Characters special in a (RE2) regex.
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
 
 
 class PrometheusSource:
     """Reads the observer's metrics from Prometheus (the :class:`Scraper` interface).
+
+    Every round runs, at one evaluation time, one instant query per gauge (per endpoint: the
+    observation needs each replica's), one of ``up`` (which endpoints Prometheus scraped), and
+    one per counter and per histogram (buckets at the thresholds and ``+Inf``, which is its
+    ``_count``), summed over every endpoint by the labels the metrics feed tells series apart
+    by: the answers of those do not grow with the replicas. The sums are of each series'
+    increase since the previous round (:func:`slo.rules.counter_step`), not of the counters
+    themselves: a replica that restarts drops its counters, and a sum of raw counters would lose
+    its events, or, while the others grow faster than it dropped, not even show a drop. Their
+    running totals make the page of the :data:`FLEET` endpoint, counters that only grow, so the
+    metrics feed counts exactly what the replicas counted.
 
     Parameters
     ----------
@@ -156,6 +187,12 @@ class PrometheusSource:
         The series the observer reads (:attr:`policies.sidecar.observe.Observer.selection`).
     endpoints:
         ``(name, url)`` of the endpoints expected (urls are not used).
+    gauges:
+        Names in ``selection`` read per endpoint (the others are summed).
+    sum_by:
+        Labels the counters are summed by.
+    clock:
+        Wall time (Prometheus's time base).
     """
 
     def __init__(
@@ -163,13 +200,28 @@ class PrometheusSource:
         settings: PrometheusSettings,
         selection: SeriesSelection,
         endpoints: Sequence[tuple[str, str | None]],
+        gauges: Iterable[str],
+        sum_by: Iterable[str],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.api = PrometheusAPI(settings.url, settings.timeout_s)
-        self.queries = selection_queries(selection, settings.selector)
+        self.gauges = sorted(set(gauges) & selection.names)
+        # A histogram's _count is its +Inf bucket, which the query of its buckets reads already.
+        self._count_of = {n: f"{n.removesuffix('_bucket')}_count" for n in selection.buckets}
+        summed = selection.names - set(self.gauges) - set(self._count_of.values())
+        self.counters = [(n, ()) for n in sorted(summed)]
+        self.counters += [(n, tuple(sorted(b))) for n, b in sorted(selection.buckets.items())]
+        self.sum_by = ", ".join(sorted(sum_by))
+        self.clock = clock
         self._names: list[str] = []
+        self._matchers = ""
+        # The fleet's counters: per sample name and labels, the increases summed so far.
+        self._totals: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._read_at: float | None = None  # evaluation time of the last round read
         self.set_endpoints(endpoints)
-        self._pool = ThreadPoolExecutor(min(16, len(self.queries)), "sidecar-prometheus")
+        workers = min(16, len(self.gauges) + len(self.counters) + 1)
+        self._pool = ThreadPoolExecutor(workers, "sidecar-prometheus")
 
     @property
     def endpoints(self) -> list[tuple[str, str]]:
@@ -177,50 +229,113 @@ class PrometheusSource:
         return [(name, self.settings.url) for name in self._names]
 
     def set_endpoints(self, endpoints: Sequence[tuple[str, str | None]]) -> None:
-        """Expect the series of ``endpoints`` (by name) from the next round on."""
+        """Read the series of ``endpoints`` (by name) from the next round on."""
         self._names = [str(name) for name, _ in endpoints]
+        label = self.settings.endpoint_label
+        names = f'{label}=~"{_alternatives(self._names)}"'
+        self._matchers = ", ".join(m for m in (names, self.settings.selector) if m)
+
+    def queries(self, at: float) -> list[tuple[str, str]]:
+        """``(sample name, PromQL)`` of one round evaluated at ``at``: gauges and ``up`` per
+        series, then the counters' sums (since the previous round, or all of them at first)."""
+        queries = [(name, _series(name, self._matchers)) for name in self.gauges]
+        queries.append(("up", _series("up", self._matchers)))
+        step = None if self._read_at is None else f"{round((at - self._read_at) * 1e3)}ms"
+        for name, le in self.counters:
+            selector = _series(name, self._matchers, le)
+            counted = selector if step is None else counter_step(selector, step)
+            queries.append((name, f"sum by ({self.sum_by}) ({counted})"))
+        return queries
 
     def scrape(self, parse: Callable[[str, str], Any] | None = None) -> dict[str, ScrapeResult]:
-        """Query every metric; per endpoint its samples, or the round's error (``parse`` is not
-        needed: Prometheus has parsed the pages)."""
+        """Query every metric; per endpoint its gauges, for :data:`FLEET` the counters of all,
+        or the round's error for all (``parse`` is not needed: Prometheus has parsed the
+        pages)."""
+        if not self._names:
+            return {}
         start = time.perf_counter()
-        futures = [self._pool.submit(self.api.query, q) for q in self.queries]
-        label = self.settings.endpoint_label
-        samples: dict[str, list[Sample]] = {name: [] for name in self._names}
+        # Scrapes are stamped when they start and seen when they end: reading a little behind
+        # the clock, no scrape stamped before the evaluation time is still to come.
+        at = round(self.clock() - self.settings.settle_s, 3)
+        if self._read_at is not None:
+            at = max(at, self._read_at + 0.001)  # a clock set back: the step stays positive
+        queries = self.queries(at)
+        futures = [self._pool.submit(self.api.query, q, at) for _, q in queries]
         try:
-            for future in futures:
-                for series in future.result():
-                    labels = series["metric"]  # a dict of its own, fresh from the JSON
-                    rows = samples.get(labels.get(label, ""))
-                    if rows is not None:
-                        name = labels.pop("__name__", "")
-                        rows.append((name, labels, float(series["value"][1])))
+            answers = [(q[0], f.result()) for q, f in zip(queries, futures, strict=True)]
+            results = self._read(answers, at, start)
         except PrometheusError as exc:
             return self._failed(futures, f"prometheus_{exc.kind}", str(exc), start)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             detail = f"unexpected series: {exc!r}"
             return self._failed(futures, "prometheus_response", detail, start)
+        return results
+
+    def _read(
+        self, answers: list[tuple[str, list[dict[str, Any]]]], at: float, start: float
+    ) -> dict[str, ScrapeResult]:
+        """The round's results from the answers of :meth:`queries` (in its order). A sum that
+        is not finite (a NaN counter) goes to the page as it is, for the metrics feed to
+        report, and its total stays: its increases of this round are not counted."""
+        label = self.settings.endpoint_label
+        samples: dict[str, list[Sample]] = {name: [] for name in self._names}
+        up: dict[str, float] = {}
+        totals = dict(self._totals)
+        fleet: list[Sample] = []
+        counters = len(self.gauges) + 1
+        for name, series in answers[:counters]:
+            for one in series:
+                labels, value = one["metric"], float(one["value"][1])
+                endpoint = labels.get(label, "")
+                if name == "up":
+                    up[endpoint] = max(up.get(endpoint, 0.0), value)
+                elif endpoint in samples:
+                    labels.pop("__name__", None)
+                    samples[endpoint].append((name, labels, value))
+        for name, series in answers[counters:]:
+            for one in series:
+                labels, value = one["metric"], float(one["value"][1])
+                if "le" in labels:  # one bound, one series, however each exporter spells it
+                    labels["le"] = floatToGoString(float(labels["le"]))
+                key = (name, tuple(sorted(labels.items())))
+                if math.isfinite(value):
+                    value = totals[key] = totals.get(key, 0.0) + value
+                fleet.append((name, labels, value))
+                if labels.get("le") == "+Inf" and name in self._count_of:
+                    others = {k: v for k, v in labels.items() if k != "le"}
+                    fleet.append((self._count_of[name], others, value))
+        self._totals, self._read_at = totals, at
         elapsed = time.perf_counter() - start
-        return {
-            name: ScrapeResult(name, rows, seconds=elapsed)
-            if rows
-            else ScrapeResult(
-                name,
-                error="prometheus_no_series",
-                detail=f"Prometheus holds no current series with {label}={name!r}",
-                seconds=elapsed,
+        results = {FLEET: ScrapeResult(FLEET, fleet, seconds=elapsed)}
+        for name, rows in samples.items():
+            results[name] = self._endpoint(name, rows, up.get(name), elapsed)
+        return results
+
+    def _endpoint(
+        self, name: str, rows: list[Sample], up: float | None, elapsed: float
+    ) -> ScrapeResult:
+        """An endpoint's result: its gauges, unless Prometheus has not scraped it."""
+        if up is None:
+            label = self.settings.endpoint_label
+            detail = f"Prometheus holds no current series with {label}={name!r}"
+            return ScrapeResult(name, error="prometheus_no_series", detail=detail, seconds=elapsed)
+        if up < 1.0:
+            detail = f"Prometheus's last scrape of {name} failed (up == 0)"
+            return ScrapeResult(
+                name, error="prometheus_target_down", detail=detail, seconds=elapsed
             )
-            for name, rows in samples.items()
-        }
+        return ScrapeResult(name, rows, seconds=elapsed)
 
     def _failed(
         self, futures: list[Future], kind: str, detail: str, start: float
     ) -> dict[str, ScrapeResult]:
-        """Every endpoint fails the round: a partial answer would mix two instants."""
+        """Every endpoint fails the round: a partial answer would mix two instants (the next
+        round counts the fleet's increases since the last round read)."""
         for future in futures:
             future.cancel()
         elapsed = time.perf_counter() - start
-        return {n: ScrapeResult(n, error=kind, detail=detail, seconds=elapsed) for n in self._names}
+        names = [FLEET, *self._names]
+        return {n: ScrapeResult(n, error=kind, detail=detail, seconds=elapsed) for n in names}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -272,18 +387,24 @@ def bootstrap_budgets(
     coarse = engine.period_resolution
     fine_from = _floor(now - float(engine.window_seconds.max()), coarse)
     period_from = _floor(now - float(engine.periods.max()), coarse)
-    spans = [(period_from, fine_from, coarse), (fine_from, _floor(now, fine), fine)]
+    # The windows' span is counted exactly; the rest of the period by rate()s, whose
+    # extrapolation errs where a series starts within a step but which Prometheus evaluates
+    # over weeks ten times faster than instant selectors.
+    spans = [
+        (period_from, fine_from, coarse, _summed_rates),
+        (fine_from, _floor(now, fine), fine, sli_increases),
+    ]
     jobs, skipped = [], {}
     for i, slo in enumerate(engine.slos):
         if slo.sli.llm.kind == "fairness":
             skipped[slo.name] = "fairness slices are judged live (per-tenant history not read)"
             continue
-        for lo, hi, step in spans:
+        for lo, hi, step, counted in spans:
             if hi <= lo:
                 continue
-            bad, total = sli_rates(slo, engine.spec, mapping, format_duration(step), matchers)
+            bad, total = counted(slo, engine.spec, mapping, format_duration(step), matchers)
             for what, expr in (("bad", bad), ("total", total)):
-                jobs.append((i, what, f"({expr}) * {step:g}", lo + step, hi, step))
+                jobs.append((i, what, expr, lo + step, hi, step))
     counts: dict[float, np.ndarray] = {}
     first_seen = np.full(len(engine.slos), math.inf)
     with ThreadPoolExecutor(8, "sidecar-bootstrap") as pool:
@@ -313,19 +434,39 @@ def bootstrap_budgets(
     return BootstrapReport(coverage, events, skipped, time.perf_counter() - start)
 
 
+def _summed_rates(
+    slo: SLOSpec, spec: ServiceSpec, mapping: MetricMapping, step: str, matchers: str = ""
+) -> tuple[str, str]:
+    """The bad and total events of the recording rules' rates over ``step``, per step."""
+    seconds = parse_duration(step)
+    bad, total = sli_rates(slo, spec, mapping, step, matchers)
+    return f"({bad}) * {seconds:g}", f"({total}) * {seconds:g}"
+
+
 def _range(
     api: PrometheusAPI, expr: str, lo: float, hi: float, step: float
 ) -> list[tuple[float, float]]:
-    """``(time, value)`` of a scalar-valued range query, in chunks within the points limit."""
+    """``(time, value)`` of a scalar-valued range query, in chunks within the points limit.
+
+    Raises
+    ------
+    PrometheusError
+        The query failed, or its answer is not a matrix of the span asked for.
+    """
     points = []
     chunk = step * (MAX_POINTS - 1)
     while lo <= hi:
         end = min(hi, lo + chunk)
-        for series in api.query_range(expr, lo, end, step):
-            for t, value in series["values"]:
-                value = float(value)
-                if math.isfinite(value):
-                    points.append((float(t), value))
+        try:
+            for series in api.query_range(expr, lo, end, step):
+                for t, value in series["values"]:
+                    t, value = float(t), float(value)
+                    if not lo <= t <= end:
+                        raise ValueError(f"a point at {t:.0f}, out of [{lo:.0f}, {end:.0f}]")
+                    if math.isfinite(value):
+                        points.append((t, value))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PrometheusError("response", f"{api.url}: unexpected series: {exc!r}") from None
         lo = end + step
     return points
 
@@ -339,12 +480,16 @@ def _floor(t: float, step: float) -> float:
 
 
 def build_source(
-    config: SidecarConfig, selection: SeriesSelection, endpoints: Sequence[tuple[str, str | None]]
+    config: SidecarConfig, observer: Observer, endpoints: Sequence[tuple[str, str | None]]
 ) -> Scraper | PrometheusSource:
-    """What the sidecar reads its metrics from: Prometheus (``prometheus.read``) or the
-    endpoints themselves."""
+    """What the sidecar reads its metrics from: Prometheus (``prometheus.read``; the observer
+    then reads the counters from the :data:`FLEET` page) or the endpoints themselves."""
     if config.prometheus is not None and config.prometheus.read:
-        return PrometheusSource(config.prometheus, selection, endpoints)
+        observer.fleet_counters = FLEET
+        sum_by = observer.feed.labels_read
+        return PrometheusSource(
+            config.prometheus, observer.selection, endpoints, observer.gauges, sum_by
+        )
     return Scraper(
         endpoints,
         timeout_s=config.scrape.timeout_s,
