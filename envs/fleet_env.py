@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.budget_kernel import CompiledSnapshot
 from envs.contract import (
     DEFAULT_KNOBS,
     ActionContract,
@@ -260,6 +261,7 @@ class LLMFleetEnv(gym.Env):
         sim_seed = int(self.np_random.integers(2**63 - 1))
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
         self.engine = BudgetEngine(self.slo_spec)
+        self._snapshot = CompiledSnapshot(self.engine)
         self.knob_values = neutral_knob_values(self.action_contract.names)
         self._apply_knobs()
         self._contract_pool = np.array(
@@ -278,7 +280,7 @@ class LLMFleetEnv(gym.Env):
         self._advance(self.warmup_s)
         spent = self.np_random.uniform(*self.initial_budget_spent, len(self.slo_names))
         self.engine.set_budget_spent(spent, assumed_total_events=self._period_events())
-        self.budget = self.engine.snapshot()
+        self.budget = self._snapshot()
         self._exhausted = self.budget.budget_remaining <= 0.0
         self._last_info = self._info(np.zeros(len(self.slo_names)), {}, 0.0)
         return self._observation(), dict(self._last_info)
@@ -364,7 +366,7 @@ class LLMFleetEnv(gym.Env):
             self._rolled_out = True
         self._ingest(self.sim.advance(until))
         self.engine.advance_to(until)
-        self.budget = self.engine.snapshot()
+        self.budget = self._snapshot()
         self.stats = self.sim.fleet_stats()
         return self._serving_cost(self.stats)
 

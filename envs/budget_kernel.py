@@ -1,0 +1,190 @@
+"""The error-budget engine's snapshot in one compiled call, for the environment's step.
+
+:meth:`slo.engine.BudgetEngine.snapshot` is a few dozen small numpy operations (window sums,
+coverage, period counts, alerts, policy states); for the handful of SLOs of an environment step
+their cost is the number of calls, not the data, and it is a large share of what the
+environment adds to the simulator. :class:`CompiledSnapshot` reads the same engine's rings and
+computes the same figures in one numba loop, with the same float64 operations in the same
+order, so the snapshot equals the engine's (tested to rtol 1e-9 on every SLI kind and
+scenario). The engine stays the one the sidecar uses; only the environment, which imports numba
+anyway, takes this path.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from slo.engine import BudgetEngine, BudgetSnapshot, _alert_levels
+
+
+class CompiledSnapshot:
+    """:meth:`BudgetEngine.snapshot` of one engine, computed by :func:`_snapshot_kernel`.
+
+    The engine's static layout (windows, periods, alert conditions, policy thresholds) is read
+    once; its state (rings, clock, phase, prior, coverage) at every call, since the engine may
+    replace those arrays (a new phase, a loaded state).
+
+    Parameters
+    ----------
+    engine:
+        The engine to read; it keeps being fed as usual.
+    """
+
+    def __init__(self, engine: BudgetEngine) -> None:
+        self.engine = engine
+        self._window_buckets = np.ascontiguousarray(engine._window_buckets)
+        self._period_buckets = np.ascontiguousarray(engine._period_buckets[0::2])
+        self._alert_long = np.ascontiguousarray(engine._alert_long, dtype=np.int64)
+        self._alert_short = np.ascontiguousarray(engine._alert_short, dtype=np.int64)
+        self._alert_rate = np.ascontiguousarray(engine._alert_rate, dtype=np.float64)
+        self._enabled = np.stack([engine._page_enabled, engine._ticket_enabled]).astype(np.bool_)
+        self._policy = np.array(
+            [engine._policy.at_risk_below, engine._policy.exhausted_at], dtype=np.float64
+        )
+
+    def __call__(self) -> BudgetSnapshot:
+        """The engine's snapshot now (equal to ``engine.snapshot()``)."""
+        e = self.engine
+        fine, coarse, fine_gap, coarse_gap = e._fine, e._coarse, e._fine_gap, e._coarse_gap
+        burn, coverage, remaining, period_coverage, alerts, policy = _snapshot_kernel(
+            fine.cum,
+            fine.head,
+            coarse.cum,
+            coarse.head,
+            fine_gap.cum,
+            fine_gap.head,
+            coarse_gap.cum,
+            coarse_gap.head,
+            self._window_buckets,
+            self._period_buckets,
+            e._phase_start_cum,
+            e._phase_start_gap,
+            e._prior,
+            e._covered_from,
+            e._inv_budget,
+            e.periods,
+            float(e.now),
+            float(e.phase_start),
+            float(e.resolution),
+            e._history_covered,
+            float(e.min_coverage),
+            self._alert_long,
+            self._alert_short,
+            self._alert_rate,
+            e._n_page_conditions,
+            self._enabled,
+            self._policy,
+        )
+        page, ticket = alerts[0], alerts[1]
+        return BudgetSnapshot(
+            time=e.now,
+            phase=e.phase,
+            slo_names=e.slo_names,
+            dimensions=e.dimensions,
+            windows=e.windows,
+            window_seconds=e.window_seconds.copy(),
+            objectives=e.objectives.copy(),
+            burn_rates=burn,
+            budget_remaining=remaining,
+            page=page,
+            ticket=ticket,
+            alert_levels=_alert_levels(page, ticket),
+            policy_states=policy,
+            dimension_states=e._worst_by_dimension(policy),
+            window_coverage=coverage,
+            period_coverage=period_coverage,
+            min_coverage=e.min_coverage,
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _coverage(gaps: float, before: float, seconds: float, history_covered: bool) -> float:
+    """:meth:`BudgetEngine._coverage` of one SLO and span."""
+    if before != before:  # never measured: no data
+        missing = gaps + np.inf
+    elif history_covered:
+        missing = gaps + 0.0
+    else:
+        missing = gaps + max(before, 0.0)
+    return min(max(1.0 - missing / seconds, 0.0), 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _snapshot_kernel(
+    fine,
+    fine_head,
+    coarse,
+    coarse_head,
+    fine_gap,
+    fine_gap_head,
+    coarse_gap,
+    coarse_gap_head,
+    window_buckets,
+    period_buckets,
+    phase_start_cum,
+    phase_start_gap,
+    prior,
+    covered_from,
+    inv_budget,
+    periods,
+    now,
+    phase_start,
+    resolution,
+    history_covered,
+    min_coverage,
+    alert_long,
+    alert_short,
+    alert_rate,
+    n_page,
+    enabled,
+    policy,
+):
+    n, n_windows = window_buckets.shape
+    burn = np.empty((n, n_windows))
+    coverage = np.empty((n, n_windows))
+    remaining = np.empty(n)
+    period_coverage = np.empty(n)
+    alerts = np.zeros((2, n), dtype=np.bool_)
+    states = np.empty(n, dtype=np.int8)
+    nf, nc = fine.shape[0], coarse.shape[0]
+    latest = fine[fine_head % nf]
+    gap_latest = fine_gap[fine_gap_head % fine_gap.shape[0]]
+    for s in range(n):
+        g, t = 2 * s, 2 * s + 1
+        for w in range(n_windows):
+            slot = (fine_head - window_buckets[s, w]) % nf
+            good = latest[g] - fine[slot, g]
+            total = latest[t] - fine[slot, t]
+            ratio = (total - good) / total if total > 0 else 0.0
+            burn[s, w] = ratio * inv_budget[s]
+            gap_slot = (fine_gap_head - window_buckets[s, w]) % fine_gap.shape[0]
+            gaps = gap_latest[s] - fine_gap[gap_slot, s]
+            seconds = window_buckets[s, w] * resolution
+            before = covered_from[s] - (now - seconds)
+            coverage[s, w] = _coverage(gaps, before, seconds, history_covered)
+        # The period, cut at the phase start, with the prior's share still in it.
+        slot = (coarse_head - period_buckets[s]) % nc
+        weight = min(max(1.0 - (now - prior[2, s]) / periods[s], 0.0), 1.0)
+        good = (
+            latest[g]
+            - max(coarse[slot, g], phase_start_cum[g])
+            + weight * (prior[1, s] - prior[0, s])
+        )
+        total = latest[t] - max(coarse[slot, t], phase_start_cum[t]) + weight * prior[1, s]
+        ratio = (total - good) / total if total > 0 else 0.0
+        remaining[s] = 1.0 - ratio * inv_budget[s]
+        gap_slot = (coarse_gap_head - period_buckets[s]) % coarse_gap.shape[0]
+        gaps = gap_latest[s] - max(coarse_gap[gap_slot, s], phase_start_gap[s])
+        period_start = max(now - periods[s], phase_start)
+        covered = _coverage(gaps, covered_from[s] - period_start, periods[s], history_covered)
+        period_coverage[s] = min(1.0, covered + (weight if prior[1, s] > 0 else 0.0))
+        states[s] = 2 if remaining[s] <= policy[1] else (1 if remaining[s] < policy[0] else 0)
+        for c in range(len(alert_rate)):
+            lo, sh, rate = alert_long[c], alert_short[c], alert_rate[c]
+            fires = burn[s, lo] > rate and burn[s, sh] > rate
+            fires = fires and coverage[s, lo] >= min_coverage and coverage[s, sh] >= min_coverage
+            severity = 0 if c < n_page else 1
+            if fires and enabled[severity, s]:
+                alerts[severity, s] = True
+    return burn, coverage, remaining, period_coverage, alerts, states
