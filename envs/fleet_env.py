@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.budget_kernel import CompiledSnapshot
+from envs.budget_kernel import CompiledIngest, CompiledSnapshot
 from envs.contract import (
     DEFAULT_KNOBS,
     ActionContract,
@@ -262,6 +262,7 @@ class LLMFleetEnv(gym.Env):
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
         self.engine = BudgetEngine(self.slo_spec)
         self._snapshot = CompiledSnapshot(self.engine)
+        self._feed = CompiledIngest(self.engine)
         self.knob_values = neutral_knob_values(self.action_contract.names)
         self._apply_knobs()
         self._contract_pool = np.array(
@@ -371,7 +372,7 @@ class LLMFleetEnv(gym.Env):
         return self._serving_cost(self.stats)
 
     def _ingest(self, events: np.ndarray) -> None:
-        self.engine.ingest_events(events)
+        self._feed(events)
 
     def _serving_cost(self, stats: FleetStats) -> float:
         """GPU time (busy, or provisioned when elastic) and CPU offload at their prices since the

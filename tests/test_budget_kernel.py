@@ -1,5 +1,6 @@
-"""The environment's compiled budget snapshot equals the shared engine's, on every SLI kind and
-every scenario (the condition under which the environment may take the compiled path)."""
+"""The environment's compiled budget path (ingest and snapshot) equals the shared engine fed by
+its own methods, on every SLI kind and every scenario (the condition under which the environment
+may take it)."""
 
 from __future__ import annotations
 
@@ -70,35 +71,86 @@ def _assert_equal(compiled, reference, slos=slice(None)) -> None:
     assert (compiled.time, compiled.phase) == (reference.time, reference.phase)
 
 
+def _state_differences(state, reference, path="") -> list[str]:
+    """Where two engine states (:meth:`BudgetEngine.state_dict`) differ beyond rtol 1e-9."""
+    if isinstance(state, dict):
+        return [d for k in state for d in _state_differences(state[k], reference[k], f"{path}/{k}")]
+    if isinstance(state, list):
+        pairs = zip(state, reference, strict=True)
+        return [
+            d for i, (a, b) in enumerate(pairs) for d in _state_differences(a, b, f"{path}/{i}")
+        ]
+    if isinstance(state, np.ndarray):
+        same = np.allclose(state, reference, rtol=1e-9, atol=0, equal_nan=True)
+        return [] if same else [path]
+    return [] if state == reference else [path]
+
+
+class _MirroredEnv(LLMFleetEnv):
+    """The environment (compiled feed and snapshot) beside a reference engine fed the same
+    events, clock and phases through the engine's own methods."""
+
+    def reset(self, *, seed=None, options=None):
+        self.reference = None
+        observation, info = super().reset(seed=seed, options=options)
+        state = self.reference.state_dict()
+        state["prior"] = self.engine.state_dict()["prior"]  # the budgets reset drew as spent
+        self.reference.load_state_dict(state)
+        return observation, info
+
+    def _ingest(self, events):
+        if self.reference is None:
+            self.reference = BudgetEngine(self.slo_spec)
+        if self.reference.phase != self.engine.phase:
+            self.reference.start_phase(self.engine.phase, self.engine.phase_start)
+        self.reference.ingest_events(events)
+        super()._ingest(events)
+
+    def _advance(self, until):
+        cost = super()._advance(until)
+        self.reference.advance_to(until)
+        return cost
+
+    def compare(self):
+        """(compiled snapshot, reference snapshot, where the engines' states differ)."""
+        differences = _state_differences(self.engine.state_dict(), self.reference.state_dict())
+        return self.budget, self.reference.snapshot(), differences
+
+
 @pytest.fixture(scope="module")
 def episodes():
-    """Per scenario, (compiled, engine) snapshot pairs after the reset and each random step."""
-    spec, pairs = _spec(), {}
+    """Per scenario, the comparisons after the reset and each random step."""
+    spec, runs = _spec(), {}
     for scenario in _RUNNABLE:
         elastic = scenario in ELASTIC_SCENARIO_NAMES
         # Budgets start nearly spent, so that some run out within the steps compared.
-        env = LLMFleetEnv(scenario, spec=spec, elastic=elastic, initial_budget_spent=(0.7, 1.0))
+        env = _MirroredEnv(scenario, spec=spec, elastic=elastic, initial_budget_spent=(0.7, 1.0))
         env.reset(seed=7)
         env.action_space.seed(7)
-        pairs[scenario] = [(env.budget, env.engine.snapshot())]
-        for _ in range(_STEPS):
+        runs[scenario] = [env.compare()]
+        rollout = env.setup.rollout_at_s  # compare a few steps of the rollout's phase too
+        steps = _STEPS if rollout is None else int((rollout - env.sim.now) / 30.0) + 5
+        for _ in range(steps):
             env.step(env.action_space.sample())
-            pairs[scenario].append((env.budget, env.engine.snapshot()))
-    return pairs
+            runs[scenario].append(env.compare())
+    return runs
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_compiled_snapshot_equals_engine_on_every_scenario(episodes, scenario):
+def test_compiled_path_equals_engine_on_every_scenario(episodes, scenario):
     if scenario not in episodes:
         pytest.skip(f"scenario {scenario} replays a trace from ../shared/data, which is absent")
-    for compiled, reference in episodes[scenario]:
+    for compiled, reference, differences in episodes[scenario]:
+        assert differences == []
         _assert_equal(compiled, reference)
+    if scenario == "model-rollout":  # the rollout's new budget phase was compared too
+        assert episodes[scenario][-1][1].phase == "rollout"
 
 
 @pytest.mark.parametrize("sli", list(_SLIS))
 def test_compiled_snapshot_equals_engine_on_every_sli_kind(episodes, sli):
     index = list(_SLIS).index(sli)
-    snapshots = [pair for pairs in episodes.values() for pair in pairs]
+    snapshots = [run[:2] for runs in episodes.values() for run in runs]
     for compiled, reference in snapshots:
         _assert_equal(compiled, reference, slos=index)
     # The comparison saw the SLO spend budget and burn, not only untouched zeros.
@@ -107,7 +159,7 @@ def test_compiled_snapshot_equals_engine_on_every_sli_kind(episodes, sli):
 
 
 def test_compiled_snapshot_alerts_and_exhaustion_were_exercised(episodes):
-    references = [ref for pairs in episodes.values() for _, ref in pairs]
+    references = [run[1] for runs in episodes.values() for run in runs]
     assert any(ref.page.any() for ref in references)
     assert any(ref.ticket.any() for ref in references)
     for state in (0, 1, 2):  # ok, at risk, exhausted
