@@ -169,6 +169,12 @@ def test_one_worker_trains_as_before_workers_existed() -> None:
     assert parameters.sum() == pytest.approx(-14.530184993947842, rel=1e-6)
 
 
+def test_a_chunk_reports_the_time_spent_collecting_rollouts() -> None:
+    metrics, _, _ = _learned(workers=1)
+    # Collection (environments, policy forward, buffer) and the update both take time.
+    assert 0.0 < metrics["chunk_rollout_seconds"] < metrics["chunk_seconds"]
+
+
 @pytest.mark.slow
 def test_rollout_workers_repeat_their_run_and_its_episodes() -> None:
     first, second = _learned(workers=2), _learned(workers=2)
