@@ -261,6 +261,7 @@ class LLMFleetEnv(gym.Env):
         sim_seed = int(self.np_random.integers(2**63 - 1))
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
         self.engine = BudgetEngine(self.slo_spec)
+        self._prices = self._pool_prices()
         self._snapshot = CompiledSnapshot(self.engine)
         self._feed = CompiledIngest(self.engine)
         self.knob_values = neutral_knob_values(self.action_contract.names)
@@ -378,8 +379,7 @@ class LLMFleetEnv(gym.Env):
         """GPU time (busy, or provisioned when elastic) and CPU offload at their prices since the
         previous call, per second, relative to the strong pool's initial replicas fully busy."""
         pools = self.setup.config.pools
-        gpu_price = np.array([p.gpu_spec().cost_per_hour for p in pools])
-        replica_price = gpu_price * np.array([p.tp for p in pools])
+        gpu_price, replica_price = self._prices
         prices = replica_price[stats.pool]
         offload = self.knob_values["offload_fraction"] * self.reward_config.offload_cpu_share
         strong_up = (stats.pool == 0) & (stats.lifecycle != ReplicaState.STOPPED)
@@ -389,6 +389,13 @@ class LLMFleetEnv(gym.Env):
             gpu = np.sum(prices * stats.busy_fraction)
         spent = float(gpu + offload * np.sum(prices[strong_up]))
         return spent / float(replica_price[0] * pools[0].replicas)
+
+    def _pool_prices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per pool, the price of a GPU and of a replica (its ``tp`` GPUs), per hour (read once
+        per episode: a pool's GPUs never change within one)."""
+        pools = self.setup.config.pools
+        gpu_price = np.array([p.gpu_spec().cost_per_hour for p in pools])
+        return gpu_price, gpu_price * np.array([p.tp for p in pools])
 
     def _provisioned_gpu_rate(self, stats: FleetStats) -> np.ndarray:
         """Per pool, GPUs provisioned on average since the previous call."""
