@@ -16,10 +16,17 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from slo.engine import CHUNK_EVENTS, BudgetEngine, BudgetSnapshot, _alert_levels
+from slo.engine import CHUNK_EVENTS, BudgetEngine, BudgetSnapshot
 from slo.fused import FusedClassifier
 from slo.ring import bucket_of
 from slo.sli import EventBatch
+
+
+def _rings(engine: BudgetEngine) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The engine's four rings (fine and coarse counts, fine and coarse gaps): their arrays and
+    heads, in that order."""
+    rings = (engine._fine, engine._coarse, engine._fine_gap, engine._coarse_gap)
+    return tuple(r.cum for r in rings), np.array([r.head for r in rings], dtype=np.int64)
 
 
 class CompiledIngest:
@@ -58,20 +65,7 @@ class CompiledIngest:
         head = bucket_of(t_max, e.resolution)
         e._covered_from[np.isnan(e._covered_from)] = t_max  # the event feed measures every SLO
         counts = e._bucket_counts(batch, t_end, bucket, t_last)[0]
-        _ingest_kernel(
-            e._fine.cum,
-            e._fine.head,
-            e._coarse.cum,
-            e._coarse.head,
-            e._fine_gap.cum,
-            e._fine_gap.head,
-            e._coarse_gap.cum,
-            e._coarse_gap.head,
-            head,
-            e._fine_per_coarse,
-            bucket,
-            counts,
-        )
+        _ingest_kernel(*_rings(e), head, e._fine_per_coarse, bucket, counts)
         for ring in (e._fine, e._fine_gap):
             ring.head = max(ring.head, head)
         for ring in (e._coarse, e._coarse_gap):
@@ -113,16 +107,8 @@ class CompiledSnapshot:
     def __call__(self) -> BudgetSnapshot:
         """The engine's snapshot now (equal to ``engine.snapshot()``)."""
         e = self.engine
-        fine, coarse, fine_gap, coarse_gap = e._fine, e._coarse, e._fine_gap, e._coarse_gap
         burn, coverage, remaining, period_coverage, alerts, policy = _snapshot_kernel(
-            fine.cum,
-            fine.head,
-            coarse.cum,
-            coarse.head,
-            fine_gap.cum,
-            fine_gap.head,
-            coarse_gap.cum,
-            coarse_gap.head,
+            *_rings(e),
             self._window_buckets,
             self._period_buckets,
             e._phase_start_cum,
@@ -143,25 +129,8 @@ class CompiledSnapshot:
             self._enabled,
             self._policy,
         )
-        page, ticket = alerts[0], alerts[1]
-        return BudgetSnapshot(
-            time=e.now,
-            phase=e.phase,
-            slo_names=e.slo_names,
-            dimensions=e.dimensions,
-            windows=e.windows,
-            window_seconds=e.window_seconds.copy(),
-            objectives=e.objectives.copy(),
-            burn_rates=burn,
-            budget_remaining=remaining,
-            page=page,
-            ticket=ticket,
-            alert_levels=_alert_levels(page, ticket),
-            policy_states=policy,
-            dimension_states=e._worst_by_dimension(policy),
-            window_coverage=coverage,
-            period_coverage=period_coverage,
-            min_coverage=e.min_coverage,
+        return e.snapshot_of(
+            burn, coverage, remaining, period_coverage, alerts[0], alerts[1], policy
         )
 
 
@@ -186,27 +155,13 @@ def _add_row(cum, head, bucket, row) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _ingest_kernel(
-    fine,
-    fine_head,
-    coarse,
-    coarse_head,
-    fine_gap,
-    fine_gap_head,
-    coarse_gap,
-    coarse_gap_head,
-    head,
-    per,
-    bucket,
-    counts,
-):
+def _ingest_kernel(cums, heads, head, per, bucket, counts):
     """Advance the four rings to the fine bucket ``head`` and add one bucket's counts."""
-    _advance_ring(fine, fine_head, head)
-    _advance_ring(coarse, coarse_head, head // per)
-    _advance_ring(fine_gap, fine_gap_head, head)
-    _advance_ring(coarse_gap, coarse_gap_head, head // per)
-    _add_row(fine, max(fine_head, head), bucket, counts)
-    _add_row(coarse, max(coarse_head, head // per), bucket // per, counts)
+    targets = (head, head // per, head, head // per)
+    for ring in range(4):
+        _advance_ring(cums[ring], heads[ring], targets[ring])
+    _add_row(cums[0], max(heads[0], head), bucket, counts)
+    _add_row(cums[1], max(heads[1], head // per), bucket // per, counts)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -223,14 +178,8 @@ def _coverage(gaps: float, before: float, seconds: float, history_covered: bool)
 
 @numba.njit(cache=True, nogil=True)
 def _snapshot_kernel(
-    fine,
-    fine_head,
-    coarse,
-    coarse_head,
-    fine_gap,
-    fine_gap_head,
-    coarse_gap,
-    coarse_gap_head,
+    cums,
+    heads,
     window_buckets,
     period_buckets,
     phase_start_cum,
@@ -251,6 +200,8 @@ def _snapshot_kernel(
     enabled,
     policy,
 ):
+    fine, coarse, fine_gap, coarse_gap = cums
+    fine_head, coarse_head, fine_gap_head, coarse_gap_head = heads[0], heads[1], heads[2], heads[3]
     n, n_windows = window_buckets.shape
     burn = np.empty((n, n_windows))
     coverage = np.empty((n, n_windows))
