@@ -20,6 +20,7 @@ from envs.scenarios import ELASTIC_SCENARIOS, TRAINING_SCENARIOS
 from eval.cli import app
 from slo.prometheus_server import free_port
 from training.config import PresetError, load_preset
+from training.perf import TrialSpeed
 from training.run import point_best, resolve_best
 
 TINY = {
@@ -340,6 +341,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert restarts[1]["timesteps"] >= results[0]["timesteps"] + TINY["chunk_timesteps"]
     assert restarts[1]["timesteps"] <= steps_at_kill + TINY["chunk_timesteps"]
     assert results[-1]["timesteps"] == TINY["timesteps"]
+    # perf train's reading of these rows: collection is part of learning, the update the rest.
+    speed = TrialSpeed.from_results(trial_dir)
+    assert speed.collection_steps_per_s > speed.steps_per_s > 0
+    assert 0.0 < speed.update_share < 1.0
 
     summary = json.loads((out / "summary.json").read_text())
     (trial,) = summary["trials"]
