@@ -19,19 +19,17 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
     @perf.command("env")
     def perf_env(
         scenario: str = typer.Option("steady", help="Scenario to step."),
-        steps: int = typer.Option(400, help="Environment steps timed.", min=1),
-        ppo_timesteps: int = typer.Option(
-            8192, help="PPO timesteps timed on each environment.", min=1
-        ),
+        steps: int = typer.Option(200, help="Environment steps timed per round.", min=1),
+        rounds: int = typer.Option(5, help="Rounds; each figure is the fastest.", min=1),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Environment steps/s: its overhead, PPO's, and fleets of 3 to 64 replicas.
+        """Environment steps/s: its overhead over the simulator, and fleets of 3 to 64 replicas.
 
-        Environment steps/s, overhead over the raw simulator, PPO throughput over the raw
-        simulator's, and steps/s of 3-, 16- and 64-replica fleets."""
+        Environment steps per CPU-second, its overhead over the raw simulator, and steps per
+        CPU-second of 3-, 16- and 64-replica fleets (fastest of interleaved rounds)."""
         from agents.perf import run
 
-        echo_figures(run(scenario, steps, ppo_timesteps), as_json)
+        echo_figures(run(scenario, steps, rounds), as_json)
 
 
 def tune(

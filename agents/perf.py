@@ -1,10 +1,18 @@
-"""``budgetpilot perf env``: the environment's speed, its overhead over the raw simulator, PPO's
-throughput on it relative to the raw simulator, and the cost of a step against fleet size."""
+"""``budgetpilot perf env``: the environment's speed, its overhead over the raw simulator, and
+the cost of a step against fleet size.
+
+Every figure is in steps per CPU-second of this process (one thread for torch, numba and BLAS),
+the fastest of a few rounds, with the environment's and the simulator's rounds interleaved: on a
+machine shared with other work, wall-clock rates also count the time spent waiting for a core,
+and change from one second to the next. PPO's throughput on the environment over the raw
+simulator's (``learn_over_sim``) is measured on real training trials by ``perf train``.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -17,47 +25,51 @@ DEFAULT_SCENARIO = "steady"
 #: ``perf env`` prints.
 REFERENCE_REPLICAS = 3
 FLEET_SIZES = (3, 16, 64)
+#: Rounds of each measurement; each figure is the fastest round.
+ROUNDS = 5
 
 
 def _env_seconds(env: LLMFleetEnv, steps: int, seed: int) -> float:
-    """Wall time of ``steps`` environment steps with neutral knobs (reset excluded)."""
+    """CPU time of ``steps`` environment steps with neutral knobs (reset excluded)."""
     env.reset(seed=seed)
     action = env.action_contract.encode(env.knob_values)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         env.step(action)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def _timed_env(scenario: str, steps: int) -> LLMFleetEnv:
+def _timed_env(scenario: str, steps: int, **env_kwargs) -> LLMFleetEnv:
     """An environment whose episodes outlast ``steps`` steps."""
-    return LLMFleetEnv(scenario, episode_hours=steps * 30.0 / 3600.0 + 1.0)
+    return LLMFleetEnv(scenario, episode_hours=steps * 30.0 / 3600.0 + 1.0, **env_kwargs)
 
 
 def _sim_seconds(env: LLMFleetEnv, steps: int, seed: int) -> float:
-    """Wall time of the same simulation driven directly: the same draw, knobs and intervals."""
+    """CPU time of the same simulation driven directly: the same draw, knobs and intervals."""
     env.reset(seed=seed)  # rebuilds the same scenario draw and simulator
     sim, knobs = env.sim, env.sim.knobs
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         sim.set_knobs(knobs)
         sim.advance(sim.now + env.control_interval_s)
         sim.fleet_stats()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def _ppo_steps_per_s(make_env, timesteps: int, n_envs: int) -> float:
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-
-    vec = make_vec_env(make_env, n_envs=n_envs, seed=0)
-    model = PPO("MlpPolicy", vec, n_steps=128, batch_size=256, n_epochs=4, seed=0, device="cpu")
-    model.learn(256)  # warm-up: torch and numba first calls
-    start = time.perf_counter()
-    model.learn(timesteps, reset_num_timesteps=False)
-    elapsed = time.perf_counter() - start
-    vec.close()
-    return timesteps / elapsed
+def sim_steps_per_cpu_s(
+    scenarios: Sequence[str], steps: int = 100, rounds: int = 3, **env_kwargs
+) -> float:
+    """Raw simulator steps per CPU-second over a mix of scenarios drawn equally often (the
+    mean CPU time of a step over the scenarios, each the fastest of ``rounds``)."""
+    seconds = [
+        min(
+            _sim_seconds(_timed_env(name, steps, **env_kwargs), steps, seed)
+            for seed in range(rounds)
+        )
+        / steps
+        for name in scenarios
+    ]
+    return 1.0 / float(np.mean(seconds))
 
 
 def scaled_fleet(scenario: Scenario, replicas: int) -> Scenario:
@@ -80,40 +92,52 @@ def scaled_fleet(scenario: Scenario, replicas: int) -> Scenario:
     return replace(scenario, name=f"{scenario.name}-{replicas}-replicas", builder=build)
 
 
-def fleet_steps_per_s(replicas: int, steps: int, seed: int = 1) -> float:
-    """Environment steps/s of the ``steady`` scenario on a fleet of ``replicas`` replicas."""
+def fleet_steps_per_s(replicas: int, steps: int, rounds: int = ROUNDS, seed: int = 1) -> float:
+    """Environment steps per CPU-second of the ``steady`` scenario on a fleet of ``replicas``
+    replicas (the fastest of ``rounds``)."""
     env = _timed_env(DEFAULT_SCENARIO, steps)
     env.scenario = scaled_fleet(get_scenario(DEFAULT_SCENARIO), replicas)
     env.scenarios = (env.scenario,)
-    return steps / _env_seconds(env, steps, seed)
+    return steps / min(_env_seconds(env, steps, seed) for _ in range(rounds))
 
 
-def run(scenario: str = DEFAULT_SCENARIO, steps: int = 400, ppo_timesteps: int = 8192) -> dict:
-    """Measure the figures of ``budgetpilot perf env`` (one thread for torch, numba, BLAS).
+def run(scenario: str = DEFAULT_SCENARIO, steps: int = 200, rounds: int = ROUNDS) -> dict:
+    """Measure the figures of ``budgetpilot perf env``.
 
-    ``learn_over_sim`` is SB3 PPO's steps/s on the environment (eight environments in one
-    process) over the raw simulator's steps/s on the same scenario: the share of the simulation's
-    own speed that learning keeps. The fleet-size figures step ``steady`` on the reference fleet
-    scaled to 3, 16 and 64 replicas (:func:`scaled_fleet`), with fewer steps the larger the fleet.
+    ``overhead_vs_sim`` is the environment's CPU time per step over the raw simulator's on the
+    same draw, minus 1: what the budget engine, the observation, the reward and the knobs add.
+    The fleet-size figures step ``steady`` on the reference fleet scaled to 3, 16 and 64 replicas
+    (:func:`scaled_fleet`), with fewer steps the larger the fleet.
+
+    Parameters
+    ----------
+    scenario:
+        The scenario stepped.
+    steps:
+        Steps per round.
+    rounds:
+        Rounds of each measurement, the environment's and the simulator's interleaved.
     """
     import torch
 
     torch.set_num_threads(1)
     _env_seconds(_timed_env(scenario, 20), 20, seed=0)  # compile and warm caches
     env = _timed_env(scenario, steps)
-    env_s = _env_seconds(env, steps, seed=1)
-    sim_s = _sim_seconds(env, steps, seed=1)
-    ppo = _ppo_steps_per_s(lambda: LLMFleetEnv(scenario), ppo_timesteps, n_envs=8)
+    env_s = sim_s = float("inf")
+    for _ in range(rounds):
+        env_s = min(env_s, _env_seconds(env, steps, seed=1))
+        sim_s = min(sim_s, _sim_seconds(env, steps, seed=1))
     figures = {
         "scenario": scenario,
+        "clock": "process CPU time, fastest round",
         "env_steps_per_s": steps / env_s,
         "sim_steps_per_s": steps / sim_s,
         "overhead_vs_sim": env_s / sim_s - 1.0,
-        "ppo_steps_per_s": ppo,
-        "learn_over_sim": ppo * sim_s / steps,
         "requests_per_env_step": env.setup.workload.mean_rate * env.control_interval_s,
     }
     for replicas in FLEET_SIZES:
         fleet_steps = max(10, steps * REFERENCE_REPLICAS // replicas)
-        figures[f"env_steps_per_s_{replicas}_replicas"] = fleet_steps_per_s(replicas, fleet_steps)
+        figures[f"env_steps_per_s_{replicas}_replicas"] = fleet_steps_per_s(
+            replicas, fleet_steps, rounds
+        )
     return figures

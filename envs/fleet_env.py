@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.action_filter import ActionRateLimit
+from envs.budget_kernel import CompiledIngest, CompiledSnapshot
 from envs.contract import (
     DEFAULT_KNOBS,
     ROLES,
@@ -398,6 +399,9 @@ class LLMFleetEnv(gym.Env):
         sim_seed = int(self.np_random.integers(2**63 - 1))
         self.sim = Simulator(self.setup.config, self.setup.workload, seed=sim_seed)
         self.engine = BudgetEngine(self.slo_spec)
+        self._prices = self._pool_prices()
+        self._snapshot = CompiledSnapshot(self.engine)
+        self._feed = CompiledIngest(self.engine)
         self.knob_values = neutral_knob_values(self.action_contract.names)
         self._apply_knobs()
         self._contract_pool = self._observed_pools()
@@ -415,7 +419,7 @@ class LLMFleetEnv(gym.Env):
         self._advance(self.warmup_s)
         spent = self.np_random.uniform(*self.initial_budget_spent, len(self.slo_names))
         self.engine.set_budget_spent(spent, assumed_total_events=self._period_events())
-        self.budget = self.engine.snapshot()
+        self.budget = self._snapshot()
         self._exhausted = self.budget.budget_remaining <= 0.0
         self._last_info = self._info(np.zeros(len(self.slo_names)), {}, 0.0)
         return self._observation(), dict(self._last_info)
@@ -561,19 +565,18 @@ class LLMFleetEnv(gym.Env):
             self._rolled_out = True
         self._ingest(self.sim.advance(until))
         self.engine.advance_to(until)
-        self.budget = self.engine.snapshot()
+        self.budget = self._snapshot()
         self.stats = self.sim.fleet_stats()
         return self._serving_cost(self.stats)
 
     def _ingest(self, events: np.ndarray) -> None:
-        self.engine.ingest_events(events)
+        self._feed(events)
 
     def _serving_cost(self, stats: FleetStats) -> float:
         """GPU time (busy, or provisioned when elastic) and CPU offload at their prices since the
         previous call, per second, relative to the strong pool's initial replicas fully busy."""
         pools = self.setup.config.pools
-        gpu_price = np.array([p.gpu_spec().cost_per_hour for p in pools])
-        replica_price = gpu_price * np.array([p.tp for p in pools])
+        gpu_price, replica_price = self._prices
         prices = replica_price[stats.pool]
         offload = self.knob_values["offload_fraction"] * self.reward_config.offload_cpu_share
         strong_up = (stats.pool == 0) & (stats.lifecycle != ReplicaState.STOPPED)
@@ -583,6 +586,13 @@ class LLMFleetEnv(gym.Env):
             gpu = np.sum(prices * stats.busy_fraction)
         spent = float(gpu + offload * np.sum(prices[strong_up]))
         return spent / float(replica_price[0] * pools[0].replicas)
+
+    def _pool_prices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per pool, the price of a GPU and of a replica (its ``tp`` GPUs), per hour (read once
+        per episode: a pool's GPUs never change within one)."""
+        pools = self.setup.config.pools
+        gpu_price = np.array([p.gpu_spec().cost_per_hour for p in pools])
+        return gpu_price, gpu_price * np.array([p.tp for p in pools])
 
     def _provisioned_gpu_rate(self, stats: FleetStats) -> np.ndarray:
         """Per pool, GPUs provisioned on average since the previous call."""

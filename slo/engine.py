@@ -586,6 +586,22 @@ class BudgetEngine:
         page, ticket = self._alerts(burn, coverage)
         remaining = self.budget_remaining()
         policy = self._policy_of(remaining)
+        return self.snapshot_of(
+            burn, coverage, remaining, self.period_coverage(), page, ticket, policy
+        )
+
+    def snapshot_of(
+        self,
+        burn: np.ndarray,
+        window_coverage: np.ndarray,
+        remaining: np.ndarray,
+        period_coverage: np.ndarray,
+        page: np.ndarray,
+        ticket: np.ndarray,
+        policy: np.ndarray,
+    ) -> BudgetSnapshot:
+        """The snapshot at the current time holding figures already computed (by
+        :meth:`snapshot`, or by a compiled path that computes the same ones)."""
         return BudgetSnapshot(
             time=self.now,
             phase=self.phase,
@@ -601,8 +617,8 @@ class BudgetEngine:
             alert_levels=_alert_levels(page, ticket),
             policy_states=policy,
             dimension_states=self._worst_by_dimension(policy),
-            window_coverage=coverage,
-            period_coverage=self.period_coverage(),
+            window_coverage=window_coverage,
+            period_coverage=period_coverage,
             min_coverage=self.min_coverage,
         )
 

@@ -193,16 +193,13 @@ def test_perf_env_prints_its_figures_and_the_cost_of_larger_fleets() -> None:
 
     from eval.cli import app
 
-    args = ["perf", "env", "--steps", "20", "--ppo-timesteps", "256", "--json"]
+    args = ["perf", "env", "--steps", "20", "--rounds", "2", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert figures["env_steps_per_s"] > 0 and figures["sim_steps_per_s"] > 0
     assert figures["overhead_vs_sim"] == pytest.approx(
         figures["sim_steps_per_s"] / figures["env_steps_per_s"] - 1.0
-    )
-    assert figures["learn_over_sim"] == pytest.approx(
-        figures["ppo_steps_per_s"] / figures["sim_steps_per_s"]
     )
     fleets = [figures[f"env_steps_per_s_{n}_replicas"] for n in (3, 16, 64)]
     # Every replica simulates its own requests: a larger fleet is slower to step.

@@ -21,6 +21,7 @@ from eval.cli import app
 from slo.prometheus_server import free_port
 from training.config import PresetError, load_preset
 from training.learner import make_training_env
+from training.perf import TrialSpeed
 from training.run import point_best, resolve_best
 
 TINY = {
@@ -195,6 +196,12 @@ def test_one_worker_trains_as_before_workers_existed() -> None:
     assert parameters.sum() == pytest.approx(-14.530184993947842, rel=1e-6)
 
 
+def test_a_chunk_reports_the_time_spent_collecting_rollouts() -> None:
+    metrics, _, _ = _learned(workers=1)
+    # Collection (environments, policy forward, buffer) and the update both take time.
+    assert 0.0 < metrics["chunk_rollout_seconds"] < metrics["chunk_seconds"]
+
+
 @pytest.mark.slow
 def test_rollout_workers_repeat_their_run_and_its_episodes() -> None:
     first, second = _learned(workers=2), _learned(workers=2)
@@ -361,6 +368,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert restarts[1]["timesteps"] >= results[0]["timesteps"] + TINY["chunk_timesteps"]
     assert restarts[1]["timesteps"] <= steps_at_kill + TINY["chunk_timesteps"]
     assert results[-1]["timesteps"] == TINY["timesteps"]
+    # perf train's reading of these rows: collection is part of learning, the update the rest.
+    speed = TrialSpeed.from_results(trial_dir)
+    assert speed.collection_steps_per_s > speed.steps_per_s > 0
+    assert 0.0 < speed.update_share < 1.0
 
     summary = json.loads((out / "summary.json").read_text())
     (trial,) = summary["trials"]

@@ -3,6 +3,7 @@ rates per SLO, logged to TensorBoard through the stable-baselines3 logger."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict, deque
 from typing import Any
 
@@ -110,6 +111,25 @@ class BudgetMetricsCallback(BaseCallback):
         self.episode_rewards.extend(state["rewards"])
         self.episode_exhaustions.extend(state["exhaustions"])
         self.episodes = int(state["episodes"])
+
+
+class RolloutTimer(BaseCallback):
+    """Wall time PPO spends collecting rollouts (stepping the environments, the policy's
+    forward passes, the rollout buffer); the rest of ``learn`` is the update."""
+
+    def __init__(self) -> None:
+        super().__init__(verbose=0)
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+    def _on_step(self) -> bool:
+        return True
 
 
 def _mean(values: deque) -> float:

@@ -25,10 +25,12 @@ def register(app: typer.Typer, perf: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """PPO steps/s: one trial, two at once, and one with two rollout workers.
+        """PPO steps/s: one trial, two at once, one with two rollout workers; learn_over_sim.
 
         PPO steps/s of one Ray trial alone, of two at once (parallel efficiency) and of one
-        trial with two rollout workers (rollout scaling)."""
+        trial with two rollout workers (rollout scaling, end to end and of the collection, with
+        the bound the serial update sets), and one trial's steps per CPU-second over the raw
+        simulator's (learn_over_sim)."""
         from training.perf import run
 
         try:

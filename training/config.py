@@ -280,7 +280,7 @@ class Preset(_Strict):
     workers:
         CPUs one trial collects its rollouts on (Tune reserves them on one node). Above 1, each
         of the ``ppo.n_envs`` environments steps in a process of its own (SB3's
-        ``SubprocVecEnv``) and PPO's update uses ``workers`` torch threads; it must divide
+        ``SubprocVecEnv``) while the learner keeps one torch thread; it must divide
         ``ppo.n_envs`` so that the environments spread evenly over the CPUs.
     """
 

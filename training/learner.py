@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from envs.contract import ActionContract, neutral_knob_values
 from envs.fleet_env import LLMFleetEnv
-from training.callbacks import BudgetMetricsCallback, EpisodeBudgetStats
+from training.callbacks import BudgetMetricsCallback, EpisodeBudgetStats, RolloutTimer
 from training.config import PPOConfig, Preset
 
 MODEL_FILE = "model.zip"
@@ -157,10 +157,12 @@ class PPOLearner:
         """Learn ``timesteps`` more and return the metrics after it: ``timesteps``,
         ``mean_episode_reward``, ``budget_exhaustions_per_episode``, ``episodes``,
         ``chunk_timesteps``, ``chunk_seconds``, ``chunk_cpu_seconds`` (CPU time of this process:
-        above ``chunk_seconds`` means it used more than one core) and ``steps_per_s``."""
+        above ``chunk_seconds`` means it used more than one core), ``chunk_rollout_seconds``
+        (the part spent collecting rollouts, the rest is PPO's update) and ``steps_per_s``."""
         start_steps, start, start_cpu = self.timesteps, time.perf_counter(), time.process_time()
+        timer = RolloutTimer()
         self.model.learn(
-            timesteps, callback=self.callback, reset_num_timesteps=False, log_interval=1
+            timesteps, callback=[self.callback, timer], reset_num_timesteps=False, log_interval=1
         )
         seconds = time.perf_counter() - start
         done = self.timesteps - start_steps
@@ -170,6 +172,7 @@ class PPOLearner:
             "chunk_timesteps": done,
             "chunk_seconds": seconds,
             "chunk_cpu_seconds": time.process_time() - start_cpu,
+            "chunk_rollout_seconds": timer.seconds,
             "steps_per_s": done / seconds,
         }
 

@@ -1,9 +1,11 @@
 """``budgetpilot perf train``: PPO throughput of one Ray trial alone, of two at once, and of
-one trial collecting its rollouts in two workers.
+one trial collecting its rollouts in two workers, with where a trial's time goes.
 
 Every measurement runs a preset (the quick one unless told) as real Tune trials (one thread per
 process, one CPU per worker); a trial's throughput is its learning timesteps over its learning
-time, leaving out its first chunk (process start, numba cache loading, torch warm-up).
+time, leaving out its first chunk (process start, numba cache loading, torch warm-up). Each chunk
+also reports the time spent collecting rollouts; the rest is PPO's update, which does not run in
+the rollout workers, so it bounds what more workers can gain (Amdahl's law).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ PRESET = "quick"
 
 @dataclass(frozen=True)
 class TrialSpeed:
-    """Learning throughput of one trial, first chunk excluded."""
+    """Learning throughput of one trial, first chunk excluded: end to end (wall and CPU time
+    of the trial's process) and of its rollout collection alone."""
 
     steps_per_s: float
     steps_per_cpu_s: float
+    collection_steps_per_s: float
+    update_share: float
 
     @classmethod
     def from_results(cls, trial_dir: Path) -> TrialSpeed:
@@ -34,7 +39,8 @@ class TrialSpeed:
         steps = sum(r["chunk_timesteps"] for r in rows)
         wall = sum(r["chunk_seconds"] for r in rows)
         cpu = sum(r["chunk_cpu_seconds"] for r in rows)
-        return cls(steps / wall, steps / cpu)
+        rollout = sum(r["chunk_rollout_seconds"] for r in rows)
+        return cls(steps / wall, steps / cpu, steps / rollout, 1.0 - rollout / wall)
 
 
 def _trial_speeds(
@@ -51,10 +57,18 @@ def _trial_speeds(
     return [TrialSpeed.from_results(d) for d in sorted(out.glob("seed*")) if d.is_dir()]
 
 
-def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float]:
-    """Measure ``ppo_steps_per_s`` (one trial), ``ppo_steps_per_s_parallel`` (two trials at
-    once, summed), ``parallel_efficiency`` (their ratio to twice one trial), and
-    ``rollout_scaling_2``: one trial's steps/s with two rollout workers over one worker's.
+def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float | str]:
+    """Measure the figures of ``budgetpilot perf train``.
+
+    ``ppo_steps_per_s`` (one trial), ``ppo_steps_per_s_parallel`` (two trials at once, summed),
+    ``parallel_efficiency`` (their ratio to twice one trial); ``rollout_scaling_2``: one trial's
+    steps/s with two rollout workers over one worker's, end to end, and
+    ``collection_scaling_2``, the same for the rollout collection alone;
+    ``update_share_1_worker``, the share of one worker's learning time spent in PPO's update, and
+    ``rollout_scaling_2_bound``, the end-to-end scaling two workers would reach if collection
+    scaled perfectly and the update stayed as it is, ``1 / (u + (1 - u) / 2)``;
+    ``learn_over_sim``, one trial's steps per CPU-second over the raw simulator's on the
+    preset's scenarios (what share of the simulation's speed learning keeps).
 
     Wall-clock efficiency also drops when other processes share the cores; ``cpu_efficiency``
     (steps per CPU-second of the two trials over one trial's) does not, and stays near 1 when
@@ -67,14 +81,19 @@ def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float]:
     preset:
         The preset run (``standard-v3``: what its randomised, filtered environment costs).
     """
-    rollout = load_preset(preset).ppo.rollout_steps
+    from agents.perf import sim_steps_per_cpu_s
+
+    recipe = load_preset(preset)
+    rollout = recipe.ppo.rollout_steps
     if timesteps < 2 * rollout or timesteps % rollout:
         raise ValueError(f"--timesteps must be a multiple of {rollout}, at least {2 * rollout}")
     with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-") as root:
         (single,) = _trial_speeds(1, timesteps, Path(root), preset_name=preset)
         pair = _trial_speeds(2, timesteps, Path(root), preset_name=preset)
         (two_workers,) = _trial_speeds(1, timesteps, Path(root), 2, preset)
+    sim = sim_steps_per_cpu_s(recipe.scenarios, **recipe.env_kwargs.as_kwargs())
     parallel = sum(t.steps_per_s for t in pair)
+    update = single.update_share
     return {
         "preset": preset,
         "timesteps": timesteps,
@@ -85,4 +104,11 @@ def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float]:
         "cpu_efficiency": sum(t.steps_per_cpu_s for t in pair) / (2 * single.steps_per_cpu_s),
         "ppo_steps_per_s_2_workers": two_workers.steps_per_s,
         "rollout_scaling_2": two_workers.steps_per_s / single.steps_per_s,
+        "collection_steps_per_s_1_worker": single.collection_steps_per_s,
+        "collection_steps_per_s_2_workers": two_workers.collection_steps_per_s,
+        "collection_scaling_2": two_workers.collection_steps_per_s / single.collection_steps_per_s,
+        "update_share_1_worker": update,
+        "rollout_scaling_2_bound": 1.0 / (update + (1.0 - update) / 2.0),
+        "sim_steps_per_cpu_s": sim,
+        "learn_over_sim": single.steps_per_cpu_s / sim,
     }

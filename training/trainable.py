@@ -23,14 +23,18 @@ THREAD_ENV = {
 }
 
 
-def pin_threads(torch_threads: int = 1) -> None:
+def pin_threads() -> None:
     """Keep this process (and the environment processes it starts) to one thread for numba,
-    OpenMP and BLAS through environment variables for libraries not yet loaded, and torch to
-    ``torch_threads``."""
+    OpenMP, BLAS and torch, through environment variables for libraries not yet loaded.
+
+    The learner keeps one torch thread even when the trial has several rollout workers: its
+    forward passes (4 observations) and updates (minibatches of 256 on a 128x128 network) are
+    too small to share, and a second thread that spins while the workers hold the cores made
+    one trial's learner cost 20x more CPU per step (``perf train``, issue 15)."""
     os.environ.update(THREAD_ENV)
     import torch
 
-    torch.set_num_threads(torch_threads)
+    torch.set_num_threads(1)
 
 
 def train_trial(config: dict[str, Any], preset: dict[str, Any], commit: str | None) -> None:
@@ -49,7 +53,7 @@ def train_trial(config: dict[str, Any], preset: dict[str, Any], commit: str | No
     from training.config import PPOConfig, Preset
 
     spec = Preset.model_validate(preset)
-    pin_threads(spec.workers)
+    pin_threads()
     from training.learner import PPOLearner
 
     seed = int(config["seed"])
