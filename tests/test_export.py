@@ -1,7 +1,10 @@
 """ONNX export of a trained checkpoint, the manifest, the numpy/onnxruntime loader, OnnxController.
 
-The tests train their own tiny checkpoint (a few PPO updates on short episodes, then the action
-head scaled up so that actions reach the [-1, 1] clip) and export it once per module.
+The tests build their own tiny checkpoint once per module and export it: an untrained PPO policy
+of the environment's shapes (its action head scaled up so that actions reach the [-1, 1] clip)
+and a VecNormalize whose statistics come from observations within the contract's bounds. Parity
+needs the shapes and a non-trivial normalisation, not a good policy, and skipping training keeps
+a run (and each mutant of ``scripts/mutation.py export``) to seconds.
 """
 
 import dataclasses
@@ -54,7 +57,7 @@ RUN = {
     "seed": 7,
     "scenarios": ["steady"],
     "env_kwargs": ENV_KWARGS,
-    "timesteps": 128,
+    "timesteps": 0,
     "metrics": {"mean_episode_reward": -1.5, "budget_exhaustions_per_episode": 0.0},
     "commit": None,
 }
@@ -70,22 +73,16 @@ def env() -> LLMFleetEnv:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, env) -> Path:
     """A checkpoint in the training format: model.zip, vecnormalize.pkl, run.json."""
     path = tmp_path_factory.mktemp("checkpoint")
     venv = VecNormalize(DummyVecEnv([_env]))
-    venv.seed(RUN["seed"])
+    low, high = env.observation_contract.bounds()
+    rng = np.random.default_rng(RUN["seed"])
+    venv.obs_rms.update(rng.uniform(low, high, size=(256, low.shape[0])))
     model = PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=64,
-        batch_size=32,
-        n_epochs=1,
-        seed=RUN["seed"],
-        policy_kwargs={"net_arch": [16, 16]},
-        device="cpu",
+        "MlpPolicy", venv, seed=RUN["seed"], policy_kwargs={"net_arch": [16, 16]}, device="cpu"
     )
-    model.learn(RUN["timesteps"])
     with torch.no_grad():  # a fresh action head outputs ~0; scaled, actions reach the clip
         model.policy.action_net.weight.mul_(100.0)
     model.save(path / "model.zip")
