@@ -119,6 +119,16 @@ def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_c
         np.testing.assert_array_equal(restored.window_coverage(), engine.window_coverage())
     else:
         assert restored.snapshot().no_data.all()
+        # Its coverage starts again at the next measurement, as a fresh sidecar's does.
+        fresh = tracked()
+        first_slo_missed = np.arange(len(SPEC.engine_slos)) != 0
+        for target in (restored, fresh):
+            feed_counts(target, 1.765e9 + np.arange(900.0, 1800.0, 30.0), 0.1)
+            feed_counts(target, [1.765e9 + 1800.0], 0.1, measured=first_slo_missed)
+            feed_counts(target, 1.765e9 + np.arange(1830.0, 2400.0, 30.0), 0.1)
+        np.testing.assert_array_equal(restored.window_coverage(), fresh.window_coverage())
+        np.testing.assert_array_equal(restored.period_coverage(), fresh.period_coverage())
+        assert 0.0 < restored.period_coverage()[0] < restored.period_coverage()[1] < 1.0
 
 
 def test_min_coverage_is_checked():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -222,13 +224,18 @@ def test_window_edges_are_whole_buckets_ending_with_now(now, counted):
     assert engine.window_counts()[1][0, 0] == counted
 
 
+E2E_SLO = {"name": "e2e", "objective": 0.99, "llm": {"kind": "e2e", "threshold_s": 1.0}}
+
+
 def test_cumulative_counts_difference_is_what_happened_in_between():
-    engine = BudgetEngine(make_spec([TTFT_SLO]))
-    engine.ingest_events(ttft_events(10, 2, 20.0))
+    engine = BudgetEngine(make_spec([TTFT_SLO, E2E_SLO]))
+    engine.ingest_events(ttft_events(10, 2, 20.0))  # e2e 1.5 s: all bad for the e2e SLO
     good0, total0 = engine.cumulative_counts()
     engine.ingest_events(ttft_events(5, 1, 4 * 86400.0))  # beyond every window
     good1, total1 = engine.cumulative_counts()
-    assert (good0[0], total0[0], good1[0] - good0[0], total1[0] - total0[0]) == (10, 12, 5, 6)
+    # Per SLO, in slo_names order: ttft, then e2e.
+    assert good0.tolist() == [10, 0] and total0.tolist() == [12, 12]
+    assert (good1 - good0).tolist() == [5, 0] and (total1 - total0).tolist() == [6, 6]
 
 
 def test_a_window_without_events_burns_nothing():
@@ -540,8 +547,51 @@ def test_a_restored_engine_continues_identically(tmp_path, via_file):
 def test_a_state_only_loads_into_an_engine_of_the_same_spec():
     engine, _ = busy_engine()
     other = BudgetEngine(make_spec([TTFT_SLO]))
-    with pytest.raises(ValueError, match="different spec"):
+    with pytest.raises(ValueError, match="^the saved engine state belongs to a different spec$"):
         other.load_state_dict(engine.state_dict())
+
+
+def _damaged_state(damage) -> dict:
+    state = busy_engine()[0].state_dict()
+    damage(state)
+    return state
+
+
+BAD_STATES = {
+    "format": (lambda s: s.update(format=99), "^unsupported engine state format 99$"),
+    "no format": (lambda s: s.pop("format"), "^unsupported engine state format None$"),
+    # Not half loaded: the spec's fairness SLO has no saved slice.
+    "fairness": (lambda s: s.update(fairness=[]), "shorter"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STATES))
+def test_a_damaged_state_is_refused_naming_what_is_wrong(case):
+    damage, message = BAD_STATES[case]
+    state = _damaged_state(damage)
+    restored = BudgetEngine(default_spec())
+    with pytest.raises(ValueError, match=message):
+        restored.load_state_dict(state)
+
+
+def test_a_state_file_with_pickled_objects_is_refused(tmp_path):
+    """A state file is data: loading it never unpickles (which could run code)."""
+    engine, _ = busy_engine()
+    engine.save(tmp_path / "budget.npz")
+    with np.load(tmp_path / "budget.npz") as data:
+        arrays = dict(data)
+    arrays["prior"] = np.array([{"not": "an array of numbers"}], dtype=object)
+    np.savez(tmp_path / "pickled.npz", **arrays)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        BudgetEngine(default_spec()).load(tmp_path / "pickled.npz")
+
+
+def test_the_spec_fingerprint_is_16_hex_digits_of_the_spec():
+    """The form manifests and observation contracts carry (``spec_hash``, ``spec_digest``)."""
+    fingerprint = BudgetEngine(default_spec()).spec_fingerprint()
+    assert re.fullmatch("[0-9a-f]{16}", fingerprint)
+    assert BudgetEngine(default_spec()).spec_fingerprint() == fingerprint
+    assert BudgetEngine(make_spec([TTFT_SLO])).spec_fingerprint() != fingerprint
 
 
 def test_snapshot_holds_everything_a_policy_observes():
