@@ -365,6 +365,16 @@ def test_budget_remaining_and_policy_state(bad, remaining, state):
     assert engine.dimension_states() == {"ttft": state}
 
 
+@pytest.mark.parametrize(("bad", "state"), [(3, PolicyState.OK), (4, PolicyState.EXHAUSTED)])
+def test_a_budget_exactly_at_a_policy_threshold(bad, state):
+    """Objective 0.75 makes the arithmetic exact: 3 bad of 16 leave exactly ``at_risk_below``
+    (0.25), which is not below it; 4 bad leave exactly ``exhausted_at`` (0): exhausted."""
+    engine = BudgetEngine(make_spec([{**TTFT_SLO, "objective": 0.75}]))
+    engine.ingest_events(ttft_events(16 - bad, bad, 100.0))
+    assert engine.budget_remaining()[0] == {3: 0.25, 4: 0.0}[bad]
+    assert engine.policy_states()[0] == state
+
+
 def test_budget_forgets_events_older_than_the_period():
     slo = {**TTFT_SLO, "period": "1d"}
     engine = BudgetEngine(make_spec([slo]))
@@ -405,7 +415,7 @@ def test_phases_give_a_rollout_its_own_budget_and_keep_history():
     np.testing.assert_allclose(engine.budget_remaining(), [1 - (2 / 100) / 0.01], rtol=1e-9)
     engine.start_phase("v3", t=1800.0)
     assert [p.name for p in engine.phase_history] == ["v1", "v2"]
-    assert engine.phase_history[1].total[0] == 100
+    assert (engine.phase_history[1].good[0], engine.phase_history[1].total[0]) == (98, 100)
     assert engine.phase == "v3" and engine.snapshot().phase == "v3"
 
 
@@ -435,6 +445,17 @@ def test_set_budget_spent_scalar_and_per_slo_forms():
         engine.set_budget_spent({"nope": 0.1}, assumed_total_events=10)
     with pytest.raises(ValueError, match="one per SLO"):
         engine.set_budget_spent([0.1, 0.2, 0.3], assumed_total_events=10)
+    engine.set_budget_spent(1.0, assumed_total_events=1)  # one event, and it was bad
+    np.testing.assert_allclose(engine.budget_remaining(), [0.0, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize(("fraction", "total"), [(-0.1, 1000), ([0.1, -0.1], 1000), (0.1, 0)])
+def test_set_budget_spent_refuses_negative_fractions_and_empty_periods(fraction, total):
+    engine = BudgetEngine(make_spec([TTFT_SLO, {**TTFT_SLO, "name": "other"}]))
+    message = "^fractions must be >= 0 and assumed_total_events > 0$"
+    with pytest.raises(ValueError, match=message):
+        engine.set_budget_spent(fraction, assumed_total_events=total)
+    np.testing.assert_array_equal(engine.budget_remaining(), [1.0, 1.0])  # nothing was set
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,6 +511,21 @@ def test_fairness_slices_are_judged_when_they_close(method, attainment, fair):
         assert total[0] == 0
     else:
         assert (good[0], total[0]) == (float(fair), 1.0)
+
+
+def test_a_fairness_prior_counts_the_slices_of_a_period():
+    """For a fairness SLO the prior's events are the period's slices, whatever the assumed
+    total of requests: one unfair slice then weighs one slice of the period."""
+    engine = BudgetEngine(fairness_spec())
+    engine.set_budget_spent(0.5, assumed_total_events=1e6)
+    assert engine.budget_remaining()[0] == pytest.approx(0.5, rel=1e-12)
+    engine.ingest_events(slice_events(100.0, {0: (50, 50), 1: (40, 50)}))
+    engine.advance_to(300.0)  # the slice closes: unfair
+    slices = engine.periods[0] / 300.0
+    weight = 1.0 - 300.0 / engine.periods[0]
+    bad = 0.5 * 0.1 * slices * weight + 1
+    expected = 1.0 - bad / ((slices * weight + 1) * 0.1)
+    assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_fairness_error_ratio_is_the_share_of_unfair_slices():
@@ -603,9 +639,24 @@ def test_snapshot_holds_everything_a_policy_observes():
     assert snapshot.dimensions == engine.dimensions
     np.testing.assert_array_equal(snapshot.budget_remaining, engine.budget_remaining())
     np.testing.assert_array_equal(snapshot.alert_levels, engine.alert_states())
+    assert snapshot.slo_names == engine.slo_names
+    np.testing.assert_array_equal(snapshot.objectives, engine.objectives)
+    page, ticket = engine.alerts()
+    np.testing.assert_array_equal(snapshot.page, page)
+    np.testing.assert_array_equal(snapshot.ticket, ticket)
+    np.testing.assert_array_equal(snapshot.window_coverage, engine.window_coverage())
+    np.testing.assert_array_equal(snapshot.period_coverage, engine.period_coverage())
+    assert snapshot.min_coverage == engine.min_coverage == 0.9
     as_dict = snapshot.to_dict()
     assert set(as_dict["dimension_states"].values()) <= {"ok", "at_risk", "exhausted"}
     assert as_dict["time"] == engine.now
+    levels = {"none": AlertLevel.NONE, "ticket": AlertLevel.TICKET, "page": AlertLevel.PAGE}
+    assert [levels[name] for name in as_dict["alert_levels"]] == snapshot.alert_levels.tolist()
+    states = {"ok": PolicyState.OK, "at_risk": PolicyState.AT_RISK}
+    states["exhausted"] = PolicyState.EXHAUSTED
+    assert [states[name] for name in as_dict["policy_states"]] == snapshot.policy_states.tolist()
+    # Every SLO of an engine fed events has data: its budget state is its policy state.
+    assert as_dict["budget_states"] == as_dict["policy_states"]
 
 
 def test_an_engine_needs_llm_slos():
