@@ -105,6 +105,28 @@ def test_a_prior_covers_the_history_it_models():
     assert not engine.snapshot().warming_up.any()
 
 
+def test_a_prior_covers_its_share_of_the_period_as_it_ages_out():
+    """Coverage of the period (cut at the engine's start, time 0): the measured share plus the
+    prior's weight, which falls from 1 linearly to 0 over one period after it is set; never
+    more than 1."""
+    engine = tracked()
+    period = engine.periods[0]
+    others = len(engine.slos) - 1
+    feed_counts(engine, np.arange(30.0, 3630.0, 30.0), 0.0)  # data from t = 30 s
+    engine.set_budget_spent({engine.slo_names[0]: 0.2}, assumed_total_events=1)
+    measured = 1.0 - 30.0 / period
+    np.testing.assert_allclose(engine.period_coverage(), [1.0] + [measured] * others, rtol=1e-12)
+    # Half a period without data: the prior is half aged out.
+    nothing = np.zeros(len(engine.slos), dtype=bool)
+    feed_counts(engine, [3600.0 + period / 2], 0.0, measured=nothing)
+    expected = [measured] + [measured - 0.5] * others
+    np.testing.assert_allclose(engine.period_coverage(), expected, rtol=1e-9)
+    # A period and a half after the prior, a measurement: the prior has aged out and the
+    # gap has left the period.
+    feed_counts(engine, [3600.0 + 1.5 * period], 0.0)
+    np.testing.assert_array_equal(engine.period_coverage(), 1.0)
+
+
 @pytest.mark.parametrize("saved_with_coverage", [True, False])
 def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_coverage):
     engine = tracked()

@@ -691,3 +691,33 @@ def test_late_events_count_in_the_open_fairness_slice():
     engine.advance_to(600.0)
     good, total = engine.period_counts()
     assert (good[0], total[0]) == (1.0, 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The metrics feed's input
+# --------------------------------------------------------------------------------------------
+
+
+def test_counts_of_fairness_slos_come_from_their_tenants_only():
+    """``ingest_counts`` ignores the good/total entries of fairness SLOs: their counts are
+    slices judged from the tenant counts."""
+    engine = BudgetEngine(default_spec())
+    n = len(engine.slos)
+    good, total = np.arange(1.0, n + 1.0), np.arange(1.0, n + 1.0) * 10.0
+    tenants = [np.ones(engine.slos[s.slo_index].sli.llm.max_tenants) for s in engine._fairness]
+    engine.ingest_counts(30.0, good, total, tenants, tenants)
+    request = np.array([d != "fairness" for d in engine.dimensions])
+    counted_good, counted_total = engine.cumulative_counts()
+    np.testing.assert_array_equal(counted_good, np.where(request, good, 0.0))
+    np.testing.assert_array_equal(counted_total, np.where(request, total, 0.0))
+
+
+@pytest.mark.parametrize("given", [0, 2])
+def test_tenant_counts_not_one_per_fairness_slo_are_refused_before_counting(given):
+    engine = BudgetEngine(default_spec())
+    n = len(engine.slos)
+    tenants = [np.ones(10)] * given
+    with pytest.raises(ValueError, match=f"tenant counts for 1 fairness SLOs, got {given} good"):
+        engine.ingest_counts(30.0, np.ones(n), np.ones(n), tenants, tenants)
+    assert engine.now == 0.0
+    assert engine.cumulative_counts()[1].sum() == 0.0
