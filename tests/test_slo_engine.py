@@ -365,6 +365,13 @@ def test_budget_remaining_and_policy_state(bad, remaining, state):
     assert engine.dimension_states() == {"ttft": state}
 
 
+def test_a_single_bad_request_spends_its_share_of_the_budget():
+    engine = BudgetEngine(make_spec([{**TTFT_SLO, "objective": 0.75}]))
+    engine.ingest_events(ttft_events(0, 1, 100.0))
+    assert engine.budget_remaining()[0] == 1.0 - 1.0 / 0.25
+    assert engine.policy_states()[0] == PolicyState.EXHAUSTED
+
+
 @pytest.mark.parametrize(("bad", "state"), [(3, PolicyState.OK), (4, PolicyState.EXHAUSTED)])
 def test_a_budget_exactly_at_a_policy_threshold(bad, state):
     """Objective 0.75 makes the arithmetic exact: 3 bad of 16 leave exactly ``at_risk_below``
@@ -433,6 +440,11 @@ def test_set_budget_spent_starts_an_episode_with_part_of_the_budget_gone():
     bad = 0.4 * 0.01 * 10000 * weight + 10
     expected = 1.0 - bad / ((10000 * weight + 10000) * (1 - 0.99))
     assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-9)
+    # A period and a half after it was set, the prior weighs nothing (not less than nothing).
+    engine.advance_to(3600.0 + 45 * 86400.0)
+    engine.ingest_events(ttft_events(95, 5, 3600.0 + 45 * 86400.0))
+    expected = 1.0 - (5 / 100) / (1 - 0.99)
+    assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_set_budget_spent_scalar_and_per_slo_forms():
@@ -463,7 +475,7 @@ def test_set_budget_spent_refuses_negative_fractions_and_empty_periods(fraction,
 # --------------------------------------------------------------------------------------------
 
 
-def fairness_spec(method: str = "gap") -> object:
+def fairness_spec(method: str = "gap", **limits: float) -> object:
     fairness = {
         "name": "fair",
         "objective": 0.9,
@@ -475,6 +487,7 @@ def fairness_spec(method: str = "gap") -> object:
             "min_jain": 0.99,
             "slice": "5m",
             "min_requests": 20,
+            **limits,
         },
     }
     return make_spec([fairness])
@@ -511,6 +524,31 @@ def test_fairness_slices_are_judged_when_they_close(method, attainment, fair):
         assert total[0] == 0
     else:
         assert (good[0], total[0]) == (float(fair), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "attainment", "limits"),
+    [
+        # Exactly min_requests each, a gap of exactly max_gap (0.25 is exact in binary).
+        ("gap", {0: (20, 20), 1: (15, 20)}, {"max_gap": 0.25}),
+        ("jain", {0: (20, 20), 1: (0, 20)}, {"min_jain": 0.5}),  # J = 1 / 2 exactly
+        ("jain", {0: (0, 20), 1: (0, 20)}, {}),  # all at zero: equal (the base SLO shows it)
+    ],
+)
+def test_a_slice_exactly_at_the_fairness_limits_is_fair(method, attainment, limits):
+    engine = BudgetEngine(fairness_spec(method, **limits))
+    engine.ingest_events(slice_events(150.0, attainment))
+    engine.advance_to(300.0)
+    good, total = engine.period_counts()
+    assert (good[0], total[0]) == (1.0, 1.0)
+
+
+def test_fairness_slices_follow_an_engine_started_mid_period():
+    engine = BudgetEngine(fairness_spec(), start_time=3600.0)
+    engine.ingest_events(slice_events(3750.0, {0: (100, 100), 1: (90, 100)}))
+    engine.advance_to(3900.0)  # the slice (3600, 3900] closes: unfair
+    good, total = engine.period_counts()
+    assert (good[0], total[0]) == (0.0, 1.0)
 
 
 def test_a_fairness_prior_counts_the_slices_of_a_period():
