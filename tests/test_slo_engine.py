@@ -475,7 +475,8 @@ def test_set_budget_spent_refuses_negative_fractions_and_empty_periods(fraction,
 # --------------------------------------------------------------------------------------------
 
 
-def fairness_spec(method: str = "gap", **limits: float) -> object:
+def fairness_spec(method: str = "gap", *, before: tuple = (), **limits: float) -> object:
+    """A spec whose last SLO (after ``before``) is a fairness SLO of ``method``."""
     fairness = {
         "name": "fair",
         "objective": 0.9,
@@ -490,7 +491,7 @@ def fairness_spec(method: str = "gap", **limits: float) -> object:
             **limits,
         },
     }
-    return make_spec([fairness])
+    return make_spec([*before, fairness])
 
 
 def slice_events(t: float, attainment: dict[int, tuple[int, int]]) -> np.ndarray:
@@ -541,6 +542,20 @@ def test_a_slice_exactly_at_the_fairness_limits_is_fair(method, attainment, limi
     engine.advance_to(300.0)
     good, total = engine.period_counts()
     assert (good[0], total[0]) == (1.0, 1.0)
+
+
+def test_consecutive_fairness_slices_are_judged_apart():
+    engine = BudgetEngine(fairness_spec(before=(TTFT_SLO,)))
+    engine.ingest_events(slice_events(150.0, {0: (100, 100), 1: (90, 100)}))
+    engine.advance_to(300.0)  # (0, 300]: unfair
+    engine.ingest_events(slice_events(450.0, {0: (100, 100), 1: (100, 100)}))
+    assert engine.period_counts()[1][1] == 1.0  # (300, 600] is open until 600
+    engine.advance_to(600.0)  # fair
+    engine.ingest_events(slice_events(750.0, {0: (19, 19), 1: (0, 19)}))
+    engine.advance_to(900.0)  # a fresh slice: 19 requests each are too few for a verdict
+    good, total = engine.period_counts()
+    assert (good[1], total[1]) == (1.0, 2.0)
+    assert (good[0], total[0]) == (190 + 200 + 19, 200 + 200 + 38)  # the ttft SLO's requests
 
 
 def test_fairness_slices_follow_an_engine_started_mid_period():
@@ -677,6 +692,7 @@ def test_snapshot_holds_everything_a_policy_observes():
     assert snapshot.dimensions == engine.dimensions
     np.testing.assert_array_equal(snapshot.budget_remaining, engine.budget_remaining())
     np.testing.assert_array_equal(snapshot.alert_levels, engine.alert_states())
+    assert snapshot.alert_levels.dtype == snapshot.policy_states.dtype == np.int8
     assert snapshot.slo_names == engine.slo_names
     np.testing.assert_array_equal(snapshot.objectives, engine.objectives)
     page, ticket = engine.alerts()
