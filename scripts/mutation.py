@@ -177,11 +177,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def judge_by_whole_selection(work: Path, target: Target, max_children: int) -> None:
-    """Make the next ``mutmut run`` in ``work`` run every test of the selection on every
-    mutant: a first run is stopped as soon as mutmut has saved which tests called which
-    function; then every function is credited with every test, and that run's verdicts are
-    forgotten."""
+def collect_stats(work: Path, target: Target, max_children: int, whole: bool) -> dict:
+    """Generate the mutants in ``work`` and mutmut's record of which tests called which
+    function (a first ``mutmut run``, stopped as soon as that record is saved); ``whole``:
+    credit every function with every test of the selection. Returns the mutants' metadata,
+    verdicts forgotten, for the next ``mutmut run``."""
     stats_path = work / "mutants" / "mutmut-stats.json"
     run_mutmut(work, max_children, None, until=lambda: _read_json(stats_path) is not None)
     stats = _read_json(stats_path)
@@ -189,20 +189,28 @@ def judge_by_whole_selection(work: Path, target: Target, max_children: int) -> N
         raise SystemExit(f"mutmut stopped before it saved {stats_path}")
     meta_path = work / "mutants" / f"{target.path}.meta"
     meta = json.loads(meta_path.read_text())
-    every_test = sorted(stats["duration_by_test"])
-    for mutant in meta["exit_code_by_key"]:
-        stats["tests_by_mangled_function_name"][mangled_name_from_mutant_name(mutant)] = every_test
-    stats_path.write_text(json.dumps(stats, indent=4))
+    if whole:
+        every_test = sorted(stats["duration_by_test"])
+        for mutant in meta["exit_code_by_key"]:
+            function = mangled_name_from_mutant_name(mutant)
+            stats["tests_by_mangled_function_name"][function] = every_test
+        stats_path.write_text(json.dumps(stats, indent=4))
     meta["exit_code_by_key"] = dict.fromkeys(meta["exit_code_by_key"])
     meta_path.write_text(json.dumps(meta))
+    return meta
 
 
 def score(work: Path, target: Target) -> dict[str, object]:
     """Mutants per status, the killed share and the survivors, from mutmut's metadata."""
+    meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    return score_of(target, meta["exit_code_by_key"])
+
+
+def score_of(target: Target, exit_codes: dict[str, int | None]) -> dict[str, object]:
+    """Mutants per status, the killed share and the survivors, from mutmut's exit codes."""
     from mutmut.stats import status_by_exit_code
 
-    meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
-    statuses = {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
+    statuses = {name: status_by_exit_code[code] for name, code in exit_codes.items()}
     counts = Counter(statuses.values())
     judged = sum(n for status, n in counts.items() if status not in {"skipped", "not checked"})
     killed = sum(counts[s] for s in KILLED)
@@ -212,7 +220,9 @@ def score(work: Path, target: Target) -> dict[str, object]:
         "checked": judged,
         "statuses": dict(counts),
         "killed_share": killed / judged if judged else None,
-        "survivors": sorted(n for n, s in statuses.items() if s not in KILLED),
+        "survivors": sorted(
+            n for n, s in statuses.items() if s not in KILLED and s != "not checked"
+        ),
     }
 
 
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.score_only:
                 work = prepare(name, target, fresh=not args.resume)
                 if whole and not args.resume:
-                    judge_by_whole_selection(work, target, args.max_children)
+                    collect_stats(work, target, args.max_children, whole)
                 run_mutmut(work, args.max_children, args.minutes)
             result = score(work, target)
         (work / "score.json").write_text(json.dumps(result, indent=2))
@@ -273,23 +283,37 @@ def main(argv: list[str] | None = None) -> int:
 
 def recheck_survivors(
     name: str, target: Target, max_children: int, minutes: float | None, whole: bool
-):
-    """Run only the last run's survivors again (after tests were added) on a fresh copy; the
-    other verdicts stand. ``whole``: against every test of the selection."""
-    previous = json.loads((REPO / ".mutation" / name / "score.json").read_text())
+) -> dict[str, object]:
+    """Run the last run's survivors again on a fresh copy (after tests were added), and every
+    mutant of a function edited since (its mutants are not those of the last run); the other
+    verdicts stand. ``whole``: against every test of the selection."""
+    work = REPO / ".mutation" / name
+    previous = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
     work = prepare(name, target, fresh=True)
-    if whole:
-        judge_by_whole_selection(work, target, max_children)
-    run_mutmut(work, max_children, minutes, previous["survivors"])
-    rechecked = score(work, target)
-    killed_now = set(previous["survivors"]) - set(rechecked["survivors"])
-    still = [s for s in previous["survivors"] if s not in killed_now]
-    checked = previous["checked"]
-    return previous | {
-        "killed_share": (checked - len(still)) / checked if checked else None,
-        "survivors": still,
-        "rechecked": len(previous["survivors"]),
+    meta = collect_stats(work, target, max_children, whole)
+    edited = {
+        function
+        for function, digest in meta["hash_by_function_name"].items()
+        if previous["hash_by_function_name"].get(function) != digest
     }
+    survivors = set(score_of(target, previous["exit_code_by_key"])["survivors"])
+    verdicts = {
+        mutant: previous["exit_code_by_key"].get(mutant)
+        for mutant in meta["exit_code_by_key"]
+        if _function(mutant) not in edited
+    }
+    again = [m for m in meta["exit_code_by_key"] if _function(m) in edited or m in survivors]
+    run_mutmut(work, max_children, minutes, again)
+    rechecked = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    verdicts |= {mutant: rechecked["exit_code_by_key"][mutant] for mutant in again}
+    meta_path = work / "mutants" / f"{target.path}.meta"
+    meta_path.write_text(json.dumps(rechecked | {"exit_code_by_key": verdicts}))
+    return score_of(target, verdicts) | {"rechecked": len(again), "edited": sorted(edited)}
+
+
+def _function(mutant: str) -> str:
+    """The mangled name of a mutant's function, without its module (as in the metadata)."""
+    return mangled_name_from_mutant_name(mutant).rpartition(".")[2]
 
 
 def verify(work: Path, target: Target, mutants: list[str], sample: int) -> None:

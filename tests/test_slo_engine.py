@@ -566,19 +566,21 @@ def test_fairness_slices_follow_an_engine_started_mid_period():
     assert (good[0], total[0]) == (0.0, 1.0)
 
 
-def test_a_fairness_prior_counts_the_slices_of_a_period():
-    """For a fairness SLO the prior's events are the period's slices, whatever the assumed
-    total of requests: one unfair slice then weighs one slice of the period."""
-    engine = BudgetEngine(fairness_spec())
-    engine.set_budget_spent(0.5, assumed_total_events=1e6)
+@pytest.mark.parametrize(("slice_s", "assumed"), [(300.0, 1e6), (420.0, 1_000_000)])
+def test_a_fairness_prior_counts_the_slices_of_a_period(slice_s, assumed):
+    """For a fairness SLO the prior's events are the period's slices (a fraction of one when
+    the slice does not divide the period), whatever the assumed total of requests: one unfair
+    slice then weighs one slice of the period."""
+    engine = BudgetEngine(fairness_spec(slice=f"{slice_s:g}s"))
+    engine.set_budget_spent(0.5, assumed_total_events=assumed)
     assert engine.budget_remaining()[0] == pytest.approx(0.5, rel=1e-12)
     engine.ingest_events(slice_events(100.0, {0: (50, 50), 1: (40, 50)}))
-    engine.advance_to(300.0)  # the slice closes: unfair
-    slices = engine.periods[0] / 300.0
-    weight = 1.0 - 300.0 / engine.periods[0]
+    engine.advance_to(slice_s)  # the slice closes: unfair
+    slices = engine.periods[0] / slice_s
+    weight = 1.0 - slice_s / engine.periods[0]
     bad = 0.5 * 0.1 * slices * weight + 1
     expected = 1.0 - bad / ((slices * weight + 1) * 0.1)
-    assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-9)
+    assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-12)
 
 
 def test_fairness_error_ratio_is_the_share_of_unfair_slices():
