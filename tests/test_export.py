@@ -78,8 +78,11 @@ def checkpoint(tmp_path_factory, env) -> Path:
     path = tmp_path_factory.mktemp("checkpoint")
     venv = VecNormalize(DummyVecEnv([_env]))
     low, high = env.observation_contract.bounds()
+    # Training sees a narrow part of the bounds: observations far from it normalise beyond
+    # VecNormalize's clip, which the exported graph must apply too.
+    middle, spread = (low + high) / 2, (high - low) / 20
     rng = np.random.default_rng(RUN["seed"])
-    venv.obs_rms.update(rng.uniform(low, high, size=(256, low.shape[0])))
+    venv.obs_rms.update(rng.uniform(middle - spread, middle + spread, size=(256, low.shape[0])))
     model = PPO(
         "MlpPolicy", venv, seed=RUN["seed"], policy_kwargs={"net_arch": [16, 16]}, device="cpu"
     )
@@ -133,6 +136,8 @@ def test_onnxruntime_matches_sb3_predict_on_1000_observations(checkpoint, export
     low, high = env.observation_contract.bounds()
     assert np.any((obs < low) | (obs > high))
     assert not np.allclose(vecnorm.obs_rms.var, 1.0)
+    normalised = np.abs(vecnorm.normalize_obs(obs))
+    assert np.any(normalised == vecnorm.clip_obs) and np.any(normalised < vecnorm.clip_obs)
     assert 0.05 < np.mean(np.abs(actions) == 1.0) < 0.95
     assert exported.parity_max_abs_error <= PARITY_TOLERANCE
 
@@ -333,6 +338,7 @@ def test_cli_export_writes_the_same_policy_and_a_summary(checkpoint, exported, t
     result = CliRunner().invoke(app, ["export", str(checkpoint), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "tiny-test" in result.output
+    assert f"{out.stat().st_size / 1024:.1f} KiB" in result.output
     # Exporting is deterministic: the same checkpoint gives the same graph.
     assert out.read_bytes() == exported.onnx_path.read_bytes()
     assert read_manifest(out).spec_hash == exported.manifest.spec_hash
