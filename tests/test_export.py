@@ -142,6 +142,21 @@ def test_onnxruntime_matches_sb3_predict_on_1000_observations(checkpoint, export
     assert exported.parity_max_abs_error <= PARITY_TOLERANCE
 
 
+def test_parity_observations_reach_one_width_beyond_the_bounds_on_both_sides(env) -> None:
+    low, high = env.observation_contract.bounds()
+    width = high - low
+    obs = _observations(env, 4000, seed=5)
+    assert obs.dtype == np.float32 and obs.shape == (4000, low.shape[0])
+    assert len(np.unique(obs, axis=0)) == len(obs)  # every observation drawn afresh
+    assert np.all((obs >= low - width) & (obs <= high + width))
+    beyond = np.any((obs < low) | (obs > high), axis=1)
+    assert 0.17 < beyond.mean() < 0.23  # OUTSIDE_SHARE of them, the rest within the bounds
+    # Each feature reaches well beyond both of its bounds, and fills its range inside them.
+    assert np.all(obs.min(axis=0) < low - width / 2) and np.all(obs.max(axis=0) > high + width / 2)
+    inside = obs[~beyond]
+    assert np.all(inside.max(axis=0) > high - width / 10)
+
+
 def test_manifest_records_contracts_spec_normalisation_and_provenance(
     checkpoint, exported, env
 ) -> None:
