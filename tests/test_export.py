@@ -369,8 +369,30 @@ def _edit_run(ckpt: Path, edit) -> None:
     (ckpt / "run.json").write_text(json.dumps(run))
 
 
+def _replace_model(ckpt: Path, env, **ppo_kwargs) -> None:
+    """A model.zip of another kind of policy (``env``: an environment or a Gymnasium id)."""
+    PPO("MlpPolicy", env, seed=0, device="cpu", **ppo_kwargs).save(ckpt / "model.zip")
+
+
 BAD_CHECKPOINTS = {
     "no run.json": (lambda c: (c / "run.json").unlink(), "run.json: not found"),
+    "run.json not JSON": (
+        lambda c: (c / "run.json").write_text("{"),
+        "run.json: not valid JSON",
+    ),
+    "unknown env kwarg": (
+        lambda c: _edit_run(c, lambda run: run["env_kwargs"].update(nope=1)),
+        "run.json: cannot build the environment from 'scenarios' and 'env_kwargs'",
+    ),
+    "state-dependent noise": (
+        lambda c: _replace_model(c, DummyVecEnv([_env]), use_sde=True),
+        "only a diagonal-Gaussian policy without squashing is exported, got "
+        "StateDependentNoiseDistribution",
+    ),
+    "another observation space": (
+        lambda c: _replace_model(c, "Pendulum-v1"),
+        "the model's observation space (3,) differs from the environment's",
+    ),
     "run without timesteps": (_without("timesteps"), "'timesteps' is missing"),
     "unknown scenario": (
         lambda c: _edit_run(c, lambda run: run.update(scenarios=["nowhere"])),
