@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 
@@ -39,7 +40,12 @@ from policies.export import (  # noqa: E402
     export_checkpoint,
     parity_observations,
 )
-from policies.manifest import MIN_OPSET, PolicyManifest, spec_to_json  # noqa: E402
+from policies.manifest import (  # noqa: E402
+    MIN_OPSET,
+    Normalisation,
+    PolicyManifest,
+    spec_to_json,
+)
 from policies.runtime import (  # noqa: E402
     PolicyFileError,
     PolicyMismatchError,
@@ -369,6 +375,14 @@ def _edit_run(ckpt: Path, edit) -> None:
     (ckpt / "run.json").write_text(json.dumps(run))
 
 
+class _OtherActions(gymnasium.Env):
+    """The fleet's observations, but a single action: a policy trained for another contract."""
+
+    def __init__(self) -> None:
+        self.observation_space = _env().observation_space
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+
+
 def _replace_model(ckpt: Path, env, **ppo_kwargs) -> None:
     """A model.zip of another kind of policy (``env``: an environment or a Gymnasium id)."""
     PPO("MlpPolicy", env, seed=0, device="cpu", **ppo_kwargs).save(ckpt / "model.zip")
@@ -393,6 +407,10 @@ BAD_CHECKPOINTS = {
         lambda c: _replace_model(c, "Pendulum-v1"),
         "the model's observation space (3,) differs from the environment's",
     ),
+    "another action space": (
+        lambda c: _replace_model(c, _OtherActions()),
+        "the model's action space (1,) differs from the environment's",
+    ),
     "run without timesteps": (_without("timesteps"), "'timesteps' is missing"),
     "unknown scenario": (
         lambda c: _edit_run(c, lambda run: run.update(scenarios=["nowhere"])),
@@ -414,6 +432,29 @@ def test_a_bad_checkpoint_is_refused_clearly(case, checkpoint, tmp_path) -> None
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "p.onnx").exists()
+
+
+def test_a_policy_trained_without_observation_normalisation_exports_raw(
+    checkpoint, tmp_path
+) -> None:
+    raw = shutil.copytree(checkpoint, tmp_path / "raw")
+    vecnorm = VecNormalize.load(str(raw / "vecnormalize.pkl"), DummyVecEnv([_env]))
+    vecnorm.norm_obs = False
+    vecnorm.save(str(raw / "vecnormalize.pkl"))
+    result = export_checkpoint(raw, tmp_path / "raw.onnx", parity_samples=200)
+    size = len(result.manifest.normalisation.mean)
+    assert result.manifest.normalisation == Normalisation(
+        mean=(0.0,) * size, var=(1.0,) * size, clip=None, epsilon=0.0
+    )
+    assert result.parity_max_abs_error <= PARITY_TOLERANCE
+
+
+def test_the_graph_takes_and_gives_batches(exported) -> None:
+    graph = onnx.load(exported.onnx_path).graph
+    for value in (*graph.input, *graph.output):
+        first, *rest = value.type.tensor_type.shape.dim
+        assert first.dim_param == "batch"
+        assert all(d.dim_value > 0 for d in rest)
 
 
 def test_export_refuses_an_output_without_onnx_suffix(checkpoint, tmp_path) -> None:
