@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium
@@ -23,6 +24,8 @@ pytest.importorskip("stable_baselines3", reason="export needs the train extra (t
 pytest.importorskip("onnx", reason="export needs the train extra (onnx)")
 
 import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+import stable_baselines3  # noqa: E402
 import torch  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
@@ -184,7 +187,14 @@ def test_manifest_records_contracts_spec_normalisation_and_provenance(
     assert manifest.opset == graph.opset_import[0].version >= MIN_OPSET
     provenance = manifest.provenance.to_dict()
     assert {k: provenance[k] for k in RUN} == RUN
-    assert manifest["provenance"]["export"]["parity_samples"] == 1000
+    export = manifest["provenance"]["export"]
+    assert export["parity_samples"] == 1000
+    assert export["checkpoint"] == str(checkpoint)
+    assert export["parity_max_abs_error"] == exported.parity_max_abs_error
+    versions = {"torch": torch, "stable_baselines3": stable_baselines3, "onnx": onnx}
+    versions["onnxruntime"] = onnxruntime
+    for name, module in versions.items():
+        assert export[name] == module.__version__
 
 
 def _replaced_knob(contract: ActionContract) -> ActionContract:
@@ -355,7 +365,7 @@ def test_onnx_controller_acts_like_the_policy(policy, exported, env) -> None:
 
 
 def test_cli_export_writes_the_same_policy_and_a_summary(checkpoint, exported, tmp_path) -> None:
-    out = tmp_path / "zoo" / "again.onnx"
+    out = tmp_path / "zoo" / "tiny" / "again.onnx"  # directories made as needed
     result = CliRunner().invoke(app, ["export", str(checkpoint), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "tiny-test" in result.output
@@ -363,6 +373,9 @@ def test_cli_export_writes_the_same_policy_and_a_summary(checkpoint, exported, t
     # Exporting is deterministic: the same checkpoint gives the same graph.
     assert out.read_bytes() == exported.onnx_path.read_bytes()
     assert read_manifest(out).spec_hash == exported.manifest.spec_hash
+    # Same seed, same parity observations: the same error.
+    error = read_manifest(out).provenance.export["parity_max_abs_error"]
+    assert error == exported.parity_max_abs_error
 
 
 def _without(key: str):
@@ -462,6 +475,12 @@ def test_export_refuses_an_output_without_onnx_suffix(checkpoint, tmp_path) -> N
         export_checkpoint(checkpoint, tmp_path / "policy.bin")
 
 
+def test_export_refuses_an_opset_below_the_minimum(checkpoint, tmp_path) -> None:
+    with pytest.raises(ExportError, match=f"^opset 12 is below the minimum {MIN_OPSET}$"):
+        export_checkpoint(checkpoint, tmp_path / "policy.onnx", opset=12)
+    assert not (tmp_path / "policy.onnx").exists()
+
+
 class _DriftingActor(DeterministicActor):
     """An exporter bug: the graph's actions drift by ``DRIFT`` from the policy's."""
 
@@ -486,6 +505,8 @@ def test_an_export_beyond_the_parity_tolerance_writes_nothing(
 def test_an_export_within_the_parity_tolerance_is_written(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(_DriftingActor, "DRIFT", PARITY_TOLERANCE / 4)
     monkeypatch.setattr("policies.export.DeterministicActor", _DriftingActor)
+    start = time.perf_counter()
     result = export_checkpoint(checkpoint, tmp_path / "drifted.onnx", parity_samples=200)
+    assert 0.0 < result.seconds <= time.perf_counter() - start
     assert PARITY_TOLERANCE / 8 < result.parity_max_abs_error <= PARITY_TOLERANCE
     assert result.onnx_path.exists() and result.manifest_path.exists()
