@@ -10,7 +10,13 @@ from prometheus_client.samples import Sample
 from slo.engine import BudgetEngine
 from slo.events import TTFT_BUCKETS_S
 from slo.exposition import ExpositionRenderer, render_exposition
-from slo.metrics import BUILTIN_MAPPINGS, MetricsFeed, load_mapping, metric_source
+from slo.metrics import (
+    BUILTIN_MAPPINGS,
+    MetricsFeed,
+    engine_gap,
+    load_mapping,
+    metric_source,
+)
 from slo.spec import load_spec
 from slo.synthetic import synthetic_events
 
@@ -351,6 +357,8 @@ def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
             {"ttft": "vllm:time_to_first_token_seconds_bucket"},
             "histogram is named by its base name ('vllm:time_to_first_token_seconds')",
         ),
+        ({"e2e": "vllm:e2e_request_latency_seconds_count"}, "its base name ('vllm:e2e_request"),
+        ({"itl": "vllm:inter_token_latency_seconds_sum"}, "its base name ('vllm:inter_token"),
         ({"base": "trtllm"}, "base 'trtllm' is not a built-in mapping (vllm, vllm-legacy"),
         ({"base": ["sglang"]}, "base ['sglang'] is not a built-in mapping"),
         ({"ttfb": "x", 3: "y"}, "unknown metric mapping keys: ['3', 'ttfb']"),
@@ -419,6 +427,39 @@ def test_metric_source_prefers_exact_engine_metrics(llm, selectors, mapping, kin
     source = metric_source(spec.slos[0], spec, load_mapping(mapping))
     assert source.kind == kind
     assert source.exact_from_engine == (kind in ("histogram", "request_success"))
+
+
+#: A mapping of the required names only: engines that export no histogram at all.
+BARE = {
+    "name": "bare",
+    "model_label": "model",
+    "sli_events": "budgetpilot:sli_events_total",
+    "tenant_sli_events": "budgetpilot:tenant_sli_events_total",
+}
+TTFT_1S = {"kind": "ttft", "threshold_s": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("llm", "selectors", "gap"),
+    [
+        ({"kind": "fairness", "base": TTFT_1S}, {}, "fairness is judged per tenant"),
+        (TTFT_1S, {"tenant": [0]}, "engines label no tenant or intended tier"),
+        (TTFT_1S, {"intended_tier": [0]}, "engines label no tenant or intended tier"),
+        (TTFT_1S, {}, "mapping 'bare' names no ttft histogram"),
+        ({"kind": "e2e", "threshold_s": 5.0}, {}, "mapping 'bare' names no e2e histogram"),
+        (
+            {"kind": "streaming", "pace_s": 0.05},
+            {},
+            "mapping 'bare' names no tpot_request histogram",
+        ),
+        ({"kind": "itl", "threshold_s": 0.1, "per": "token"}, {}, "names no itl histogram"),
+        ({"kind": "itl", "threshold_s": 0.1, "per": "request"}, {}, "do not export itl events"),
+        ({"kind": "availability"}, {}, "engines do not export availability events"),
+    ],
+)
+def test_engine_gap_says_why_engine_metrics_cannot_give_an_sli(llm, selectors, gap):
+    spec = spec_of({"x": llm}, x={"selectors": selectors})
+    assert engine_gap(spec.slos[0], load_mapping(BARE)).endswith(gap)
 
 
 # --------------------------------------------------------------------------------------------
