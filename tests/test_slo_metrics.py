@@ -13,6 +13,7 @@ from slo.exposition import ExpositionRenderer, render_exposition
 from slo.metrics import (
     BUILTIN_MAPPINGS,
     MetricsFeed,
+    _tenant_counts,
     engine_gap,
     load_mapping,
     metric_source,
@@ -494,3 +495,35 @@ def test_renderer_parts_can_be_switched_off():
     router = render_exposition(events, ALL_KINDS, engine_metrics=False)
     assert "budgetpilot:" not in replica and "vllm:" in replica
     assert "vllm:" not in router and "budgetpilot:sli_events_total" in router
+
+
+def test_a_counter_fed_slo_without_its_series_has_no_data_not_zero():
+    spec = spec_of({"a": {"kind": "availability"}, "b": {"kind": "availability"}, "ttft": TTFT_1S})
+    feed = MetricsFeed(spec, "vllm")
+    for t, good in ((30.0, 10), (60.0, 20)):
+        report = feed.update(
+            t,
+            f'budgetpilot:sli_events_total{{slo="a",result="good"}} {good}\n'
+            'budgetpilot:sli_events_total{slo="a",result="bad"} 1\n',
+        )
+    assert feed.measured.tolist() == [True, False, False]
+    assert report.no_data == [
+        "b: no series of budgetpilot:sli_events_total for it on any endpoint",
+        "ttft: no complete series of vllm:time_to_first_token_seconds (bucket le=1 and _count) "
+        "on any endpoint",
+    ]
+
+
+def test_tenant_counts_read_good_and_bad_of_known_tenants_only():
+    rows = [
+        ({"slo": "other", "tenant": "1", "result": "good"}, 100.0),  # another SLO's
+        ({"slo": "fair", "result": "good"}, 100.0),  # no tenant label
+        ({"slo": "fair", "tenant": "x", "result": "good"}, 100.0),  # not a tenant number
+        ({"slo": "fair", "tenant": "4", "result": "good"}, 100.0),  # beyond max_tenants
+        ({"slo": "fair", "tenant": "0", "result": "good"}, 5.0),
+        ({"slo": "fair", "tenant": "0", "result": "bad"}, 3.0),
+        ({"slo": "fair", "tenant": "1", "result": "ignored"}, 7.0),  # neither good nor bad
+        ({"slo": "fair", "tenant": "1", "result": "good"}, 2.0),
+    ]
+    counts = _tenant_counts(rows, "fair", 4)
+    np.testing.assert_array_equal(counts, [[5.0, 8.0], [2.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
