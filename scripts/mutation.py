@@ -8,9 +8,18 @@ the tests kill (timeouts count as killed: the mutant broke the code); survivors 
 name for ``mutmut show`` in the scratch copy, and justified in ``scripts/mutation_survivors.md``
 when they are equivalent mutants.
 
+mutmut runs each mutant in a worker forked from a process that has already run the tests once
+(to learn which tests call which function). Two consequences are handled here: work done in a
+module-scoped fixture is credited to the first test that uses it only, so a module whose tests
+share such a fixture runs every test on every mutant (``whole_selection``); and a worker inherits
+state from that first run (imported modules, numba's compiled functions), so ``--verify`` re-runs
+mutants in fresh processes with a cold numba cache to confirm the verdicts.
+
 Run one module at a time, in the background and niced::
 
     nice python scripts/mutation.py guardrails            # prints the score, writes JSON
+    nice python scripts/mutation.py engine --survivors    # survivors again, after new tests
+    nice python scripts/mutation.py engine --verify --sample 5  # verdicts in fresh processes
     python scripts/mutation.py --list                     # the modules and their tests
     cd .mutation/guardrails && mutmut show <mutant name>  # what a survivor changed
 """
@@ -305,7 +314,10 @@ def recheck_survivors(
     again = [m for m in meta["exit_code_by_key"] if _function(m) in edited or m in survivors]
     run_mutmut(work, max_children, minutes, again)
     rechecked = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
-    verdicts |= {mutant: rechecked["exit_code_by_key"][mutant] for mutant in again}
+    for mutant in again:  # a survivor not reached within ``minutes`` stays a survivor
+        code = rechecked["exit_code_by_key"][mutant]
+        if code is not None or mutant not in verdicts:
+            verdicts[mutant] = code
     meta_path = work / "mutants" / f"{target.path}.meta"
     meta_path.write_text(json.dumps(rechecked | {"exit_code_by_key": verdicts}))
     return score_of(target, verdicts) | {"rechecked": len(again), "edited": sorted(edited)}
