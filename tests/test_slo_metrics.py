@@ -13,6 +13,7 @@ from slo.exposition import ExpositionRenderer, render_exposition
 from slo.metrics import (
     BUILTIN_MAPPINGS,
     MetricsFeed,
+    _Histogram,
     _tenant_counts,
     engine_gap,
     load_mapping,
@@ -527,3 +528,29 @@ def test_tenant_counts_read_good_and_bad_of_known_tenants_only():
     ]
     counts = _tenant_counts(rows, "fair", 4)
     np.testing.assert_array_equal(counts, [[5.0, 8.0], [2.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+
+
+def sli_events_page(good: float) -> str:
+    return f'budgetpilot:sli_events_total{{slo="a",result="good"}} {good}\n'
+
+
+def test_a_forgotten_endpoint_leaves_the_counters_of_the_others_as_they_were():
+    feed = MetricsFeed(spec_of({"a": {"kind": "availability"}}), "vllm")
+    feed.update(0.0, {"x": sli_events_page(10), "y": sli_events_page(10)})
+    feed.forget(["x"])
+    report = feed.update(30.0, {"y": sli_events_page(12)})
+    assert report.clean and counts(feed) == (2.0, 2.0)
+    feed.update(60.0, {"x": sli_events_page(50), "y": sli_events_page(12)})
+    assert counts(feed) == (2.0, 2.0)  # x's first page again is a baseline
+
+
+@pytest.mark.parametrize(
+    ("buckets", "problem"),
+    [
+        ({0.1: 2.0, 0.5: 4.0, 1.0: 6.0}, None),
+        ({0.1: 5.0, 0.5: 3.0, 1.0: 6.0}, "bucket le=0.5 (3) below bucket le=0.1 (5)"),
+        ({0.1: 2.0, 0.5: 4.0, 1.0: 11.0}, "bucket le=1 (11) above _count (10)"),
+    ],
+)
+def test_an_impossible_histogram_is_named(buckets, problem):
+    assert _Histogram(count=10.0, buckets=buckets).inconsistency() == problem
