@@ -294,6 +294,8 @@ def test_kv_cache_usage_is_read_per_endpoint():
     )
     feed.update(0.0, {"a": gauge, "b": gauge.replace("0.5", "0.1")})
     assert feed.kv_cache_usage() == pytest.approx({"a": 0.6, "b": 0.4})
+    feed.forget(["a"])  # a replica scaled away
+    assert feed.kv_cache_usage() == pytest.approx({"b": 0.4})
 
 
 def test_a_feed_can_drive_an_existing_engine():
