@@ -156,3 +156,14 @@ def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_c
 def test_min_coverage_is_checked():
     with pytest.raises(ValueError, match="min_coverage"):
         BudgetEngine(SPEC, min_coverage=1.5)
+
+
+def test_a_gap_uncovers_a_window_of_a_sidecar_with_older_data():
+    """Data from long before the window does not make up for a gap within it."""
+    engine = tracked()
+    measured = np.ones(len(engine.slos), dtype=bool)
+    feed_counts(engine, 1.765e9 + np.arange(30.0, 3630.0, 30.0), 0.0, measured)
+    measured[0] = False
+    feed_counts(engine, 1.765e9 + np.arange(3630.0, 3750.0, 30.0), 0.0, measured)
+    coverage = engine.window_coverage()
+    assert coverage[0, 0] == pytest.approx(1.0 - 120.0 / 300.0) and coverage[1, 0] == 1.0
