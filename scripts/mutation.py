@@ -8,9 +8,18 @@ the tests kill (timeouts count as killed: the mutant broke the code); survivors 
 name for ``mutmut show`` in the scratch copy, and justified in ``scripts/mutation_survivors.md``
 when they are equivalent mutants.
 
+mutmut runs each mutant in a worker forked from a process that has already run the tests once
+(to learn which tests call which function). Two consequences are handled here: work done in a
+module-scoped fixture is credited to the first test that uses it only, so a module whose tests
+share such a fixture runs every test on every mutant (``whole_selection``); and a worker inherits
+state from that first run (imported modules, numba's compiled functions), so ``--verify`` re-runs
+mutants in fresh processes with a cold numba cache to confirm the verdicts.
+
 Run one module at a time, in the background and niced::
 
     nice python scripts/mutation.py guardrails            # prints the score, writes JSON
+    nice python scripts/mutation.py engine --survivors    # survivors again, after new tests
+    nice python scripts/mutation.py engine --verify --sample 5  # verdicts in fresh processes
     python scripts/mutation.py --list                     # the modules and their tests
     cd .mutation/guardrails && mutmut show <mutant name>  # what a survivor changed
 """
@@ -20,13 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from mutmut.utils.format_utils import mangled_name_from_mutant_name
 
 REPO = Path(__file__).resolve().parent.parent
 #: The project's packages (copied whole: the mutated module imports its neighbours).
@@ -38,10 +53,17 @@ KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
 @dataclass(frozen=True)
 class Target:
-    """One module to mutate and the test files that exercise it."""
+    """One module to mutate and the test files that exercise it.
+
+    ``whole_selection``: every mutant runs all the tests (until one fails), not only those
+    that called the mutated function. mutmut credits a function to the test during which it
+    ran, so a module-scoped fixture's work is credited to the first test using it alone: the
+    tests that check that fixture's result would never see the mutant.
+    """
 
     path: str
     tests: tuple[str, ...]
+    whole_selection: bool = False
 
 
 TARGETS: dict[str, Target] = {
@@ -68,12 +90,20 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "stats": Target("eval/stats.py", ("tests/test_stats.py", "tests/test_stats_rliable.py")),
-    "export": Target("policies/export.py", ("tests/test_export.py",)),
+    # The exported policy is a module fixture of test_export.py.
+    "export": Target("policies/export.py", ("tests/test_export.py",), whole_selection=True),
     "engine": Target(
         "slo/engine.py",
-        ("tests/test_slo_engine.py", "tests/test_slo_memory.py", "tests/test_slo_metrics.py"),
+        (
+            "tests/test_slo_engine.py",
+            "tests/test_budget_coverage.py",
+            "tests/test_slo_memory.py",
+            "tests/test_slo_metrics.py",
+        ),
     ),
-    "metrics": Target("slo/metrics.py", ("tests/test_slo_metrics.py",)),
+    "metrics": Target(
+        "slo/metrics.py", ("tests/test_slo_metrics.py", "tests/test_metrics_truth.py")
+    ),
 }
 
 
@@ -103,38 +133,93 @@ def prepare(name: str, target: Target, fresh: bool) -> Path:
     return work
 
 
-def run_mutmut(
-    work: Path, max_children: int, minutes: float | None, mutants: list[str] | None = None
-) -> None:
-    """``mutmut run`` in ``work`` (the reference data stays where the checkout finds it),
-    stopped after ``minutes`` if given: mutmut records each verdict as it comes, so the score
-    covers the mutants checked by then."""
+def _environment() -> dict[str, str]:
+    """The tests' environment: the reference data stays where the checkout finds it."""
     env = dict(os.environ)
     env.setdefault("BUDGETPILOT_DATA", str(REPO.parent / "shared" / "data"))
-    env.pop("PYTHONPATH", None)  # mutmut puts the mutated copy first on sys.path itself
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_mutmut(
+    work: Path,
+    max_children: int,
+    minutes: float | None,
+    mutants: list[str] | None = None,
+    until: Callable[[], bool] | None = None,
+) -> None:
+    """``mutmut run`` in ``work``, stopped after ``minutes`` if given (mutmut records each
+    verdict as it comes, so the score covers the mutants checked by then) or once ``until()``
+    holds."""
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
     command = [mutmut, "run", "--max-children", str(max_children), *(mutants or [])]
-    process = subprocess.Popen(command, cwd=work, env=env, start_new_session=True)
+    # mutmut puts the mutated copy first on sys.path itself.
+    process = subprocess.Popen(command, cwd=work, env=_environment(), start_new_session=True)
+    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     try:
-        process.wait(timeout=None if minutes is None else 60.0 * minutes)
-    except subprocess.TimeoutExpired:
-        print(f"time budget of {minutes} min spent: stopping mutmut", file=sys.stderr)
+        while process.poll() is None and not (until is not None and until()):
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"time budget of {minutes} min spent: stopping mutmut", file=sys.stderr)
+                break
+            time.sleep(0.5)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to mutmut and its workers, SIGKILL if they are still there after 30 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON in ``path``, or None while it is absent or half written."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def collect_stats(work: Path, target: Target, max_children: int, whole: bool) -> dict:
+    """Generate the mutants in ``work`` and mutmut's record of which tests called which
+    function (a first ``mutmut run``, stopped as soon as that record is saved); ``whole``:
+    credit every function with every test of the selection. Returns the mutants' metadata,
+    verdicts forgotten, for the next ``mutmut run``."""
+    stats_path = work / "mutants" / "mutmut-stats.json"
+    run_mutmut(work, max_children, None, until=lambda: _read_json(stats_path) is not None)
+    stats = _read_json(stats_path)
+    if stats is None:
+        raise SystemExit(f"mutmut stopped before it saved {stats_path}")
+    meta_path = work / "mutants" / f"{target.path}.meta"
+    meta = json.loads(meta_path.read_text())
+    if whole:
+        every_test = sorted(stats["duration_by_test"])
+        for mutant in meta["exit_code_by_key"]:
+            function = mangled_name_from_mutant_name(mutant)
+            stats["tests_by_mangled_function_name"][function] = every_test
+        stats_path.write_text(json.dumps(stats, indent=4))
+    meta["exit_code_by_key"] = dict.fromkeys(meta["exit_code_by_key"])
+    meta_path.write_text(json.dumps(meta))
+    return meta
 
 
 def score(work: Path, target: Target) -> dict[str, object]:
     """Mutants per status, the killed share and the survivors, from mutmut's metadata."""
+    meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    return score_of(target, meta["exit_code_by_key"])
+
+
+def score_of(target: Target, exit_codes: dict[str, int | None]) -> dict[str, object]:
+    """Mutants per status, the killed share and the survivors, from mutmut's exit codes."""
     from mutmut.stats import status_by_exit_code
 
-    meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
-    statuses = {name: status_by_exit_code[code] for name, code in meta["exit_code_by_key"].items()}
+    statuses = {name: status_by_exit_code[code] for name, code in exit_codes.items()}
     counts = Counter(statuses.values())
     judged = sum(n for status, n in counts.items() if status not in {"skipped", "not checked"})
     killed = sum(counts[s] for s in KILLED)
@@ -144,7 +229,9 @@ def score(work: Path, target: Target) -> dict[str, object]:
         "checked": judged,
         "statuses": dict(counts),
         "killed_share": killed / judged if judged else None,
-        "survivors": sorted(n for n, s in statuses.items() if s not in KILLED),
+        "survivors": sorted(
+            n for n, s in statuses.items() if s not in KILLED and s != "not checked"
+        ),
     }
 
 
@@ -159,6 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="run only the last run's survivors again"
     )
+    parser.add_argument(
+        "--whole-selection",
+        action="store_true",
+        help="run every test on every mutant, not only those that called the mutated function",
+    )
+    parser.add_argument(
+        "--verify",
+        nargs="*",
+        metavar="MUTANT",
+        help="run these mutants (default: the last run's survivors) again, each in a fresh "
+        "process with a cold numba cache, and compare with mutmut's verdicts",
+    )
+    parser.add_argument(
+        "--sample", type=int, default=0, help="with --verify: also this many killed mutants"
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -170,11 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modules:
         target = TARGETS[name]
         work = REPO / ".mutation" / name
+        whole = target.whole_selection or args.whole_selection
+        if args.verify is not None:
+            verify(work, target, args.verify, args.sample)
+            continue
         if args.survivors:
-            result = recheck_survivors(name, target, args.max_children, args.minutes)
+            result = recheck_survivors(name, target, args.max_children, args.minutes, whole)
         else:
             if not args.score_only:
                 work = prepare(name, target, fresh=not args.resume)
+                if whole and not args.resume:
+                    collect_stats(work, target, args.max_children, whole)
                 run_mutmut(work, args.max_children, args.minutes)
             result = score(work, target)
         (work / "score.json").write_text(json.dumps(result, indent=2))
@@ -182,21 +290,94 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def recheck_survivors(name: str, target: Target, max_children: int, minutes: float | None):
-    """Run only the last run's survivors again (after tests were added) on a fresh copy; the
-    other verdicts stand."""
-    previous = json.loads((REPO / ".mutation" / name / "score.json").read_text())
+def recheck_survivors(
+    name: str, target: Target, max_children: int, minutes: float | None, whole: bool
+) -> dict[str, object]:
+    """Run the last run's survivors again on a fresh copy (after tests were added), and every
+    mutant of a function edited since (its mutants are not those of the last run); the other
+    verdicts stand. ``whole``: against every test of the selection."""
+    work = REPO / ".mutation" / name
+    previous = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
     work = prepare(name, target, fresh=True)
-    run_mutmut(work, max_children, minutes, previous["survivors"])
-    rechecked = score(work, target)
-    killed_now = set(previous["survivors"]) - set(rechecked["survivors"])
-    still = [s for s in previous["survivors"] if s not in killed_now]
-    checked = previous["checked"]
-    return previous | {
-        "killed_share": (checked - len(still)) / checked if checked else None,
-        "survivors": still,
-        "rechecked": len(previous["survivors"]),
+    meta = collect_stats(work, target, max_children, whole)
+    edited = {
+        function
+        for function, digest in meta["hash_by_function_name"].items()
+        if previous["hash_by_function_name"].get(function) != digest
     }
+    survivors = set(score_of(target, previous["exit_code_by_key"])["survivors"])
+    verdicts = {
+        mutant: previous["exit_code_by_key"].get(mutant)
+        for mutant in meta["exit_code_by_key"]
+        if _function(mutant) not in edited
+    }
+    again = [m for m in meta["exit_code_by_key"] if _function(m) in edited or m in survivors]
+    run_mutmut(work, max_children, minutes, again)
+    rechecked = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    for mutant in again:  # a survivor not reached within ``minutes`` stays a survivor
+        code = rechecked["exit_code_by_key"][mutant]
+        if code is not None or mutant not in verdicts:
+            verdicts[mutant] = code
+    meta_path = work / "mutants" / f"{target.path}.meta"
+    meta_path.write_text(json.dumps(rechecked | {"exit_code_by_key": verdicts}))
+    return score_of(target, verdicts) | {"rechecked": len(again), "edited": sorted(edited)}
+
+
+def _function(mutant: str) -> str:
+    """The mangled name of a mutant's function, without its module (as in the metadata)."""
+    return mangled_name_from_mutant_name(mutant).rpartition(".")[2]
+
+
+def verify(work: Path, target: Target, mutants: list[str], sample: int) -> None:
+    """Run mutants again outside mutmut's forked workers, and print both verdicts.
+
+    Each mutant gets a fresh pytest process on the tests mutmut ran for it, with a cold numba
+    cache (``NUMBA_CACHE_DIR`` in a new temporary directory): a verdict that differs would come
+    from the fork (state the workers inherit, numba's compiled functions among it), not from
+    the mutant. ``mutants`` empty: the last run's survivors; ``sample``: also that many killed
+    mutants, drawn with a fixed seed.
+    """
+    from mutmut.stats import status_by_exit_code
+
+    meta = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    verdicts = {m: status_by_exit_code[code] for m, code in meta["exit_code_by_key"].items()}
+    stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text())
+    mutants = list(mutants) or [m for m, v in verdicts.items() if v not in KILLED | {"not checked"}]
+    killed = sorted(m for m, v in verdicts.items() if v in KILLED)
+    mutants += random.Random(0).sample(killed, min(sample, len(killed)))
+    differ = 0
+    for mutant in mutants:
+        tests = sorted(
+            stats["tests_by_mangled_function_name"].get(mangled_name_from_mutant_name(mutant), []),
+            key=lambda test: stats["duration_by_test"].get(test, 0.0),
+        )
+        fresh = (
+            status_by_exit_code[_fresh_run(work / "mutants", mutant, tests)]
+            if tests
+            else "no tests"
+        )
+        same = (fresh in KILLED) == (verdicts[mutant] in KILLED)
+        differ += not same
+        print(f"{'same' if same else 'DIFFERS':8s}{verdicts[mutant]:10s}{fresh:10s}{mutant}")
+    print(f"{len(mutants) - differ} of {len(mutants)} verdicts confirmed in fresh processes")
+
+
+def _fresh_run(mutated: Path, mutant: str, tests: list[str]) -> int:
+    """pytest's exit code on ``tests`` with ``mutant`` active, in a new process."""
+    with tempfile.TemporaryDirectory() as numba_cache:
+        env = _environment() | {
+            "MUTANT_UNDER_TEST": mutant,
+            "NUMBA_CACHE_DIR": numba_cache,
+            "PYTHONPATH": str(mutated),
+        }
+        command = [sys.executable, "-m", "pytest", "--rootdir=.", "-p", "no:cacheprovider"]
+        return subprocess.run(
+            [*command, "-x", "-q", *tests],
+            cwd=mutated,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
 
 
 def report(result: dict[str, object]) -> None:

@@ -322,7 +322,17 @@ class BudgetEngine:
             Per SLO, whether the counts measure it; the time since the previous call is a gap
             of an SLO not measured (``None``: every SLO is measured). An SLO's coverage starts
             at its first measurement unless the engine's history is covered.
+
+        Raises
+        ------
+        ValueError
+            If the tenant counts are not one per fairness SLO (nothing is counted then).
         """
+        if not len(tenant_good) == len(tenant_total) == len(self._fairness):
+            raise ValueError(
+                f"expected tenant counts for {len(self._fairness)} fairness SLOs, got "
+                f"{len(tenant_good)} good and {len(tenant_total)} total"
+            )
         t, since = max(float(t), self.now), self.now
         self._advance_rings(t)
         everything = np.ones(len(self.slos), dtype=bool)

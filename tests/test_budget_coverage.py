@@ -105,6 +105,28 @@ def test_a_prior_covers_the_history_it_models():
     assert not engine.snapshot().warming_up.any()
 
 
+def test_a_prior_covers_its_share_of_the_period_as_it_ages_out():
+    """Coverage of the period (cut at the engine's start, time 0): the measured share plus the
+    prior's weight, which falls from 1 linearly to 0 over one period after it is set; never
+    more than 1."""
+    engine = tracked()
+    period = engine.periods[0]
+    others = len(engine.slos) - 1
+    feed_counts(engine, np.arange(30.0, 3630.0, 30.0), 0.0)  # data from t = 30 s
+    engine.set_budget_spent({engine.slo_names[0]: 0.2}, assumed_total_events=1)
+    measured = 1.0 - 30.0 / period
+    np.testing.assert_allclose(engine.period_coverage(), [1.0] + [measured] * others, rtol=1e-12)
+    # Half a period without data: the prior is half aged out.
+    nothing = np.zeros(len(engine.slos), dtype=bool)
+    feed_counts(engine, [3600.0 + period / 2], 0.0, measured=nothing)
+    expected = [measured] + [measured - 0.5] * others
+    np.testing.assert_allclose(engine.period_coverage(), expected, rtol=1e-9)
+    # A period and a half after the prior, a measurement: the prior has aged out and the
+    # gap has left the period.
+    feed_counts(engine, [3600.0 + 1.5 * period], 0.0)
+    np.testing.assert_array_equal(engine.period_coverage(), 1.0)
+
+
 @pytest.mark.parametrize("saved_with_coverage", [True, False])
 def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_coverage):
     engine = tracked()
@@ -119,8 +141,29 @@ def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_c
         np.testing.assert_array_equal(restored.window_coverage(), engine.window_coverage())
     else:
         assert restored.snapshot().no_data.all()
+        # Its coverage starts again at the next measurement, as a fresh sidecar's does.
+        fresh = tracked()
+        first_slo_missed = np.arange(len(SPEC.engine_slos)) != 0
+        for target in (restored, fresh):
+            feed_counts(target, 1.765e9 + np.arange(900.0, 1800.0, 30.0), 0.1)
+            feed_counts(target, [1.765e9 + 1800.0], 0.1, measured=first_slo_missed)
+            feed_counts(target, 1.765e9 + np.arange(1830.0, 2400.0, 30.0), 0.1)
+        np.testing.assert_array_equal(restored.window_coverage(), fresh.window_coverage())
+        np.testing.assert_array_equal(restored.period_coverage(), fresh.period_coverage())
+        assert 0.0 < restored.period_coverage()[0] < restored.period_coverage()[1] < 1.0
 
 
 def test_min_coverage_is_checked():
     with pytest.raises(ValueError, match="min_coverage"):
         BudgetEngine(SPEC, min_coverage=1.5)
+
+
+def test_a_gap_uncovers_a_window_of_a_sidecar_with_older_data():
+    """Data from long before the window does not make up for a gap within it."""
+    engine = tracked()
+    measured = np.ones(len(engine.slos), dtype=bool)
+    feed_counts(engine, 1.765e9 + np.arange(30.0, 3630.0, 30.0), 0.0, measured)
+    measured[0] = False
+    feed_counts(engine, 1.765e9 + np.arange(3630.0, 3750.0, 30.0), 0.0, measured)
+    coverage = engine.window_coverage()
+    assert coverage[0, 0] == pytest.approx(1.0 - 120.0 / 300.0) and coverage[1, 0] == 1.0

@@ -1,7 +1,10 @@
 """ONNX export of a trained checkpoint, the manifest, the numpy/onnxruntime loader, OnnxController.
 
-The tests train their own tiny checkpoint (a few PPO updates on short episodes, then the action
-head scaled up so that actions reach the [-1, 1] clip) and export it once per module.
+The tests build their own tiny checkpoint once per module and export it: an untrained PPO policy
+of the environment's shapes (its action head scaled up so that actions reach the [-1, 1] clip)
+and a VecNormalize whose statistics come from observations within the contract's bounds. Parity
+needs the shapes and a non-trivial normalisation, not a good policy, and skipping training keeps
+a run (and each mutant of ``scripts/mutation.py export``) to seconds.
 """
 
 import dataclasses
@@ -10,8 +13,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 
@@ -19,6 +24,8 @@ pytest.importorskip("stable_baselines3", reason="export needs the train extra (t
 pytest.importorskip("onnx", reason="export needs the train extra (onnx)")
 
 import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+import stable_baselines3  # noqa: E402
 import torch  # noqa: E402
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize  # noqa: E402
@@ -36,7 +43,12 @@ from policies.export import (  # noqa: E402
     export_checkpoint,
     parity_observations,
 )
-from policies.manifest import MIN_OPSET, PolicyManifest, spec_to_json  # noqa: E402
+from policies.manifest import (  # noqa: E402
+    MIN_OPSET,
+    Normalisation,
+    PolicyManifest,
+    spec_to_json,
+)
 from policies.runtime import (  # noqa: E402
     PolicyFileError,
     PolicyMismatchError,
@@ -54,7 +66,7 @@ RUN = {
     "seed": 7,
     "scenarios": ["steady"],
     "env_kwargs": ENV_KWARGS,
-    "timesteps": 128,
+    "timesteps": 0,
     "metrics": {"mean_episode_reward": -1.5, "budget_exhaustions_per_episode": 0.0},
     "commit": None,
 }
@@ -70,22 +82,19 @@ def env() -> LLMFleetEnv:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, env) -> Path:
     """A checkpoint in the training format: model.zip, vecnormalize.pkl, run.json."""
     path = tmp_path_factory.mktemp("checkpoint")
     venv = VecNormalize(DummyVecEnv([_env]))
-    venv.seed(RUN["seed"])
+    low, high = env.observation_contract.bounds()
+    # Training sees a narrow part of the bounds: observations far from it normalise beyond
+    # VecNormalize's clip, which the exported graph must apply too.
+    middle, spread = (low + high) / 2, (high - low) / 20
+    rng = np.random.default_rng(RUN["seed"])
+    venv.obs_rms.update(rng.uniform(middle - spread, middle + spread, size=(256, low.shape[0])))
     model = PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=64,
-        batch_size=32,
-        n_epochs=1,
-        seed=RUN["seed"],
-        policy_kwargs={"net_arch": [16, 16]},
-        device="cpu",
+        "MlpPolicy", venv, seed=RUN["seed"], policy_kwargs={"net_arch": [16, 16]}, device="cpu"
     )
-    model.learn(RUN["timesteps"])
     with torch.no_grad():  # a fresh action head outputs ~0; scaled, actions reach the clip
         model.policy.action_net.weight.mul_(100.0)
     model.save(path / "model.zip")
@@ -136,8 +145,25 @@ def test_onnxruntime_matches_sb3_predict_on_1000_observations(checkpoint, export
     low, high = env.observation_contract.bounds()
     assert np.any((obs < low) | (obs > high))
     assert not np.allclose(vecnorm.obs_rms.var, 1.0)
+    normalised = np.abs(vecnorm.normalize_obs(obs))
+    assert np.any(normalised == vecnorm.clip_obs) and np.any(normalised < vecnorm.clip_obs)
     assert 0.05 < np.mean(np.abs(actions) == 1.0) < 0.95
     assert exported.parity_max_abs_error <= PARITY_TOLERANCE
+
+
+def test_parity_observations_reach_one_width_beyond_the_bounds_on_both_sides(env) -> None:
+    low, high = env.observation_contract.bounds()
+    width = high - low
+    obs = _observations(env, 4000, seed=5)
+    assert obs.dtype == np.float32 and obs.shape == (4000, low.shape[0])
+    assert len(np.unique(obs, axis=0)) == len(obs)  # every observation drawn afresh
+    assert np.all((obs >= low - width) & (obs <= high + width))
+    beyond = np.any((obs < low) | (obs > high), axis=1)
+    assert 0.17 < beyond.mean() < 0.23  # OUTSIDE_SHARE of them, the rest within the bounds
+    # Each feature reaches well beyond both of its bounds, and fills its range inside them.
+    assert np.all(obs.min(axis=0) < low - width / 2) and np.all(obs.max(axis=0) > high + width / 2)
+    inside = obs[~beyond]
+    assert np.all(inside.max(axis=0) > high - width / 10)
 
 
 def test_manifest_records_contracts_spec_normalisation_and_provenance(
@@ -161,7 +187,14 @@ def test_manifest_records_contracts_spec_normalisation_and_provenance(
     assert manifest.opset == graph.opset_import[0].version >= MIN_OPSET
     provenance = manifest.provenance.to_dict()
     assert {k: provenance[k] for k in RUN} == RUN
-    assert manifest["provenance"]["export"]["parity_samples"] == 1000
+    export = manifest["provenance"]["export"]
+    assert export["parity_samples"] == 1000
+    assert export["checkpoint"] == str(checkpoint)
+    assert export["parity_max_abs_error"] == exported.parity_max_abs_error
+    versions = {"torch": torch, "stable_baselines3": stable_baselines3, "onnx": onnx}
+    versions["onnxruntime"] = onnxruntime
+    for name, module in versions.items():
+        assert export[name] == module.__version__
 
 
 def _replaced_knob(contract: ActionContract) -> ActionContract:
@@ -332,13 +365,17 @@ def test_onnx_controller_acts_like_the_policy(policy, exported, env) -> None:
 
 
 def test_cli_export_writes_the_same_policy_and_a_summary(checkpoint, exported, tmp_path) -> None:
-    out = tmp_path / "zoo" / "again.onnx"
+    out = tmp_path / "zoo" / "tiny" / "again.onnx"  # directories made as needed
     result = CliRunner().invoke(app, ["export", str(checkpoint), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "tiny-test" in result.output
+    assert f"{out.stat().st_size / 1024:.1f} KiB" in result.output
     # Exporting is deterministic: the same checkpoint gives the same graph.
     assert out.read_bytes() == exported.onnx_path.read_bytes()
     assert read_manifest(out).spec_hash == exported.manifest.spec_hash
+    # Same seed, same parity observations: the same error.
+    error = read_manifest(out).provenance.export["parity_max_abs_error"]
+    assert error == exported.parity_max_abs_error
 
 
 def test_the_manifest_records_the_envelope_of_the_training_fleet(exported) -> None:
@@ -361,8 +398,42 @@ def _edit_run(ckpt: Path, edit) -> None:
     (ckpt / "run.json").write_text(json.dumps(run))
 
 
+class _OtherActions(gymnasium.Env):
+    """The fleet's observations, but a single action: a policy trained for another contract."""
+
+    def __init__(self) -> None:
+        self.observation_space = _env().observation_space
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+
+
+def _replace_model(ckpt: Path, env, **ppo_kwargs) -> None:
+    """A model.zip of another kind of policy (``env``: an environment or a Gymnasium id)."""
+    PPO("MlpPolicy", env, seed=0, device="cpu", **ppo_kwargs).save(ckpt / "model.zip")
+
+
 BAD_CHECKPOINTS = {
     "no run.json": (lambda c: (c / "run.json").unlink(), "run.json: not found"),
+    "run.json not JSON": (
+        lambda c: (c / "run.json").write_text("{"),
+        "run.json: not valid JSON",
+    ),
+    "unknown env kwarg": (
+        lambda c: _edit_run(c, lambda run: run["env_kwargs"].update(nope=1)),
+        "run.json: cannot build the environment from 'scenarios' and 'env_kwargs'",
+    ),
+    "state-dependent noise": (
+        lambda c: _replace_model(c, DummyVecEnv([_env]), use_sde=True),
+        "only a diagonal-Gaussian policy without squashing is exported, got "
+        "StateDependentNoiseDistribution",
+    ),
+    "another observation space": (
+        lambda c: _replace_model(c, "Pendulum-v1"),
+        "the model's observation space (3,) differs from the environment's",
+    ),
+    "another action space": (
+        lambda c: _replace_model(c, _OtherActions()),
+        "the model's action space (1,) differs from the environment's",
+    ),
     "run without timesteps": (_without("timesteps"), "'timesteps' is missing"),
     "unknown scenario": (
         lambda c: _edit_run(c, lambda run: run.update(scenarios=["nowhere"])),
@@ -386,9 +457,38 @@ def test_a_bad_checkpoint_is_refused_clearly(case, checkpoint, tmp_path) -> None
     assert not (tmp_path / "p.onnx").exists()
 
 
+def test_a_policy_trained_without_observation_normalisation_exports_raw(
+    checkpoint, tmp_path
+) -> None:
+    raw = shutil.copytree(checkpoint, tmp_path / "raw")
+    vecnorm = VecNormalize.load(str(raw / "vecnormalize.pkl"), DummyVecEnv([_env]))
+    vecnorm.norm_obs = False
+    vecnorm.save(str(raw / "vecnormalize.pkl"))
+    result = export_checkpoint(raw, tmp_path / "raw.onnx", parity_samples=200)
+    size = len(result.manifest.normalisation.mean)
+    assert result.manifest.normalisation == Normalisation(
+        mean=(0.0,) * size, var=(1.0,) * size, clip=None, epsilon=0.0
+    )
+    assert result.parity_max_abs_error <= PARITY_TOLERANCE
+
+
+def test_the_graph_takes_and_gives_batches(exported) -> None:
+    graph = onnx.load(exported.onnx_path).graph
+    for value in (*graph.input, *graph.output):
+        first, *rest = value.type.tensor_type.shape.dim
+        assert first.dim_param == "batch"
+        assert all(d.dim_value > 0 for d in rest)
+
+
 def test_export_refuses_an_output_without_onnx_suffix(checkpoint, tmp_path) -> None:
     with pytest.raises(ExportError, match="must end in .onnx"):
         export_checkpoint(checkpoint, tmp_path / "policy.bin")
+
+
+def test_export_refuses_an_opset_below_the_minimum(checkpoint, tmp_path) -> None:
+    with pytest.raises(ExportError, match=f"^opset 12 is below the minimum {MIN_OPSET}$"):
+        export_checkpoint(checkpoint, tmp_path / "policy.onnx", opset=12)
+    assert not (tmp_path / "policy.onnx").exists()
 
 
 class _DriftingActor(DeterministicActor):
@@ -415,7 +515,9 @@ def test_an_export_beyond_the_parity_tolerance_writes_nothing(
 def test_an_export_within_the_parity_tolerance_is_written(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(_DriftingActor, "DRIFT", PARITY_TOLERANCE / 4)
     monkeypatch.setattr("policies.export.DeterministicActor", _DriftingActor)
+    start = time.perf_counter()
     result = export_checkpoint(checkpoint, tmp_path / "drifted.onnx", parity_samples=200)
+    assert 0.0 < result.seconds <= time.perf_counter() - start
     assert PARITY_TOLERANCE / 8 < result.parity_max_abs_error <= PARITY_TOLERANCE
     assert result.onnx_path.exists() and result.manifest_path.exists()
 

@@ -127,6 +127,12 @@ def test_a_series_missing_half_of_its_pair_waits_for_its_next_complete_scrape(da
     _, reports, snapshots = fed(faulty)
     _, clean_reports, clean = fed(series(factors))
     assert not reports[2].clean and reports[2].incomplete
+    missing = "_count" if f"{TTFT}_count" not in damage(VLLM) else "bucket le=1"
+    for message in reports[2].incomplete:
+        assert message.startswith(f"a/{TTFT}{{")
+        assert message.endswith(
+            f": no {missing} in this scrape (its events count at its next complete scrape)"
+        )
     assert reports[3].clean
     for damaged, healthy in zip(snapshots, clean, strict=True):
         assert np.all(damaged.burn_rates >= 0) and np.all(damaged.budget_remaining <= 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -222,13 +224,18 @@ def test_window_edges_are_whole_buckets_ending_with_now(now, counted):
     assert engine.window_counts()[1][0, 0] == counted
 
 
+E2E_SLO = {"name": "e2e", "objective": 0.99, "llm": {"kind": "e2e", "threshold_s": 1.0}}
+
+
 def test_cumulative_counts_difference_is_what_happened_in_between():
-    engine = BudgetEngine(make_spec([TTFT_SLO]))
-    engine.ingest_events(ttft_events(10, 2, 20.0))
+    engine = BudgetEngine(make_spec([TTFT_SLO, E2E_SLO]))
+    engine.ingest_events(ttft_events(10, 2, 20.0))  # e2e 1.5 s: all bad for the e2e SLO
     good0, total0 = engine.cumulative_counts()
     engine.ingest_events(ttft_events(5, 1, 4 * 86400.0))  # beyond every window
     good1, total1 = engine.cumulative_counts()
-    assert (good0[0], total0[0], good1[0] - good0[0], total1[0] - total0[0]) == (10, 12, 5, 6)
+    # Per SLO, in slo_names order: ttft, then e2e.
+    assert good0.tolist() == [10, 0] and total0.tolist() == [12, 12]
+    assert (good1 - good0).tolist() == [5, 0] and (total1 - total0).tolist() == [6, 6]
 
 
 def test_a_window_without_events_burns_nothing():
@@ -358,6 +365,23 @@ def test_budget_remaining_and_policy_state(bad, remaining, state):
     assert engine.dimension_states() == {"ttft": state}
 
 
+def test_a_single_bad_request_spends_its_share_of_the_budget():
+    engine = BudgetEngine(make_spec([{**TTFT_SLO, "objective": 0.75}]))
+    engine.ingest_events(ttft_events(0, 1, 100.0))
+    assert engine.budget_remaining()[0] == 1.0 - 1.0 / 0.25
+    assert engine.policy_states()[0] == PolicyState.EXHAUSTED
+
+
+@pytest.mark.parametrize(("bad", "state"), [(3, PolicyState.OK), (4, PolicyState.EXHAUSTED)])
+def test_a_budget_exactly_at_a_policy_threshold(bad, state):
+    """Objective 0.75 makes the arithmetic exact: 3 bad of 16 leave exactly ``at_risk_below``
+    (0.25), which is not below it; 4 bad leave exactly ``exhausted_at`` (0): exhausted."""
+    engine = BudgetEngine(make_spec([{**TTFT_SLO, "objective": 0.75}]))
+    engine.ingest_events(ttft_events(16 - bad, bad, 100.0))
+    assert engine.budget_remaining()[0] == {3: 0.25, 4: 0.0}[bad]
+    assert engine.policy_states()[0] == state
+
+
 def test_budget_forgets_events_older_than_the_period():
     slo = {**TTFT_SLO, "period": "1d"}
     engine = BudgetEngine(make_spec([slo]))
@@ -398,7 +422,7 @@ def test_phases_give_a_rollout_its_own_budget_and_keep_history():
     np.testing.assert_allclose(engine.budget_remaining(), [1 - (2 / 100) / 0.01], rtol=1e-9)
     engine.start_phase("v3", t=1800.0)
     assert [p.name for p in engine.phase_history] == ["v1", "v2"]
-    assert engine.phase_history[1].total[0] == 100
+    assert (engine.phase_history[1].good[0], engine.phase_history[1].total[0]) == (98, 100)
     assert engine.phase == "v3" and engine.snapshot().phase == "v3"
 
 
@@ -416,6 +440,11 @@ def test_set_budget_spent_starts_an_episode_with_part_of_the_budget_gone():
     bad = 0.4 * 0.01 * 10000 * weight + 10
     expected = 1.0 - bad / ((10000 * weight + 10000) * (1 - 0.99))
     assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-9)
+    # A period and a half after it was set, the prior weighs nothing (not less than nothing).
+    engine.advance_to(3600.0 + 45 * 86400.0)
+    engine.ingest_events(ttft_events(95, 5, 3600.0 + 45 * 86400.0))
+    expected = 1.0 - (5 / 100) / (1 - 0.99)
+    assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_set_budget_spent_scalar_and_per_slo_forms():
@@ -428,6 +457,17 @@ def test_set_budget_spent_scalar_and_per_slo_forms():
         engine.set_budget_spent({"nope": 0.1}, assumed_total_events=10)
     with pytest.raises(ValueError, match="one per SLO"):
         engine.set_budget_spent([0.1, 0.2, 0.3], assumed_total_events=10)
+    engine.set_budget_spent(1.0, assumed_total_events=1)  # one event, and it was bad
+    np.testing.assert_allclose(engine.budget_remaining(), [0.0, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize(("fraction", "total"), [(-0.1, 1000), ([0.1, -0.1], 1000), (0.1, 0)])
+def test_set_budget_spent_refuses_negative_fractions_and_empty_periods(fraction, total):
+    engine = BudgetEngine(make_spec([TTFT_SLO, {**TTFT_SLO, "name": "other"}]))
+    message = "^fractions must be >= 0 and assumed_total_events > 0$"
+    with pytest.raises(ValueError, match=message):
+        engine.set_budget_spent(fraction, assumed_total_events=total)
+    np.testing.assert_array_equal(engine.budget_remaining(), [1.0, 1.0])  # nothing was set
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +475,8 @@ def test_set_budget_spent_scalar_and_per_slo_forms():
 # --------------------------------------------------------------------------------------------
 
 
-def fairness_spec(method: str = "gap") -> object:
+def fairness_spec(method: str = "gap", *, before: tuple = (), **limits: float) -> object:
+    """A spec whose last SLO (after ``before``) is a fairness SLO of ``method``."""
     fairness = {
         "name": "fair",
         "objective": 0.9,
@@ -447,9 +488,10 @@ def fairness_spec(method: str = "gap") -> object:
             "min_jain": 0.99,
             "slice": "5m",
             "min_requests": 20,
+            **limits,
         },
     }
-    return make_spec([fairness])
+    return make_spec([*before, fairness])
 
 
 def slice_events(t: float, attainment: dict[int, tuple[int, int]]) -> np.ndarray:
@@ -483,6 +525,62 @@ def test_fairness_slices_are_judged_when_they_close(method, attainment, fair):
         assert total[0] == 0
     else:
         assert (good[0], total[0]) == (float(fair), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "attainment", "limits"),
+    [
+        # Exactly min_requests each, a gap of exactly max_gap (0.25 is exact in binary).
+        ("gap", {0: (20, 20), 1: (15, 20)}, {"max_gap": 0.25}),
+        ("jain", {0: (20, 20), 1: (0, 20)}, {"min_jain": 0.5}),  # J = 1 / 2 exactly
+        ("jain", {0: (0, 20), 1: (0, 20)}, {}),  # all at zero: equal (the base SLO shows it)
+    ],
+)
+def test_a_slice_exactly_at_the_fairness_limits_is_fair(method, attainment, limits):
+    engine = BudgetEngine(fairness_spec(method, **limits))
+    engine.ingest_events(slice_events(150.0, attainment))
+    engine.advance_to(300.0)
+    good, total = engine.period_counts()
+    assert (good[0], total[0]) == (1.0, 1.0)
+
+
+def test_consecutive_fairness_slices_are_judged_apart():
+    engine = BudgetEngine(fairness_spec(before=(TTFT_SLO,)))
+    engine.ingest_events(slice_events(150.0, {0: (100, 100), 1: (90, 100)}))
+    engine.advance_to(300.0)  # (0, 300]: unfair
+    engine.ingest_events(slice_events(450.0, {0: (100, 100), 1: (100, 100)}))
+    assert engine.period_counts()[1][1] == 1.0  # (300, 600] is open until 600
+    engine.advance_to(600.0)  # fair
+    engine.ingest_events(slice_events(750.0, {0: (19, 19), 1: (0, 19)}))
+    engine.advance_to(900.0)  # a fresh slice: 19 requests each are too few for a verdict
+    good, total = engine.period_counts()
+    assert (good[1], total[1]) == (1.0, 2.0)
+    assert (good[0], total[0]) == (190 + 200 + 19, 200 + 200 + 38)  # the ttft SLO's requests
+
+
+def test_fairness_slices_follow_an_engine_started_mid_period():
+    engine = BudgetEngine(fairness_spec(), start_time=3600.0)
+    engine.ingest_events(slice_events(3750.0, {0: (100, 100), 1: (90, 100)}))
+    engine.advance_to(3900.0)  # the slice (3600, 3900] closes: unfair
+    good, total = engine.period_counts()
+    assert (good[0], total[0]) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(("slice_s", "assumed"), [(300.0, 1e6), (420.0, 1_000_000)])
+def test_a_fairness_prior_counts_the_slices_of_a_period(slice_s, assumed):
+    """For a fairness SLO the prior's events are the period's slices (a fraction of one when
+    the slice does not divide the period), whatever the assumed total of requests: one unfair
+    slice then weighs one slice of the period."""
+    engine = BudgetEngine(fairness_spec(slice=f"{slice_s:g}s"))
+    engine.set_budget_spent(0.5, assumed_total_events=assumed)
+    assert engine.budget_remaining()[0] == pytest.approx(0.5, rel=1e-12)
+    engine.ingest_events(slice_events(100.0, {0: (50, 50), 1: (40, 50)}))
+    engine.advance_to(slice_s)  # the slice closes: unfair
+    slices = engine.periods[0] / slice_s
+    weight = 1.0 - slice_s / engine.periods[0]
+    bad = 0.5 * 0.1 * slices * weight + 1
+    expected = 1.0 - bad / ((slices * weight + 1) * 0.1)
+    assert engine.budget_remaining()[0] == pytest.approx(expected, rel=1e-12)
 
 
 def test_fairness_error_ratio_is_the_share_of_unfair_slices():
@@ -540,8 +638,51 @@ def test_a_restored_engine_continues_identically(tmp_path, via_file):
 def test_a_state_only_loads_into_an_engine_of_the_same_spec():
     engine, _ = busy_engine()
     other = BudgetEngine(make_spec([TTFT_SLO]))
-    with pytest.raises(ValueError, match="different spec"):
+    with pytest.raises(ValueError, match="^the saved engine state belongs to a different spec$"):
         other.load_state_dict(engine.state_dict())
+
+
+def _damaged_state(damage) -> dict:
+    state = busy_engine()[0].state_dict()
+    damage(state)
+    return state
+
+
+BAD_STATES = {
+    "format": (lambda s: s.update(format=99), "^unsupported engine state format 99$"),
+    "no format": (lambda s: s.pop("format"), "^unsupported engine state format None$"),
+    # Not half loaded: the spec's fairness SLO has no saved slice.
+    "fairness": (lambda s: s.update(fairness=[]), "shorter"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STATES))
+def test_a_damaged_state_is_refused_naming_what_is_wrong(case):
+    damage, message = BAD_STATES[case]
+    state = _damaged_state(damage)
+    restored = BudgetEngine(default_spec())
+    with pytest.raises(ValueError, match=message):
+        restored.load_state_dict(state)
+
+
+def test_a_state_file_with_pickled_objects_is_refused(tmp_path):
+    """A state file is data: loading it never unpickles (which could run code)."""
+    engine, _ = busy_engine()
+    engine.save(tmp_path / "budget.npz")
+    with np.load(tmp_path / "budget.npz") as data:
+        arrays = dict(data)
+    arrays["prior"] = np.array([{"not": "an array of numbers"}], dtype=object)
+    np.savez(tmp_path / "pickled.npz", **arrays)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        BudgetEngine(default_spec()).load(tmp_path / "pickled.npz")
+
+
+def test_the_spec_fingerprint_is_16_hex_digits_of_the_spec():
+    """The form manifests and observation contracts carry (``spec_hash``, ``spec_digest``)."""
+    fingerprint = BudgetEngine(default_spec()).spec_fingerprint()
+    assert re.fullmatch("[0-9a-f]{16}", fingerprint)
+    assert BudgetEngine(default_spec()).spec_fingerprint() == fingerprint
+    assert BudgetEngine(make_spec([TTFT_SLO])).spec_fingerprint() != fingerprint
 
 
 def test_snapshot_holds_everything_a_policy_observes():
@@ -553,9 +694,25 @@ def test_snapshot_holds_everything_a_policy_observes():
     assert snapshot.dimensions == engine.dimensions
     np.testing.assert_array_equal(snapshot.budget_remaining, engine.budget_remaining())
     np.testing.assert_array_equal(snapshot.alert_levels, engine.alert_states())
+    assert snapshot.alert_levels.dtype == snapshot.policy_states.dtype == np.int8
+    assert snapshot.slo_names == engine.slo_names
+    np.testing.assert_array_equal(snapshot.objectives, engine.objectives)
+    page, ticket = engine.alerts()
+    np.testing.assert_array_equal(snapshot.page, page)
+    np.testing.assert_array_equal(snapshot.ticket, ticket)
+    np.testing.assert_array_equal(snapshot.window_coverage, engine.window_coverage())
+    np.testing.assert_array_equal(snapshot.period_coverage, engine.period_coverage())
+    assert snapshot.min_coverage == engine.min_coverage == 0.9
     as_dict = snapshot.to_dict()
     assert set(as_dict["dimension_states"].values()) <= {"ok", "at_risk", "exhausted"}
     assert as_dict["time"] == engine.now
+    levels = {"none": AlertLevel.NONE, "ticket": AlertLevel.TICKET, "page": AlertLevel.PAGE}
+    assert [levels[name] for name in as_dict["alert_levels"]] == snapshot.alert_levels.tolist()
+    states = {"ok": PolicyState.OK, "at_risk": PolicyState.AT_RISK}
+    states["exhausted"] = PolicyState.EXHAUSTED
+    assert [states[name] for name in as_dict["policy_states"]] == snapshot.policy_states.tolist()
+    # Every SLO of an engine fed events has data: its budget state is its policy state.
+    assert as_dict["budget_states"] == as_dict["policy_states"]
 
 
 def test_an_engine_needs_llm_slos():
@@ -590,3 +747,33 @@ def test_late_events_count_in_the_open_fairness_slice():
     engine.advance_to(600.0)
     good, total = engine.period_counts()
     assert (good[0], total[0]) == (1.0, 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The metrics feed's input
+# --------------------------------------------------------------------------------------------
+
+
+def test_counts_of_fairness_slos_come_from_their_tenants_only():
+    """``ingest_counts`` ignores the good/total entries of fairness SLOs: their counts are
+    slices judged from the tenant counts."""
+    engine = BudgetEngine(default_spec())
+    n = len(engine.slos)
+    good, total = np.arange(1.0, n + 1.0), np.arange(1.0, n + 1.0) * 10.0
+    tenants = [np.ones(engine.slos[s.slo_index].sli.llm.max_tenants) for s in engine._fairness]
+    engine.ingest_counts(30.0, good, total, tenants, tenants)
+    request = np.array([d != "fairness" for d in engine.dimensions])
+    counted_good, counted_total = engine.cumulative_counts()
+    np.testing.assert_array_equal(counted_good, np.where(request, good, 0.0))
+    np.testing.assert_array_equal(counted_total, np.where(request, total, 0.0))
+
+
+@pytest.mark.parametrize("given", [0, 2])
+def test_tenant_counts_not_one_per_fairness_slo_are_refused_before_counting(given):
+    engine = BudgetEngine(default_spec())
+    n = len(engine.slos)
+    tenants = [np.ones(10)] * given
+    with pytest.raises(ValueError, match=f"tenant counts for 1 fairness SLOs, got {given} good"):
+        engine.ingest_counts(30.0, np.ones(n), np.ones(n), tenants, tenants)
+    assert engine.now == 0.0
+    assert engine.cumulative_counts()[1].sum() == 0.0

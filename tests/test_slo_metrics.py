@@ -10,7 +10,15 @@ from prometheus_client.samples import Sample
 from slo.engine import BudgetEngine
 from slo.events import TTFT_BUCKETS_S
 from slo.exposition import ExpositionRenderer, render_exposition
-from slo.metrics import BUILTIN_MAPPINGS, MetricsFeed, load_mapping, metric_source
+from slo.metrics import (
+    BUILTIN_MAPPINGS,
+    MetricsFeed,
+    _Histogram,
+    _tenant_counts,
+    engine_gap,
+    load_mapping,
+    metric_source,
+)
 from slo.spec import load_spec
 from slo.synthetic import synthetic_events
 
@@ -286,6 +294,8 @@ def test_kv_cache_usage_is_read_per_endpoint():
     )
     feed.update(0.0, {"a": gauge, "b": gauge.replace("0.5", "0.1")})
     assert feed.kv_cache_usage() == pytest.approx({"a": 0.6, "b": 0.4})
+    feed.forget(["a"])  # a replica scaled away
+    assert feed.kv_cache_usage() == pytest.approx({"b": 0.4})
 
 
 def test_a_feed_can_drive_an_existing_engine():
@@ -351,6 +361,8 @@ def test_builtin_mappings_name_the_schedulers_gauges_and_counters():
             {"ttft": "vllm:time_to_first_token_seconds_bucket"},
             "histogram is named by its base name ('vllm:time_to_first_token_seconds')",
         ),
+        ({"e2e": "vllm:e2e_request_latency_seconds_count"}, "its base name ('vllm:e2e_request"),
+        ({"itl": "vllm:inter_token_latency_seconds_sum"}, "its base name ('vllm:inter_token"),
         ({"base": "trtllm"}, "base 'trtllm' is not a built-in mapping (vllm, vllm-legacy"),
         ({"base": ["sglang"]}, "base ['sglang'] is not a built-in mapping"),
         ({"ttfb": "x", 3: "y"}, "unknown metric mapping keys: ['3', 'ttfb']"),
@@ -421,6 +433,39 @@ def test_metric_source_prefers_exact_engine_metrics(llm, selectors, mapping, kin
     assert source.exact_from_engine == (kind in ("histogram", "request_success"))
 
 
+#: A mapping of the required names only: engines that export no histogram at all.
+BARE = {
+    "name": "bare",
+    "model_label": "model",
+    "sli_events": "budgetpilot:sli_events_total",
+    "tenant_sli_events": "budgetpilot:tenant_sli_events_total",
+}
+TTFT_1S = {"kind": "ttft", "threshold_s": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("llm", "selectors", "gap"),
+    [
+        ({"kind": "fairness", "base": TTFT_1S}, {}, "fairness is judged per tenant"),
+        (TTFT_1S, {"tenant": [0]}, "engines label no tenant or intended tier"),
+        (TTFT_1S, {"intended_tier": [0]}, "engines label no tenant or intended tier"),
+        (TTFT_1S, {}, "mapping 'bare' names no ttft histogram"),
+        ({"kind": "e2e", "threshold_s": 5.0}, {}, "mapping 'bare' names no e2e histogram"),
+        (
+            {"kind": "streaming", "pace_s": 0.05},
+            {},
+            "mapping 'bare' names no tpot_request histogram",
+        ),
+        ({"kind": "itl", "threshold_s": 0.1, "per": "token"}, {}, "names no itl histogram"),
+        ({"kind": "itl", "threshold_s": 0.1, "per": "request"}, {}, "do not export itl events"),
+        ({"kind": "availability"}, {}, "engines do not export availability events"),
+    ],
+)
+def test_engine_gap_says_why_engine_metrics_cannot_give_an_sli(llm, selectors, gap):
+    spec = spec_of({"x": llm}, x={"selectors": selectors})
+    assert engine_gap(spec.slos[0], load_mapping(BARE)).endswith(gap)
+
+
 # --------------------------------------------------------------------------------------------
 # The renderer
 # --------------------------------------------------------------------------------------------
@@ -453,3 +498,61 @@ def test_renderer_parts_can_be_switched_off():
     router = render_exposition(events, ALL_KINDS, engine_metrics=False)
     assert "budgetpilot:" not in replica and "vllm:" in replica
     assert "vllm:" not in router and "budgetpilot:sli_events_total" in router
+
+
+def test_a_counter_fed_slo_without_its_series_has_no_data_not_zero():
+    spec = spec_of({"a": {"kind": "availability"}, "b": {"kind": "availability"}, "ttft": TTFT_1S})
+    feed = MetricsFeed(spec, "vllm")
+    for t, good in ((30.0, 10), (60.0, 20)):
+        report = feed.update(
+            t,
+            f'budgetpilot:sli_events_total{{slo="a",result="good"}} {good}\n'
+            'budgetpilot:sli_events_total{slo="a",result="bad"} 1\n',
+        )
+    assert feed.measured.tolist() == [True, False, False]
+    assert report.no_data == [
+        "b: no series of budgetpilot:sli_events_total for it on any endpoint",
+        "ttft: no complete series of vllm:time_to_first_token_seconds (bucket le=1 and _count) "
+        "on any endpoint",
+    ]
+
+
+def test_tenant_counts_read_good_and_bad_of_known_tenants_only():
+    rows = [
+        ({"slo": "other", "tenant": "1", "result": "good"}, 100.0),  # another SLO's
+        ({"slo": "fair", "result": "good"}, 100.0),  # no tenant label
+        ({"slo": "fair", "tenant": "x", "result": "good"}, 100.0),  # not a tenant number
+        ({"slo": "fair", "tenant": "4", "result": "good"}, 100.0),  # beyond max_tenants
+        ({"slo": "fair", "tenant": "0", "result": "good"}, 5.0),
+        ({"slo": "fair", "tenant": "0", "result": "bad"}, 3.0),
+        ({"slo": "fair", "tenant": "1", "result": "ignored"}, 7.0),  # neither good nor bad
+        ({"slo": "fair", "tenant": "1", "result": "good"}, 2.0),
+    ]
+    counts = _tenant_counts(rows, "fair", 4)
+    np.testing.assert_array_equal(counts, [[5.0, 8.0], [2.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+
+
+def sli_events_page(good: float) -> str:
+    return f'budgetpilot:sli_events_total{{slo="a",result="good"}} {good}\n'
+
+
+def test_a_forgotten_endpoint_leaves_the_counters_of_the_others_as_they_were():
+    feed = MetricsFeed(spec_of({"a": {"kind": "availability"}}), "vllm")
+    feed.update(0.0, {"x": sli_events_page(10), "y": sli_events_page(10)})
+    feed.forget(["x"])
+    report = feed.update(30.0, {"y": sli_events_page(12)})
+    assert report.clean and counts(feed) == (2.0, 2.0)
+    feed.update(60.0, {"x": sli_events_page(50), "y": sli_events_page(12)})
+    assert counts(feed) == (2.0, 2.0)  # x's first page again is a baseline
+
+
+@pytest.mark.parametrize(
+    ("buckets", "problem"),
+    [
+        ({0.1: 2.0, 0.5: 4.0, 1.0: 6.0}, None),
+        ({0.1: 5.0, 0.5: 3.0, 1.0: 6.0}, "bucket le=0.5 (3) below bucket le=0.1 (5)"),
+        ({0.1: 2.0, 0.5: 4.0, 1.0: 11.0}, "bucket le=1 (11) above _count (10)"),
+    ],
+)
+def test_an_impossible_histogram_is_named(buckets, problem):
+    assert _Histogram(count=10.0, buckets=buckets).inconsistency() == problem
