@@ -81,7 +81,7 @@ def _trace_traffic(
     return TraceTraffic(str(trace), names, time_scale, load)  # type: ignore[arg-type]
 
 
-def _tuning_budget(quick: bool, episode_hours: float | None, warmup_s: float) -> TuningBudget:
+def tuning_budget(quick: bool, episode_hours: float | None, warmup_s: float) -> TuningBudget:
     """How ``bench --tune`` tunes a baseline it has no parameters for: on episodes as long as
     the benchmark's when it sets their length."""
     from eval.on_demand import TuningBudget
@@ -263,7 +263,7 @@ def bench(
             **({} if frontier_seeds is None else {"frontier_seeds": frontier_seeds}),
             grid_fleets=tuple(map(str, grid_fleets)) if grid_fleets else EXAMPLE_FLEETS,
             trace=traffic,
-            tuning=_tuning_budget(quick, episode_hours, warmup_s) if tune else None,
+            tuning=tuning_budget(quick, episode_hours, warmup_s) if tune else None,
         )
         with ProgressReport("benchmark runs") as report:
             result = run_bench(
