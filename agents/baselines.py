@@ -109,7 +109,8 @@ class ReactiveThresholds(Controller):
     """Threshold rules with hysteresis, the classic operator's autopilot.
 
     - strong-tier KV usage above ``kv_high`` -> raise the offload fraction (below ``kv_low``:
-      lower it);
+      lower it); the strong tier's pool is the one named ``strong``, else the fleet file's first
+      pool (a single-tier fleet's only one);
     - worst latency burn rate over ``window`` above ``burn_high`` -> send more traffic to the cheap
       tier (below ``burn_low``: less);
     - waiting requests per replica above ``queue_high`` -> shed the lowest priority (below
@@ -122,6 +123,8 @@ class ReactiveThresholds(Controller):
         super().__init__(context)
         self.params = params or ReactiveParams()
         self._latency_slos = context.slos_of_kind(LATENCY_KINDS)
+        pools = context.observation.pools
+        self._pool = "strong" if "strong" in pools else pools[0]
         self.reset()
 
     def reset(self) -> None:
@@ -129,9 +132,9 @@ class ReactiveThresholds(Controller):
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         p, view = self.params, self.view(observation)
-        kv = view.pool("strong", "kv_usage_mean")
+        kv = view.pool(self._pool, "kv_usage_mean")
         burn = view.max_burn_rate(self._latency_slos, p.window)
-        waiting = math.expm1(view.pool("strong", "waiting_per_replica"))
+        waiting = math.expm1(view.pool(self._pool, "waiting_per_replica"))
         self._step("offload_fraction", kv, p.kv_high, p.kv_low, p.offload_step)
         self._step("cheap_tier_share", burn, p.burn_high, p.burn_low, p.share_step)
         if waiting > p.queue_high:

@@ -139,11 +139,50 @@ def control_context(env: LLMFleetEnv) -> ControlContext:
     )
 
 
-def candidate_params(name: str, max_candidates: int | None = None) -> list[dict]:
-    """The baseline's grid as plain dicts (``[{}]`` for ``vllm-defaults``), optionally truncated."""
+def candidate_params(
+    name: str, max_candidates: int | None = None, spread: int | None = None
+) -> list[dict]:
+    """The baseline's grid as plain dicts (``[{}]`` for ``vllm-defaults``): whole, its first
+    ``max_candidates`` (smoke runs, tests), or ``spread`` of them evenly spaced over the grid, the
+    first and the last included (a quick tuning that still spans every parameter's range)."""
     cls = baseline_class(name)
     grid = [{}] if cls is VllmDefaults else [params_as_dict(p) for p in cls.param_grid()]
-    return grid if max_candidates is None else grid[: max(1, max_candidates)]
+    if max_candidates is not None:
+        grid = grid[: max(1, max_candidates)]
+    if spread is not None and spread < len(grid):
+        picks = np.linspace(0, len(grid) - 1, max(1, spread)).round().astype(int)
+        grid = [grid[i] for i in dict.fromkeys(picks.tolist())]
+    return grid
+
+
+@dataclass(frozen=True)
+class CandidateRun:
+    """One candidate of a grid scored on the tuning episodes: the unit of work that
+    :func:`tune` hands to a :data:`CandidateMap` (picklable, to run in another process)."""
+
+    baseline: str
+    scenario: str
+    params: dict
+    seeds: tuple[int, ...]
+    episode_hours: float | None
+    warmup_s: float
+    fleet: str | None = None
+
+    def score(
+        self, env: LLMFleetEnv | None = None, after_episode: Callable[[], None] | None = None
+    ) -> EpisodeScore:
+        """The candidate's returns, in ``env`` (default: a new one of the scenario), calling
+        ``after_episode`` after each episode."""
+        if env is None:
+            env = scenario_env(self.scenario, self.episode_hours, self.warmup_s, self.fleet)
+        controller = make_controller(self.baseline, control_context(env), self.params)
+        return _score(env, controller, self.seeds, after_episode)
+
+
+#: ``(candidates, progress) -> scores``: scores every candidate (:meth:`CandidateRun.score`), in
+#: order, calling ``progress(candidates done, in total)`` as each finishes; how :func:`tune` runs
+#: its candidates elsewhere (e.g. in parallel on Ray: :func:`eval.bench.candidates_on_ray`).
+CandidateMap = Callable[[Sequence[CandidateRun], Callable[[int, int], None]], list[EpisodeScore]]
 
 
 def evaluate(
@@ -200,6 +239,8 @@ def tune(
     max_candidates: int | None = None,
     progress: ProgressCallback | None = None,
     fleet: str | None = None,
+    spread: int | None = None,
+    map_candidates: CandidateMap | None = None,
 ) -> TuningResult:
     """Grid-search a baseline's ``param_grid()`` on one scenario.
 
@@ -218,9 +259,15 @@ def tune(
     max_candidates:
         Score only the first candidates of the grid (smoke runs, tests).
     progress:
-        Called with (episodes done, episodes in total) after every episode.
+        Called with (episodes done, episodes in total) after every episode (after every
+        candidate's episodes with ``map_candidates``).
     fleet:
         A fleet file to tune on instead of the reference fleet.
+    spread:
+        Score only this many candidates, evenly spaced over the grid (a quick tuning).
+    map_candidates:
+        Scores the candidates elsewhere (in parallel); the result is the same as here, one after
+        the other in one environment (``None``).
     """
     get_scenario(scenario)  # fail on a bad name before any work
     if not applies_to(baseline_name, scenario):
@@ -230,9 +277,13 @@ def tune(
         )
     if not seeds:
         raise ValueError("tuning needs at least one seed")
-    grid = candidate_params(baseline_name, max_candidates)
+    grid = candidate_params(baseline_name, max_candidates, spread)
     env = scenario_env(scenario, episode_hours, warmup_s, fleet)
-    context = control_context(env)
+    seeds = tuple(int(s) for s in seeds)
+    runs = [
+        CandidateRun(baseline_name, scenario, params, seeds, episode_hours, warmup_s, fleet)
+        for params in grid
+    ]
     total, done = len(grid) * len(seeds), 0
 
     def tick() -> None:
@@ -241,15 +292,17 @@ def tune(
         if progress is not None:
             progress(done, total)
 
-    scored = tuple(
-        (params, _score(env, make_controller(baseline_name, context, params), seeds, tick))
-        for params in grid
-    )
-    means = [score.mean_return for _, score in scored]
+    if map_candidates is None:
+        scores = [run.score(env, tick) for run in runs]
+    else:
+        report = progress or (lambda done, total: None)
+        scores = map_candidates(runs, lambda n, _: report(n * len(seeds), total))
+    scored = tuple(zip(grid, scores, strict=True))
+    means = [score.mean_return for score in scores]
     return TuningResult(
         baseline=baseline_name,
         scenario=scenario,
-        seeds=tuple(int(s) for s in seeds),
+        seeds=seeds,
         episode_hours=env.max_steps * env.control_interval_s / 3600.0,
         warmup_s=float(warmup_s),
         candidates=scored,

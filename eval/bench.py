@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -41,7 +42,14 @@ import numpy as np
 
 from agents.base import LATENCY_KINDS, ControlContext, Controller
 from agents.baselines import BASELINES, make_controller, params_as_dict, params_from_dict
-from agents.tuning import TUNING_SEED_OFFSET, control_context, load_tuned_params
+from agents.tuning import (
+    TUNING_SEED_OFFSET,
+    CandidateMap,
+    CandidateRun,
+    EpisodeScore,
+    control_context,
+    load_tuned_params,
+)
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import REPO_ROOT
 from envs.scenarios import (
@@ -611,6 +619,57 @@ def run_episode(run: RunSpec) -> RunResult:
     )
 
 
+@contextmanager
+def ray_session(
+    use_ray: bool = True, address: str | None = None, num_cpus: int | None = None
+) -> Iterator[None]:
+    """Ray for the work inside (unless ``use_ray`` is false): the running one, or one started
+    here (``address``: a cluster to connect to; ``num_cpus``: CPUs of a local one, default all)
+    and shut down at the end."""
+    if not use_ray:
+        yield
+        return
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,  # the progress bar is the output
+            runtime_env={"env_vars": PINNED_THREADS},
+        )
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def parallel_map(
+    function: Callable[[Any], Any],
+    items: Sequence[Any],
+    progress: ProgressCallback | None = None,
+) -> list[Any]:
+    """``function`` of every item on Ray tasks of one CPU each (Ray must be running:
+    :func:`ray_session`), results in the order of ``items``; ``progress(done, total)`` as each
+    ends."""
+    import ray
+
+    tick = progress or (lambda done, total: None)
+    remote = ray.remote(num_cpus=1)(function)
+    pending = {remote.remote(item): i for i, item in enumerate(items)}
+    results: list[Any] = [None] * len(items)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            results[pending.pop(ref)] = ray.get(ref)
+        tick(len(items) - len(pending), len(items))
+    return results
+
+
 def execute(
     runs: Sequence[RunSpec],
     use_ray: bool = True,
@@ -641,31 +700,24 @@ def execute(
             results.append(run_episode(run))
             tick(len(results), len(runs))
         return results
-    import ray
+    with ray_session(use_ray, address, num_cpus):
+        return parallel_map(run_episode, runs, tick)
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address,
-            num_cpus=None if address else num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,  # the progress bar is the output
-            runtime_env={"env_vars": PINNED_THREADS},
-        )
-    try:
-        remote = ray.remote(num_cpus=1)(run_episode)
-        pending = {remote.remote(run): i for i, run in enumerate(runs)}
-        results: list[RunResult | None] = [None] * len(runs)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                results[pending.pop(ref)] = ray.get(ref)
-            tick(len(runs) - len(pending), len(runs))
-        return results  # type: ignore[return-value]
-    finally:
-        if started_here:
-            ray.shutdown()
+
+def _score_candidate(job: tuple[TraceTraffic | None, CandidateRun]) -> EpisodeScore:
+    """A tuning candidate's score in a Ray worker (which knows the user's trace from its job)."""
+    trace, run = job
+    if trace is not None:
+        register_trace_scenario(trace)
+    return run.score()
+
+
+def candidates_on_ray(trace: TraceTraffic | None = None) -> CandidateMap:
+    """Tuning's :data:`agents.tuning.CandidateMap` on Ray tasks of one CPU each (Ray must be
+    running: :func:`ray_session`), for a scenario of the suite or ``trace``'s replay."""
+    return lambda runs, progress: parallel_map(
+        _score_candidate, [(trace, run) for run in runs], progress
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -875,11 +927,14 @@ def frontier_sweeps(
 
 
 def plan_runs(
-    config: BenchConfig, tuning_progress: TuningProgress | None = None
+    config: BenchConfig,
+    tuning_progress: TuningProgress | None = None,
+    map_candidates: CandidateMap | None = None,
 ) -> tuple[list[RunSpec], dict, list[str]]:
     """Every run of the benchmark (controller x scenario x seed; the first seed of each
     scenario records traces), the baselines' parameters (tuned now if :attr:`BenchConfig.tuning`
-    says so, with ``tuning_progress``) and warnings."""
+    says so, with ``tuning_progress``, their candidates scored by ``map_candidates``, default
+    here one after the other) and warnings."""
     if config.trace is not None:
         user_trace_scenario(config.trace, config.fleet)
     scenarios, warnings = select_scenarios(config.scenarios)
@@ -904,7 +959,7 @@ def plan_runs(
                 # A fair parameter set pools the training scenarios: never tuned on one here.
                 if params is None and config.tuning is not None and controller.variant != FAIR:
                     params, warning = _tune_now(
-                        controller.base_name, scenario, config.fleet, config.tuning, tuning_progress
+                        controller.base_name, scenario, config, tuning_progress, map_candidates
                     )
                 params_used.setdefault(controller.name, {})[scenario] = params
                 warnings += [warning] if warning else []
@@ -947,14 +1002,15 @@ def plan_runs(
 def _tune_now(
     baseline: str,
     scenario: str,
-    fleet: str | None,
-    budget: TuningBudget,
+    config: BenchConfig,
     progress: TuningProgress | None,
+    map_candidates: CandidateMap | None,
 ) -> tuple[dict, str]:
-    """A baseline's parameters tuned on demand (:func:`eval.on_demand.on_demand_params`)."""
+    """A baseline's parameters tuned on demand (:func:`eval.on_demand.on_demand_params`) on
+    ``config``'s fleet with its tuning budget."""
     label = f"tuning {baseline} on {scenario}"
     tick = None if progress is None else (lambda done, total: progress(label, done, total))
-    return on_demand_params(baseline, scenario, fleet, budget, tick)
+    return on_demand_params(baseline, scenario, config.fleet, config.tuning, tick, map_candidates)
 
 
 def run_bench(
@@ -966,15 +1022,18 @@ def run_bench(
     tuning_progress: TuningProgress | None = None,
 ) -> BenchResult:
     """Plan and run the benchmark (arguments after ``config`` as for :func:`execute`;
-    ``tuning_progress`` as for :func:`plan_runs`)."""
+    ``tuning_progress`` as for :func:`plan_runs`). With Ray, baselines tuned on demand score
+    their candidates in parallel on the same Ray as the runs."""
     from eval.headline import cells_not_run
 
-    runs, params_used, warnings = plan_runs(config, tuning_progress)
-    scenarios = tuple(dict.fromkeys(run.scenario for run in runs))
-    config = replace(config, scenarios=scenarios)
-    not_run = cells_not_run(config)  # before the runs: a bad fleet file fails early
-    started = time.perf_counter()
-    results = execute(runs, use_ray, address, num_cpus, progress)
+    with ray_session(use_ray, address, num_cpus):
+        map_candidates = candidates_on_ray(config.trace) if use_ray else None
+        runs, params_used, warnings = plan_runs(config, tuning_progress, map_candidates)
+        scenarios = tuple(dict.fromkeys(run.scenario for run in runs))
+        config = replace(config, scenarios=scenarios)
+        not_run = cells_not_run(config)  # before the runs: a bad fleet file fails early
+        started = time.perf_counter()
+        results = execute(runs, use_ray, address, num_cpus, progress)
     return BenchResult(
         config=config,
         runs=results,

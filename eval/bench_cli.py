@@ -24,6 +24,9 @@ DEFAULT_SEEDS = 10
 TUNING_SEEDS = 2
 TUNING_HOURS = 1.0
 QUICK_TUNING_SEEDS = 1
+#: ``--quick`` tunes this many candidates of each grid, evenly spaced over it ("quick-tuned"): a
+#: first benchmark on a new fleet within 3 minutes.
+QUICK_TUNING_CANDIDATES = 8
 
 
 def register(app: typer.Typer, perf: typer.Typer) -> None:
@@ -78,13 +81,14 @@ def _trace_traffic(
     return TraceTraffic(str(trace), names, time_scale, load)  # type: ignore[arg-type]
 
 
-def _tuning_budget(quick: bool, episode_hours: float | None, warmup_s: float) -> TuningBudget:
+def tuning_budget(quick: bool, episode_hours: float | None, warmup_s: float) -> TuningBudget:
     """How ``bench --tune`` tunes a baseline it has no parameters for: on episodes as long as
     the benchmark's when it sets their length."""
     from eval.on_demand import TuningBudget
 
     if quick:
-        return TuningBudget(QUICK_TUNING_SEEDS, episode_hours or QUICK_EPISODE_HOURS, warmup_s)
+        hours = episode_hours or QUICK_EPISODE_HOURS
+        return TuningBudget(QUICK_TUNING_SEEDS, hours, warmup_s, QUICK_TUNING_CANDIDATES)
     return TuningBudget(TUNING_SEEDS, episode_hours or TUNING_HOURS, warmup_s)
 
 
@@ -168,10 +172,12 @@ def bench(
     tune: Annotated[
         bool,
         typer.Option(
-            help="Tune baselines without tuned parameters for this fleet or trace now (every "
-            f"candidate on {TUNING_SEEDS} training seeds of {TUNING_HOURS:g} h, --quick "
-            f"{QUICK_TUNING_SEEDS} of {QUICK_EPISODE_HOURS:g} h, or of --episode-hours), cached "
-            "for the next benchmark; --no-tune: run them with their defaults."
+            help="Tune baselines without tuned parameters for this fleet or trace now, in "
+            f"parallel on Ray (every candidate on {TUNING_SEEDS} training seeds of "
+            f"{TUNING_HOURS:g} h; --quick: quick-tuned, {QUICK_TUNING_CANDIDATES} candidates "
+            f"spread over each grid on {QUICK_TUNING_SEEDS} of {QUICK_EPISODE_HOURS:g} h; or of "
+            "--episode-hours), cached for the next benchmark; --no-tune: run them with their "
+            "defaults."
         ),
     ] = True,
     trace: Annotated[
@@ -257,7 +263,7 @@ def bench(
             **({} if frontier_seeds is None else {"frontier_seeds": frontier_seeds}),
             grid_fleets=tuple(map(str, grid_fleets)) if grid_fleets else EXAMPLE_FLEETS,
             trace=traffic,
-            tuning=_tuning_budget(quick, episode_hours, warmup_s) if tune else None,
+            tuning=tuning_budget(quick, episode_hours, warmup_s) if tune else None,
         )
         with ProgressReport("benchmark runs") as report:
             result = run_bench(

@@ -17,19 +17,33 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agents.tuning import ProgressCallback, load_tuned_params, tune, tuning_seeds
+from agents.tuning import (
+    CandidateMap,
+    ProgressCallback,
+    candidate_params,
+    load_tuned_params,
+    tune,
+    tuning_seeds,
+)
 from envs.scenarios import get_scenario
 from envs.sim.capacity import cache_dir, write_json_atomically
 
 
 @dataclass(frozen=True)
 class TuningBudget:
-    """How hard on-demand tuning searches: every candidate of the grid on ``seeds`` training
+    """How hard on-demand tuning searches: every candidate of the grid, or ``candidates`` of
+    them evenly spaced over it (a quick tuning, reported as quick-tuned), on ``seeds`` training
     episodes of ``episode_hours`` (``None``: the scenario's own) after ``warmup_s``."""
 
     seeds: int = 2
     episode_hours: float | None = 1.0
     warmup_s: float = 600.0
+    candidates: int | None = None
+
+    @property
+    def verb(self) -> str:
+        """How the report names what this budget does: tuned, or quick-tuned."""
+        return "tuned" if self.candidates is None else "quick-tuned"
 
     def describe(self) -> str:
         hours = (
@@ -61,17 +75,21 @@ def on_demand_params(
     fleet: str | None,
     budget: TuningBudget,
     progress: ProgressCallback | None = None,
+    map_candidates: CandidateMap | None = None,
 ) -> tuple[dict, str]:
     """The parameters of ``baseline`` tuned on ``scenario`` on the fleet file ``fleet``
-    (``None``: the reference fleet), from the cache or tuned now (``progress`` as for
-    :func:`agents.tuning.tune`), and a note for the report saying which."""
+    (``None``: the reference fleet), from the cache or tuned now (``progress`` and
+    ``map_candidates`` as for :func:`agents.tuning.tune`), and a note for the report saying
+    which."""
     from eval.bench import fleet_contract
 
     contract = fleet_contract(scenario, fleet)
     path = tuning_cache_path(baseline, scenario, contract, budget)
     if path.is_file():
         _, _, params = load_tuned_params(path, contract)
-        return params, f"{baseline} on {scenario}: tuned on this fleet earlier, read from {path}"
+        return params, (
+            f"{baseline} on {scenario}: {budget.verb} on this fleet earlier, read from {path}"
+        )
     result = tune(
         baseline,
         scenario,
@@ -80,9 +98,12 @@ def on_demand_params(
         warmup_s=budget.warmup_s,
         progress=progress,
         fleet=fleet,
+        spread=budget.candidates,
+        map_candidates=map_candidates,
     )
     write_json_atomically(path, result.to_dict())
+    grid = len(candidate_params(baseline))
     return result.best_params, (
-        f"{baseline} on {scenario}: tuned now on this fleet ({len(result.candidates)} candidates "
-        f"x {budget.describe()}), cached in {path}"
+        f"{baseline} on {scenario}: {budget.verb} now on this fleet ({len(result.candidates)} "
+        f"of {grid} candidates x {budget.describe()}), cached in {path}"
     )

@@ -88,6 +88,23 @@ def test_reactive_offloads_under_kv_pressure_and_routes_on_latency_burn(context)
     assert knobs["offload_fraction"] == 0.0 and knobs["cheap_tier_share"] == 0.0
 
 
+@pytest.mark.parametrize(
+    ("pools", "watched"),
+    [(("main",), "main"), (("fast", "strong"), "strong"), (("big", "small"), "big")],
+)
+def test_reactive_watches_the_strong_pool_of_any_fleet(pools, watched) -> None:
+    # A fleet file names its pools: "strong" when it has one, else its first (single-tier).
+    context = ControlContext(
+        ObservationContract(slo_names=tuple(SLO_KINDS), pools=pools), ActionContract(), SLO_KINDS
+    )
+    controller = ReactiveThresholds(context)
+    for pool in pools:
+        hot = _obs(context, **{f"pool.{pool}.kv_usage_mean": 0.99})
+        knobs = _knobs(context, controller.act(hot))
+        controller.reset()
+        assert (knobs["offload_fraction"] > 0) == (pool == watched), pool
+
+
 def test_reactive_sheds_on_deep_queues(context) -> None:
     controller = ReactiveThresholds(context)
     deep = _obs(context, **{"pool.strong.waiting_per_replica": np.log1p(50)})

@@ -7,17 +7,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from agents import tuning
+from agents.tuning import candidate_params, tune
 from envs.paths import EXAMPLE_FLEETS_DIR
 from envs.scenarios import TraceTraffic
 from envs.sim.capacity import CACHE_ENV
 from eval.bench import (
     BenchConfig,
+    candidates_on_ray,
     fleet_contract,
     plan_runs,
+    ray_session,
     resolve_controllers,
     user_trace_scenario,
 )
@@ -116,4 +120,70 @@ def test_bench_cli_tunes_what_it_lacks_and_reports_it(tmp_path, tunings):
     assert tunings == [("pid", "steady")]
     document = json.loads((out / "results.json").read_text())
     assert document["tuned_params"]["pid"]["steady"] is not None
-    assert "pid on steady: tuned now on this fleet" in (out / "report.md").read_text()
+    # --quick tunes a spread of each grid, and says so.
+    assert (
+        "pid on steady: quick-tuned now on this fleet (8 of 12 candidates"
+        in (out / "report.md").read_text()
+    )
+
+
+@pytest.mark.parametrize(("baseline", "spread"), [("static", 8), ("pid", 5), ("sre-policy", 16)])
+def test_a_quick_spread_spans_the_grid(baseline, spread):
+    grid = candidate_params(baseline)
+    picked = candidate_params(baseline, spread=spread)
+    assert len(picked) == min(spread, len(grid)) and picked[0] == grid[0]
+    assert picked[-1] == grid[-1] and all(p in grid for p in picked)
+    # Every parameter the grid varies takes more than one value among the picks.
+    for name in grid[0]:
+        if len({p[name] for p in grid}) > 1:
+            assert len({p[name] for p in picked}) > 1, name
+
+
+def test_quick_tuning_is_cached_apart_and_reported_as_quick_tuned(tunings):
+    quick = TuningBudget(seeds=1, episode_hours=0.05, warmup_s=60.0, candidates=3)
+    contract = fleet_contract("steady", SINGLE_TIER)
+    assert tuning_cache_path("pid", "steady", contract, quick) != tuning_cache_path(
+        "pid", "steady", contract, BUDGET
+    )
+    _, params, warnings = plan_runs(_config(tuning=quick))
+    saved = json.loads(tuning_cache_path("pid", "steady", contract, quick).read_text())
+    grid = candidate_params("pid")
+    assert [c["params"] for c in saved["candidates"]] == [grid[0], grid[6], grid[11]]
+    assert params["pid"]["steady"] == saved["best_params"]
+    assert "pid on steady: quick-tuned now on this fleet (3 of 12 candidates" in warnings[0]
+    _, _, warnings = plan_runs(_config(tuning=quick))
+    assert tunings == [("pid", "steady")] and "quick-tuned on this fleet earlier" in warnings[0]
+
+
+@pytest.mark.slow
+def test_tuning_on_ray_gives_the_serial_result(tmp_path):
+    # On a user's trace: Ray's workers learn its scenario from the candidates they run.
+    rng = np.random.default_rng(3)
+    rows = "".join(
+        f"{t:.3f},{p},{o}\n"
+        for t, p, o in zip(
+            np.cumsum(rng.exponential(0.3, 400)),
+            rng.integers(50, 900, 400),
+            rng.integers(5, 300, 400),
+            strict=True,
+        )
+    )
+    trace = tmp_path / "mine.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + rows)
+    traffic = TraceTraffic(str(trace))
+    scenario = user_trace_scenario(traffic, SINGLE_TIER)
+    kwargs = {"episode_hours": 0.05, "warmup_s": 60.0, "fleet": SINGLE_TIER, "spread": 3}
+    serial = tune("static", scenario, (1000, 1001), **kwargs)
+    ticks: list[tuple[int, int]] = []
+    with ray_session(num_cpus=2):
+        parallel = tune(
+            "static",
+            scenario,
+            (1000, 1001),
+            progress=lambda *t: ticks.append(t),
+            map_candidates=candidates_on_ray(traffic),
+            **kwargs,
+        )
+    assert parallel.to_dict() == serial.to_dict()
+    assert len({c[1].mean_return for c in serial.candidates}) > 1  # the comparison is not vacuous
+    assert ticks[-1] == (6, 6)

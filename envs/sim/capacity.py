@@ -4,9 +4,10 @@ A fleet file's ``workload.load`` is a multiple of the requests per second that f
 when saturated by that traffic's mix (:func:`envs.sim.simulator.measure_capacity`), so that
 "80% load" means the same on every fleet and every trace. Measuring takes a few simulated
 minutes of a saturated fleet; the result is cached in a JSON file named by the SHA-256 of
-everything it depends on: the pools (the content of a model's ``config.json``, not its path),
-router, gateway and tenants, the traffic's shape, lengths and trace file content, the step-time
-and length parameters, and the measuring method. Any change measures again.
+everything it depends on: the pools (the content of a model's ``config.json`` and of a GPU's
+calibration file, not their paths), router, gateway and tenants, the traffic's shape, lengths
+and trace file content, the step-time and length parameters, and the measuring method. Any
+change measures again.
 
 The cache lives in ``$BUDGETPILOT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/budgetpilot`` (by
 default ``~/.cache/budgetpilot``), under ``capacity/``.
@@ -61,6 +62,9 @@ def capacity_key(config: SimConfig) -> str:
     for pool in fleet["pools"]:
         if is_model_path(pool["model"]):
             pool["model"] = {"config.json sha256": _file_digest(pool["model"])}
+        gpu = pool["gpu"]
+        if isinstance(gpu, dict) and gpu["calibration"] is not None:
+            gpu["calibration"] = {"sha256": _file_digest(gpu["calibration"])}
     trace = fleet["workload"]["trace"]
     if trace is not None:
         fleet["workload"]["trace"] = {"sha256": _file_digest(trace)}
@@ -109,13 +113,13 @@ def with_load_resolved(config: SimConfig, cache: Path | None = None) -> SimConfi
     return config.model_copy(update={"workload": workload})
 
 
-def write_json_atomically(path: Path, content: dict) -> None:
+def write_json_atomically(path: Path, content: dict, indent: int | None = None) -> None:
     """Write JSON so that a reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(content, f)
+            json.dump(content, f, indent=indent)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

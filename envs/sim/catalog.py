@@ -43,6 +43,8 @@ class GpuSpec:
         uncalibrated GPU runs on the spec-sheet roofline alone.
     interconnect_bandwidth: GPU-to-GPU bandwidth inside a node (B/s), what the roofline of an
         uncalibrated GPU's all-reduces needs (calibrated GPUs have fitted all-reduces).
+    calibration_file: a user's calibration of this GPU (:mod:`envs.sim.calibration`), for a GPU
+        outside the catalog calibrated on its own profiles.
     """
 
     name: str
@@ -55,6 +57,7 @@ class GpuSpec:
     cost_per_hour: float
     calibrated: bool = True
     interconnect_bandwidth: float | None = None
+    calibration_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -308,25 +311,33 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
     quantised weights, unknown ``model_type``).
     """
     path = Path(path)
+    config = read_json_file(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config.json holds one JSON object")
+    return _HfFields(path.resolve(), config).model_spec()
+
+
+def read_json_file(path: str | Path) -> object:
+    """The parsed content of a JSON file, cached by its path and modification time (parse it
+    once however many pools name it); ValueError names the file that cannot be read, is not
+    text or not JSON. The result is shared: never modify it."""
+    path = Path(path)
     try:
         mtime_ns = path.stat().st_mtime_ns
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
-    return _cached_hf_model(path.resolve(), mtime_ns)
+    return _cached_json(path.resolve(), mtime_ns)
 
 
 @cache
-def _cached_hf_model(path: Path, mtime_ns: int) -> ModelSpec:
+def _cached_json(path: Path, mtime_ns: int) -> object:
     del mtime_ns  # part of the cache key only
     try:
-        config = json.loads(read_text(path))
+        return json.loads(read_text(path))
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config.json holds one JSON object")
-    return _HfFields(path, config).model_spec()
 
 
 class _HfFields:

@@ -21,10 +21,11 @@ A pool that may scale gives its cap and, optionally, how its replicas come and g
         autoscaling: {drain_timeout_s: 300, spot_rate_per_hour: 0.05, spot_notice_s: 30}
 
 A model is a catalog name or the path of a Hugging Face ``config.json`` (relative to the fleet
-file); a GPU is a catalog name or its spec sheet (:class:`GpuDatasheet`, run uncalibrated, with a
-warning). The traffic is the ``workload``: a named shape (``kind``) at a ``rate`` in requests/s
-or at a ``load`` relative to the fleet's measured capacity (:mod:`envs.sim.capacity`), or a
-trace file with its column mapping and time scale. The fleet file also names the SLO spec
+file); a GPU is a catalog name or its spec sheet (:class:`GpuDatasheet`, run uncalibrated with a
+warning, or on the calibration file fitted on its own profiles). The traffic is the
+``workload``: a named shape (``kind``) at a ``rate`` in requests/s or at a ``load`` relative to
+the fleet's measured capacity (:mod:`envs.sim.capacity`), or a trace file with its column
+mapping and time scale. The fleet file also names the SLO spec
 (``slo_spec``), the control interval and the episode length of the environments built from it.
 Ready-made fleet files are in ``examples/fleets/``.
 
@@ -116,8 +117,10 @@ class GpuDatasheet(_Strict):
 
     It runs on the step-time model's roofline part alone (:meth:`envs.sim.steptime.
     GpuCalibration.roofline`), which is optimistic, and every fleet using it warns that it is
-    uncalibrated: calibrate it with ``scripts/fit_steptime.py`` from profiles of your own.
-    Host figures are per GPU (the node's DRAM and its bandwidth divided by its GPUs).
+    uncalibrated, unless ``calibration`` names a calibration file (its path relative to the
+    fleet file) that ``scripts/fit_steptime.py --profiles`` fitted on profiles of this GPU
+    (:mod:`envs.sim.calibration`). Host figures are per GPU (the node's DRAM and its bandwidth
+    divided by its GPUs).
     """
 
     name: str = Field(min_length=1)
@@ -131,9 +134,31 @@ class GpuDatasheet(_Strict):
     interconnect_gb_s: float | None = Field(
         None, gt=0.0, description="GPU-to-GPU bandwidth in a node (needed for tp > 1)"
     )
+    calibration: str | None = Field(None, description="calibration file fitted on its profiles")
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return None if path is None else _resolve_path(path, info)
+
+    def check_calibration(self, tp: int) -> None:
+        """ValueError naming the calibration file and what in it does not fit this spec sheet
+        or ``tp`` (another GPU's name, faster than the spec sheet, an uncalibrated TP)."""
+        # Imported here: the calibration file's schema is built on this module's helpers.
+        from envs.sim.calibration import load_calibration_file
+
+        try:
+            calibration = load_calibration_file(self.calibration)
+        except ConfigError as exc:  # names the file and its fields
+            raise ValueError(f"gpu.calibration: {exc}") from None
+        try:
+            calibration.for_gpu(self.spec())
+            calibration.check_tp(tp)
+        except ValueError as exc:
+            raise ValueError(f"gpu.calibration: {self.calibration}: {exc}") from None
 
     def spec(self) -> GpuSpec:
-        """The catalog form of this GPU (uncalibrated)."""
+        """The catalog form of this GPU (calibrated if it has a calibration file)."""
         return GpuSpec(
             name=self.name.lower(),
             memory_bytes=int(self.memory_gib * GiB),
@@ -143,10 +168,11 @@ class GpuDatasheet(_Strict):
             pcie_bandwidth=self.pcie_gb_s * 1e9,
             host_memory_bandwidth=self.host_memory_gb_s * 1e9,
             cost_per_hour=self.cost_per_hour,
-            calibrated=False,
+            calibrated=self.calibration is not None,
             interconnect_bandwidth=None
             if self.interconnect_gb_s is None
             else self.interconnect_gb_s * 1e9,
+            calibration_file=self.calibration,
         )
 
 
@@ -275,6 +301,8 @@ class PoolConfig(_Strict):
     def _consistent(self) -> PoolConfig:
         self.deployment()  # raises if the model does not fit the GPUs
         gpu = self.gpu_spec()
+        if isinstance(self.gpu, GpuDatasheet) and self.gpu.calibration is not None:
+            self.gpu.check_calibration(self.tp)
         if not gpu.calibrated:
             if self.tp > 1 and gpu.interconnect_bandwidth is None:
                 raise ValueError(f"gpu.interconnect_gb_s: needed for tp={self.tp} (all-reduces)")

@@ -346,13 +346,18 @@ def deployment_coeffs(
     Parameters
     ----------
     deployment: the replica's model, GPU and TP degree (an uncalibrated GPU gets
-        :meth:`GpuCalibration.roofline`).
+        :meth:`GpuCalibration.roofline`, a GPU with a calibration file its constants).
     params: the parameter file's content (default: the committed ``steptime.json``).
     stack: serving-stack cost to use instead of the GPU's fitted one (fitting and
         cross-validation evaluate candidate stacks on the same GPU physics).
     """
     gpu = deployment.gpu
-    if gpu.calibrated:
+    if gpu.calibration_file is not None:
+        # Imported here: the calibration file's schema builds GpuCalibration objects.
+        from envs.sim.calibration import gpu_calibration
+
+        cal = gpu_calibration(gpu)
+    elif gpu.calibrated:
         cal = GpuCalibration.for_gpu(gpu.name, params or load_params())
     else:
         cal = GpuCalibration.roofline(gpu)
