@@ -20,7 +20,7 @@ traffic.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +325,7 @@ def _bad_and_total(
     summed by ``over`` (a rate over a window, the increase over a step)."""
     models = _model_matcher(source.models, mapping.model_label)
     if source.kind == "histogram":
-        le = 'le="' + floatToGoString(source.threshold) + '"'
+        le = f'le=~"{regex_alternatives(le_spellings(source.threshold))}"'
         total = over(_selector(source.metric + "_count", models, matchers))
         good = over(_selector(source.metric + "_bucket", le, models, matchers))
         return f"{total}\n  -\n  {good}", total
@@ -337,6 +337,26 @@ def _bad_and_total(
     bad_matcher = 'result="bad"'
     bad = over(_selector(source.metric, slo_matcher, bad_matcher, matchers))
     return bad, over(_selector(source.metric, slo_matcher, matchers))
+
+
+def le_spellings(bound: float) -> set[str]:
+    """The ways exporters write a bucket's bound ``bound`` in its ``le`` label: Go's and
+    prometheus_client's (``1.0``, ``1e+06``), the shortest (``1``) and Python's ``repr``.
+
+    Prometheus 2 keeps the label as the exporter wrote it, so a selector of one spelling finds
+    no bucket of an exporter that writes another.
+    """
+    return {floatToGoString(bound), f"{bound:g}", repr(float(bound))}
+
+
+def regex_alternatives(values: Iterable[str]) -> str:
+    """A PromQL regex (for a double-quoted string) matching exactly ``values``."""
+    escaped = (_RE2_SPECIAL.sub(r"\\\1", v) for v in values)
+    return "|".join(sorted(_escape(e) for e in escaped))
+
+
+#: Characters special in a (RE2) regex.
+_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
 
 
 def _model_matcher(models: tuple[str, ...] | None, label: str) -> str:

@@ -145,10 +145,10 @@ def alert(severity: str, window: str) -> dict:
     return {"exp_labels": labels, "exp_annotations": annotations}
 
 
-def ttft_series(good: str, total: str) -> list[dict]:
+def ttft_series(good: str, total: str, le: str = "1.0") -> list[dict]:
     name = "vllm:time_to_first_token_seconds"
     return [
-        {"series": f'{name}_bucket{{le="1.0", model_name="strong"}}', "values": good},
+        {"series": f'{name}_bucket{{le="{le}", model_name="strong"}}', "values": good},
         {"series": f'{name}_count{{model_name="strong"}}', "values": total},
     ]
 
@@ -170,21 +170,24 @@ def short_window_exceeds(eval_time: str, exceeds: int) -> dict:
 
 
 @needs_promtool
-def test_promtool_unit_tests_fire_the_page_only_when_both_windows_burn(tmp_path):
+@pytest.mark.parametrize("le", ["1.0", "1"])
+def test_promtool_unit_tests_fire_the_page_only_when_both_windows_burn(tmp_path, le):
+    """Also when the exporter spells the bucket's bound otherwise than prometheus_client
+    (Prometheus 2 keeps the spelling it scraped)."""
     text, _ = render_rules(load_spec(TTFT_SPEC))
     (tmp_path / "rules.yaml").write_text(text)
     cases = [
         # Half of the first tokens late for an hour: 50x burn in every window, page and ticket.
         (
-            ttft_series("0+50x120", "0+100x120"),
+            ttft_series("0+50x120", "0+100x120", le),
             "60m",
             [alert("page", "5m"), alert("ticket", "2h")],
             1,
         ),
         # 0.5 % late: 0.5x burn, nothing fires.
-        (ttft_series("0+995x120", "0+1000x120"), "60m", [], 0),
+        (ttft_series("0+995x120", "0+1000x120", le), "60m", [], 0),
         # One bad minute after two good hours: 5m burns at 25x but 1h only at 1.7x: no page.
-        (ttft_series("0+100x119 11900", "0+100x120"), "120m", [], 1),
+        (ttft_series("0+100x119 11900", "0+100x120", le), "120m", [], 1),
     ]
     tests = [
         {

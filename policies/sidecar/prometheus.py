@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -48,7 +47,7 @@ from policies.sidecar.telemetry import SidecarMetrics
 from slo.durations import format_duration, parse_duration
 from slo.engine import BudgetEngine
 from slo.metrics import MetricMapping
-from slo.rules import counter_step, sli_increases, sli_rates
+from slo.rules import counter_step, le_spellings, regex_alternatives, sli_increases, sli_rates
 from slo.spec import ServiceSpec, SLOSpec
 
 log = logging.getLogger("budgetpilot.sidecar")
@@ -149,20 +148,8 @@ def _series(name: str, matchers: str, le: Sequence[float] = ()) -> str:
     extra = f", {matchers}" if matchers else ""
     if not le:
         return f'{{__name__="{name}"{extra}}}'
-    spellings = {"+Inf"}
-    for bound in le:
-        spellings |= {floatToGoString(bound), f"{bound:g}", repr(float(bound))}
-    return f'{{__name__="{name}", le=~"{_alternatives(spellings)}"{extra}}}'
-
-
-def _alternatives(values: Iterable[str]) -> str:
-    """A PromQL regex (in a double-quoted string) matching exactly ``values``."""
-    escaped = (_RE2_SPECIAL.sub(r"\\\1", v) for v in values)
-    return "|".join(sorted(e.replace("\\", "\\\\").replace('"', '\\"') for e in escaped))
-
-
-#: Characters special in a (RE2) regex.
-_RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
+    spellings = {"+Inf"}.union(*(le_spellings(bound) for bound in le))
+    return f'{{__name__="{name}", le=~"{regex_alternatives(spellings)}"{extra}}}'
 
 
 class PrometheusSource:
@@ -232,7 +219,7 @@ class PrometheusSource:
         """Read the series of ``endpoints`` (by name) from the next round on."""
         self._names = [str(name) for name, _ in endpoints]
         label = self.settings.endpoint_label
-        names = f'{label}=~"{_alternatives(self._names)}"'
+        names = f'{label}=~"{regex_alternatives(self._names)}"'
         self._matchers = ", ".join(m for m in (names, self.settings.selector) if m)
 
     def queries(self, at: float) -> list[tuple[str, str]]:
