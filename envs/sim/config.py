@@ -24,9 +24,10 @@ A model is a catalog name or the path of a Hugging Face ``config.json`` (relativ
 file); a GPU is a catalog name or its spec sheet (:class:`GpuDatasheet`, run uncalibrated with a
 warning, or on the calibration file fitted on its own profiles). The traffic is the
 ``workload``: a named shape (``kind``) at a ``rate`` in requests/s or at a ``load`` relative to
-the fleet's measured capacity (:mod:`envs.sim.capacity`), or a trace file with its column
-mapping and time scale. The fleet file also names the SLO spec
-(``slo_spec``), the control interval and the episode length of the environments built from it.
+the fleet's measured capacity (:mod:`envs.sim.capacity`), optionally following a measured
+rate curve (``rate_curve``), or a trace file with its column mapping and time scale. The fleet
+file also names the SLO spec (``slo_spec``), the control interval and the episode length of the
+environments built from it.
 Ready-made fleet files are in ``examples/fleets/``.
 
 Unknown keys are errors; :meth:`SimConfig.from_yaml` names the file, the line and the field of
