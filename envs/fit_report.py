@@ -216,7 +216,7 @@ def _plot(fit: FleetFit, calibration: list[SLICalibration], path: Path) -> None:
     if fit.config.workload.rate_curve is not None:
         blocks = fit.config.workload.rate_curve
         ends = blocks.step_s * np.arange(len(blocks.rates) + 1) / 60.0
-        axes[0].stairs(blocks.rates, ends, label="fleet file (all)", linewidth=1.5)
+        axes[0].stairs(blocks.rates, ends, baseline=None, label="fleet file (all)", linewidth=1.5)
     axes[0].set(title="arrival rate", xlabel="minutes", ylabel="requests/s")
     axes[0].legend(fontsize="small")
     for ax, c in zip(axes[1:], calibration, strict=True):
