@@ -6,7 +6,9 @@ saved scrapes) :func:`fit_fleet` makes a fleet file (:class:`envs.sim.SimConfig`
 * **traffic**: the arrival rate per model (and per tenant when the request counters carry a
   tenant label) from the finished-request counter (``vllm:request_success_total``, SGLang's
   ``sglang:num_requests_total``), as a Poisson workload at the interval's mean rate whose tenants
-  split it per model and tenant; the rate curve goes to the calibration report;
+  split it per model and tenant; when the rate varies, the workload follows the fleet's measured
+  rate curve in blocks of about :data:`RATE_BLOCK_S` (``workload.rate_curve``), the tenants
+  keeping their shares of the whole interval;
 * **lengths**: prompt and output length distributions (:class:`envs.sim.config.
   LengthDistributions`) from the length histograms (``vllm:request_prompt_tokens`` and
   ``vllm:request_generation_tokens``, SGLang's ``*_tokens_histogram``): the histogram's exact
@@ -43,10 +45,14 @@ ASSUMED_SIGMA = 1.0
 #: Length model whose mean and spread stand in when neither length histograms nor token
 #: counters are exported.
 FALLBACK_LENGTHS = "azure-conv"
-#: Blocks over which the rate curve is compared, and the spread of their rates (relative to the
-#: mean) above which the rate is said to vary.
+#: Blocks in which the rate curve is measured (about this long; they tile the interval), and the
+#: spread of their rates (relative to the mean) above which the rate is said to vary and the
+#: fleet file follows the curve. Blocks, not scrape steps: completions are bursty (a batch
+#: finishes together), so single steps would carry that noise into the simulated arrivals.
 RATE_BLOCK_S = 300.0
 VARYING_RANGE = 0.25
+#: Fewest blocks in which a rate can be said to vary (two could be a single ramp's halves).
+VARYING_BLOCKS = 3
 
 
 class FitError(ValueError):
@@ -100,6 +106,8 @@ class FleetFit:
     curve: dict[str, np.ndarray]  # requests/s per step, per tenant of the fleet file
     lengths: dict[str, LengthFit]  # "prompt", "output"
     notes: list[str] = field(default_factory=list)
+    block_s: float = RATE_BLOCK_S  # length of a block of the fleet's rate curve
+    block_rates: np.ndarray = field(default_factory=lambda: np.empty(0))  # requests/s per block
 
     @property
     def rate(self) -> float:
@@ -133,18 +141,19 @@ def fit_fleet(source: MetricsSource, options: FitOptions) -> FleetFit:
             f"{source.describe()}: no request finished between {source.start:.0f} and "
             f"{source.end:.0f} ({options.mapping.finished} did not grow)"
         )
-    _note_varying_rate(times, curve, notes)
+    block_s, block_rates = _rate_blocks(times, curve)
+    rate_curve = _varying_rate(block_s, block_rates, notes)
     counts = sum(increases.values())
     lengths = {
         which: _fit_length(source, options.mapping, which, counts, notes)
         for which in ("prompt", "output")
     }
-    config = _fleet_config(source, options, pools, traffic, lengths, notes)
+    config = _fleet_config(source, options, pools, traffic, lengths, rate_curve, notes)
     rates = {_tenant_name(*key): rate for key, rate in traffic.items()}
     named_curve = {_tenant_name(*key): c for key, c in curve.items()}
     return FleetFit(
         config, source.start, source.end, source.describe(), rates, times[1:], named_curve,
-        lengths, notes,
+        lengths, notes, block_s, block_rates,
     )  # fmt: skip
 
 
@@ -257,26 +266,38 @@ def _rate_curve(
     return times, curve
 
 
-def _note_varying_rate(
-    times: np.ndarray, curve: Mapping[object, np.ndarray], notes: list[str]
-) -> None:
-    """Name a rate that varies from one :data:`RATE_BLOCK_S` block to another by more than
-    :data:`VARYING_RANGE` of its mean (completions are too bursty for a test on single steps):
-    the fleet file holds its mean."""
-    counts = sum(curve.values()) * np.diff(times)
-    block = max(1, round(RATE_BLOCK_S / float(np.median(np.diff(times)))))
-    blocks = len(counts) // block
-    if blocks < 3:
-        return
-    spans = np.diff(times)[: blocks * block].reshape(blocks, block).sum(axis=1)
-    rates = counts[: blocks * block].reshape(blocks, block).sum(axis=1) / spans
-    spread = (rates.max() - rates.min()) / rates.mean() if rates.mean() > 0 else 0.0
-    if spread > VARYING_RANGE:
-        notes.append(
-            f"traffic: the arrival rate varies over the interval ({rates.min():.3g} to "
-            f"{rates.max():.3g} requests/s in {RATE_BLOCK_S / 60:g}-minute blocks): the fleet "
-            "file holds its mean as a poisson workload; the curve is in the calibration report"
-        )
+def _rate_blocks(times: np.ndarray, curve: Mapping[object, np.ndarray]) -> tuple[float, np.ndarray]:
+    """The whole fleet's requests/s in equal blocks of about :data:`RATE_BLOCK_S` that tile the
+    interval: ``(block length, rate per block)``. A block edge inside a scrape step takes the
+    step's requests in proportion (they are spread evenly over it), so scrapes need not be
+    regular nor divide the blocks."""
+    span = float(times[-1] - times[0])
+    blocks = max(1, round(span / RATE_BLOCK_S))
+    block_s = span / blocks
+    counted = np.concatenate([[0.0], np.cumsum(sum(curve.values()) * np.diff(times))])
+    edges = times[0] + block_s * np.arange(blocks + 1)
+    return block_s, np.diff(np.interp(edges, times, counted)) / block_s
+
+
+def _varying_rate(block_s: float, rates: np.ndarray, notes: list[str]) -> dict[str, object] | None:
+    """The fleet file's ``workload.rate_curve`` when the block rates vary by more than
+    :data:`VARYING_RANGE` of their mean over at least :data:`VARYING_BLOCKS` blocks (named in
+    ``notes``), else None: a steady rate stays a plain Poisson workload at its mean, whose
+    block-to-block differences are the counters' noise."""
+    if len(rates) < VARYING_BLOCKS or rates.mean() <= 0:
+        return None
+    spread = (rates.max() - rates.min()) / rates.mean()
+    if spread <= VARYING_RANGE:
+        return None
+    notes.append(
+        f"traffic: the arrival rate varies over the interval ({rates.min():.3g} to "
+        f"{rates.max():.3g} requests/s in {block_s / 60:.3g}-minute blocks): the fleet file "
+        f"follows its curve (workload.rate_curve, {len(rates)} blocks repeating after "
+        f"{len(rates) * block_s / 60:.3g} minutes) around its mean; every tenant keeps its share "
+        "of the whole interval"
+    )
+    # Rounded for the file: a millisecond of block, a millionth of a request/s.
+    return {"step_s": round(block_s, 3), "rates": [round(float(r), 6) for r in rates]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +406,7 @@ def _fleet_config(
     pools: Mapping[str, _Pool],
     traffic: Mapping[tuple[str, str | None], float],
     lengths: Mapping[str, LengthFit],
+    rate_curve: Mapping[str, object] | None,
     notes: list[str],
 ) -> SimConfig:
     catalog = {model: _catalog_model(model, options.models) for model in _models(pools)}
@@ -415,7 +437,10 @@ def _fleet_config(
         }
         for (model, tenant), rate in traffic.items()
     ]
-    workload = {"kind": "poisson", "rate": round(total, 6), "lengths": _lengths_entry(lengths)}
+    workload = {"kind": "poisson", "rate": round(total, 6)}
+    if rate_curve is not None:
+        workload["rate_curve"] = rate_curve
+    workload["lengths"] = _lengths_entry(lengths)
     data = {
         "description": f"fitted to {source.describe()} from {source.start:.0f} to {source.end:.0f}",
         "pools": pool_entries,

@@ -3,7 +3,8 @@
 :func:`calibrate` simulates the fitted fleet file over as long as the fitted interval (after the
 environments' warm-up) and compares its TTFT, ITL and E2E histograms with the engines' over the
 interval, quantile by quantile (Prometheus's ``histogram_quantile`` interpolation on both
-sides); :func:`write_report` writes the comparison as a markdown table and a matplotlib plot.
+sides), a rate curve in the fleet file aligned with the interval (:func:`aligned`);
+:func:`write_report` writes the comparison as a markdown table and a matplotlib plot.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.fit import FleetFit, histogram_increase
+from envs.sim.config import SimConfig
 from envs.sim.simulator import Simulator, histogram_quantile
 from slo.events import ITL_BUCKETS_S
 from slo.metrics import MetricMapping
@@ -98,6 +100,25 @@ def calibrate(
     ]
 
 
+def aligned(config: SimConfig, start_s: float) -> SimConfig:
+    """``config`` with its rate curve (if any) starting at simulated time ``start_s``: the
+    compared interval after a warm-up of ``start_s`` replays the fitted interval block for block
+    (the warm-up sees the curve's last blocks, as the curve repeats).
+
+    Parameters
+    ----------
+    config: a fitted fleet file.
+    start_s: simulated seconds before the fitted interval.
+    """
+    curve = config.workload.rate_curve
+    if curve is None:
+        return config
+    workload = config.workload.model_copy(
+        update={"rate_curve": curve.model_copy(update={"start_s": curve.start_s + start_s})}
+    )
+    return config.model_copy(update={"workload": workload})
+
+
 def _simulate(
     fit: FleetFit,
     bounds: dict[str, np.ndarray],
@@ -106,7 +127,7 @@ def _simulate(
 ) -> dict[str, Histogram]:
     """The fitted fleet's latency histograms over the interval: TTFT and E2E binned on the
     observed bounds, inter-token gaps on the simulator's (vLLM's) ITL buckets."""
-    sim = Simulator(fit.config, seed=seed)
+    sim = Simulator(aligned(fit.config, WARMUP_S), seed=seed)
     end = WARMUP_S + (fit.end - fit.start)
     counts = {sli: np.zeros(len(b) + 1) for sli, b in bounds.items() if sli != "itl"}
     itl = np.zeros(len(ITL_BUCKETS_S) + 1)
@@ -192,6 +213,10 @@ def _plot(fit: FleetFit, calibration: list[SLICalibration], path: Path) -> None:
     for name, curve in fit.curve.items():
         axes[0].step(minutes, curve, where="pre", label=f"{name} observed")
         axes[0].axhline(fit.rates.get(name, 0.0), linestyle="--", linewidth=1)
+    if fit.config.workload.rate_curve is not None:
+        blocks = fit.config.workload.rate_curve
+        ends = blocks.step_s * np.arange(len(blocks.rates) + 1) / 60.0
+        axes[0].stairs(blocks.rates, ends, baseline=None, label="fleet file (all)", linewidth=1.5)
     axes[0].set(title="arrival rate", xlabel="minutes", ylabel="requests/s")
     axes[0].legend(fontsize="small")
     for ax, c in zip(axes[1:], calibration, strict=True):

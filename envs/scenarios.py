@@ -407,9 +407,10 @@ class Ramp:
         end = self.start_s + self.duration_s
         return np.interp(t, [self.start_s, end], [1.0, self.final_multiplier])
 
-    def breakpoints(self) -> tuple[float, ...]:
-        """Times where the multiplier's slope changes."""
-        return (self.start_s, self.start_s + self.duration_s)
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Times in ``(t0, t1)`` where the multiplier's slope changes."""
+        edges = np.array([self.start_s, self.start_s + self.duration_s])
+        return edges[(edges > t0) & (edges < t1)]
 
 
 Modulation = Diurnal | FlashCrowd | Ramp
@@ -786,6 +787,7 @@ class TraceTraffic:
         workload = fleet.config.workload.model_copy(
             update={"kind": "trace", "trace": str(Path(self.path).resolve()), "rate": None}
             | {"load": None, "columns": columns, "time_scale": self.time_scale}
+            | {"rate_curve": None}  # a replay follows the trace's own rate
         )
         # A capacity the fleet file states holds for its own traffic, not for this trace.
         return fleet_capacity(

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from envs.fit import FitError, FitOptions, FleetFit, fit_fleet
 from envs.fit_cli import parse_time
-from envs.fit_report import WARMUP_S
+from envs.fit_report import WARMUP_S, aligned
 from envs.sim.config import ConfigError, SimConfig
 from envs.sim.simulator import Simulator
 from envs.sim.workload import Marginal
@@ -284,22 +284,68 @@ def test_series_without_pool_label_make_one_pool_per_model(scrapes, tmp_path):
     assert fit_of(scrapes, pool_label="replica").config.pools[0].replicas == 1
 
 
-def test_a_varying_rate_is_named(tmp_path):
-    """10 requests/s for ten minutes, then 20: the mean and the curve's range are named."""
-    finished = 0.0
-    for k in range(81):
-        finished += 15 * (10 if k <= 40 else 20) if k else 0
+def counter_scrapes(directory: Path, per_step: list[float]) -> Path:
+    """Scrapes every :data:`STEP_S` of one replica's finished-request counter, growing by
+    ``per_step[k - 1]`` requests up to scrape ``k``."""
+    directory.mkdir()
+    for k, finished in enumerate(np.concatenate([[0.0], np.cumsum(per_step)])):
         sample = (
             f'vllm:request_success_total{{model_name="strong",replica="a",pool="p"}} {finished}'
         )
-        (tmp_path / f"{k * 15}.prom").write_text(
+        (directory / f"{k * STEP_S:.0f}.prom").write_text(
             f"# TYPE vllm:request_success_total counter\n{sample}\n"
         )
-    fitted = fit_of(tmp_path)
-    assert fitted.rate == pytest.approx(15.0)
-    assert "the arrival rate varies over the interval (10 to 20 requests/s in 5-minute blocks)" in (
-        "\n".join(fitted.notes)
+    return directory
+
+
+def test_a_varying_rate_is_written_as_the_fleet_files_rate_curve(tmp_path):
+    """10 requests/s for ten minutes, then 20: the fleet file (written by the command and read
+    back) holds the mean and the curve in 5-minute blocks, and the simulator built from it
+    draws arrivals that follow the blocks.
+
+    Tolerance: the fitted blocks are exact (the counters grow evenly); the simulated counts per
+    block are Poisson, 3,000 and 6,000 expected, so 4 standard deviations (220 and 310, 7% and
+    5%) pass any seed while a flat rate at the mean (4,500 per block) fails by 1,500."""
+    stepped = counter_scrapes(
+        tmp_path / "scrapes", [15 * (10 if k < 40 else 20) for k in range(80)]
     )
+    out = tmp_path / "fleet.yaml"
+    figures = fit_json("--scrapes", str(stepped), "-o", str(out), "--no-calibrate", *MODELS)
+    assert figures["rate_rps"] == pytest.approx(15.0)
+    assert (
+        "the arrival rate varies over the interval (10 to 20 requests/s in 5-minute blocks): "
+        "the fleet file follows its curve (workload.rate_curve, 4 blocks repeating after 20 "
+        "minutes)" in "\n".join(figures["notes"])
+    )
+    fitted = SimConfig.from_yaml(out)
+    assert fitted.workload.rate == pytest.approx(15.0)
+    assert fitted.workload.rate_curve.step_s == 300.0
+    assert fitted.workload.rate_curve.rates == pytest.approx([10, 10, 20, 20])
+
+    sim = Simulator(fitted, seed=4)
+    counts = []
+    for block_end in (300.0, 600.0, 900.0, 1200.0):
+        before = sim.arrivals
+        sim.advance(block_end)
+        counts.append(sim.arrivals - before)
+    expected = np.array([3000.0, 3000.0, 6000.0, 6000.0])
+    assert np.all(np.abs(np.array(counts) - expected) < 4 * np.sqrt(expected)), counts
+
+    # The calibration report's warm-up comes first: the curve then starts after it.
+    warmed = Simulator(aligned(fitted, WARMUP_S), seed=4).workload
+    times = warmed.generate(np.random.default_rng(5), 0.0, WARMUP_S + 1200.0)["t_arrival"]
+    per_block = np.histogram(times, bins=WARMUP_S + np.arange(0.0, 1201.0, 300.0))[0]
+    assert np.all(np.abs(per_block - expected) < 4 * np.sqrt(expected)), per_block
+
+
+def test_a_steady_rate_stays_a_poisson_workload(tmp_path):
+    """Poisson counts of 10 requests/s per 15 s scrape vary by ~3% between 5-minute blocks,
+    far below the 25% that make a rate vary: no curve, no note."""
+    noisy = np.random.default_rng(0).poisson(150.0, 80).astype(float)
+    fitted = fit_of(counter_scrapes(tmp_path / "scrapes", list(noisy)))
+    assert fitted.config.workload.rate_curve is None
+    assert fitted.block_rates == pytest.approx(np.full(4, 10.0), rel=0.05)
+    assert not any("varies" in note for note in fitted.notes)
 
 
 def test_unknown_model_label_is_named(scrapes):

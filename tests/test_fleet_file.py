@@ -198,6 +198,30 @@ def test_bad_trace_rows_name_file_row_and_column(tmp_path, capacity_cache, trace
         ("pools:\n  - name: a\n    replicas: 2\n    min_replicas: 3\n", 4, "pools.0.min_replicas"),
         ("pools:\n  - name: a\n    model: models/x/config.json\n", 3, "pools.0.model"),
         ("pools:\n  - name: a\n    gpu: {name: g, memory_gib: 8}\n", 3, "pools.0.gpu"),
+        *(
+            (f"workload:\n  kind: {kind}\n  rate_curve:\n{curve}", line, field)
+            for kind, curve, line, field in [
+                ("poisson", "    step_s: 60\n    rates: [3]\n", 5, "rate_curve.rates: List"),
+                ("poisson", "    step_s: 60\n    rates:\n    - 1\n    - -2\n", 7, "rates.1: "),
+                (
+                    "poisson",
+                    "    step_s: 60\n    rates: [1, .nan]\n",
+                    5,
+                    "rates.1: Input should be a f",
+                ),
+                ("poisson", "    step_s: 60\n    rates: [0, 0]\n", 5, "rates: Value error, a rate"),
+                ("poisson", "    step_s: 0\n    rates: [1, 2]\n", 4, "rate_curve.step_s: Input"),
+                ("poisson", "    step_s: .inf\n    rates: [1, 2]\n", 4, "rate_curve.step_s: Input"),
+                ("poisson", "    rates: [1, 2]\n", 3, "rate_curve.step_s: Field required"),
+                ("poisson", "    {step_s: 60, rates: [1, 2], shape: 3}\n", 4, "rate_curve.shape"),
+                (
+                    "azure-code",
+                    "    {step_s: 60, rates: [1, 2]}\n",
+                    3,
+                    "rate_curve: Value error, a re",
+                ),
+            ]
+        ),
     ],
 )
 def test_fleet_file_errors_name_file_line_and_field(tmp_path, text, line, field):
@@ -209,6 +233,30 @@ def test_fleet_file_errors_name_file_line_and_field(tmp_path, text, line, field)
     assert str(path) in message and field in message, message
     if line is not None:
         assert f"line {line}, " in message, message
+
+
+def test_rate_curve_is_the_shape_rate_and_load_rescale(capacity_cache):
+    """Blocks of 2 and 6 requests/s: alone their mean (4) is the rate; ``rate: 40`` makes them
+    20 and 60 (counts within 4 Poisson standard deviations, under 3% at 40 expected per second
+    x 600 s); the capacity a load is relative to is the steady traffic's (same cache key)."""
+    fleet = fleet_config()
+    curve = {"step_s": 600.0, "rates": [2.0, 6.0]}
+
+    def with_workload(**workload) -> SimConfig:
+        data = fleet.model_dump(exclude_unset=True) | {"workload": workload}
+        return SimConfig.from_dict(data)
+
+    alone = with_workload(rate_curve=curve)
+    assert alone.workload.build([1.0]).mean_rate == pytest.approx(4.0)
+    workload = with_workload(rate=40.0, rate_curve=curve).workload.build([1.0])
+    times = workload.generate(np.random.default_rng(0), 0.0, 2400.0)["t_arrival"]
+    counts = np.histogram(times, bins=[0.0, 600.0, 1200.0, 1800.0, 2400.0])[0]
+    expected = np.array([12_000.0, 36_000.0, 12_000.0, 36_000.0])
+    assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected)), counts
+    steady = with_workload(load=0.8)
+    curved = with_workload(load=0.8, rate_curve=curve)
+    assert capacity_key(curved) == capacity_key(steady)
+    assert with_load_resolved(curved).workload.rate_curve == curved.workload.rate_curve
 
 
 def test_slo_spec_is_relative_to_the_fleet_file_and_must_load(tmp_path):

@@ -19,6 +19,7 @@ from envs.sim.workload import (
     GammaBursty,
     MixedWorkload,
     Poisson,
+    RateCurve,
     TraceReplay,
     Workload,
     make_workload,
@@ -122,6 +123,54 @@ def test_diurnal_modulation_follows_the_sine() -> None:
     assert len(times) / 4000.0 == pytest.approx(50.0, rel=0.05)
 
 
+# A measured curve: blocks of 60 s at these rates (mean 15), one of them silent.
+CURVE_RATES = [5.0, 20.0, 0.0, 35.0]
+
+
+@pytest.mark.parametrize("start_s", [0.0, 90.0])
+def test_rate_curve_arrivals_follow_the_curve_and_repeat(start_s: float) -> None:
+    """Three cycles drawn in 7-second calls (block edges fall inside calls): each block's count
+    within 4 Poisson standard deviations of its rate x 60 s (so ~4% at 35 requests/s, while a
+    neighbouring block's rate is off by 15 standard deviations or more), the silent block
+    empty, the time before ``start_s`` the curve's last blocks."""
+    process = Poisson(30.0, [RateCurve(60.0, CURVE_RATES, start_s=start_s)])
+    times = in_chunks(process, rng(3), 720.0, chunk=7.0)
+    # Whole blocks in [0, 720): the one before start_s (if any) is the cycle's last block.
+    k = np.arange(-(start_s // 60.0), (720.0 - start_s) // 60.0 + 1)
+    counts = np.histogram(times, bins=start_s + 60.0 * k)[0]
+    blocks = k[:-1].astype(int) % 4
+    expected = 60.0 * 30.0 * np.array(CURVE_RATES)[blocks] / 15.0
+    assert np.all(np.abs(counts - expected) <= 4 * np.sqrt(expected)), (counts, expected)
+    assert counts[blocks == 2].sum() == 0
+    assert len(times) / 720.0 == pytest.approx(30.0, rel=0.05)
+
+
+def test_rate_curve_same_seed_same_arrivals() -> None:
+    def draw(seed: int) -> np.ndarray:
+        curve = RateCurve(60.0, CURVE_RATES)
+        return make_workload("bursty", 15.0, cv=2.0, rate_curve=curve).generate(
+            rng(seed), 0.0, 300.0
+        )
+
+    a, b, c = draw(7), draw(7), draw(8)
+    assert len(a) > 1000 and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0.0, [1.0, 2.0]), "step_s must be finite and > 0"),
+        ((60.0, [1.0]), "at least two rates"),
+        ((60.0, [1.0, -1.0]), "finite, >= 0 and not all 0"),
+        ((60.0, [1.0, float("inf")]), "finite, >= 0 and not all 0"),
+        ((60.0, [0.0, 0.0]), "finite, >= 0 and not all 0"),
+    ],
+)
+def test_bad_rate_curves_are_refused(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RateCurve(*args)
+
+
 def test_rate_scale_changes_the_rate_from_the_next_call() -> None:
     workload = make_workload("poisson", 100.0)
     g = rng()
@@ -166,6 +215,10 @@ def test_mixed_workload_merges_tenants_in_time_order() -> None:
         ({"name": "trace"}, "needs trace=PATH"),
         ({"name": "poisson", "rate": 1.0, "lengths": "x"}, "unknown length model 'x'"),
         ({"name": "poisson", "rate": 1.0, "tenants": 2, "tenant_shares": [1, 2, 3]}, "3 entries"),
+        (
+            {"name": "trace", "trace": "t.csv", "rate_curve": RateCurve(1.0, [1.0, 2.0])},
+            "replays a trace's own rate: no rate_curve",
+        ),
     ],
 )
 def test_make_workload_errors_name_the_problem(kwargs: dict, message: str) -> None:

@@ -24,9 +24,10 @@ A model is a catalog name or the path of a Hugging Face ``config.json`` (relativ
 file); a GPU is a catalog name or its spec sheet (:class:`GpuDatasheet`, run uncalibrated with a
 warning, or on the calibration file fitted on its own profiles). The traffic is the
 ``workload``: a named shape (``kind``) at a ``rate`` in requests/s or at a ``load`` relative to
-the fleet's measured capacity (:mod:`envs.sim.capacity`), or a trace file with its column
-mapping and time scale. The fleet file also names the SLO spec
-(``slo_spec``), the control interval and the episode length of the environments built from it.
+the fleet's measured capacity (:mod:`envs.sim.capacity`), optionally following a measured
+rate curve (``rate_curve``), or a trace file with its column mapping and time scale. The fleet
+file also names the SLO spec (``slo_spec``), the control interval and the episode length of the
+environments built from it.
 Ready-made fleet files are in ``examples/fleets/``.
 
 Unknown keys are errors; :meth:`SimConfig.from_yaml` names the file, the line and the field of
@@ -71,6 +72,7 @@ from envs.sim.workload import (
     WORKLOAD_NAMES,
     LengthModel,
     Marginal,
+    RateCurve,
     TraceReplay,
     Workload,
     get_length_model,
@@ -452,6 +454,41 @@ class LengthDistributions(_Strict):
         )
 
 
+class RateCurveConfig(_Strict):
+    """A measured arrival-rate curve (:class:`envs.sim.workload.RateCurve`): ``rates`` in
+    blocks of ``step_s`` seconds, the first starting at simulated time ``start_s``, repeating
+    after the last block. Only its shape counts: the workload's rate is its mean unless
+    ``rate`` or ``load`` rescale it."""
+
+    step_s: float = Field(gt=0.0, allow_inf_nan=False, description="seconds per block")
+    rates: list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = Field(
+        min_length=2, description="requests/s in each block"
+    )
+    start_s: float = Field(
+        0.0, allow_inf_nan=False, description="simulated time where the first block starts"
+    )
+
+    @field_validator("rates")
+    @classmethod
+    def _some_traffic(cls, rates: list[float]) -> list[float]:
+        if sum(rates) <= 0:
+            raise ValueError("a rate curve needs some traffic: every rate is 0")
+        return rates
+
+    @property
+    def mean(self) -> float:
+        """Requests/s over the curve's span (its blocks are equally long)."""
+        return sum(self.rates) / len(self.rates)
+
+    def modulation(self) -> RateCurve:
+        """The simulator's rate modulation of this curve."""
+        return RateCurve(self.step_s, self.rates, self.start_s)
+
+
+#: Workload kinds that replay a trace, its own rate curve included.
+REPLAY_KINDS = ("trace", "azure-conv", "azure-code")
+
+
 class WorkloadConfig(_Strict):
     """The request source, the fleet's traffic (see :func:`envs.sim.workload.make_workload`).
 
@@ -465,6 +502,11 @@ class WorkloadConfig(_Strict):
     ``columns`` name the timestamp (seconds or date-times), prompt-token and output-token
     columns, and whose times are multiplied by ``time_scale`` (0.001 for milliseconds) before
     any rescaling to ``rate`` or ``load``.
+
+    A ``rate_curve`` (:class:`RateCurveConfig`, what ``budgetpilot fit`` writes for a rate that
+    varies) makes a synthetic workload's rate follow a measured curve; its mean is the rate
+    when neither ``rate`` nor ``load`` is given, and they rescale its shape when they are. A
+    replay follows its trace and takes no curve.
     """
 
     kind: str = "poisson"
@@ -475,6 +517,7 @@ class WorkloadConfig(_Strict):
         Discriminator(lambda v: "name" if isinstance(v, str) else "distributions"),
     ] = "azure-conv"
     trace: str | None = None
+    rate_curve: RateCurveConfig | None = None
     columns: TraceColumns = TraceColumns()
     time_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     difficulty: tuple[float, float] = (2.0, 2.0)
@@ -499,11 +542,24 @@ class WorkloadConfig(_Strict):
     def _trace_exists(cls, trace: str | None, info: ValidationInfo) -> str | None:
         return None if trace is None else _resolve_path(trace, info)
 
+    @field_validator("rate_curve")
+    @classmethod
+    def _synthetic_only(
+        cls, curve: RateCurveConfig | None, info: ValidationInfo
+    ) -> RateCurveConfig | None:
+        # kind and trace are declared first: here when they are valid.
+        kind = info.data.get("kind")
+        if curve is not None and (kind in REPLAY_KINDS or info.data.get("trace")):
+            raise ValueError(
+                f"a replay (kind {kind!r}) follows its trace's own rate: no rate_curve with it"
+            )
+        return curve
+
     @field_validator("options")
     @classmethod
     def _known_options(cls, options: dict[str, float]) -> dict[str, float]:
         fixed = {"name", "rate", "lengths", "trace", "tenants", "tenant_shares", "difficulty"}
-        fixed |= {"trace_columns", "trace_time_scale", "trace_start"}
+        fixed |= {"trace_columns", "trace_time_scale", "trace_start", "rate_curve"}
         known = set(inspect.signature(make_workload).parameters) - fixed
         unknown = sorted(set(options) - known)
         if unknown:
@@ -540,8 +596,11 @@ class WorkloadConfig(_Strict):
                 f"workload.load={self.load} is relative to the fleet's capacity: resolve it "
                 "with envs.sim.capacity.with_load_resolved(config)"
             )
-        replay = self.kind in ("trace", "azure-conv", "azure-code")
-        rate = self.rate if self.rate is not None or replay else REFERENCE_RATE
+        replay = self.kind in REPLAY_KINDS
+        rate = self.rate
+        if rate is None and not replay:
+            rate = REFERENCE_RATE if self.rate_curve is None else self.rate_curve.mean
+        curve = None if self.rate_curve is None else self.rate_curve.modulation()
         return make_workload(
             self.kind,
             rate,
@@ -552,6 +611,7 @@ class WorkloadConfig(_Strict):
             tenants=len(tenant_shares),
             tenant_shares=tenant_shares,
             difficulty=self.difficulty,
+            rate_curve=curve,
             **self.options,
         )
 

@@ -901,7 +901,10 @@ def measure_capacity(
     limit = 2 * sum(p.replicas * p.max_num_seqs for p in config.pools)
     rate = 20.0 * replicas
     while True:
-        workload = config.workload.model_copy(update={"rate": rate, "load": None})
+        # Saturated at a steady rate: a rate curve would mix loads within the window.
+        workload = config.workload.model_copy(
+            update={"rate": rate, "load": None, "rate_curve": None}
+        )
         saturating = config.model_copy(
             update={"workload": workload, "knobs": Knobs(concurrency_limit=limit)}
         )

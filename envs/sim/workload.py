@@ -2,8 +2,9 @@
 
 An :class:`ArrivalProcess` produces arrival times interval by interval, remembering its state
 so successive calls continue one process. Every process runs in *nominal time*; its rate
-modulations (:class:`Diurnal`, :class:`FlashCrowd`) and its ``rate_scale`` warp nominal time into
-simulated time (time rescaling), so a modulation works with any process and keeps its burstiness.
+modulations (:class:`Diurnal`, :class:`FlashCrowd`, :class:`RateCurve`) and its ``rate_scale``
+warp nominal time into simulated time (time rescaling), so a modulation works with any process
+and keeps its burstiness.
 A :class:`Workload` adds lengths (a fitted :class:`LengthModel` or the lengths of a replayed
 trace), tenants and difficulty, and returns arrays of :data:`ARRIVAL_DTYPE`. All sampling is
 vectorised numpy driven by the ``numpy.random.Generator`` passed in.
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from statistics import NormalDist
+from typing import Protocol
 
 import numpy as np
 
@@ -189,6 +191,10 @@ def get_length_model(name: str) -> LengthModel:
 # ---------------------------------------------------------------------------------------------
 # Rate modulation
 
+#: The breakpoints of a modulation with none in an interval (shared: read-only).
+_NO_TIMES = np.empty(0)
+_NO_TIMES.flags.writeable = False
+
 
 class Diurnal:
     """Sinusoidal daily pattern: rate x ``1 + amplitude * sin(2 pi t / period_s + phase)``.
@@ -212,9 +218,10 @@ class Diurnal:
         """Rate multiplier at times ``t``."""
         return 1.0 + self.amplitude * np.sin(2.0 * np.pi * t / self.period_s + self.phase)
 
-    def breakpoints(self) -> tuple[float, ...]:
-        """Times where the multiplier jumps (none)."""
-        return ()
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Times in ``(t0, t1)`` where the multiplier jumps (none)."""
+        del t0, t1
+        return _NO_TIMES
 
 
 class FlashCrowd:
@@ -240,12 +247,80 @@ class FlashCrowd:
         inside = (t >= self.start_s) & (t < self.start_s + self.duration_s)
         return np.where(inside, self.multiplier_value, 1.0)
 
-    def breakpoints(self) -> tuple[float, ...]:
-        """Times where the multiplier jumps."""
-        return (self.start_s, self.start_s + self.duration_s)
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Times in ``(t0, t1)`` where the multiplier jumps."""
+        edges = np.array([self.start_s, self.start_s + self.duration_s])
+        return edges[(edges > t0) & (edges < t1)]
 
 
-RateModulation = Diurnal | FlashCrowd
+class RateCurve:
+    """A measured rate curve: rate x ``multipliers[k]`` during the ``k``-th block of ``step_s``
+    seconds from ``start_s``, the blocks repeating after the last one (and before the first).
+
+    The multipliers are the given rates over their mean, so the process's rate is the curve's
+    mean and ``rate_scale`` (or a workload's ``rate``/``load``) rescales its shape. The curve
+    *repeats* rather than holding its last value: the long-run rate then stays the process's
+    rate whatever the run's length (a held last block would make a fleet's ``load`` mean that
+    block's load on long runs), and a curve fitted over a day replays as a daily cycle. Blocks
+    are piecewise constant, not interpolated: a block's rate is what its counters counted, and
+    the warp integrates a constant block exactly.
+
+    Parameters
+    ----------
+    step_s: length of a block in simulated seconds (> 0).
+    rates: the rate in each block (>= 0, finite, at least two, not all 0), in any unit.
+    start_s: simulated time where the first block starts.
+    """
+
+    # Constant between its block edges, which it gives as breakpoints: no grid needed.
+    resolution_s = math.inf
+
+    def __init__(self, step_s: float, rates: Sequence[float], start_s: float = 0.0) -> None:
+        values = np.asarray(rates, dtype=np.float64)
+        if not (math.isfinite(step_s) and step_s > 0):
+            raise ValueError(f"RateCurve step_s must be finite and > 0, got {step_s}")
+        if values.ndim != 1 or len(values) < 2:
+            raise ValueError(f"RateCurve needs at least two rates, got {rates!r}")
+        if not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
+            raise ValueError(f"RateCurve rates must be finite, >= 0 and not all 0, got {rates!r}")
+        if not math.isfinite(start_s):
+            raise ValueError(f"RateCurve start_s must be finite, got {start_s}")
+        self.step_s, self.start_s = float(step_s), float(start_s)
+        self.multipliers = values / values.mean()
+        self.span_s = self.step_s * len(values)
+
+    def multiplier(self, t: np.ndarray) -> np.ndarray:
+        """Rate multiplier at times ``t``."""
+        block = ((np.asarray(t) - self.start_s) // self.step_s).astype(np.int64)
+        return self.multipliers[block % len(self.multipliers)]
+
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Block edges in ``(t0, t1)``."""
+        first = math.floor((t0 - self.start_s) / self.step_s) + 1
+        last = math.ceil((t1 - self.start_s) / self.step_s)
+        if first >= last:  # the usual case: a simulator tick is far shorter than a block
+            return _NO_TIMES
+        edges = self.start_s + self.step_s * np.arange(first, last, dtype=np.float64)
+        return edges[(edges > t0) & (edges < t1)]
+
+
+class RateModulation(Protocol):
+    """A factor on an arrival process's rate over simulated time (:class:`Diurnal`,
+    :class:`FlashCrowd`, :class:`RateCurve`).
+
+    ``resolution_s`` is the grid step that integrates the multiplier accurately between its
+    breakpoints (``math.inf``: constant or linear between them).
+    """
+
+    resolution_s: float
+
+    def multiplier(self, t: np.ndarray) -> np.ndarray:
+        """Rate multiplier at times ``t``."""
+        ...
+
+    def breakpoints(self, t0: float, t1: float) -> np.ndarray:
+        """Times in ``(t0, t1)`` where the multiplier (or its slope) jumps."""
+        ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,8 +377,8 @@ class ArrivalProcess:
             return np.array([t0, t1]), self._u + self.rate_scale * np.array([0.0, t1 - t0])
         resolution = min(m.resolution_s for m in self.modulations)
         steps = 1 if math.isinf(resolution) else max(1, math.ceil((t1 - t0) / resolution))
-        cuts = [b for m in self.modulations for b in m.breakpoints() if t0 < b < t1]
-        t_grid = np.unique(np.concatenate([np.linspace(t0, t1, steps + 1), cuts]))
+        cuts = [m.breakpoints(t0, t1) for m in self.modulations]
+        t_grid = np.unique(np.concatenate([np.linspace(t0, t1, steps + 1), *cuts]))
         mid = 0.5 * (t_grid[1:] + t_grid[:-1])
         mult = np.ones_like(mid)
         for m in self.modulations:
@@ -734,6 +809,7 @@ def make_workload(
     flash_start_s: float = 300.0,
     flash_duration_s: float = 60.0,
     flash_multiplier: float = 5.0,
+    rate_curve: RateCurve | None = None,
 ) -> Workload:
     """Build a named workload.
 
@@ -751,6 +827,8 @@ def make_workload(
     lengths: length model of the synthetic workloads (a name of :data:`LENGTH_MODELS` or one).
     tenants, tenant_shares: number of tenants and their shares (default equal).
     difficulty: Beta parameters of request difficulty.
+    rate_curve: a measured rate curve on top of a synthetic workload (its mean is ``rate``);
+        replays have their own curve and refuse one.
     The remaining parameters tune the named process as described above.
     """
     if tenant_shares is None:
@@ -763,6 +841,8 @@ def make_workload(
     if name in AZURE_TRACES or name == "trace":
         if name == "trace" and trace is None:
             raise ValueError("workload 'trace' needs trace=PATH")
+        if rate_curve is not None:
+            raise ValueError(f"workload {name!r} replays a trace's own rate: no rate_curve")
         if name in AZURE_TRACES:
             from envs.paths import require_reference_file
 
@@ -788,4 +868,7 @@ def make_workload(
         ),
     }
     length_model = get_length_model(lengths) if isinstance(lengths, str) else lengths
-    return Workload(processes[name](), length_model, **common)
+    process = processes[name]()
+    if rate_curve is not None:
+        process.modulations.append(rate_curve)
+    return Workload(process, length_model, **common)
