@@ -110,13 +110,7 @@ def aligned(config: SimConfig, start_s: float) -> SimConfig:
     config: a fitted fleet file.
     start_s: simulated seconds before the fitted interval.
     """
-    curve = config.workload.rate_curve
-    if curve is None:
-        return config
-    workload = config.workload.model_copy(
-        update={"rate_curve": curve.model_copy(update={"start_s": curve.start_s + start_s})}
-    )
-    return config.model_copy(update={"workload": workload})
+    return config.model_copy(update={"workload": config.workload.curve_starting_at(start_s)})
 
 
 def _simulate(

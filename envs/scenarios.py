@@ -729,15 +729,39 @@ HELD_OUT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.held_out)
 ELASTIC_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.elastic)
 
 
+def _fleet_traffic(
+    rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
+) -> ScenarioSetup:
+    """The fleet file's own ``workload`` as written: its rate (or load of the measured
+    capacity), rate curve (starting with the episode, after the warm-up), lengths or trace."""
+    from envs.sim.capacity import with_load_resolved
+
+    workload = with_load_resolved(fleet.config).workload.curve_starting_at(warmup_s)
+    parameters = {} if workload.rate is None else {"rate": workload.rate}
+    return ScenarioSetup(
+        fleet.with_failures(), workload.build(list(fleet.tenant_shares)), parameters=parameters
+    )
+
+
+#: The fleet file's own traffic (what ``budgetpilot fit`` wrote, rate curve included): outside
+#: :data:`SCENARIOS`, so never a training, default-benchmark or held-out scenario.
+FLEET_TRAFFIC = Scenario(
+    "fleet-traffic",
+    "The fleet file's own traffic as written: its rate or load, rate curve, lengths or trace.",
+    _fleet_traffic,
+    user_trace=True,
+)
+
 #: Scenarios replaying a user's trace in this process (:func:`register_trace_scenario`).
 _TRACE_SCENARIOS: dict[str, Scenario] = {}
 
 
 def get_scenario(name: str) -> Scenario:
     """Look a scenario up by name (a registered trace's too); the error lists the known ones."""
-    scenario = SCENARIOS.get(name) or _TRACE_SCENARIOS.get(name)
+    own = {FLEET_TRAFFIC.name: FLEET_TRAFFIC}
+    scenario = SCENARIOS.get(name) or _TRACE_SCENARIOS.get(name) or own.get(name)
     if scenario is None:
-        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join([*SCENARIOS, *own])}")
     return scenario
 
 

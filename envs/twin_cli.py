@@ -30,7 +30,12 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def twin(
     scenario: Annotated[
-        str, typer.Option(help=f"Scenario to run: {', '.join(SCENARIO_NAMES)}.", show_default=False)
+        str,
+        typer.Option(
+            help=f"Scenario to run: {', '.join(SCENARIO_NAMES)}, or fleet-traffic (the fleet "
+            "file's own traffic).",
+            show_default=False,
+        ),
     ],
     fleet: Annotated[
         Path | None,

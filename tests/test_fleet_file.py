@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 from envs.fleet_env import LLMFleetEnv
 from envs.paths import EXAMPLE_FLEETS_DIR
-from envs.scenarios import NOMINAL_CAPACITY, fleet_config, poisson_stream
+from envs.scenarios import (
+    NOMINAL_CAPACITY,
+    SCENARIOS,
+    TRAINING_SCENARIOS,
+    fleet_config,
+    poisson_stream,
+)
 from envs.sim import ConfigError, SimConfig, Simulator, simulator
 from envs.sim.capacity import CACHE_ENV, capacity_key, fleet_capacity, with_load_resolved
 from eval.cli import app
@@ -342,6 +348,43 @@ def test_environment_scenarios_load_relative_to_the_fleets_capacity():
     assert env.setup.workload.mean_rate == pytest.approx(load * capacity)
     assert env.observation_contract.pools == ("strong", "fast")
     assert env.episode_hours is None and env.max_steps == 4 * 3600 / 30  # the file's 4 hours
+
+
+def _curved_fleet(tmp_path: Path) -> Path:
+    """The reference fleet file with a rate curve of 4, 12 and 2 requests/s in 10-minute blocks
+    instead of its steady load."""
+    text = (EXAMPLE_FLEETS_DIR / "reference.yaml").read_text()
+    text = text.replace("  load: 0.8", "  rate_curve: {step_s: 600, rates: [4, 12, 2]}\n#")
+    path = tmp_path / "curved.yaml"
+    path.write_text(text)
+    return path
+
+
+def _arrivals_per_step(env: LLMFleetEnv, seed: int) -> np.ndarray:
+    env.reset(seed=seed)
+    neutral, seen = np.zeros(env.action_space.shape, np.float32), [env._arrivals_seen]
+    for _ in range(env.max_steps):
+        env.step(neutral)
+        seen.append(env._arrivals_seen)
+    return np.diff(seen)
+
+
+def test_fleet_traffic_scenario_replays_the_fleet_files_rate_curve(tmp_path):
+    """``fleet-traffic`` runs the fleet file's own workload: the curve's blocks start with the
+    episode (after the warm-up), within 4 Poisson standard deviations per block (at least 1,200
+    expected: under 12%), the same seed giving the same arrivals; it is no suite scenario."""
+    env = LLMFleetEnv("fleet-traffic", fleet=_curved_fleet(tmp_path), episode_hours=0.5)
+    counts = _arrivals_per_step(env, seed=3).reshape(3, 20).sum(axis=1)
+    again = _arrivals_per_step(env, seed=3).reshape(3, 20).sum(axis=1)
+    expected = np.array([4.0, 12.0, 2.0]) * 600.0
+    assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected)), counts
+    assert np.array_equal(counts, again)
+    assert "fleet-traffic" not in {*SCENARIOS, *TRAINING_SCENARIOS}
+
+
+def test_an_unknown_scenario_names_the_fleets_own_traffic_among_the_known():
+    with pytest.raises(ValueError, match=r"unknown scenario 'stedy'; known: steady.*fleet-traffic"):
+        LLMFleetEnv("stedy")
 
 
 def test_twin_serves_a_fleet_files_replicas():

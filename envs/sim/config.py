@@ -585,6 +585,15 @@ class WorkloadConfig(_Strict):
             return get_length_model(self.lengths)
         return self.lengths.length_model()
 
+    def curve_starting_at(self, start_s: float) -> WorkloadConfig:
+        """This workload with its rate curve (if any) starting ``start_s`` simulated seconds
+        later: after a warm-up of ``start_s``, the curve's first block starts with what follows
+        (the warm-up sees the curve's last blocks, as the curve repeats)."""
+        if self.rate_curve is None:
+            return self
+        curve = self.rate_curve.model_copy(update={"start_s": self.rate_curve.start_s + start_s})
+        return self.model_copy(update={"rate_curve": curve})
+
     def build(self, tenant_shares: list[float]) -> Workload:
         """Instantiate the workload for tenants with these traffic shares.
 
