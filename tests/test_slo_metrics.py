@@ -556,3 +556,127 @@ def test_a_forgotten_endpoint_leaves_the_counters_of_the_others_as_they_were():
 )
 def test_an_impossible_histogram_is_named(buckets, problem):
     assert _Histogram(count=10.0, buckets=buckets).inconsistency() == problem
+
+
+# --------------------------------------------------------------------------------------------
+# Reports, restarts and incomplete series named exactly; pages the mapping reads only in part
+# --------------------------------------------------------------------------------------------
+
+TTFT_SERIES = f'default/{TTFT}{{model_name="m"}}'
+
+
+def without_count(text: str) -> str:
+    """A TTFT page whose ``_count`` lines are missing (half of each series' pair)."""
+    return "".join(line + "\n" for line in text.splitlines() if "_count" not in line)
+
+
+@pytest.mark.parametrize(
+    ("pages", "endpoints"),
+    [
+        (ttft_text({"m": (1, 2)}), 1),
+        ({"a": ttft_text({"m": (1, 2)}), "b": ttft_text({"m": (3, 4)})}, 2),
+        ([(f"{TTFT}_count", {"model_name": "m"}, 2.0)], 1),
+    ],
+    ids=["one-text", "two-endpoints", "samples"],
+)
+def test_the_report_says_when_and_how_many_endpoints_were_scraped(pages, endpoints):
+    report = MetricsFeed(ONE_TTFT).update(30, pages)
+    assert report.time == 30.0 and isinstance(report.time, float)
+    assert report.endpoints == endpoints
+
+
+def test_a_late_scrape_is_reported_with_both_times():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(60.0, ttft_text({"m": (1, 2)}))
+    report = feed.update(30.0, ttft_text({"m": (1, 2)}))
+    assert report.out_of_order == ["scrape time 30 is before the last one (60): counted then"]
+
+
+def test_a_feed_before_its_first_scrape_has_measured_no_slo():
+    """``measured`` is a mask over the SLOs (the sidecar indexes with it) from the start."""
+    feed = MetricsFeed(ALL_KINDS)
+    names = np.asarray(feed.engine.slo_names)
+    assert names[feed.measured].tolist() == []
+    assert names[~feed.measured].tolist() == list(feed.engine.slo_names)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((5, 100), (50, 60)), ((90, 100), (10, 150)), ((90, 100), (10, 12))],
+    ids=["count-fell", "bucket-fell", "both-fell"],
+)
+def test_a_histogram_series_that_falls_restarted_and_counts_from_zero(before, after):
+    """Either half of the pair falling is a restart of the engine, named in the report."""
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": before}))
+    report = feed.update(30.0, ttft_text({"m": after}))
+    assert counts(feed) == after
+    assert report.resets == [TTFT_SERIES] and report.clean
+
+
+def test_more_good_than_total_events_between_two_scrapes_is_named_with_both_increases():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (10, 20)}))
+    report = feed.update(30.0, ttft_text({"m": (17, 25)}))  # each page consistent, not the step
+    assert report.inconsistent == [
+        f"{TTFT_SERIES}: 7 events within le=1 since the last scrape but 5 in all"
+    ]
+    assert counts(feed) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("forgotten", [[], ["a"]], ids=["none-forgotten", "other-forgotten"])
+def test_a_series_first_seen_incomplete_starts_as_a_baseline(forgotten):
+    """A replica whose first page lacks ``_count`` has its history counted at no later scrape
+    (before: 905 good of 1010 at once, a false burn), also when another replica is forgotten."""
+    feed = MetricsFeed(ONE_TTFT)
+    report = feed.update(
+        0.0, {"a": ttft_text({"m": (0, 0)}), "b": without_count(ttft_text({"m": (900, 1000)}))}
+    )
+    assert report.incomplete
+    feed.forget(forgotten)
+    feed.update(30.0, {"a": ttft_text({"m": (0, 0)}), "b": ttft_text({"m": (905, 1010)})})
+    assert counts(feed) == (0.0, 0.0)
+    feed.update(60.0, {"a": ttft_text({"m": (0, 0)}), "b": ttft_text({"m": (915, 1020)})})
+    assert counts(feed) == (10.0, 10.0)
+
+
+def test_a_bucket_without_le_is_skipped_not_fatal():
+    feed = MetricsFeed(ONE_TTFT)
+    stray = f'{TTFT}_bucket{{model_name="m"}} 3\n'
+    feed.update(0.0, ttft_text({"m": (0, 0)}) + stray)
+    report = feed.update(30.0, ttft_text({"m": (4, 5)}) + stray)
+    assert counts(feed) == (4.0, 5.0) and report.clean
+
+
+def request_success_page(models: dict[str, tuple[int, int]]) -> str:
+    """vLLM's request counter: per model, (requests stopped, requests cut at max length)."""
+    lines = ["# TYPE vllm:request_success_total counter"]
+    for model, by_reason in models.items():
+        for reason, value in zip(("stop", "length"), by_reason, strict=True):
+            labels = f'finished_reason="{reason}",model_name="{model}"'
+            lines.append(f"vllm:request_success_total{{{labels}}} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def test_model_selectors_filter_the_request_counters():
+    spec = spec_of(
+        {"cuts": {"kind": "context", "truncation": False, "max_preemptions": None}},
+        cuts={"selectors": {"model": "fast"}},
+    )
+    feed = MetricsFeed(spec)
+    assert feed.sources[0].kind == "request_success"
+    feed.update(0.0, request_success_page({"strong": (0, 0), "fast": (0, 0)}))
+    feed.update(30.0, request_success_page({"strong": (50, 50), "fast": (9, 1)}))
+    assert counts(feed) == (9.0, 10.0)
+
+
+AVAILABILITY = spec_of({"a": {"kind": "availability"}})
+
+
+@pytest.mark.parametrize("mapping", ["tgi", {"kv_cache_usage": None}], ids=["tgi", "custom"])
+def test_pages_of_an_engine_without_a_kv_cache_gauge_are_read(mapping):
+    feed = MetricsFeed(AVAILABILITY, mapping)
+    assert feed.mapping.kv_cache_usage is None
+    for t, good in ((0.0, 10), (30.0, 14)):
+        report = feed.update(t, f"process_cpu_seconds_total 3\n{sli_events_page(good)}")
+    assert report.clean and counts(feed) == (4.0, 4.0)
