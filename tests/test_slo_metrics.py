@@ -680,3 +680,23 @@ def test_pages_of_an_engine_without_a_kv_cache_gauge_are_read(mapping):
     for t, good in ((0.0, 10), (30.0, 14)):
         report = feed.update(t, f"process_cpu_seconds_total 3\n{sli_events_page(good)}")
     assert report.clean and counts(feed) == (4.0, 4.0)
+
+
+def test_a_counter_named_without_total_reads_the_same_from_text_and_from_samples():
+    """Exporters such as metrics-exporter-prometheus (TGI's) name counters without ``_total``:
+    the page's ``# TYPE ... counter`` must not rename the series the mapping names (before: the
+    text page had no data, the same samples parsed counted)."""
+    name = "router_sli_events"
+    mapping = {"sli_events": name}
+
+    def text(good: int) -> str:
+        return f'# TYPE {name} counter\n{name}{{slo="a",result="good"}} {good}\n'
+
+    def samples(good: int) -> list:
+        return [(name, {"slo": "a", "result": "good"}, float(good))]
+
+    for page in (text, samples):
+        feed = MetricsFeed(AVAILABILITY, mapping)
+        feed.update(0.0, page(10))
+        report = feed.update(30.0, page(15))
+        assert report.clean and counts(feed) == (5.0, 5.0), page.__name__
