@@ -700,3 +700,19 @@ def test_a_counter_named_without_total_reads_the_same_from_text_and_from_samples
         feed.update(0.0, page(10))
         report = feed.update(30.0, page(15))
         assert report.clean and counts(feed) == (5.0, 5.0), page.__name__
+
+
+def test_the_report_counts_the_series_it_read():
+    """Wanted series only (no ``_sum``), each once: a NaN value and a duplicate are not read."""
+    feed = MetricsFeed(ONE_TTFT)
+    page = ttft_text({"m": (1, 2), "n": (3, 4)})  # per model: two buckets and the count
+    assert feed.update(0.0, {"a": page, "b": page}).series == 12
+    damaged = ttft_text({"m": ("NaN", 2), "n": (3, 4)}) + f'{TTFT}_count{{model_name="n"}} 9\n'
+    assert feed.update(30.0, {"a": damaged, "b": page}).series == 11
+
+
+def test_kv_cache_usage_is_the_mean_of_the_finite_gauges_only():
+    feed = MetricsFeed(ONE_TTFT, "vllm")
+    gauges = 'vllm:kv_cache_usage_perc{engine="0"} 0.5\nvllm:kv_cache_usage_perc{engine="1"} NaN\n'
+    feed.update(0.0, ttft_text({"m": (90, 100)}) + gauges)
+    assert feed.kv_cache_usage() == {"default": 0.5}
