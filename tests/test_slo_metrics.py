@@ -18,6 +18,7 @@ from slo.metrics import (
     engine_gap,
     load_mapping,
     metric_source,
+    normalise_nan,
 )
 from slo.spec import load_spec
 from slo.synthetic import synthetic_events
@@ -716,3 +717,164 @@ def test_kv_cache_usage_is_the_mean_of_the_finite_gauges_only():
     gauges = 'vllm:kv_cache_usage_perc{engine="0"} 0.5\nvllm:kv_cache_usage_perc{engine="1"} NaN\n'
     feed.update(0.0, ttft_text({"m": (90, 100)}) + gauges)
     assert feed.kv_cache_usage() == {"default": 0.5}
+
+
+# --------------------------------------------------------------------------------------------
+# Counters restarted or missing, endpoints missing, selectors combined, NaN spellings
+# --------------------------------------------------------------------------------------------
+
+SLI_EVENTS = "budgetpilot:sli_events_total"
+
+
+def sli_events_lines(**by_result: float) -> str:
+    return "".join(f'{SLI_EVENTS}{{slo="a",result="{r}"}} {v}\n' for r, v in by_result.items())
+
+
+@pytest.mark.parametrize(
+    ("after", "resets", "counted"),
+    [(10, [], (0.0, 0.0)), (4, [f'default/{SLI_EVENTS}{{result="good",slo="a"}}'], (4.0, 4.0))],
+    ids=["unchanged", "fell"],
+)
+def test_a_counter_that_falls_is_a_restart_named_in_the_report(after, resets, counted):
+    feed = MetricsFeed(AVAILABILITY)
+    feed.update(0.0, sli_events_lines(good=10))
+    report = feed.update(30.0, sli_events_lines(good=after))
+    assert report.resets == resets and counts(feed) == counted
+
+
+def test_a_counter_series_missing_from_a_page_is_named_not_those_of_a_missing_endpoint():
+    feed = MetricsFeed(AVAILABILITY)
+    feed.update(0.0, {"x": sli_events_lines(good=10, bad=1), "y": sli_events_lines(good=5)})
+    report = feed.update(30.0, {"x": sli_events_lines(good=12)})
+    assert report.missing_series == [f'x/{SLI_EVENTS}{{result="bad",slo="a"}}']
+    assert report.missing_endpoints == ["y"]
+    assert counts(feed) == (2.0, 2.0)
+
+
+def test_a_histogram_series_missing_from_a_page_is_named():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (1, 1), "n": (1, 1)})})
+    report = feed.update(30.0, {"a": ttft_text({"m": (2, 3)})})
+    assert report.missing_series == [f'a/{TTFT}{{model_name="n"}}']
+    assert counts(feed) == (1.0, 2.0)
+
+
+def test_an_endpoint_missing_for_several_scrapes_is_reported_each_time_then_counts_on():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
+    for t in (30.0, 60.0):
+        report = feed.update(t, {"b": ttft_text({"m": (10, 10)})})
+        assert report.missing_endpoints == ["a"], t
+    feed.update(90.0, {"a": ttft_text({"m": (15, 17)}), "b": ttft_text({"m": (10, 10)})})
+    assert counts(feed) == (5.0, 7.0)  # from a's last value, not a new baseline
+
+
+def test_an_inconsistent_series_does_not_stop_the_others_counting():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
+    report = feed.update(30.0, {"a": ttft_text({"m": (20, 15)}), "b": ttft_text({"m": (14, 15)})})
+    assert report.inconsistent and report.inconsistent[0].startswith("a/")
+    assert counts(feed) == (4.0, 5.0)
+
+
+def test_a_page_lacking_the_threshold_bucket_is_incomplete_not_inexact():
+    """The threshold was a bucket boundary of the engine: a page without that bucket is
+    damaged (its events wait), not a spec that the engine's buckets cannot measure."""
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (1, 2)}))
+    damaged = ttft_text({"m": (2, 3)}).replace('le="1.0"', 'le="0.5"')
+    report = feed.update(30.0, damaged)
+    assert report.inexact == []
+    assert report.incomplete == [
+        f"{TTFT_SERIES}: no bucket le=1 in this scrape (its events count at its next complete "
+        "scrape)"
+    ]
+
+
+def test_model_and_tier_selectors_together_select_the_models_in_both():
+    spec = spec_of(
+        {"strong": {"kind": "ttft", "threshold_s": 1.0}},
+        strong={"selectors": {"model": "strong", "tier": [0, 1]}},
+    )
+    feed = MetricsFeed(spec)
+    assert feed.sources[0].models == ("strong",)
+    feed.update(0.0, ttft_text({"strong": (0, 0), "fast": (0, 0)}))
+    feed.update(30.0, ttft_text({"strong": (3, 4), "fast": (10, 10)}))
+    assert counts(feed) == (3.0, 4.0)
+
+
+def test_measured_is_the_mask_of_the_slos_the_last_update_measured():
+    spec = spec_of({"a": {"kind": "availability"}, "b": {"kind": "availability"}})
+    feed = MetricsFeed(spec)
+    feed.update(0.0, sli_events_lines(good=1))
+    assert np.asarray(feed.engine.slo_names)[feed.measured].tolist() == ["a"]
+
+
+def test_an_slo_without_an_llm_sli_has_no_metric_source():
+    spec = load_spec(
+        {
+            "version": "prometheus/v1",
+            "service": "gateway",
+            "slos": [
+                {
+                    "name": "http",
+                    "objective": 99.9,
+                    "sli": {"events": {"error_query": "sum(e)", "total_query": "sum(t)"}},
+                }
+            ],
+        }
+    )
+    with pytest.raises(ValueError, match="SLO 'http' has no llm SLI"):
+        metric_source(spec.slos[0], spec, load_mapping("vllm"))
+
+
+def test_a_mapping_from_a_dict_or_file_is_named_custom_unless_named(tmp_path):
+    path = tmp_path / "mapping.yaml"
+    path.write_text("ttft: my:ttft_seconds\n")
+    assert load_mapping({"ttft": "my:ttft_seconds"}).name == "custom"
+    assert load_mapping(path).name == "custom"
+    assert load_mapping({"name": "router", "ttft": "my:ttft_seconds"}).name == "router"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "unknown metric mapping 'MISSING': not a built-in (vllm, vllm-legacy, sglang,"),
+        (b"- vllm\n", "metric mapping file PATH must hold a mapping"),
+        (b"ttft: caf\xe9\n", "metric mapping file PATH: line 1: not UTF-8 text"),
+    ],
+    ids=["missing", "a-list", "not-utf8"],
+)
+def test_bad_mapping_files_are_refused_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "mapping.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_mapping(path)
+    assert words.replace("MISSING", str(path)).replace("PATH", str(path)) in str(err.value)
+
+
+def test_an_unreadable_mapping_file_is_refused_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "mapping.yaml"
+    path.write_text("base: vllm\n")
+
+    def unreadable(_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("slo.metrics.read_text", unreadable)
+    with pytest.raises(ValueError, match=f"metric mapping file {path}: cannot read it: "):
+        load_mapping(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "normalised"),
+    [
+        ("m -nan(ind)", "m NaN"),
+        ("m 3", "m 3"),
+        ('m{a="b"} nan(snan)', 'm{a="b"} NaN'),
+        ('m{reason="a nan(ind) b"} 3', 'm{reason="a nan(ind) b"} 3'),
+        ('m{reason="} nan(ind) x"} 3', 'm{reason="} nan(ind) x"} 3'),
+    ],
+)
+def test_c_nan_spellings_of_values_are_normalised_label_values_left_alone(line, normalised):
+    assert normalise_nan(line) == normalised
