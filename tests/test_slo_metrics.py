@@ -878,3 +878,24 @@ def test_an_unreadable_mapping_file_is_refused_naming_the_file(tmp_path, monkeyp
 )
 def test_c_nan_spellings_of_values_are_normalised_label_values_left_alone(line, normalised):
     assert normalise_nan(line) == normalised
+
+
+def test_a_forgotten_endpoint_back_with_fewer_series_has_none_missing():
+    """Back after ``forget``, an endpoint is new: the series it had before are not missing."""
+    spec = spec_of({"ttft": {"kind": "ttft", "threshold_s": 1.0}, "a": {"kind": "availability"}})
+    feed = MetricsFeed(spec)
+    feed.update(0.0, {"x": ttft_text({"m": (1, 1), "n": (1, 1)}) + sli_events_lines(good=1, bad=1)})
+    feed.forget(["x"])
+    report = feed.update(30.0, {"x": ttft_text({"m": (2, 2)}) + sli_events_lines(good=2)})
+    assert report.missing_series == [] and report.clean
+
+
+def test_a_forgotten_endpoints_incomplete_series_counts_from_zero_when_it_comes_back():
+    """A series incomplete before ``forget`` and seen again, complete, after the endpoint came
+    back (new) is a new series on a known endpoint: counted from zero, not a baseline."""
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"x": without_count(ttft_text({"m": (900, 1000)}))})
+    feed.forget(["x"])
+    feed.update(30.0, {"x": ttft_text({"n": (0, 0)})})  # x back: a baseline
+    feed.update(60.0, {"x": ttft_text({"n": (0, 0), "m": (5, 6)})})
+    assert counts(feed) == (5.0, 6.0)
