@@ -445,7 +445,9 @@ class MetricsFeed:
         self._histograms = {s.metric for s in self.sources if s.kind == "histogram"}
         self._wanted = self._wanted_names()
         kv = () if self.mapping.kv_cache_usage is None else (self.mapping.kv_cache_usage,)
-        self._prefixes = ("#", *sorted(self._wanted), *kv)
+        # Sample lines only: a "# TYPE x counter" line would make the parser rename the samples
+        # of a counter named without _total (x -> x_total), and the mapping names samples.
+        self._prefixes = (*sorted(self._wanted), *kv)
         self._previous: dict[SeriesKey, float] = {}
         # Per histogram SLO source and series: (good, total) at its last complete scrape.
         self._pairs: dict[tuple[str, float, GroupKey], tuple[float, float]] = {}
@@ -771,7 +773,7 @@ def _samples(
 ) -> Iterable[tuple[str, dict[str, str], float]]:
     if isinstance(scrape, str):
         # Parsing is the feed's cost (engines expose hundreds of series we do not use): only the
-        # lines of wanted metrics (and comments, for the families' types) reach the parser.
+        # sample lines of wanted metrics reach the parser (no comments: the feed needs no types).
         wanted = "\n".join(
             normalise_nan(line) for line in scrape.splitlines() if line.startswith(prefixes)
         )

@@ -18,6 +18,7 @@ from slo.metrics import (
     engine_gap,
     load_mapping,
     metric_source,
+    normalise_nan,
 )
 from slo.spec import load_spec
 from slo.synthetic import synthetic_events
@@ -556,3 +557,345 @@ def test_a_forgotten_endpoint_leaves_the_counters_of_the_others_as_they_were():
 )
 def test_an_impossible_histogram_is_named(buckets, problem):
     assert _Histogram(count=10.0, buckets=buckets).inconsistency() == problem
+
+
+# --------------------------------------------------------------------------------------------
+# Reports, restarts and incomplete series named exactly; pages the mapping reads only in part
+# --------------------------------------------------------------------------------------------
+
+TTFT_SERIES = f'default/{TTFT}{{model_name="m"}}'
+
+
+def without_count(text: str) -> str:
+    """A TTFT page whose ``_count`` lines are missing (half of each series' pair)."""
+    return "".join(line + "\n" for line in text.splitlines() if "_count" not in line)
+
+
+@pytest.mark.parametrize(
+    ("pages", "endpoints"),
+    [
+        (ttft_text({"m": (1, 2)}), 1),
+        ({"a": ttft_text({"m": (1, 2)}), "b": ttft_text({"m": (3, 4)})}, 2),
+        ([(f"{TTFT}_count", {"model_name": "m"}, 2.0)], 1),
+    ],
+    ids=["one-text", "two-endpoints", "samples"],
+)
+def test_the_report_says_when_and_how_many_endpoints_were_scraped(pages, endpoints):
+    report = MetricsFeed(ONE_TTFT).update(30, pages)
+    assert report.time == 30.0 and isinstance(report.time, float)
+    assert report.endpoints == endpoints
+
+
+def test_a_late_scrape_is_reported_with_both_times():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(60.0, ttft_text({"m": (1, 2)}))
+    report = feed.update(30.0, ttft_text({"m": (1, 2)}))
+    assert report.out_of_order == ["scrape time 30 is before the last one (60): counted then"]
+
+
+def test_a_feed_before_its_first_scrape_has_measured_no_slo():
+    """``measured`` is a mask over the SLOs (the sidecar indexes with it) from the start."""
+    feed = MetricsFeed(ALL_KINDS)
+    names = np.asarray(feed.engine.slo_names)
+    assert names[feed.measured].tolist() == []
+    assert names[~feed.measured].tolist() == list(feed.engine.slo_names)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((5, 100), (50, 60)), ((90, 100), (10, 150)), ((90, 100), (10, 12))],
+    ids=["count-fell", "bucket-fell", "both-fell"],
+)
+def test_a_histogram_series_that_falls_restarted_and_counts_from_zero(before, after):
+    """Either half of the pair falling is a restart of the engine, named in the report."""
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": before}))
+    report = feed.update(30.0, ttft_text({"m": after}))
+    assert counts(feed) == after
+    assert report.resets == [TTFT_SERIES] and report.clean
+
+
+def test_more_good_than_total_events_between_two_scrapes_is_named_with_both_increases():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (10, 20)}))
+    report = feed.update(30.0, ttft_text({"m": (17, 25)}))  # each page consistent, not the step
+    assert report.inconsistent == [
+        f"{TTFT_SERIES}: 7 events within le=1 since the last scrape but 5 in all"
+    ]
+    assert counts(feed) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("forgotten", [[], ["a"]], ids=["none-forgotten", "other-forgotten"])
+def test_a_series_first_seen_incomplete_starts_as_a_baseline(forgotten):
+    """A replica whose first page lacks ``_count`` has its history counted at no later scrape
+    (before: 905 good of 1010 at once, a false burn), also when another replica is forgotten."""
+    feed = MetricsFeed(ONE_TTFT)
+    report = feed.update(
+        0.0, {"a": ttft_text({"m": (0, 0)}), "b": without_count(ttft_text({"m": (900, 1000)}))}
+    )
+    assert report.incomplete
+    feed.forget(forgotten)
+    feed.update(30.0, {"a": ttft_text({"m": (0, 0)}), "b": ttft_text({"m": (905, 1010)})})
+    assert counts(feed) == (0.0, 0.0)
+    feed.update(60.0, {"a": ttft_text({"m": (0, 0)}), "b": ttft_text({"m": (915, 1020)})})
+    assert counts(feed) == (10.0, 10.0)
+
+
+def test_a_bucket_without_le_is_skipped_not_fatal():
+    feed = MetricsFeed(ONE_TTFT)
+    stray = f'{TTFT}_bucket{{model_name="m"}} 3\n'
+    feed.update(0.0, ttft_text({"m": (0, 0)}) + stray)
+    report = feed.update(30.0, ttft_text({"m": (4, 5)}) + stray)
+    assert counts(feed) == (4.0, 5.0) and report.clean
+
+
+def request_success_page(models: dict[str, tuple[int, int]]) -> str:
+    """vLLM's request counter: per model, (requests stopped, requests cut at max length)."""
+    lines = ["# TYPE vllm:request_success_total counter"]
+    for model, by_reason in models.items():
+        for reason, value in zip(("stop", "length"), by_reason, strict=True):
+            labels = f'finished_reason="{reason}",model_name="{model}"'
+            lines.append(f"vllm:request_success_total{{{labels}}} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def test_model_selectors_filter_the_request_counters():
+    spec = spec_of(
+        {"cuts": {"kind": "context", "truncation": False, "max_preemptions": None}},
+        cuts={"selectors": {"model": "fast"}},
+    )
+    feed = MetricsFeed(spec)
+    assert feed.sources[0].kind == "request_success"
+    feed.update(0.0, request_success_page({"strong": (0, 0), "fast": (0, 0)}))
+    feed.update(30.0, request_success_page({"strong": (50, 50), "fast": (9, 1)}))
+    assert counts(feed) == (9.0, 10.0)
+
+
+AVAILABILITY = spec_of({"a": {"kind": "availability"}})
+
+
+@pytest.mark.parametrize("mapping", ["tgi", {"kv_cache_usage": None}], ids=["tgi", "custom"])
+def test_pages_of_an_engine_without_a_kv_cache_gauge_are_read(mapping):
+    feed = MetricsFeed(AVAILABILITY, mapping)
+    assert feed.mapping.kv_cache_usage is None
+    for t, good in ((0.0, 10), (30.0, 14)):
+        report = feed.update(t, f"process_cpu_seconds_total 3\n{sli_events_page(good)}")
+    assert report.clean and counts(feed) == (4.0, 4.0)
+
+
+def test_a_counter_named_without_total_reads_the_same_from_text_and_from_samples():
+    """Exporters such as metrics-exporter-prometheus (TGI's) name counters without ``_total``:
+    the page's ``# TYPE ... counter`` must not rename the series the mapping names (before: the
+    text page had no data, the same samples parsed counted)."""
+    name = "router_sli_events"
+    mapping = {"sli_events": name}
+
+    def text(good: int) -> str:
+        return f'# TYPE {name} counter\n{name}{{slo="a",result="good"}} {good}\n'
+
+    def samples(good: int) -> list:
+        return [(name, {"slo": "a", "result": "good"}, float(good))]
+
+    for page in (text, samples):
+        feed = MetricsFeed(AVAILABILITY, mapping)
+        feed.update(0.0, page(10))
+        report = feed.update(30.0, page(15))
+        assert report.clean and counts(feed) == (5.0, 5.0), page.__name__
+
+
+def test_the_report_counts_the_series_it_read():
+    """Wanted series only (no ``_sum``), each once: a NaN value and a duplicate are not read."""
+    feed = MetricsFeed(ONE_TTFT)
+    page = ttft_text({"m": (1, 2), "n": (3, 4)})  # per model: two buckets and the count
+    assert feed.update(0.0, {"a": page, "b": page}).series == 12
+    damaged = ttft_text({"m": ("NaN", 2), "n": (3, 4)}) + f'{TTFT}_count{{model_name="n"}} 9\n'
+    assert feed.update(30.0, {"a": damaged, "b": page}).series == 11
+
+
+def test_kv_cache_usage_is_the_mean_of_the_finite_gauges_only():
+    feed = MetricsFeed(ONE_TTFT, "vllm")
+    gauges = 'vllm:kv_cache_usage_perc{engine="0"} 0.5\nvllm:kv_cache_usage_perc{engine="1"} NaN\n'
+    feed.update(0.0, ttft_text({"m": (90, 100)}) + gauges)
+    assert feed.kv_cache_usage() == {"default": 0.5}
+
+
+# --------------------------------------------------------------------------------------------
+# Counters restarted or missing, endpoints missing, selectors combined, NaN spellings
+# --------------------------------------------------------------------------------------------
+
+SLI_EVENTS = "budgetpilot:sli_events_total"
+
+
+def sli_events_lines(**by_result: float) -> str:
+    return "".join(f'{SLI_EVENTS}{{slo="a",result="{r}"}} {v}\n' for r, v in by_result.items())
+
+
+@pytest.mark.parametrize(
+    ("after", "resets", "counted"),
+    [(10, [], (0.0, 0.0)), (4, [f'default/{SLI_EVENTS}{{result="good",slo="a"}}'], (4.0, 4.0))],
+    ids=["unchanged", "fell"],
+)
+def test_a_counter_that_falls_is_a_restart_named_in_the_report(after, resets, counted):
+    feed = MetricsFeed(AVAILABILITY)
+    feed.update(0.0, sli_events_lines(good=10))
+    report = feed.update(30.0, sli_events_lines(good=after))
+    assert report.resets == resets and counts(feed) == counted
+
+
+def test_a_counter_series_missing_from_a_page_is_named_not_those_of_a_missing_endpoint():
+    feed = MetricsFeed(AVAILABILITY)
+    feed.update(0.0, {"x": sli_events_lines(good=10, bad=1), "y": sli_events_lines(good=5)})
+    report = feed.update(30.0, {"x": sli_events_lines(good=12)})
+    assert report.missing_series == [f'x/{SLI_EVENTS}{{result="bad",slo="a"}}']
+    assert report.missing_endpoints == ["y"]
+    assert counts(feed) == (2.0, 2.0)
+
+
+def test_a_histogram_series_missing_from_a_page_is_named():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (1, 1), "n": (1, 1)})})
+    report = feed.update(30.0, {"a": ttft_text({"m": (2, 3)})})
+    assert report.missing_series == [f'a/{TTFT}{{model_name="n"}}']
+    assert counts(feed) == (1.0, 2.0)
+
+
+def test_an_endpoint_missing_for_several_scrapes_is_reported_each_time_then_counts_on():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
+    for t in (30.0, 60.0):
+        report = feed.update(t, {"b": ttft_text({"m": (10, 10)})})
+        assert report.missing_endpoints == ["a"], t
+    feed.update(90.0, {"a": ttft_text({"m": (15, 17)}), "b": ttft_text({"m": (10, 10)})})
+    assert counts(feed) == (5.0, 7.0)  # from a's last value, not a new baseline
+
+
+def test_an_inconsistent_series_does_not_stop_the_others_counting():
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"a": ttft_text({"m": (10, 10)}), "b": ttft_text({"m": (10, 10)})})
+    report = feed.update(30.0, {"a": ttft_text({"m": (20, 15)}), "b": ttft_text({"m": (14, 15)})})
+    assert report.inconsistent and report.inconsistent[0].startswith("a/")
+    assert counts(feed) == (4.0, 5.0)
+
+
+def test_a_page_lacking_the_threshold_bucket_is_incomplete_not_inexact():
+    """The threshold was a bucket boundary of the engine: a page without that bucket is
+    damaged (its events wait), not a spec that the engine's buckets cannot measure."""
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, ttft_text({"m": (1, 2)}))
+    damaged = ttft_text({"m": (2, 3)}).replace('le="1.0"', 'le="0.5"')
+    report = feed.update(30.0, damaged)
+    assert report.inexact == []
+    assert report.incomplete == [
+        f"{TTFT_SERIES}: no bucket le=1 in this scrape (its events count at its next complete "
+        "scrape)"
+    ]
+
+
+def test_model_and_tier_selectors_together_select_the_models_in_both():
+    spec = spec_of(
+        {"strong": {"kind": "ttft", "threshold_s": 1.0}},
+        strong={"selectors": {"model": "strong", "tier": [0, 1]}},
+    )
+    feed = MetricsFeed(spec)
+    assert feed.sources[0].models == ("strong",)
+    feed.update(0.0, ttft_text({"strong": (0, 0), "fast": (0, 0)}))
+    feed.update(30.0, ttft_text({"strong": (3, 4), "fast": (10, 10)}))
+    assert counts(feed) == (3.0, 4.0)
+
+
+def test_measured_is_the_mask_of_the_slos_the_last_update_measured():
+    spec = spec_of({"a": {"kind": "availability"}, "b": {"kind": "availability"}})
+    feed = MetricsFeed(spec)
+    feed.update(0.0, sli_events_lines(good=1))
+    assert np.asarray(feed.engine.slo_names)[feed.measured].tolist() == ["a"]
+
+
+def test_an_slo_without_an_llm_sli_has_no_metric_source():
+    spec = load_spec(
+        {
+            "version": "prometheus/v1",
+            "service": "gateway",
+            "slos": [
+                {
+                    "name": "http",
+                    "objective": 99.9,
+                    "sli": {"events": {"error_query": "sum(e)", "total_query": "sum(t)"}},
+                }
+            ],
+        }
+    )
+    with pytest.raises(ValueError, match="SLO 'http' has no llm SLI"):
+        metric_source(spec.slos[0], spec, load_mapping("vllm"))
+
+
+def test_a_mapping_from_a_dict_or_file_is_named_custom_unless_named(tmp_path):
+    path = tmp_path / "mapping.yaml"
+    path.write_text("ttft: my:ttft_seconds\n")
+    assert load_mapping({"ttft": "my:ttft_seconds"}).name == "custom"
+    assert load_mapping(path).name == "custom"
+    assert load_mapping({"name": "router", "ttft": "my:ttft_seconds"}).name == "router"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "unknown metric mapping 'MISSING': not a built-in (vllm, vllm-legacy, sglang,"),
+        (b"- vllm\n", "metric mapping file PATH must hold a mapping"),
+        (b"ttft: caf\xe9\n", "metric mapping file PATH: line 1: not UTF-8 text"),
+    ],
+    ids=["missing", "a-list", "not-utf8"],
+)
+def test_bad_mapping_files_are_refused_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "mapping.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_mapping(path)
+    assert words.replace("MISSING", str(path)).replace("PATH", str(path)) in str(err.value)
+
+
+def test_an_unreadable_mapping_file_is_refused_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "mapping.yaml"
+    path.write_text("base: vllm\n")
+
+    def unreadable(_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("slo.metrics.read_text", unreadable)
+    with pytest.raises(ValueError, match=f"metric mapping file {path}: cannot read it: "):
+        load_mapping(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "normalised"),
+    [
+        ("m -nan(ind)", "m NaN"),
+        ("m 3", "m 3"),
+        ('m{a="b"} nan(snan)', 'm{a="b"} NaN'),
+        ('m{reason="a nan(ind) b"} 3', 'm{reason="a nan(ind) b"} 3'),
+        ('m{reason="} nan(ind) x"} 3', 'm{reason="} nan(ind) x"} 3'),
+    ],
+)
+def test_c_nan_spellings_of_values_are_normalised_label_values_left_alone(line, normalised):
+    assert normalise_nan(line) == normalised
+
+
+def test_a_forgotten_endpoint_back_with_fewer_series_has_none_missing():
+    """Back after ``forget``, an endpoint is new: the series it had before are not missing."""
+    spec = spec_of({"ttft": {"kind": "ttft", "threshold_s": 1.0}, "a": {"kind": "availability"}})
+    feed = MetricsFeed(spec)
+    feed.update(0.0, {"x": ttft_text({"m": (1, 1), "n": (1, 1)}) + sli_events_lines(good=1, bad=1)})
+    feed.forget(["x"])
+    report = feed.update(30.0, {"x": ttft_text({"m": (2, 2)}) + sli_events_lines(good=2)})
+    assert report.missing_series == [] and report.clean
+
+
+def test_a_forgotten_endpoints_incomplete_series_counts_from_zero_when_it_comes_back():
+    """A series incomplete before ``forget`` and seen again, complete, after the endpoint came
+    back (new) is a new series on a known endpoint: counted from zero, not a baseline."""
+    feed = MetricsFeed(ONE_TTFT)
+    feed.update(0.0, {"x": without_count(ttft_text({"m": (900, 1000)}))})
+    feed.forget(["x"])
+    feed.update(30.0, {"x": ttft_text({"n": (0, 0)})})  # x back: a baseline
+    feed.update(60.0, {"x": ttft_text({"n": (0, 0), "m": (5, 6)})})
+    assert counts(feed) == (5.0, 6.0)
