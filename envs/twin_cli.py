@@ -99,8 +99,12 @@ def twin(
         typer.echo(f"  {name:<{width}}  {address}")
     typer.echo("Ctrl-C to stop.")
     signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly on a plain kill
+    idle = threading.Event()
     try:
-        threading.Event().wait()
+        # Timed waits: a signal the kernel hands to another thread is only acted on when the
+        # main thread runs again, which an untimed wait may never let it do.
+        while not idle.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
