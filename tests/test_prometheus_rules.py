@@ -140,8 +140,9 @@ def test_recording_rules_and_page_alert_agree_with_the_engine(prometheus_server,
     active_at = np.datetime64(fired[0]["activeAt"].rstrip("Z"), "ms").astype(float) / 1e3
     # Prometheus sees the traffic at its next scrape, the recording rules at their next
     # evaluation, the alert (another rule group, reading the recorded ratios) at its next one;
-    # the windows' edges may tip it one interval earlier.
-    assert engine_page - SCRAPE_S <= active_at <= engine_page + 3 * SCRAPE_S, (
+    # the windows' edges may tip it one interval earlier. Half an interval more for the
+    # groups' own scheduling (a CI run saw +3.09 s).
+    assert engine_page - SCRAPE_S <= active_at <= engine_page + 3.5 * SCRAPE_S, (
         f"page: engine at +{engine_page - run.wall0:.2f} s, "
         f"Prometheus at +{active_at - run.wall0:.2f} s"
     )
