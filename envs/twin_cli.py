@@ -98,7 +98,10 @@ def twin(
     for name, address in rows:
         typer.echo(f"  {name:<{width}}  {address}")
     typer.echo("Ctrl-C to stop.")
-    signal.signal(signal.SIGTERM, _interrupt)  # stop as cleanly on a plain kill
+    # Stop as cleanly on a plain kill, and on Ctrl-C even when started with SIGINT ignored (a
+    # background job of a non-interactive shell inherits it so).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     idle = threading.Event()
     try:
         # Timed waits: a signal the kernel hands to another thread is only acted on when the
