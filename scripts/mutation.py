@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true", help="report the last run's score")
     parser.add_argument("--minutes", type=float, help="stop after this long (partial score)")
     parser.add_argument(
-        "--survivors", action="store_true", help="run only the last run's survivors again"
+        "--survivors",
+        action="store_true",
+        help="run the last run's survivors and unchecked mutants again",
     )
     parser.add_argument(
         "--whole-selection",
@@ -293,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
 def recheck_survivors(
     name: str, target: Target, max_children: int, minutes: float | None, whole: bool
 ) -> dict[str, object]:
-    """Run the last run's survivors again on a fresh copy (after tests were added), and every
-    mutant of a function edited since (its mutants are not those of the last run); the other
-    verdicts stand. ``whole``: against every test of the selection."""
+    """Run the last run's survivors again on a fresh copy (after tests were added), the mutants
+    it left unchecked (stopped by ``--minutes``), and every mutant of a function edited since
+    (its mutants are not those of the last run); the other verdicts stand. ``whole``: against
+    every test of the selection."""
     work = REPO / ".mutation" / name
     previous = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
     work = prepare(name, target, fresh=True)
@@ -306,12 +309,17 @@ def recheck_survivors(
         if previous["hash_by_function_name"].get(function) != digest
     }
     survivors = set(score_of(target, previous["exit_code_by_key"])["survivors"])
+    unchecked = {m for m, code in previous["exit_code_by_key"].items() if code is None}
     verdicts = {
         mutant: previous["exit_code_by_key"].get(mutant)
         for mutant in meta["exit_code_by_key"]
         if _function(mutant) not in edited
     }
-    again = [m for m in meta["exit_code_by_key"] if _function(m) in edited or m in survivors]
+    again = [
+        m
+        for m in meta["exit_code_by_key"]
+        if _function(m) in edited or m in survivors or m in unchecked
+    ]
     run_mutmut(work, max_children, minutes, again)
     rechecked = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
     for mutant in again:  # a survivor not reached within ``minutes`` stays a survivor
