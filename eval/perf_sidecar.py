@@ -4,7 +4,8 @@ The fleet is a local HTTP server (another process, as engines are) serving 64 re
 pages (request histograms rendered by :class:`slo.exposition.ExpositionRenderer` from synthetic
 request events, scheduler gauges, and the other families a vLLM v1 server exposes) plus a
 router page of budgetpilot counters. The policy is a linear ONNX policy over the environment's
-contracts (or a zoo policy). Figures:
+contracts (or a zoo policy, timed from a copy whose envelope is widened to the benchmark's fleet:
+a sidecar refuses a fleet of 64 replicas for a policy trained on 3). Figures:
 
 * ``decision_p99_ms``: observation vector, policy (onnxruntime) and guardrails (and
   ``decision_p99_cpu_ms``, the deciding thread's CPU time, which other processes do not inflate);
@@ -106,7 +107,6 @@ def linear_policy(
         Provenance,
         spec_to_json,
     )
-    from slo.engine import BudgetEngine
 
     rng = np.random.default_rng(seed)
     n_obs, n_act = observation_contract.size, len(action_contract.knobs)
@@ -133,7 +133,7 @@ def linear_policy(
     data = model.SerializeToString()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    fingerprint = BudgetEngine(spec).spec_fingerprint()
+    fingerprint = _spec_fingerprint(spec)
     manifest = PolicyManifest(
         observation_contract=observation_contract,
         action_contract=action_contract,
@@ -157,6 +157,47 @@ def linear_policy(
     )
     path.with_suffix(".json").write_text(manifest.to_json())
     return path
+
+
+def benchmark_envelope(policy_envelope: Any, endpoints: int) -> Any:
+    """``policy_envelope`` widened to the benchmark's fleet of :func:`sidecar_config` (up to
+    ``endpoints - 1`` strong replicas and one cheap): the benchmark times a policy, it does not
+    deploy one, and a policy trained on 3 replicas would be refused by a sidecar of 64."""
+    from dataclasses import replace
+
+    roles = {"strong": (1, max(endpoints - 1, 1)), "cheap": (1, 1)}
+    fleets = (f"perf-sidecar-{endpoints}",)
+    return replace(policy_envelope, roles=roles, fleets=fleets, assumed=False)
+
+
+def timed_policy(work: Path, endpoints: int, policy: Path | None = None) -> Path:
+    """The policy a benchmark of ``endpoints`` endpoints times: ``policy`` (copied into
+    ``work`` with its envelope widened by :func:`benchmark_envelope`) or a linear stand-in over
+    the environment's contracts."""
+    import shutil
+    from dataclasses import replace
+
+    from policies.manifest import Envelope, PolicyManifest
+
+    if policy is None:
+        observation, action, spec = fleet_contracts()
+        fingerprint = _spec_fingerprint(spec)
+        reference = Envelope.reference(observation, spec.service, fingerprint, assumed=False)
+        envelope = benchmark_envelope(reference, endpoints)
+        return linear_policy(work / "linear.onnx", observation, action, spec, envelope=envelope)
+    manifest = PolicyManifest.from_json(policy.with_suffix(".json").read_text())
+    widened = replace(manifest, envelope=benchmark_envelope(manifest.envelope, endpoints))
+    copy = work / policy.name
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(policy, copy)
+    copy.with_suffix(".json").write_text(widened.to_json())
+    return copy
+
+
+def _spec_fingerprint(spec: Any) -> str:
+    from slo.engine import BudgetEngine
+
+    return BudgetEngine(spec).spec_fingerprint()
 
 
 def fleet_contracts() -> tuple[Any, Any, Any]:
@@ -434,14 +475,13 @@ def run(
     """Run the whole benchmark (see the module docstring) and return its figures."""
     with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-sidecar-") as tmp:
         work = Path(tmp)
-        if policy is None:
-            policy = linear_policy(work / "linear.onnx", *fleet_contracts())
+        timed = timed_policy(work / "timed", endpoints, policy)
         ready = work / "fleet.url"
         fleet = subprocess.Popen([*_SELF, "serve", str(endpoints), str(ready)])
         try:
             base_url = _wait_file(ready, fleet)
             port = free_port()
-            config = sidecar_config(policy, base_url, endpoints, port=port, interval_s=1.0)
+            config = sidecar_config(timed, base_url, endpoints, port=port, interval_s=1.0)
             config_path = work / "sidecar.yaml"
             config_path.write_text(yaml.safe_dump(config))
             measured = json.loads(
@@ -466,7 +506,7 @@ def run(
     return {
         "endpoints": endpoints,
         **measured,
-        "policy": str(policy.name),
+        "policy": "linear stand-in" if policy is None else policy.name,
         "load_average_1m": os.getloadavg()[0],  # other work on the machine inflates wall times
         "cpus": os.cpu_count(),
     }
@@ -483,15 +523,16 @@ PROMETHEUS_REPLICAS = 256
 HISTORY_DAYS, HISTORY_STEP_S = 30, 30.0
 
 
-def prometheus_figures(policy: Path, work: Path) -> dict[str, Any]:
+def prometheus_figures(policy: Path | None, work: Path) -> dict[str, Any]:
     """``cycle_ms_prometheus_256`` and ``bootstrap_s_30d`` (with what they read), or why they
-    could not be measured."""
+    could not be measured; ``policy`` as for :func:`timed_policy`."""
     import shutil
 
     if shutil.which("prometheus") is None or shutil.which("promtool") is None:
         reason = "prometheus and promtool (Debian package `prometheus`) are not installed"
         return {"cycle_ms_prometheus_256": None, "bootstrap_s_30d": None, "prometheus": reason}
-    return {**_prometheus_cycle(policy, work), **_bootstrap_30d(work)}
+    timed = timed_policy(work / "timed-256", PROMETHEUS_REPLICAS, policy)
+    return {**_prometheus_cycle(timed, work), **_bootstrap_30d(work)}
 
 
 def prometheus_cycle() -> dict[str, Any]:
@@ -500,7 +541,7 @@ def prometheus_cycle() -> dict[str, Any]:
     prometheus-cycle``."""
     with tempfile.TemporaryDirectory(prefix="budgetpilot-perf-sidecar-") as tmp:
         work = Path(tmp)
-        figures = _prometheus_cycle(linear_policy(work / "linear.onnx", *fleet_contracts()), work)
+        figures = _prometheus_cycle(timed_policy(work / "timed", PROMETHEUS_REPLICAS), work)
     return {**figures, "load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count()}
 
 
