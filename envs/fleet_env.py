@@ -402,8 +402,7 @@ class LLMFleetEnv(gym.Env):
         self._prices = self._pool_prices()
         self._snapshot = CompiledSnapshot(self.engine)
         self._feed = CompiledIngest(self.engine)
-        self.knob_values = neutral_knob_values(self.action_contract.names)
-        self._apply_knobs()
+        self._set_knobs(neutral_knob_values(self.action_contract.names))
         self._contract_pool = self._observed_pools()
         self._replica_caps = self._check_replica_caps()
         self._provisioned_mark = (0.0, np.zeros(len(self.sim.pool_names)))
@@ -425,9 +424,8 @@ class LLMFleetEnv(gym.Env):
         return self._observation(), dict(self._last_info)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        previous = self.knob_values
-        self.knob_values = self.fleet.in_force(self.action_contract.decode(self._filter(action)))
-        self._apply_knobs()
+        previous = self._knob_units
+        self._set_knobs(self.fleet.in_force(self.action_contract.decode(self._filter(action))))
         if self.elastic:
             self._scale_pools()
         good0, total0 = self.engine.cumulative_counts()
@@ -480,14 +478,12 @@ class LLMFleetEnv(gym.Env):
         the observation shows), when there is one."""
         if self.action_filter is None:
             return action
-        in_force = self.action_contract.encode(self.knob_values)
-        return self.action_filter.apply(action, in_force, self._step_limits)
+        return self.action_filter.apply(action, self._knob_units, self._step_limits)
 
-    def _smoothness_cost(self, previous: Mapping[str, float]) -> float:
+    def _smoothness_cost(self, previous: np.ndarray) -> float:
         """:attr:`RewardConfig.smoothness` times the mean absolute change of the knobs in force
-        since ``previous``, in action units."""
-        encode = self.action_contract.encode
-        change = float(np.mean(np.abs(encode(self.knob_values) - encode(previous))))
+        since they were ``previous`` (both in action units)."""
+        change = float(np.mean(np.abs(self._knob_units - previous)))
         return self.reward_config.smoothness * change
 
     def _overloaded(self, arrivals_before: int) -> bool:
@@ -551,8 +547,12 @@ class LLMFleetEnv(gym.Env):
         per_request = np.where(counted > 0, counted / max(arrivals, 1), 1.0)
         return per_request * self.setup.workload.mean_rate * self.slo_spec.budgetpilot.period
 
-    def _apply_knobs(self) -> None:
-        self.sim.set_knobs(sim_knobs(self.knob_values, self.fleet))
+    def _set_knobs(self, values: dict[str, float]) -> None:
+        """Put knob ``values`` in force in the simulator; the action units they encode to are
+        kept for the filter, the smoothness cost and the observation."""
+        self.knob_values = values
+        self._knob_units = self.action_contract.encode(values)
+        self.sim.set_knobs(sim_knobs(values, self.fleet))
 
     def _advance(self, until: float) -> float:
         """Simulate to ``until`` (applying the scenario's rollout), feed the budget engine, and
@@ -634,9 +634,7 @@ class LLMFleetEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         burn = self.budget.burn_rates[:, self._window_index]
         alerts = np.where(self.budget.page, 1.0, np.where(self.budget.ticket, 0.5, 0.0))
-        knob_units = {
-            k.name: k.to_unit(self.knob_values[k.name]) for k in self.action_contract.knobs
-        }
+        knob_units = dict(zip(self.action_contract.names, self._knob_units.tolist(), strict=True))
         return self.observation_contract.build(
             burn, self.budget.budget_remaining, alerts, self._fleet_signals(), knob_units
         )

@@ -251,7 +251,7 @@ class GovernedFleet:
         """The first pool of tier 0 (the one scenarios fail replicas of)."""
         return next(p.name for p in self.config.pools if p.tier == 0)
 
-    @property
+    @cached_property
     def cheap_pool(self) -> str | None:
         """The first pool of the tier downgraded traffic goes to, ``None`` in a single tier."""
         if self.config.n_tiers == 1:
