@@ -101,7 +101,7 @@ def calibrate(
 
 
 def aligned(config: SimConfig, start_s: float) -> SimConfig:
-    """``config`` with its rate curve (if any) starting at simulated time ``start_s``: the
+    """``config`` with its rate curves (if any) starting at simulated time ``start_s``: the
     compared interval after a warm-up of ``start_s`` replays the fitted interval block for block
     (the warm-up sees the curve's last blocks, as the curve repeats).
 
@@ -110,7 +110,7 @@ def aligned(config: SimConfig, start_s: float) -> SimConfig:
     config: a fitted fleet file.
     start_s: simulated seconds before the fitted interval.
     """
-    return config.model_copy(update={"workload": config.workload.curve_starting_at(start_s)})
+    return config.curves_starting_at(start_s)
 
 
 def _simulate(
