@@ -7,8 +7,9 @@ saved scrapes) :func:`fit_fleet` makes a fleet file (:class:`envs.sim.SimConfig`
   tenant label) from the finished-request counter (``vllm:request_success_total``, SGLang's
   ``sglang:num_requests_total``), as a Poisson workload at the interval's mean rate whose tenants
   split it per model and tenant; when the rate varies, the workload follows the fleet's measured
-  rate curve in blocks of about :data:`RATE_BLOCK_S` (``workload.rate_curve``), the tenants
-  keeping their shares of the whole interval;
+  rate curve in blocks of about :data:`RATE_BLOCK_S` (``workload.rate_curve``); when the mix
+  changes too (a tenant's share varies as much), each tenant whose own rate varies follows its
+  own curve in the same blocks (``tenants[].rate_curve``), the others keeping their shares;
 * **lengths**: prompt and output length distributions (:class:`envs.sim.config.
   LengthDistributions`) from the length histograms (``vllm:request_prompt_tokens`` and
   ``vllm:request_generation_tokens``, SGLang's ``*_tokens_histogram``): the histogram's exact
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.sim.catalog import resolve_model
-from envs.sim.config import ConfigError, LengthDistributions, SimConfig
+from envs.sim.config import ConfigError, LengthDistributions, RateCurveConfig, SimConfig
 from envs.sim.workload import get_length_model
 from slo.metrics import MetricMapping
 from slo.series import MetricsSource, Series
@@ -45,14 +46,17 @@ ASSUMED_SIGMA = 1.0
 #: Length model whose mean and spread stand in when neither length histograms nor token
 #: counters are exported.
 FALLBACK_LENGTHS = "azure-conv"
-#: Blocks in which the rate curve is measured (about this long; they tile the interval), and the
-#: spread of their rates (relative to the mean) above which the rate is said to vary and the
-#: fleet file follows the curve. Blocks, not scrape steps: completions are bursty (a batch
-#: finishes together), so single steps would carry that noise into the simulated arrivals.
+#: Blocks in which the rate curves are measured (about this long; they tile the interval), and
+#: the spread of their rates (relative to the mean) above which a rate (or a tenant's share) is
+#: said to vary and the fleet file follows its curve. Blocks, not scrape steps: completions are
+#: bursty (a batch finishes together), so single steps would carry that noise into the simulated
+#: arrivals.
 RATE_BLOCK_S = 300.0
 VARYING_RANGE = 0.25
 #: Fewest blocks in which a rate can be said to vary (two could be a single ramp's halves).
 VARYING_BLOCKS = 3
+#: The whole traffic's name among the fitted rates and curves (:meth:`FleetFit.rate_curves`).
+ALL = "all"
 
 
 class FitError(ValueError):
@@ -108,11 +112,22 @@ class FleetFit:
     notes: list[str] = field(default_factory=list)
     block_s: float = RATE_BLOCK_S  # length of a block of the fleet's rate curve
     block_rates: np.ndarray = field(default_factory=lambda: np.empty(0))  # requests/s per block
+    # requests/s per block, per tenant of the fleet file
+    tenant_block_rates: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         """Requests per second of the whole fleet."""
         return sum(self.rates.values())
+
+    def rate_curves(self) -> dict[str, RateCurveConfig]:
+        """The rate curves written in the fleet file: each tenant's own by its name, the
+        workload's (the whole traffic's) as :data:`ALL`."""
+        config = self.config
+        curves = {t.name: t.rate_curve for t in config.tenants if t.rate_curve is not None}
+        if config.workload.rate_curve is not None:
+            curves[ALL] = config.workload.rate_curve
+        return curves
 
 
 def fit_fleet(source: MetricsSource, options: FitOptions) -> FleetFit:
@@ -141,19 +156,19 @@ def fit_fleet(source: MetricsSource, options: FitOptions) -> FleetFit:
             f"{source.describe()}: no request finished between {source.start:.0f} and "
             f"{source.end:.0f} ({options.mapping.finished} did not grow)"
         )
-    block_s, block_rates = _rate_blocks(times, curve)
-    rate_curve = _varying_rate(block_s, block_rates, notes)
+    fitted = _fit_traffic(times, curve, traffic, notes)
     counts = sum(increases.values())
     lengths = {
         which: _fit_length(source, options.mapping, which, counts, notes)
         for which in ("prompt", "output")
     }
-    config = _fleet_config(source, options, pools, traffic, lengths, rate_curve, notes)
+    config = _fleet_config(source, options, pools, fitted, lengths, notes)
     rates = {_tenant_name(*key): rate for key, rate in traffic.items()}
     named_curve = {_tenant_name(*key): c for key, c in curve.items()}
+    named_blocks = {_tenant_name(*key): b for key, b in fitted.tenant_blocks.items()}
     return FleetFit(
         config, source.start, source.end, source.describe(), rates, times[1:], named_curve,
-        lengths, notes, block_s, block_rates,
+        lengths, notes, fitted.block_s, fitted.block_rates, named_blocks,
     )  # fmt: skip
 
 
@@ -173,6 +188,10 @@ def _request_series(source: MetricsSource, mapping: MetricMapping) -> list[Serie
             f"{mapping.name!r} mapping: --mapping)"
         )
     return series
+
+
+#: A tenant of the fitted fleet file: ``(model, tenant label value or None)``.
+_Key = tuple[str, str | None]
 
 
 @dataclass
@@ -232,7 +251,7 @@ def _pool_label(series: list[Series], options: FitOptions, notes: list[str]) -> 
 
 def _traffic_groups(
     series: list[Series], options: FitOptions, notes: list[str]
-) -> dict[tuple[str, str | None], list[Series]]:
+) -> dict[_Key, list[Series]]:
     """The request series by tenant of the fleet file: per model, and per tenant label value
     when the counters carry one (``(model, tenant)`` keys)."""
     model_label, tenant_label = options.mapping.model_label, options.tenant_label
@@ -242,7 +261,7 @@ def _traffic_groups(
             f"tenants: the request counters carry no {tenant_label!r} label (--tenant-label); "
             "one tenant per model"
         )
-    groups: dict[tuple[str, str | None], list[Series]] = defaultdict(list)
+    groups: dict[_Key, list[Series]] = defaultdict(list)
     for s in series:
         groups[(s.labels[model_label], s.labels.get(tenant_label))].append(s)
     return dict(groups)
@@ -253,8 +272,8 @@ def _tenant_name(model: str, tenant: str | None) -> str:
 
 
 def _rate_curve(
-    groups: Mapping[tuple[str, str | None], list[Series]],
-) -> tuple[np.ndarray, dict[tuple[str, str | None], np.ndarray]]:
+    groups: Mapping[_Key, list[Series]],
+) -> tuple[np.ndarray, dict[_Key, np.ndarray]]:
     """Requests/s per step of the union of the series' sample times, per group."""
     times = np.unique(np.concatenate([s.times for ss in groups.values() for s in ss]))
     curve = {}
@@ -266,38 +285,109 @@ def _rate_curve(
     return times, curve
 
 
-def _rate_blocks(times: np.ndarray, curve: Mapping[object, np.ndarray]) -> tuple[float, np.ndarray]:
-    """The whole fleet's requests/s in equal blocks of about :data:`RATE_BLOCK_S` that tile the
-    interval: ``(block length, rate per block)``. A block edge inside a scrape step takes the
-    step's requests in proportion (they are spread evenly over it), so scrapes need not be
-    regular nor divide the blocks."""
+@dataclass(frozen=True)
+class _Traffic:
+    """The fitted traffic: requests/s per tenant of the fleet file over the interval and in
+    blocks (the fleet's and each tenant's), and the rate curves to write (the workload's, None
+    when steady; the tenants' own, by tenant)."""
+
+    rates: Mapping[_Key, float]
+    block_s: float
+    block_rates: np.ndarray
+    tenant_blocks: Mapping[_Key, np.ndarray]
+    curve: Mapping[str, object] | None
+    tenant_curves: Mapping[_Key, Mapping[str, object]]
+
+
+def _fit_traffic(
+    times: np.ndarray,
+    curve: Mapping[_Key, np.ndarray],
+    rates: Mapping[_Key, float],
+    notes: list[str],
+) -> _Traffic:
+    """The traffic of the tenants with requests (``rates``) in blocks, and the curves that vary
+    (named in ``notes``), from their requests/s per scrape step (``curve``, ending at
+    ``times[1:]``)."""
+    block_s, block_rates = _rate_blocks(times, sum(curve.values()))
+    tenant_blocks = {key: _rate_blocks(times, curve[key])[1] for key in rates}
+    fleet_curve = _varying_rate(block_s, block_rates, notes)
+    tenant_curves = _tenant_curves(block_s, tenant_blocks, fleet_curve is not None, notes)
+    return _Traffic(rates, block_s, block_rates, tenant_blocks, fleet_curve, tenant_curves)
+
+
+def _rate_blocks(times: np.ndarray, rates: np.ndarray) -> tuple[float, np.ndarray]:
+    """Requests/s per scrape step (``rates``, ending at ``times[1:]``) in equal blocks of about
+    :data:`RATE_BLOCK_S` that tile the interval: ``(block length, rate per block)``. A block
+    edge inside a scrape step takes the step's requests in proportion (they are spread evenly
+    over it), so scrapes need not be regular nor divide the blocks."""
     span = float(times[-1] - times[0])
     blocks = max(1, round(span / RATE_BLOCK_S))
     block_s = span / blocks
-    counted = np.concatenate([[0.0], np.cumsum(sum(curve.values()) * np.diff(times))])
+    counted = np.concatenate([[0.0], np.cumsum(rates * np.diff(times))])
     edges = times[0] + block_s * np.arange(blocks + 1)
     return block_s, np.diff(np.interp(edges, times, counted)) / block_s
 
 
+def _varies(values: np.ndarray) -> bool:
+    """Whether block values (rates, shares) vary by more than :data:`VARYING_RANGE` of their
+    mean over at least :data:`VARYING_BLOCKS` blocks: below, the block-to-block differences are
+    the counters' noise."""
+    if len(values) < VARYING_BLOCKS or values.mean() <= 0:
+        return False
+    return (values.max() - values.min()) / values.mean() > VARYING_RANGE
+
+
+def _curve_entry(block_s: float, rates: np.ndarray) -> dict[str, object]:
+    """A fleet file's ``rate_curve`` of these block rates (rounded for the file: a millisecond of
+    block, a millionth of a request/s)."""
+    return {"step_s": round(block_s, 3), "rates": [round(float(r), 6) for r in rates]}
+
+
+def _span(rates: np.ndarray, block_s: float) -> str:
+    return f"{rates.min():.3g} to {rates.max():.3g} requests/s in {block_s / 60:.3g}-minute blocks"
+
+
 def _varying_rate(block_s: float, rates: np.ndarray, notes: list[str]) -> dict[str, object] | None:
-    """The fleet file's ``workload.rate_curve`` when the block rates vary by more than
-    :data:`VARYING_RANGE` of their mean over at least :data:`VARYING_BLOCKS` blocks (named in
-    ``notes``), else None: a steady rate stays a plain Poisson workload at its mean, whose
-    block-to-block differences are the counters' noise."""
-    if len(rates) < VARYING_BLOCKS or rates.mean() <= 0:
-        return None
-    spread = (rates.max() - rates.min()) / rates.mean()
-    if spread <= VARYING_RANGE:
+    """The fleet file's ``workload.rate_curve`` when the block rates vary (:func:`_varies`;
+    named in ``notes``), else None: a steady rate stays a plain Poisson workload at its mean."""
+    if not _varies(rates):
         return None
     notes.append(
-        f"traffic: the arrival rate varies over the interval ({rates.min():.3g} to "
-        f"{rates.max():.3g} requests/s in {block_s / 60:.3g}-minute blocks): the fleet file "
-        f"follows its curve (workload.rate_curve, {len(rates)} blocks repeating after "
-        f"{len(rates) * block_s / 60:.3g} minutes) around its mean; every tenant keeps its share "
-        "of the whole interval"
+        f"traffic: the arrival rate varies over the interval ({_span(rates, block_s)}): the "
+        f"fleet file follows its curve (workload.rate_curve, {len(rates)} blocks repeating after "
+        f"{len(rates) * block_s / 60:.3g} minutes) around its mean"
     )
-    # Rounded for the file: a millisecond of block, a millionth of a request/s.
-    return {"step_s": round(block_s, 3), "rates": [round(float(r), 6) for r in rates]}
+    return _curve_entry(block_s, rates)
+
+
+def _tenant_curves(
+    block_s: float, blocks: Mapping[_Key, np.ndarray], fleet_varies: bool, notes: list[str]
+) -> dict[_Key, dict[str, object]]:
+    """The tenants' own ``rate_curve`` (their requests/s in the fleet's blocks) when the mix
+    changes, i.e. some tenant's share of the blocks' traffic varies (:func:`_varies`): then
+    every tenant whose own rate varies follows its curve, and a steady one keeps its share of
+    the mean, which the simulator's mix (:class:`envs.sim.config.TenantConfig`) turns into its
+    steady rate. A mix that stays put needs no tenant curve: the fleet's moves every tenant
+    alike. Named in ``notes`` (and that every tenant keeps its share when the rate varies)."""
+    total = sum(blocks.values())
+    served = total > 0
+    mix_changes = any(_varies(b[served] / total[served]) for b in blocks.values())
+    curves = {key: _curve_entry(block_s, b) for key, b in blocks.items() if _varies(b)}
+    if not (mix_changes and curves):
+        if fleet_varies:
+            notes.append(
+                "tenants: every tenant keeps its share of the whole interval (no share varies "
+                f"by more than {VARYING_RANGE:.0%} between blocks)"
+            )
+        return {}
+    own = "; ".join(f"{_tenant_name(*key)} ({_span(blocks[key], block_s)})" for key in curves)
+    steady = [_tenant_name(*key) for key in blocks if key not in curves]
+    notes.append(
+        f"tenants: the traffic's mix changes over the interval; these tenants follow their own "
+        f"rate curve (tenants[].rate_curve), their share moving with it: {own}"
+        + (f"; the others keep a steady rate: {', '.join(steady)}" if steady else "")
+    )
+    return curves
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +494,8 @@ def _fleet_config(
     source: MetricsSource,
     options: FitOptions,
     pools: Mapping[str, _Pool],
-    traffic: Mapping[tuple[str, str | None], float],
+    traffic: _Traffic,
     lengths: Mapping[str, LengthFit],
-    rate_curve: Mapping[str, object] | None,
     notes: list[str],
 ) -> SimConfig:
     catalog = {model: _catalog_model(model, options.models) for model in _models(pools)}
@@ -428,18 +517,17 @@ def _fleet_config(
         }
         for name, pool in sorted(pools.items(), key=lambda kv: (tier_of[kv[1].model], kv[0]))
     ]
-    total = sum(traffic.values())
+    total = sum(traffic.rates.values())
     tenants = [
         {
             "name": _tenant_name(model, tenant),
             "share": round(rate / total, 6),
             "tier": tier_of[model],
         }
-        for (model, tenant), rate in traffic.items()
+        | _curve_field(traffic.tenant_curves.get((model, tenant)))
+        for (model, tenant), rate in traffic.rates.items()
     ]
-    workload = {"kind": "poisson", "rate": round(total, 6)}
-    if rate_curve is not None:
-        workload["rate_curve"] = rate_curve
+    workload = {"kind": "poisson", "rate": round(total, 6)} | _curve_field(traffic.curve)
     workload["lengths"] = _lengths_entry(lengths)
     data = {
         "description": f"fitted to {source.describe()} from {source.start:.0f} to {source.end:.0f}",
@@ -451,6 +539,12 @@ def _fleet_config(
         return SimConfig.from_dict(data, "the fitted fleet")
     except ConfigError as err:
         raise FitError(str(err)) from None
+
+
+def _curve_field(curve: Mapping[str, object] | None) -> dict[str, object]:
+    """A fleet file entry's ``rate_curve`` field, none for a steady rate (left unset: the
+    written file shows only the curves that were fitted)."""
+    return {} if curve is None else {"rate_curve": curve}
 
 
 def _models(pools: Mapping[str, _Pool]) -> list[str]:

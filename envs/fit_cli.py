@@ -189,6 +189,7 @@ def _echo(
         "fleet": str(out),
         "rate_rps": round(fitted.rate, 4),
         "rates_rps": {name: round(rate, 4) for name, rate in fitted.rates.items()},
+        "rate_curves": sorted(fitted.rate_curves()),
         "prompt_tokens_mean": round(fitted.lengths["prompt"].mean, 1),
         "output_tokens_mean": round(fitted.lengths["output"].mean, 1),
         "pools": {p.name: p.replicas for p in fitted.config.pools},

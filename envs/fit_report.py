@@ -3,7 +3,7 @@
 :func:`calibrate` simulates the fitted fleet file over as long as the fitted interval (after the
 environments' warm-up) and compares its TTFT, ITL and E2E histograms with the engines' over the
 interval, quantile by quantile (Prometheus's ``histogram_quantile`` interpolation on both
-sides), a rate curve in the fleet file aligned with the interval (:func:`aligned`);
+sides), the rate curves in the fleet file aligned with the interval (:func:`aligned`);
 :func:`write_report` writes the comparison as a markdown table and a matplotlib plot.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.fit import FleetFit, histogram_increase
-from envs.sim.config import SimConfig
+from envs.fit import ALL, FleetFit, histogram_increase
+from envs.sim.config import RateCurveConfig, SimConfig
 from envs.sim.simulator import Simulator, histogram_quantile
 from slo.events import ITL_BUCKETS_S
 from slo.metrics import MetricMapping
@@ -101,7 +101,7 @@ def calibrate(
 
 
 def aligned(config: SimConfig, start_s: float) -> SimConfig:
-    """``config`` with its rate curve (if any) starting at simulated time ``start_s``: the
+    """``config`` with its rate curves (if any) starting at simulated time ``start_s``: the
     compared interval after a warm-up of ``start_s`` replays the fitted interval block for block
     (the warm-up sees the curve's last blocks, as the curve repeats).
 
@@ -110,7 +110,7 @@ def aligned(config: SimConfig, start_s: float) -> SimConfig:
     config: a fitted fleet file.
     start_s: simulated seconds before the fitted interval.
     """
-    return config.model_copy(update={"workload": config.workload.curve_starting_at(start_s)})
+    return config.curves_starting_at(start_s)
 
 
 def _simulate(
@@ -156,6 +156,7 @@ def write_report(
 
 def report_markdown(fit: FleetFit, calibration: list[SLICalibration], plot_name: str) -> str:
     """The calibration report as markdown."""
+    curves = fit.rate_curves()
     lines = [
         "# Calibration of the fitted fleet",
         "",
@@ -163,10 +164,13 @@ def report_markdown(fit: FleetFit, calibration: list[SLICalibration], plot_name:
         f"({(fit.end - fit.start) / 60:.1f} min); simulated over as long after a "
         f"{WARMUP_S:.0f} s warm-up.",
         "",
-        "| traffic | requests/s |",
-        "| --- | --- |",
-        *(f"| {name} | {rate:.3f} |" for name, rate in fit.rates.items()),
-        f"| all | {fit.rate:.3f} |",
+        "| traffic | requests/s | rate curve written |",
+        "| --- | --- | --- |",
+        *(
+            f"| {name} | {rate:.3f} | {_curve_cell(curves.get(name))} |"
+            for name, rate in fit.rates.items()
+        ),
+        f"| {ALL} | {fit.rate:.3f} | {_curve_cell(curves.get(ALL))} |",
         "",
         "| lengths | mean tokens | sigma (log) | from |",
         "| --- | --- | --- | --- |",
@@ -198,6 +202,15 @@ def _figure(value: float | None) -> str:
     return "no data" if value is None else f"{value:.4g}"
 
 
+def _curve_cell(curve: RateCurveConfig | None) -> str:
+    if curve is None:
+        return "none"
+    return (
+        f"{min(curve.rates):.3g} to {max(curve.rates):.3g} requests/s, {len(curve.rates)} "
+        f"blocks of {curve.step_s / 60:.3g} min"
+    )
+
+
 def _plot(fit: FleetFit, calibration: list[SLICalibration], path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -207,10 +220,9 @@ def _plot(fit: FleetFit, calibration: list[SLICalibration], path: Path) -> None:
     for name, curve in fit.curve.items():
         axes[0].step(minutes, curve, where="pre", label=f"{name} observed")
         axes[0].axhline(fit.rates.get(name, 0.0), linestyle="--", linewidth=1)
-    if fit.config.workload.rate_curve is not None:
-        blocks = fit.config.workload.rate_curve
+    for name, blocks in fit.rate_curves().items():
         ends = blocks.step_s * np.arange(len(blocks.rates) + 1) / 60.0
-        axes[0].stairs(blocks.rates, ends, baseline=None, label="fleet file (all)", linewidth=1.5)
+        axes[0].stairs(blocks.rates, ends, baseline=None, label=f"fleet file ({name})", lw=1.5)
     axes[0].set(title="arrival rate", xlabel="minutes", ylabel="requests/s")
     axes[0].legend(fontsize="small")
     for ax, c in zip(axes[1:], calibration, strict=True):

@@ -733,14 +733,13 @@ def _fleet_traffic(
     rng: np.random.Generator, warmup_s: float, fleet: GovernedFleet
 ) -> ScenarioSetup:
     """The fleet file's own ``workload`` as written: its rate (or load of the measured
-    capacity), rate curve (starting with the episode, after the warm-up), lengths or trace."""
+    capacity), rate curves (starting with the episode, after the warm-up), lengths or trace."""
     from envs.sim.capacity import with_load_resolved
 
-    workload = with_load_resolved(fleet.config).workload.curve_starting_at(warmup_s)
-    parameters = {} if workload.rate is None else {"rate": workload.rate}
-    return ScenarioSetup(
-        fleet.with_failures(), workload.build(list(fleet.tenant_shares)), parameters=parameters
-    )
+    config = with_load_resolved(fleet.config).curves_starting_at(warmup_s)
+    rate = config.workload.rate
+    parameters = {} if rate is None else {"rate": rate}
+    return ScenarioSetup(fleet.with_failures(), config.build_workload(), parameters=parameters)
 
 
 #: The fleet file's own traffic (what ``budgetpilot fit`` wrote, rate curve included): outside

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 from envs.fit import FitError, FitOptions, FleetFit, fit_fleet
 from envs.fit_cli import parse_time
-from envs.fit_report import WARMUP_S, aligned
+from envs.fit_report import WARMUP_S, aligned, report_markdown
 from envs.sim.config import ConfigError, SimConfig
 from envs.sim.simulator import Simulator
 from envs.sim.workload import Marginal
@@ -284,16 +285,24 @@ def test_series_without_pool_label_make_one_pool_per_model(scrapes, tmp_path):
     assert fit_of(scrapes, pool_label="replica").config.pools[0].replicas == 1
 
 
-def counter_scrapes(directory: Path, per_step: list[float]) -> Path:
+def counter_scrapes(
+    directory: Path, per_step: Sequence[float] | Mapping[str, Sequence[float]]
+) -> Path:
     """Scrapes every :data:`STEP_S` of one replica's finished-request counter, growing by
-    ``per_step[k - 1]`` requests up to scrape ``k``."""
+    ``per_step[k - 1]`` requests up to scrape ``k``; given per tenant (a mapping), one counter
+    per value of the ``tenant`` label."""
     directory.mkdir()
-    for k, finished in enumerate(np.concatenate([[0.0], np.cumsum(per_step)])):
-        sample = (
-            f'vllm:request_success_total{{model_name="strong",replica="a",pool="p"}} {finished}'
+    counters = per_step if isinstance(per_step, Mapping) else {None: per_step}
+    totals = {tenant: np.cumsum([0.0, *steps]) for tenant, steps in counters.items()}
+    for k in range(len(next(iter(totals.values())))):
+        samples = "".join(
+            'vllm:request_success_total{model_name="strong",replica="a",pool="p"'
+            + ("" if tenant is None else f',tenant="{tenant}"')
+            + f"}} {finished[k]}\n"
+            for tenant, finished in totals.items()
         )
         (directory / f"{k * STEP_S:.0f}.prom").write_text(
-            f"# TYPE vllm:request_success_total counter\n{sample}\n"
+            f"# TYPE vllm:request_success_total counter\n{samples}"
         )
     return directory
 
@@ -346,6 +355,82 @@ def test_a_steady_rate_stays_a_poisson_workload(tmp_path):
     assert fitted.config.workload.rate_curve is None
     assert fitted.block_rates == pytest.approx(np.full(4, 10.0), rel=0.05)
     assert not any("varies" in note for note in fitted.notes)
+
+
+#: Tenant A steady at 10 requests/s, tenant B at 2, 12 then 2 over three 5-minute blocks.
+TENANT_RATES = {"A": [10.0, 10.0, 10.0], "B": [2.0, 12.0, 2.0]}
+
+
+def poisson_tolerance(rates: np.ndarray, seconds: float = 300.0) -> np.ndarray:
+    """4 Poisson standard deviations of the requests/s counted over ``seconds`` at ``rates``."""
+    return 4 * np.sqrt(rates * seconds) / seconds
+
+
+def test_a_tenants_varying_rate_is_written_as_its_own_curve(tmp_path):
+    """Poisson counters of tenants A (10 requests/s) and B (2, 12, 2) per 15-s scrape: the fit
+    recovers each tenant's block rates within 4 Poisson standard deviations of a 5-minute block
+    (0.73 requests/s at 10, 0.33 at 2, 0.80 at 12: 7%, 16%, 7%). B's rate varies, so its curve
+    is written; A's does not (its noise is ~2%), so it keeps a steady rate, not a flat curve;
+    the fleet's 12, 22, 12 is the workload's curve. The fleet file, read back, draws each
+    tenant's arrivals per block within 4 Poisson standard deviations of the fitted counts (219
+    at 3,000, 98 at 600, 240 at 3,600), where B at its steady share would be off by 650."""
+    noise = np.random.default_rng(7)
+    per_step = {
+        tenant: noise.poisson(np.repeat(rates, 20) * STEP_S).astype(float)
+        for tenant, rates in TENANT_RATES.items()
+    }
+    stepped = counter_scrapes(tmp_path / "scrapes", per_step)
+    out = tmp_path / "fleet.yaml"
+    figures = fit_json("--scrapes", str(stepped), "-o", str(out), "--no-calibrate", *MODELS)
+    assert figures["rate_curves"] == ["all", "strong/B"]
+    notes = "\n".join(figures["notes"])
+    assert "these tenants follow their own rate curve (tenants[].rate_curve), their share " in notes
+    assert re.search(r"strong/B \([\d.]+ to [\d.]+ requests/s in 5-minute blocks\)", notes)
+    assert "the others keep a steady rate: strong/A" in notes
+
+    fit = fit_of(stepped)
+    for tenant, rates in TENANT_RATES.items():
+        fitted = fit.tenant_block_rates[f"strong/{tenant}"]
+        assert np.all(np.abs(fitted - rates) < poisson_tolerance(np.array(rates))), fitted
+    fleet = SimConfig.from_yaml(out)
+    a, b = fleet.tenants
+    assert a.rate_curve is None and b.rate_curve.step_s == 300.0
+    assert b.rate_curve.rates == pytest.approx(fit.tenant_block_rates["strong/B"], abs=1e-6)
+    assert fleet.workload.rate_curve.rates == pytest.approx(fit.block_rates, abs=1e-6)
+    report = report_markdown(fit, [], "plot.png")
+    assert re.search(r"\| strong/A \| [\d.]+ \| none \|", report)
+    assert re.search(r"\| strong/B \| [\d.]+ \| [\d.]+ to [\d.]+ requests/s, 3 blocks of 5", report)
+    assert re.search(r"\| all \| [\d.]+ \| [\d.]+ to [\d.]+ requests/s, 3 blocks of 5", report)
+
+    requests = Simulator(fleet, seed=4).workload.generate(np.random.default_rng(5), 0.0, 900.0)
+    block = (requests["t_arrival"] // 300.0).astype(int)
+    for index, tenant in enumerate(TENANT_RATES):
+        counts = np.bincount(block[requests["tenant"] == index], minlength=3)
+        expected = 300.0 * fit.tenant_block_rates[f"strong/{tenant}"]
+        assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected)), (tenant, counts)
+
+
+@pytest.mark.parametrize(
+    ("rates", "written"),
+    [
+        ({"A": [10.0, 20.0, 10.0], "B": [10.0, 20.0, 10.0]}, ["all"]),
+        ({"A": [10.0, 2.0, 10.0], "B": [2.0, 10.0, 2.0]}, ["strong/A", "strong/B"]),
+        ({"A": [10.0, 11.0, 10.0], "B": [10.0, 10.0, 11.0]}, []),
+    ],
+    ids=["rate-varies-mix-steady", "mix-varies-rate-steady", "both-steady"],
+)
+def test_tenant_curves_are_written_when_the_mix_changes(tmp_path, rates, written):
+    """Exact counters (no noise) in three 5-minute blocks: a fleet whose rate varies but whose
+    mix stays put needs only the workload's curve (each tenant keeps its share); a mix that
+    changes under a steady total needs only the tenants' curves; a 10% change needs none."""
+    per_step = {t: list(np.repeat(r, 20) * STEP_S) for t, r in rates.items()}
+    fit = fit_of(counter_scrapes(tmp_path / "scrapes", per_step))
+    assert sorted(fit.rate_curves()) == written
+    notes = "\n".join(fit.notes)
+    assert ("every tenant keeps its share of the whole interval" in notes) == (written == ["all"])
+    for tenant in fit.config.tenants:
+        if tenant.rate_curve is not None:
+            assert tenant.rate_curve.rates == pytest.approx(rates[tenant.name[-1]])
 
 
 def test_unknown_model_label_is_named(scrapes):

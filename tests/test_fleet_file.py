@@ -228,6 +228,23 @@ def test_bad_trace_rows_name_file_row_and_column(tmp_path, capacity_cache, trace
                 ),
             ]
         ),
+        *(
+            (f"{workload}tenants:\n  - name: a\n    rate_curve:{curve}", line, field)
+            for workload, curve, line, field in [
+                ("", "\n      step_s: 60\n      rates: [3]\n", 5, "0.rate_curve.rates: List"),
+                ("", " {step_s: 0, rates: [1, 2]}\n", 3, "tenants.0.rate_curve.step_s: Input"),
+                ("", " {rates: [1, 2]}\n", 3, "tenants.0.rate_curve.step_s: Field required"),
+                ("", "\n      step_s: 60\n      rates:\n      - 1\n      - -2\n", 7, "rates.1: "),
+                ("", " {step_s: 60, rates: [1, .nan]}\n", 3, "rates.1: Input should be a f"),
+                ("", " {step_s: 60, rates: [0, 0]}\n", 3, "rates: Value error, a rate curve"),
+                (
+                    "workload: {kind: azure-code}\n",
+                    " {step_s: 60, rates: [1, 2]}\n",
+                    4,
+                    "tenants.0.rate_curve: a replay (workload kind 'azure-code') follows",
+                ),
+            ]
+        ),
     ],
 )
 def test_fleet_file_errors_name_file_line_and_field(tmp_path, text, line, field):
@@ -380,6 +397,43 @@ def test_fleet_traffic_scenario_replays_the_fleet_files_rate_curve(tmp_path):
     assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected)), counts
     assert np.array_equal(counts, again)
     assert "fleet-traffic" not in {*SCENARIOS, *TRAINING_SCENARIOS}
+
+
+def test_a_fleet_without_tenant_curves_simulates_as_before(tmp_path):
+    """The curved fleet (no tenant curve) at seed 4 finishes the same requests, tenant for
+    tenant and block for block, as the code before tenant curves (its figures, to the request):
+    the tenant draw of a fleet without them is untouched."""
+    sim = Simulator(SimConfig.from_yaml(_curved_fleet(tmp_path)), seed=4)
+    events = np.concatenate([sim.advance(t) for t in np.arange(30.0, 1801.0, 30.0)])
+    block = np.minimum(events["t_arrival"] // 600.0, 2).astype(int)
+    per_block = [np.bincount(events["tenant"][block == b], minlength=3).tolist() for b in range(3)]
+    assert sim.arrivals == 10906
+    assert per_block == [[710, 1205, 470], [2161, 3642, 1453], [361, 645, 249]]
+
+
+def test_fleet_traffic_scenario_follows_the_tenants_curves_from_the_episodes_start(tmp_path):
+    """The batch tenant's curve 1, 4, 1 (multipliers 0.5, 2, 0.5) on shares 0.3, 0.5, 0.2
+    makes its share 1/9, 1/3 and 1/9 of the 2,400, 7,200 and 1,200 arrivals of the fleet
+    curve's blocks, from the episode's start: within 4 binomial standard deviations (62, 160
+    and 44 requests), while a curve left unaligned with the warm-up would put 800 in the first
+    block instead of 267. The capacity a load is relative to is the steady mix's."""
+    text = _curved_fleet(tmp_path).read_text()
+    batch = "{name: batch, share: 0.2, priority: 0, weight: 1.0, patience_s: 300"
+    path = tmp_path / "tenant-curved.yaml"
+    path.write_text(text.replace(batch, batch + ", rate_curve: {step_s: 600, rates: [1, 4, 1]}"))
+    env = LLMFleetEnv("fleet-traffic", fleet=path, episode_hours=0.5)
+    env.reset(seed=3)
+    start = env.warmup_s
+    assert env.sim.now == start
+    requests = env.setup.workload.generate(np.random.default_rng(1), start, start + 1800.0)
+    block = ((requests["t_arrival"] - start) // 600.0).astype(int)
+    for b, share in enumerate((1 / 9, 1 / 3, 1 / 9)):
+        n = np.count_nonzero(block == b)
+        mine = np.count_nonzero((block == b) & (requests["tenant"] == 2))
+        assert abs(mine - n * share) < 4 * np.sqrt(n * share * (1 - share)), (b, mine, n)
+    curved = SimConfig.from_yaml(path)
+    assert curved.tenants[2].rate_curve.rates == [1.0, 4.0, 1.0]
+    assert capacity_key(curved) == capacity_key(SimConfig.from_yaml(_curved_fleet(tmp_path)))
 
 
 def test_an_unknown_scenario_names_the_fleets_own_traffic_among_the_known():

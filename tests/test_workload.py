@@ -196,6 +196,49 @@ def test_tenant_shares_and_difficulty_distribution() -> None:
     assert d.min() >= 0 and d.max() <= 1 and d.mean() == pytest.approx(0.25, abs=0.01)
 
 
+@pytest.mark.parametrize("chunk", [7.0, 60.0, 600.0])
+def test_a_tenant_curve_moves_its_share_of_the_traffic(chunk: float) -> None:
+    """Shares 2:1, the second tenant's curve 1 then 5 in 60-s blocks (multipliers 1/3 and 5/3):
+    its share is 1/7 then 5/11 of a steady 30 requests/s, whether calls cut blocks (7 s), tile
+    them (60 s) or span ten (600 s). Each block's count within 4 binomial standard deviations
+    (1,800 arrivals a block: 59 and 85 requests, 23% and 10%); the plain shares (1/3) are off
+    by 340 and 220."""
+    curves = [None, RateCurve(60.0, [1.0, 5.0])]
+    workload = make_workload("poisson", 30.0, tenant_shares=[2.0, 1.0], tenant_curves=curves)
+    g, edges = rng(2), np.arange(0.0, 600.0 + chunk / 2, chunk)
+    requests = np.concatenate(
+        [workload.generate(g, a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    )
+    block = (requests["t_arrival"] // 60.0).astype(int)
+    for parity, share in ((0, 1 / 7), (1, 5 / 11)):
+        for b in range(parity, 10, 2):
+            n = np.count_nonzero(block == b)
+            mine = np.count_nonzero((block == b) & (requests["tenant"] == 1))
+            assert abs(mine - n * share) < 4 * np.sqrt(n * share * (1 - share)), (b, mine, n)
+
+
+def test_tenants_keep_their_shares_where_every_curve_is_silent() -> None:
+    curves = [RateCurve(60.0, [0.0, 1.0]), RateCurve(60.0, [0.0, 1.0])]
+    workload = make_workload("poisson", 50.0, tenant_shares=[3.0, 1.0], tenant_curves=curves)
+    requests = workload.generate(rng(), 0.0, 60.0)
+    assert np.count_nonzero(requests["tenant"] == 0) / len(requests) == pytest.approx(
+        0.75, abs=0.05
+    )
+
+
+def test_tenant_curves_change_only_whose_requests_are_whose() -> None:
+    """Same seed with and without a tenant curve: the same times, lengths and difficulty (the
+    tenant draw uses the same random numbers), only the tenants differ."""
+    curves = [RateCurve(60.0, [1.0, 9.0]), None]
+    plain = make_workload("poisson", 40.0, tenant_shares=[1.0, 1.0]).generate(rng(), 0.0, 120.0)
+    curved = make_workload(
+        "poisson", 40.0, tenant_shares=[1.0, 1.0], tenant_curves=curves
+    ).generate(rng(), 0.0, 120.0)
+    for field in ("t_arrival", "prompt_tokens", "output_tokens", "difficulty"):
+        assert np.array_equal(plain[field], curved[field]), field
+    assert not np.array_equal(plain["tenant"], curved["tenant"])
+
+
 def test_mixed_workload_merges_tenants_in_time_order() -> None:
     quiet = make_workload("poisson", 10.0)
     noisy = make_workload("flash-crowd", 10.0, flash_start_s=0.0, flash_multiplier=10.0)
@@ -218,6 +261,14 @@ def test_mixed_workload_merges_tenants_in_time_order() -> None:
         (
             {"name": "trace", "trace": "t.csv", "rate_curve": RateCurve(1.0, [1.0, 2.0])},
             "replays a trace's own rate: no rate_curve",
+        ),
+        (
+            {"name": "trace", "trace": "t.csv", "tenant_curves": [RateCurve(1.0, [1.0, 2.0])]},
+            "replays a trace's own rate: no tenant_curves",
+        ),
+        (
+            {"name": "poisson", "rate": 1.0, "tenants": 2, "tenant_curves": [None]},
+            "tenant_curves has 1 entries for 2 tenants",
         ),
     ],
 )

@@ -47,9 +47,10 @@ def _file_digest(path: str | Path) -> str:
 def measured_fleet(config: SimConfig) -> SimConfig:
     """The part of ``config`` its capacity depends on: without scheduled failures, knobs (the
     measurement sets its own), time series, SLO spec or episode settings, and with the
-    workload's rate, load and rate curve cleared (a capacity is a steady rate's)."""
+    workload's rate, load and rate curves cleared (a capacity is a steady rate's and mix's)."""
     workload = config.workload.model_copy(update={"rate": None, "load": None, "rate_curve": None})
     unrelated = {"failures": [], "knobs": Knobs(), "series_rows": 16, "slo_spec": None}
+    unrelated |= {"tenants": config.steady_tenants()}
     unrelated |= {"capacity_rps": None}
     return config.model_copy(update={"workload": workload, "description": ""} | unrelated)
 
@@ -65,8 +66,10 @@ def capacity_key(config: SimConfig) -> str:
         gpu = pool["gpu"]
         if isinstance(gpu, dict) and gpu["calibration"] is not None:
             gpu["calibration"] = {"sha256": _file_digest(gpu["calibration"])}
-    # Always cleared by measured_fleet; dropped so that keys stay those of fleets before it.
+    # Always cleared by measured_fleet; dropped so that keys stay those of fleets before them.
     del fleet["workload"]["rate_curve"]
+    for tenant in fleet["tenants"]:
+        del tenant["rate_curve"]
     trace = fleet["workload"]["trace"]
     if trace is not None:
         fleet["workload"]["trace"] = {"sha256": _file_digest(trace)}

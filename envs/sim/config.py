@@ -25,9 +25,9 @@ file); a GPU is a catalog name or its spec sheet (:class:`GpuDatasheet`, run unc
 warning, or on the calibration file fitted on its own profiles). The traffic is the
 ``workload``: a named shape (``kind``) at a ``rate`` in requests/s or at a ``load`` relative to
 the fleet's measured capacity (:mod:`envs.sim.capacity`), optionally following a measured
-rate curve (``rate_curve``), or a trace file with its column mapping and time scale. The fleet
-file also names the SLO spec (``slo_spec``), the control interval and the episode length of the
-environments built from it.
+rate curve (``rate_curve``; a tenant's part of it may follow its own, see :class:`TenantConfig`),
+or a trace file with its column mapping and time scale. The fleet file also names the SLO spec
+(``slo_spec``), the control interval and the episode length of the environments built from it.
 Ready-made fleet files are in ``examples/fleets/``.
 
 Unknown keys are errors; :meth:`SimConfig.from_yaml` names the file, the line and the field of
@@ -40,6 +40,7 @@ import inspect
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -377,17 +378,6 @@ class AdmissionConfig(_Strict):
     )
 
 
-class TenantConfig(_Strict):
-    """One tenant: its traffic share, priority (for shedding), queue weight and patience."""
-
-    name: str
-    share: float = Field(1.0, gt=0.0, description="relative share of the traffic")
-    priority: int = Field(1, ge=0, description="higher is more important; shed below a level")
-    weight: float = Field(1.0, gt=0.0, description="share of each waiting queue (fair queueing)")
-    patience_s: float = Field(math.inf, gt=0.0, description="client timeout for the first token")
-    tier: int = Field(0, ge=0, description="the tier its requests are meant for")
-
-
 class ScheduledFailure(_Strict):
     """A replica failure at a given time (in addition to random MTBF failures). ``replica``
     numbers the pool's replica slots (``0 .. max_replicas - 1``); a failure of a stopped slot
@@ -484,6 +474,34 @@ class RateCurveConfig(_Strict):
         """The simulator's rate modulation of this curve."""
         return RateCurve(self.step_s, self.rates, self.start_s)
 
+    def starting_at(self, start_s: float) -> RateCurveConfig:
+        """This curve with its first block ``start_s`` simulated seconds later."""
+        return self.model_copy(update={"start_s": self.start_s + start_s})
+
+
+class TenantConfig(_Strict):
+    """One tenant: its traffic share, priority (for shedding), queue weight and patience.
+
+    A tenant whose traffic has its own shape over time (a measured one: ``budgetpilot fit``
+    writes it when a tenant's rate varies) gives it as ``rate_curve`` (:class:`RateCurveConfig`:
+    its own blocks, from the same simulated time 0 as the workload's curve). The workload's rate
+    (and its curve) stays the whole traffic's; the curve moves the tenant's part of it: at time
+    ``t`` its share is ``share x m(t)`` over the sum of every tenant's, ``m`` the curve's rate
+    over its mean (1 without a curve). So ``share`` is its part of the mean traffic, and a
+    tenant's rate is exactly its curve's when the workload's curve is the tenants' total (as in
+    a fitted fleet file). Synthetic workloads only: a replay follows its trace.
+    """
+
+    name: str
+    share: float = Field(1.0, gt=0.0, description="relative share of the traffic")
+    priority: int = Field(1, ge=0, description="higher is more important; shed below a level")
+    weight: float = Field(1.0, gt=0.0, description="share of each waiting queue (fair queueing)")
+    patience_s: float = Field(math.inf, gt=0.0, description="client timeout for the first token")
+    tier: int = Field(0, ge=0, description="the tier its requests are meant for")
+    rate_curve: RateCurveConfig | None = Field(
+        None, description="its traffic's own shape over time (its share of the traffic moves)"
+    )
+
 
 #: Workload kinds that replay a trace, its own rate curve included.
 REPLAY_KINDS = ("trace", "azure-conv", "azure-code")
@@ -560,6 +578,7 @@ class WorkloadConfig(_Strict):
     def _known_options(cls, options: dict[str, float]) -> dict[str, float]:
         fixed = {"name", "rate", "lengths", "trace", "tenants", "tenant_shares", "difficulty"}
         fixed |= {"trace_columns", "trace_time_scale", "trace_start", "rate_curve"}
+        fixed |= {"tenant_curves"}
         known = set(inspect.signature(make_workload).parameters) - fixed
         unknown = sorted(set(options) - known)
         if unknown:
@@ -591,11 +610,13 @@ class WorkloadConfig(_Strict):
         (the warm-up sees the curve's last blocks, as the curve repeats)."""
         if self.rate_curve is None:
             return self
-        curve = self.rate_curve.model_copy(update={"start_s": self.rate_curve.start_s + start_s})
-        return self.model_copy(update={"rate_curve": curve})
+        return self.model_copy(update={"rate_curve": self.rate_curve.starting_at(start_s)})
 
-    def build(self, tenant_shares: list[float]) -> Workload:
-        """Instantiate the workload for tenants with these traffic shares.
+    def build(
+        self, tenant_shares: list[float], tenant_curves: Sequence[RateCurveConfig | None] = ()
+    ) -> Workload:
+        """Instantiate the workload for tenants with these traffic shares and, when some have
+        one, rate curves (see :class:`TenantConfig`).
 
         A ``load`` must have been resolved into a ``rate`` first
         (:func:`envs.sim.capacity.with_load_resolved`).
@@ -621,6 +642,7 @@ class WorkloadConfig(_Strict):
             tenant_shares=tenant_shares,
             difficulty=self.difficulty,
             rate_curve=curve,
+            tenant_curves=[None if c is None else c.modulation() for c in tenant_curves],
             **self.options,
         )
 
@@ -683,6 +705,7 @@ class SimConfig(_Strict):
         for i, tenant in enumerate(self.tenants):
             if tenant.tier >= len(tiers):
                 raise ValueError(f"tenants.{i}.tier: no pool serves tier {tenant.tier}")
+        self._tenant_curves_on_synthetic_traffic()
         if self.router.cheap_tier is not None and self.router.cheap_tier >= len(tiers):
             raise ValueError(f"router.cheap_tier: no pool serves tier {self.router.cheap_tier}")
         by_name = {p.name: p for p in self.pools}
@@ -700,6 +723,41 @@ class SimConfig(_Strict):
                 f"knobs.tenant_weights: {len(weights)} weights for {len(self.tenants)} tenants"
             )
         return self
+
+    def _tenant_curves_on_synthetic_traffic(self) -> None:
+        kind = self.workload.kind
+        if kind not in REPLAY_KINDS and not self.workload.trace:
+            return
+        for i, tenant in enumerate(self.tenants):
+            if tenant.rate_curve is not None:
+                raise ValueError(
+                    f"tenants.{i}.rate_curve: a replay (workload kind {kind!r}) follows its "
+                    "trace's own rate: no tenant rate_curve with it"
+                )
+
+    def build_workload(self) -> Workload:
+        """The fleet's traffic: the workload over the tenants' shares and rate curves (a
+        ``load`` resolved first: :func:`envs.sim.capacity.with_load_resolved`)."""
+        return self.workload.build(
+            [t.share for t in self.tenants], [t.rate_curve for t in self.tenants]
+        )
+
+    def curves_starting_at(self, start_s: float) -> SimConfig:
+        """This fleet with every rate curve (the workload's and the tenants') starting
+        ``start_s`` simulated seconds later (see :meth:`WorkloadConfig.curve_starting_at`)."""
+        tenants = [
+            t
+            if t.rate_curve is None
+            else t.model_copy(update={"rate_curve": t.rate_curve.starting_at(start_s)})
+            for t in self.tenants
+        ]
+        workload = self.workload.curve_starting_at(start_s)
+        return self.model_copy(update={"workload": workload, "tenants": tenants})
+
+    def steady_tenants(self) -> list[TenantConfig]:
+        """The tenants without their rate curves: at their shares of the mean traffic (a
+        capacity is measured on a steady mix)."""
+        return [t.model_copy(update={"rate_curve": None}) for t in self.tenants]
 
     @property
     def n_tiers(self) -> int:

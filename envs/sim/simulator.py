@@ -489,8 +489,7 @@ class Simulator:
         self.config = config
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
         self._rng_workload, self._rng_router, self._rng_failures = rngs[:3]
-        shares = [t.share for t in config.tenants]
-        self.workload = workload if workload is not None else config.workload.build(shares)
+        self.workload = workload if workload is not None else config.build_workload()
         self._layout = _PoolLayout(config)
         self._fleet = _new_fleet(config, self._layout, slots=1024)
         self._lifecycle = _Lifecycle(config, self._layout, rngs[3], rngs[4])
@@ -901,12 +900,13 @@ def measure_capacity(
     limit = 2 * sum(p.replicas * p.max_num_seqs for p in config.pools)
     rate = 20.0 * replicas
     while True:
-        # Saturated at a steady rate: a rate curve would mix loads within the window.
+        # Saturated at a steady rate and mix: rate curves would mix loads within the window.
         workload = config.workload.model_copy(
             update={"rate": rate, "load": None, "rate_curve": None}
         )
         saturating = config.model_copy(
-            update={"workload": workload, "knobs": Knobs(concurrency_limit=limit)}
+            update={"workload": workload, "tenants": config.steady_tenants()}
+            | {"knobs": Knobs(concurrency_limit=limit)}
         )
         sim = Simulator(saturating, seed=seed)
         sim.advance(warmup_s)

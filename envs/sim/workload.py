@@ -294,6 +294,10 @@ class RateCurve:
         block = ((np.asarray(t) - self.start_s) // self.step_s).astype(np.int64)
         return self.multipliers[block % len(self.multipliers)]
 
+    def block_at(self, t: float) -> int:
+        """The block (index into :attr:`multipliers`) of time ``t``."""
+        return int((t - self.start_s) // self.step_s) % len(self.multipliers)
+
     def breakpoints(self, t0: float, t1: float) -> np.ndarray:
         """Block edges in ``(t0, t1)``."""
         first = math.floor((t0 - self.start_s) / self.step_s) + 1
@@ -684,6 +688,12 @@ class Workload:
     lengths: prompt/output length model; None takes the lengths of a :class:`TraceReplay`.
     tenant_shares: share of requests of each tenant id 0, 1, ... (normalised).
     difficulty: Beta (a, b) of how much a request needs the strong tier, in [0, 1].
+    tenant_curves: a :class:`RateCurve` (or None: steady) per tenant, when some tenant's
+        traffic has its own curve. A request arriving at ``t`` is then tenant ``i``'s with
+        probability ``share_i m_i(t) / sum_j share_j m_j(t)`` (``m`` the curve's multiplier,
+        1 without one): the process's rate is the whole traffic's, and each tenant's part of it
+        follows its curve (thinning a Poisson process keeps every part Poisson). Where every
+        tenant's curve is silent at once, the plain shares hold.
     """
 
     def __init__(
@@ -692,6 +702,7 @@ class Workload:
         lengths: LengthModel | None = None,
         tenant_shares: Sequence[float] = (1.0,),
         difficulty: tuple[float, float] = (2.0, 2.0),
+        tenant_curves: Sequence[RateCurve | None] = (),
     ) -> None:
         if lengths is None and not isinstance(process, TraceReplay):
             raise ValueError("lengths=None needs a TraceReplay process (its lengths are used)")
@@ -704,6 +715,7 @@ class Workload:
         self.tenant_shares = shares / shares.sum()
         self._tenant_edges = np.cumsum(self.tenant_shares)[:-1]
         self.difficulty = difficulty
+        self._tenant_mix = _TenantMix.of(self.tenant_shares, tenant_curves)
 
     @property
     def rate_scale(self) -> float:
@@ -733,9 +745,61 @@ class Workload:
         out["prompt_tokens"] = prompt
         out["output_tokens"] = output
         # Inverse-CDF draw of the tenant: rng.choice(p=...) has a large per-call overhead.
-        out["tenant"] = np.searchsorted(self._tenant_edges, rng.random(len(times)), side="right")
+        draws = rng.random(len(times))
+        if self._tenant_mix is None:
+            out["tenant"] = np.searchsorted(self._tenant_edges, draws, side="right")
+        else:
+            out["tenant"] = self._tenant_mix.tenants(times, draws, t0, t1)
         out["difficulty"] = rng.beta(*self.difficulty, len(times))
         return out
+
+
+class _TenantMix:
+    """The tenants' shares over time when some tenants have their own rate curve (see
+    :class:`Workload`): constant between the curves' block edges, so a call draws with one set
+    of cumulative shares per stretch between edges. A call is usually far shorter than a block:
+    one stretch, whose shares the previous call most often had already (kept)."""
+
+    def __init__(self, shares: np.ndarray, curves: Sequence[RateCurve | None]) -> None:
+        self.shares = shares
+        self.curved = [(i, c) for i, c in enumerate(curves) if c is not None]
+        self._blocks: tuple[int, ...] | None = None  # the curves' blocks of the kept edges
+        self._edges = np.empty(0)
+
+    @classmethod
+    def of(cls, shares: np.ndarray, curves: Sequence[RateCurve | None]) -> _TenantMix | None:
+        """The mix of tenants with these shares and curves; None when no tenant has a curve
+        (the plain shares: the same draws as before curves existed)."""
+        if len(curves) not in (0, len(shares)):
+            raise ValueError(f"tenant_curves has {len(curves)} entries for {len(shares)} tenants")
+        return cls(shares, curves) if any(c is not None for c in curves) else None
+
+    def tenants(self, times: np.ndarray, draws: np.ndarray, t0: float, t1: float) -> np.ndarray:
+        """The tenant of each arrival at ``times`` in ``[t0, t1)`` from its uniform draw."""
+        cuts = [c.breakpoints(t0, t1) for _, c in self.curved]
+        if not any(len(c) for c in cuts):  # the usual case: one stretch
+            return np.searchsorted(self._edges_at(0.5 * (t0 + t1)), draws, side="right")
+        edges = np.unique(np.concatenate(cuts))
+        starts, ends = np.concatenate([[t0], edges]), np.concatenate([edges, [t1]])
+        bounds = np.concatenate([[0], np.searchsorted(times, edges), [len(times)]])
+        tenant = np.empty(len(times), dtype=np.intp)
+        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            # At a stretch's middle: clear of the rounding of the edges' times.
+            shares = self._edges_at(0.5 * (starts[k] + ends[k]))
+            tenant[lo:hi] = np.searchsorted(shares, draws[lo:hi], side="right")
+        return tenant
+
+    def _edges_at(self, t: float) -> np.ndarray:
+        """The cumulative shares of the tenants at time ``t`` (inverse-CDF edges)."""
+        blocks = tuple(c.block_at(t) for _, c in self.curved)
+        if blocks != self._blocks:
+            weights = self.shares.copy()
+            for (i, curve), block in zip(self.curved, blocks, strict=True):
+                weights[i] *= curve.multipliers[block]
+            if weights.sum() <= 0:  # every tenant's curve silent at once
+                weights = self.shares
+            self._blocks, self._edges = blocks, np.cumsum(weights)[:-1] / weights.sum()
+        return self._edges
 
 
 class MixedWorkload:
@@ -810,6 +874,7 @@ def make_workload(
     flash_duration_s: float = 60.0,
     flash_multiplier: float = 5.0,
     rate_curve: RateCurve | None = None,
+    tenant_curves: Sequence[RateCurve | None] = (),
 ) -> Workload:
     """Build a named workload.
 
@@ -829,6 +894,8 @@ def make_workload(
     difficulty: Beta parameters of request difficulty.
     rate_curve: a measured rate curve on top of a synthetic workload (its mean is ``rate``);
         replays have their own curve and refuse one.
+    tenant_curves: a rate curve (or None) per tenant: its part of the traffic follows it (see
+        :class:`Workload`); synthetic workloads only, as ``rate_curve``.
     The remaining parameters tune the named process as described above.
     """
     if tenant_shares is None:
@@ -843,6 +910,8 @@ def make_workload(
             raise ValueError("workload 'trace' needs trace=PATH")
         if rate_curve is not None:
             raise ValueError(f"workload {name!r} replays a trace's own rate: no rate_curve")
+        if any(c is not None for c in tenant_curves):
+            raise ValueError(f"workload {name!r} replays a trace's own rate: no tenant_curves")
         if name in AZURE_TRACES:
             from envs.paths import require_reference_file
 
@@ -871,4 +940,4 @@ def make_workload(
     process = processes[name]()
     if rate_curve is not None:
         process.modulations.append(rate_curve)
-    return Workload(process, length_model, **common)
+    return Workload(process, length_model, **common, tenant_curves=tenant_curves)
