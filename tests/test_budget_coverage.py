@@ -153,9 +153,44 @@ def test_coverage_survives_a_restart_and_an_older_state_has_no_data(saved_with_c
         assert 0.0 < restored.period_coverage()[0] < restored.period_coverage()[1] < 1.0
 
 
-def test_min_coverage_is_checked():
+@pytest.mark.parametrize("min_coverage", [-0.1, 1.5])
+def test_min_coverage_is_checked(min_coverage):
     with pytest.raises(ValueError, match="min_coverage"):
-        BudgetEngine(SPEC, min_coverage=1.5)
+        BudgetEngine(SPEC, min_coverage=min_coverage)
+
+
+def test_an_alert_fires_when_coverage_equals_min_coverage():
+    engine = BudgetEngine(SPEC, min_coverage=1.0)  # the event feed covers every window fully
+    assert BudgetEngine(SPEC, min_coverage=0.0).min_coverage == 0.0
+    engine.ingest_events(synthetic_events(np.random.default_rng(0), 3000, 0.0, 600.0, slowdown=4.0))
+    assert engine.snapshot().page.any()
+
+
+def test_gaps_in_one_slo_lower_its_window_coverage_by_their_length():
+    engine = tracked()
+    start = 1.765e9 - 1.765e9 % engine.resolution
+    measured = np.arange(len(engine.slos)) != 0
+    gaps = [(1200.0, 1800.0), (3600.0, 4200.0)]  # SLO 0 not measured, seconds after the start
+    for t in np.arange(10.0, 4201.0, 10.0):
+        missed = any(lo < t <= hi for lo, hi in gaps)
+        feed_counts(engine, np.array([start + t]), 0.0, measured=measured if missed else None)
+    seconds = np.asarray(engine.window_seconds)[:2]
+    before = np.clip(seconds - 4190.0, 0.0, None)  # windows reaching back before the start
+    in_window = sum(np.clip(hi - np.maximum(lo, 4200.0 - seconds[0]), 0, None) for lo, hi in gaps)
+    missing = np.stack([in_window, np.zeros_like(in_window)]) + before
+    expected = np.clip(1.0 - missing / seconds, 0.0, 1.0)
+    np.testing.assert_allclose(engine.window_coverage()[:2], expected)
+
+
+def test_the_cost_of_a_gap_is_bounded_by_the_rings_not_by_its_length():
+    """A clock set far ahead (here by 300,000 years) records the gap within the rings' span:
+    spread over every fine bucket it spans, it would need terabytes."""
+    engine = tracked()
+    measured = np.arange(len(engine.slos)) != 0
+    feed_counts(engine, np.array([1000.0]), bad_ratio=0.0)
+    feed_counts(engine, np.array([1e13]), 0.0, measured=measured)
+    # No data in the period, to within its resolution (one coarse bucket at its start).
+    assert engine.period_coverage()[0] <= engine.period_resolution / engine.periods[0]
 
 
 def test_a_gap_uncovers_a_window_of_a_sidecar_with_older_data():

@@ -305,13 +305,34 @@ def test_page_fires_only_when_both_windows_exceed(long_ratio, short_ratio, pages
     assert engine.alert_states()[0] == (AlertLevel.PAGE if pages else AlertLevel.NONE)
 
 
-def test_a_burn_rate_equal_to_the_threshold_does_not_fire():
+@pytest.mark.parametrize(
+    ("segments", "long_burn", "short_burn"),
+    [
+        ([(0.0, 3600.0, 0.5)], 2.0, 2.0),
+        ([(0.0, 3300.0, 0.49), (3300.0, 3600.0, 0.61)], 2.0, 2.44),  # 1h exactly at it
+        ([(0.0, 3300.0, 0.6), (3300.0, 3600.0, 0.5)], 2.3667, 2.0),  # 5m exactly at it
+    ],
+)
+def test_a_burn_rate_equal_to_the_threshold_in_either_window_does_not_fire(
+    segments, long_burn, short_burn
+):
     slo = {**TTFT_SLO, "objective": 0.75}  # budget 0.25 exactly: ratio 0.5 burns at exactly 2
     windows = {"page": [{"long": "1h", "short": "5m", "burn_rate": 2.0}], "ticket": []}
     engine = BudgetEngine(make_spec([slo], alert_windows=windows))
-    ratio_stream(engine, [(0.0, 3600.0, 0.5)])
-    assert engine.burn_rates()[0, 0] == 2.0
+    ratio_stream(engine, segments)
+    burn = dict(zip(engine.windows, engine.burn_rates()[0].tolist(), strict=True))
+    assert burn["1h"] == pytest.approx(long_burn, abs=1e-4)
+    assert burn["5m"] == pytest.approx(short_burn, abs=1e-4)
+    assert 2.0 in (burn["1h"], burn["5m"])  # exactly, not within rounding
     assert not engine.alerts()[0][0]
+
+
+def test_a_ticket_fires_for_the_slo_that_burns_only():
+    engine = BudgetEngine(make_spec([TTFT_SLO, {**TTFT_SLO, "name": "ttft-b"}]))
+    total = np.array([1000.0, 1000.0])
+    for t in np.arange(30.0, 86400.0 + 1e-9, 30.0):
+        engine.ingest_counts(t, np.array([960.0, 1000.0]), total)  # 4% bad: a ticket's burn
+    assert engine.alert_states().tolist() == [AlertLevel.TICKET, AlertLevel.NONE]
 
 
 @pytest.mark.parametrize(
@@ -368,6 +389,7 @@ def test_budget_remaining_and_policy_state(bad, remaining, state):
 def test_a_single_bad_request_spends_its_share_of_the_budget():
     engine = BudgetEngine(make_spec([{**TTFT_SLO, "objective": 0.75}]))
     engine.ingest_events(ttft_events(0, 1, 100.0))
+    assert np.all(engine.error_ratios()[0] == 1.0)
     assert engine.budget_remaining()[0] == 1.0 - 1.0 / 0.25
     assert engine.policy_states()[0] == PolicyState.EXHAUSTED
 
@@ -475,9 +497,13 @@ def test_set_budget_spent_refuses_negative_fractions_and_empty_periods(fraction,
 # --------------------------------------------------------------------------------------------
 
 
-def fairness_spec(method: str = "gap", *, before: tuple = (), **limits: float) -> object:
-    """A spec whose last SLO (after ``before``) is a fairness SLO of ``method``."""
+def fairness_spec(
+    method: str = "gap", *, before: tuple = (), slo_fields: dict | None = None, **limits: float
+) -> object:
+    """A spec whose last SLO (after ``before``) is a fairness SLO of ``method`` (with
+    ``slo_fields``)."""
     fairness = {
+        **(slo_fields or {}),
         "name": "fair",
         "objective": 0.9,
         "llm": {
@@ -723,15 +749,26 @@ def test_an_engine_needs_llm_slos():
             "slos": [{"name": "a", "objective": 99, "sli": {"raw": {"error_ratio_query": "0"}}}],
         }
     )
-    with pytest.raises(SpecError, match="no SLO with an 'llm' SLI"):
+    message = "^the spec has no SLO with an 'llm' SLI for the engine to compute$"
+    with pytest.raises(SpecError, match=message):
         BudgetEngine(spec)
 
 
-def test_bad_event_batches_are_refused_with_a_clear_error():
+def test_a_fresh_engine_is_in_its_initial_phase():
+    engine = BudgetEngine(make_spec([TTFT_SLO]))
+    assert engine.phase == "initial" and engine.snapshot().phase == "initial"
+
+
+@pytest.mark.parametrize("bad_time", [np.nan, np.inf, -np.inf])
+def test_bad_event_batches_are_refused_with_a_clear_error(bad_time):
     engine = BudgetEngine(make_spec([TTFT_SLO]))
     events = ttft_events(3, 0, 10.0)
-    events["t_end"][1] = np.nan
+    events["t_end"][1] = bad_time
     with pytest.raises(ValueError, match=r"non-finite t_end \(first rows \[1\]\)"):
+        engine.ingest_events(events)
+    events = ttft_events(9, 0, 10.0)
+    events["t_end"][1:8] = bad_time
+    with pytest.raises(ValueError, match=r"\(first rows \[1, 2, 3, 4, 5\]\)"):
         engine.ingest_events(events)
     with pytest.raises(TypeError, match="lack the fields"):
         engine.ingest_events(np.zeros(3, dtype=[("t_end", "f8")]))
@@ -766,6 +803,17 @@ def test_counts_of_fairness_slos_come_from_their_tenants_only():
     counted_good, counted_total = engine.cumulative_counts()
     np.testing.assert_array_equal(counted_good, np.where(request, good, 0.0))
     np.testing.assert_array_equal(counted_total, np.where(request, total, 0.0))
+
+
+def test_a_fairness_slo_judges_only_the_requests_its_selectors_choose():
+    engine = BudgetEngine(fairness_spec(slo_fields={"selectors": {"model": "fast"}}))
+    fast = slice_events(150.0, {0: (100, 100), 1: (100, 100)})
+    fast["tier"] = fast["intended_tier"] = 1
+    strong = slice_events(150.0, {0: (100, 100), 1: (0, 100)})  # unfair, on the other model
+    engine.ingest_events(np.concatenate([fast, strong]))
+    engine.advance_to(300.0)
+    good, total = engine.period_counts()
+    assert (good[0], total[0]) == (1.0, 1.0)
 
 
 @pytest.mark.parametrize("given", [0, 2])
