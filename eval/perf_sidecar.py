@@ -288,7 +288,8 @@ class _Collector:
 
 
 class PageServer(ThreadingHTTPServer):
-    """Serves pages over HTTP/1.1 on loopback: ``routes[path]()`` gives ``(status, text)``.
+    """Serves pages over HTTP/1.1 on loopback: ``routes[path]()`` gives ``(status, text)``
+    (``path`` with its query string, or with a POST's form as one).
 
     Routes may be replaced while serving (tests inject garbage, NaN, failures or delays).
     """
@@ -340,7 +341,16 @@ class _PageHandler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        route = self.server.routes.get(self.path)
+        self._answer(self.path)
+
+    def do_POST(self) -> None:
+        """A form posted is the same resource as its fields in the URL (as Prometheus's API
+        takes them): routed by ``path?form``."""
+        form = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        self._answer(f"{self.path}?{form}")
+
+    def _answer(self, key: str) -> None:
+        route = self.server.routes.get(key)
         status, text = (404, "not found\n") if route is None else route()
         data = text.encode("utf-8", errors="surrogateescape")
         self.send_response(status)

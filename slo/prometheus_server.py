@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from slo.prometheus_http import api_request
+
 
 @dataclass
 class PrometheusServer:
@@ -34,15 +36,14 @@ class PrometheusServer:
     def query(self, promql: str, at: float | None = None) -> list[dict]:
         """Run an instant query over the HTTP API and return its `result` list."""
         params = {"query": promql} | ({"time": f"{at:.3f}"} if at is not None else {})
-        return self._get("/api/v1/query", params)["result"]
+        return self._request("/api/v1/query", params)["result"]
 
     def reload(self) -> None:
         """Re-read the configuration and rule files (needs --web.enable-lifecycle)."""
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"))
 
-    def _get(self, path: str, params: dict) -> dict:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
+    def _request(self, path: str, params: dict) -> dict:
+        with api_request(self.url, path, params, timeout_s=10.0) as response:
             body = json.load(response)
         assert body["status"] == "success", body
         return body["data"]

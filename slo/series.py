@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 
 from slo.files import TextFileError, read_text
 from slo.history import escape_label_value
+from slo.prometheus_http import api_request, error_message
 
 
 class SourceError(ValueError):
@@ -97,7 +98,7 @@ class PrometheusSource:
 
     def series(self, name: str) -> list[Series]:
         params = {"query": name, "start": self.start, "end": self.end, "step": self.step_s}
-        data = self._get("/api/v1/query_range", params, name)
+        data = self._request("/api/v1/query_range", params, name)
         return [
             Series(
                 {k: v for k, v in item["metric"].items() if k != "__name__"},
@@ -107,14 +108,13 @@ class PrometheusSource:
             for item in data["result"]
         ]
 
-    def _get(self, path: str, params: Mapping[str, object], query: str) -> dict:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+    def _request(self, path: str, params: Mapping[str, object], query: str) -> dict:
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
+            with api_request(self.url, path, params, self.timeout_s) as response:
                 body = json.load(response)
         except urllib.error.HTTPError as err:
             raise SourceError(
-                f"{self.url}: query {query!r} answered HTTP {err.code}: {_error_of(err)}"
+                f"{self.url}: query {query!r} answered HTTP {err.code}: {error_message(err)}"
             ) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
@@ -124,14 +124,6 @@ class PrometheusSource:
         if body.get("status") != "success":
             raise SourceError(f"{self.url}: query {query!r} failed: {body.get('error')}")
         return body["data"]
-
-
-def _error_of(err: urllib.error.HTTPError) -> str:
-    """Prometheus's error message in an HTTP error's JSON body (the reason without one)."""
-    try:
-        return str(json.load(err).get("error") or err.reason)
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return str(err.reason)
 
 
 class ScrapesSource:

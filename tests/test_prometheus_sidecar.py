@@ -12,6 +12,8 @@ import itertools
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from envs.twin import EngineTwin
 from eval.perf_sidecar import PageServer
 from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
 from policies.sidecar.loop import Sidecar
+from policies.sidecar.prometheus import PrometheusAPI
 from slo.prometheus_server import free_port, scrape_configs
 from tests.conftest import stop_process
 
@@ -371,3 +374,18 @@ def test_engine_urls_are_needed_only_without_prometheus():
     assert load_config(None, base | {"prometheus": prometheus}).engines[0].url is None
     with pytest.raises(SidecarConfigError, match=r"engines\[0\]\.url: required"):
         load_config(None, base | {"prometheus": prometheus | {"read": False}})
+
+
+def test_a_selector_naming_tens_of_thousands_of_replicas_is_read(fleet):
+    """The sidecar's selectors name every replica it reads: queries go as a POST form, which
+    Prometheus reads whatever their length, where a URL of more than 1 MB of headers is
+    refused by Prometheus itself (and one of 8 KB by many proxies in front of it)."""
+    twin, server = fleet
+    names = ["strong-0", *(f"replica-{i:05d}.llm-serving.svc" for i in range(40_000))]
+    promql = f'up{{replica=~"{"|".join(names)}"}}'
+    assert len(promql) > 2**20
+    answer = PrometheusAPI(server.url).query(promql)
+    assert [s["metric"]["replica"] for s in answer] == ["strong-0"]
+    url = f"{server.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with pytest.raises(urllib.error.HTTPError, match="431"):
+        urllib.request.urlopen(url, timeout=30)

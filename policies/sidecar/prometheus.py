@@ -47,6 +47,7 @@ from policies.sidecar.telemetry import SidecarMetrics
 from slo.durations import format_duration, parse_duration
 from slo.engine import BudgetEngine
 from slo.metrics import MetricMapping
+from slo.prometheus_http import api_request, error_message
 from slo.rules import counter_step, le_spellings, regex_alternatives, sli_increases, sli_rates
 from slo.spec import ServiceSpec, SLOSpec
 
@@ -85,7 +86,7 @@ class PrometheusAPI:
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         """An instant query: the ``result`` list of its vector."""
         params = {"query": promql} | ({} if at is None else {"time": f"{at:.3f}"})
-        return self._get("/api/v1/query", params)
+        return self._request("/api/v1/query", params)
 
     def query_range(
         self, promql: str, start: float, end: float, step: float
@@ -97,15 +98,14 @@ class PrometheusAPI:
             "end": f"{end:.3f}",
             "step": f"{step:g}",
         }
-        return self._get("/api/v1/query_range", params)
+        return self._request("/api/v1/query_range", params)
 
-    def _get(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+    def _request(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
+            with api_request(self.url, path, params, self.timeout_s) as response:
                 body = json.load(response)
         except urllib.error.HTTPError as exc:
-            detail = f"{self.url}: HTTP {exc.code}: {_error_of(exc)}"
+            detail = f"{self.url}: HTTP {exc.code}: {error_message(exc)}"
             raise PrometheusError("http_status", detail) from None
         except TimeoutError:
             detail = f"{self.url}: no answer within {self.timeout_s:g} s"
@@ -125,13 +125,6 @@ class PrometheusAPI:
             return list(body["data"]["result"])
         except (KeyError, TypeError):
             raise PrometheusError("response", f"{self.url}: no data.result in the answer") from None
-
-
-def _error_of(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read()).get("error", exc.reason))[:200]
-    except (ValueError, AttributeError, OSError):
-        return str(exc.reason)
 
 
 # --------------------------------------------------------------------------------------------
