@@ -38,6 +38,13 @@ class PrometheusServer:
         params = {"query": promql} | ({"time": f"{at:.3f}"} if at is not None else {})
         return self._request("/api/v1/query", params)["result"]
 
+    def alerts(self) -> list[dict]:
+        """The alerts pending or firing now (``/api/v1/alerts``, which only answers GET)."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/alerts", timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]["alerts"]
+
     def reload(self) -> None:
         """Re-read the configuration and rule files (needs --web.enable-lifecycle)."""
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"))

@@ -129,7 +129,7 @@ def test_recording_rules_and_page_alert_agree_with_the_engine(prometheus_server,
 
     engine_page = run.first_page(availability)
     assert engine_page is not None and engine_page > run.wall0 + 20
-    alerts = server._get("/api/v1/alerts", {})["alerts"]
+    alerts = server.alerts()
     fired = [
         a
         for a in alerts
