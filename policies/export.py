@@ -21,7 +21,7 @@ import io
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,7 @@ def export_checkpoint(
         onnx_sha256=hashlib.sha256(model).hexdigest(),
         opset=opset,
         provenance=_provenance(run, checkpoint, error, parity_samples, env),
-        envelope=training_envelope(env, _fleet_names(run)),
+        envelope=training_envelope(env, training_fleet_names(run.env_kwargs)),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model)
@@ -359,9 +359,10 @@ def training_envelope(env: LLMFleetEnv, fleet_names: tuple[str, ...]) -> Envelop
     )
 
 
-def _fleet_names(run: Provenance) -> tuple[str, ...]:
-    """The training fleets' names (file stems; ``reference`` for the environments' own)."""
-    kwargs = run.env_kwargs
+def training_fleet_names(env_kwargs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of the fleets a run's environments drew from (``fleets``, or ``fleet``; file
+    stems), ``reference`` for the environments' own."""
+    kwargs = env_kwargs
     paths = kwargs.get("fleets") or ([kwargs["fleet"]] if kwargs.get("fleet") else [])
     return tuple(Path(p).stem for p in paths) or ("reference",)
 

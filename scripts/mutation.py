@@ -20,6 +20,7 @@ Run one module at a time, in the background and niced::
     nice python scripts/mutation.py guardrails            # prints the score, writes JSON
     nice python scripts/mutation.py engine --survivors    # survivors again, after new tests
     nice python scripts/mutation.py engine --verify --sample 5  # verdicts in fresh processes
+    nice python scripts/mutation.py contract --since 2d6ac2f  # functions changed since a run
     python scripts/mutation.py --list                     # the modules and their tests
     cd .mutation/guardrails && mutmut show <mutant name>  # what a survivor changed
 """
@@ -46,6 +47,8 @@ from mutmut.utils.format_utils import mangled_name_from_mutant_name
 REPO = Path(__file__).resolve().parent.parent
 #: The project's packages (copied whole: the mutated module imports its neighbours).
 PACKAGES = ("slo", "envs", "agents", "training", "policies", "eval")
+#: Files the tests read beside the packages (the example fleet files).
+DATA = ("examples",)
 #: mutmut's exit codes per mutant that count as killed (a failing test, a pytest internal
 #: error, a timeout of the mutant).
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
@@ -75,6 +78,7 @@ TARGETS: dict[str, Target] = {
         "envs/contract.py",
         (
             "tests/test_contract.py",
+            "tests/test_contract_v3.py",
             "tests/test_guardrails.py",
             # The contract's unit tests of test_elastic.py (the rest runs the simulator).
             *(
@@ -91,7 +95,11 @@ TARGETS: dict[str, Target] = {
     ),
     "stats": Target("eval/stats.py", ("tests/test_stats.py", "tests/test_stats_rliable.py")),
     # The exported policy is a module fixture of test_export.py.
-    "export": Target("policies/export.py", ("tests/test_export.py",), whole_selection=True),
+    "export": Target(
+        "policies/export.py",
+        ("tests/test_export.py", "tests/test_envelope.py"),
+        whole_selection=True,
+    ),
     "engine": Target(
         "slo/engine.py",
         (
@@ -114,6 +122,7 @@ def mutmut_section(target: Target) -> str:
         "\n[tool.mutmut]\n"
         f"source_paths = {json.dumps(list(PACKAGES))}\n"
         f"only_mutate = {json.dumps([target.path])}\n"
+        f"also_copy = {json.dumps(list(DATA))}\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
     )
@@ -126,7 +135,7 @@ def prepare(name: str, target: Target, fresh: bool) -> Path:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "reports", "*.png")
-    for package in (*PACKAGES, "tests"):
+    for package in (*PACKAGES, *DATA, "tests"):
         shutil.copytree(REPO / package, work / package, ignore=ignore, dirs_exist_ok=True)
     pyproject = (REPO / "pyproject.toml").read_text()
     (work / "pyproject.toml").write_text(pyproject + mutmut_section(target))
@@ -249,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the last run's survivors and unchecked mutants again",
     )
     parser.add_argument(
+        "--since",
+        metavar="REV",
+        help="run only the mutants of functions changed since the git revision REV (the earlier "
+        "run's verdicts of the others stand: same mutants, the same tests or more)",
+    )
+    parser.add_argument(
         "--whole-selection",
         action="store_true",
         help="run every test on every mutant, not only those that called the mutated function",
@@ -278,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify is not None:
             verify(work, target, args.verify, args.sample)
             continue
-        if args.survivors:
+        if args.since:
+            result = run_changed(target, name, args.since, args.max_children, args.minutes, whole)
+        elif args.survivors:
             result = recheck_survivors(name, target, args.max_children, args.minutes, whole)
         else:
             if not args.score_only:
@@ -329,6 +346,40 @@ def recheck_survivors(
     meta_path = work / "mutants" / f"{target.path}.meta"
     meta_path.write_text(json.dumps(rechecked | {"exit_code_by_key": verdicts}))
     return score_of(target, verdicts) | {"rechecked": len(again), "edited": sorted(edited)}
+
+
+def run_changed(
+    target: Target, name: str, since: str, max_children: int, minutes: float | None, whole: bool
+) -> dict[str, object]:
+    """Run the mutants of the functions of ``target`` whose code differs from revision
+    ``since`` (mutmut's own hash of each function), on a fresh copy; the score covers those."""
+    work = prepare(name, target, fresh=True)
+    meta = collect_stats(work, target, max_children, whole)
+    before = subprocess.run(
+        ["git", "show", f"{since}:{target.path}"], cwd=REPO, capture_output=True, text=True
+    )
+    if before.returncode != 0:
+        raise SystemExit(f"{target.path} at {since}: {before.stderr.strip()}")
+    previous = _function_hashes(work, target.path, before.stdout)
+    changed = {f for f, h in meta["hash_by_function_name"].items() if previous.get(f) != h}
+    again = [m for m in meta["exit_code_by_key"] if _function(m) in changed]
+    if again:
+        run_mutmut(work, max_children, minutes, again)
+    verdicts = json.loads((work / "mutants" / f"{target.path}.meta").read_text())
+    codes = {m: verdicts["exit_code_by_key"][m] for m in again}
+    return score_of(target, codes) | {"since": since, "changed": sorted(changed)}
+
+
+def _function_hashes(work: Path, path: str, source: str) -> dict[str, str]:
+    """mutmut's hash of each function of ``source`` (mutmut reads its settings from ``work``)."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        return dict(mutate_file_contents(path, source).hash_by_function_name)
+    finally:
+        os.chdir(here)
 
 
 def _function(mutant: str) -> str:

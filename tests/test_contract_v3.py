@@ -4,6 +4,8 @@ episode."""
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import numpy as np
 import pytest
@@ -11,9 +13,13 @@ from typer.testing import CliRunner
 
 from envs.contract import (
     OBSERVATION_VERSION_V3,
+    ROLE_FEATURES,
     ROLES,
     FleetShape,
+    FleetSignalTracker,
     ObservationContract,
+    ReplicaGauges,
+    ReplicaLifecycle,
     fleet_independent_contract,
     role_of_tier,
 )
@@ -139,3 +145,106 @@ def test_simulate_prints_the_capacity_per_role_the_sidecar_takes(fleet: str, rol
     assert capacity["strong"] == pytest.approx(governed_fleet(fleet).capacity_rps)
     if "cheap" in roles:
         assert capacity["cheap"] == pytest.approx(REFERENCE_FLEET.role_capacity_rps[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The v3 contract and its signals, by hand
+
+
+def _contract(scales: bool = False) -> ObservationContract:
+    knobs = ("offload_fraction",)
+    return fleet_independent_contract(("ttft", "e2e"), ("30m",), knobs, "d1", scales)
+
+
+@pytest.mark.parametrize("scales", [False, True])
+def test_a_v3_contract_holds_what_it_was_given_and_round_trips(scales: bool) -> None:
+    contract = _contract(scales)
+    given = (contract.slo_names, contract.windows, contract.knob_names, contract.spec_digest)
+    assert given == (("ttft", "e2e"), ("30m",), ("offload_fraction",), "d1")
+    assert contract.pools == ROLES and contract.scales is scales and contract.elastic is scales
+    assert contract.to_dict()["scales"] is scales
+    assert ObservationContract.from_dict(contract.to_dict()) == contract
+    assert fleet_independent_contract(("ttft",), ("30m",), (), "d1").scales is False
+
+
+def test_a_v2_contract_needs_its_nominal_capacity() -> None:
+    data = ObservationContract(slo_names=("ttft",)).to_dict()
+    del data["nominal_capacity_rps"]
+    with pytest.raises(KeyError, match="nominal_capacity_rps"):
+        ObservationContract.from_dict(data)
+
+
+def test_v3_shapes_and_contracts_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^capacity_rps must be > 0, got 0.0$"):
+        FleetShape(0.0, (1.0, 1.0), (1, 1))
+    single_tier = FleetShape(10.0, (10.0, 0.0), (2, 0))
+    assert single_tier.present(0) and not single_tier.present(1)
+    with pytest.raises(ValueError, match=r"has no max_replicas \(the fleet gives its caps\)$"):
+        ObservationContract(("ttft",), version=OBSERVATION_VERSION_V3, max_replicas=(2, 1))
+    message = rf"^a {re.escape(OBSERVATION_VERSION_V3)} contract needs the fleet's FleetShape$"
+    with pytest.raises(ValueError, match=message):
+        FleetSignalTracker(_contract(), 30.0)
+
+
+def _gauges(pools: list[int], waiting: list[float], running: list[float], **extra) -> ReplicaGauges:
+    n = len(pools)
+    return ReplicaGauges(
+        pool=np.array(pools),
+        healthy=np.ones(n, dtype=bool),
+        kv_usage=np.zeros(n),
+        kv_usage_mean=np.zeros(n),
+        waiting=np.array(waiting),
+        running=np.array(running),
+        max_num_seqs=np.full(n, 64.0),
+        **extra,
+    )
+
+
+def _role_features(pools: dict[str, dict[str, float]], role: str) -> dict[str, float]:
+    return {name: pools[role][name] for name in ROLE_FEATURES}
+
+
+def test_v3_signals_are_relative_to_each_roles_capacity() -> None:
+    tracker = FleetSignalTracker(_contract(), 30.0, FleetShape(20.0, (20.0, 40.0), (2, 1)))
+    signals = tracker.update(_gauges([0, 0, 1], [3.0, 5.0, 7.0], [11.0, 13.0, 17.0]), 600.0, 0.0)
+    assert _role_features(signals.pools, "strong") == pytest.approx(
+        {"present": 1.0, "capacity_share": 1.0, "queue_s": math.log1p(8.0 / 20.0)}
+    )
+    assert _role_features(signals.pools, "cheap") == pytest.approx(
+        {"present": 1.0, "capacity_share": 2.0, "queue_s": math.log1p(7.0 / 40.0)}
+    )
+    assert signals.fleet["load_per_capacity"] == pytest.approx(600.0 / 30.0 / 20.0)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "max_replicas", "cheap"),
+    [
+        (40.0, 0, None),  # the fleet has no cheap pool: masked, whatever its capacity says
+        (0.0, 1, None),  # a cheap pool of no measured capacity: masked too
+        (0.5, 1, {"present": 1.0, "capacity_share": 0.025, "queue_s": math.log1p(7.0 / 0.5)}),
+    ],
+)
+def test_a_role_without_pool_or_capacity_is_masked(capacity, max_replicas, cheap) -> None:
+    shape = FleetShape(20.0, (20.0, capacity), (2, max_replicas))
+    tracker = FleetSignalTracker(_contract(), 30.0, shape)
+    pools, waiting = [0, 0, 1][: 2 + max_replicas], [3.0, 5.0, 7.0][: 2 + max_replicas]
+    signals = tracker.update(_gauges(pools, waiting, [0.0] * len(pools)), 600.0, 0.0)
+    features = _role_features(signals.pools, "cheap")
+    if cheap is None:
+        assert features == dict.fromkeys(ROLE_FEATURES, 0.0)
+        assert all(isinstance(v, float) for v in features.values())
+    else:
+        assert features == pytest.approx(cheap)
+
+
+def test_elastic_v3_replica_features_are_relative_to_each_roles_slots() -> None:
+    shape = FleetShape(20.0, (20.0, 40.0), (4, 1))
+    tracker = FleetSignalTracker(_contract(scales=True), 30.0, shape)
+    serving = ReplicaLifecycle.SERVING
+    gauges = _gauges(
+        [0, 0, 1], [0.0] * 3, [0.0] * 3, lifecycle=np.array([serving] * 3), pool_desired=[3, 1]
+    )
+    pools = tracker.update(gauges, 600.0, 0.0).pools
+    strong, cheap = pools["strong"], pools["cheap"]
+    assert (strong["replicas_serving"], strong["replicas_desired"]) == (0.5, 0.75)
+    assert (cheap["replicas_serving"], cheap["replicas_desired"]) == (1.0, 1.0)

@@ -14,7 +14,7 @@ from envs.contract import ObservationContract  # noqa: E402
 from envs.fleet_env import LLMFleetEnv  # noqa: E402
 from envs.paths import EXAMPLE_FLEETS_DIR  # noqa: E402
 from envs.scenarios import MAX_REPLICAS, REFERENCE_FLEET  # noqa: E402
-from policies.export import training_envelope  # noqa: E402
+from policies.export import training_envelope, training_fleet_names  # noqa: E402
 from policies.manifest import (  # noqa: E402
     REFERENCE_GPUS,
     REFERENCE_MODELS,
@@ -53,6 +53,24 @@ def test_the_reference_envelope_is_the_reference_fleets(elastic: bool) -> None:
     assert {p.gpu for p in REFERENCE_FLEET.config.pools} == set(REFERENCE_GPUS)
     if elastic:
         assert trained.roles == {pool: (1, cap) for pool, cap in MAX_REPLICAS.items()}
+
+
+def test_a_role_no_training_fleet_has_is_outside_the_envelope() -> None:
+    env = LLMFleetEnv("steady", fleet=SINGLE_TIER, contract=3)
+    assert set(training_envelope(env, ("single-tier",)).roles) == {"strong"}
+
+
+@pytest.mark.parametrize(
+    ("env_kwargs", "names"),
+    [
+        ({}, ("reference",)),
+        ({"fleet": None}, ("reference",)),
+        ({"fleet": SINGLE_TIER}, ("single-tier",)),
+        ({"fleets": [SINGLE_TIER, "fleets/fleet-64.yaml"]}, ("single-tier", "fleet-64")),
+    ],
+)
+def test_a_runs_training_fleets_are_named_by_their_files(env_kwargs, names) -> None:
+    assert training_fleet_names(env_kwargs) == names
 
 
 def test_a_policy_trained_over_fleets_has_their_union_as_envelope() -> None:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium
@@ -386,6 +387,21 @@ def test_the_manifest_records_the_envelope_of_the_training_fleet(exported) -> No
     written = json.loads(exported.manifest_path.read_text())["envelope"]
     assert written["roles"]["strong"] == {"min_replicas": 2, "max_replicas": 2}
     assert "envelope: replicas strong 2, cheap 1; models llama-3-8b" in exported.summary()
+
+
+def test_the_summary_gives_the_size_in_kib(exported) -> None:
+    assert "1000.0 KiB" in replace(exported, onnx_bytes=1024 * 1000).summary()
+
+
+def test_an_export_exactly_at_the_parity_tolerance_is_written(
+    checkpoint, exported, tmp_path, monkeypatch
+) -> None:
+    """The same seed draws the same parity observations, so the error is the same: at a
+    tolerance equal to it, the export is within it."""
+    monkeypatch.setattr("policies.export.PARITY_TOLERANCE", exported.parity_max_abs_error)
+    result = export_checkpoint(checkpoint, tmp_path / "at-tolerance.onnx")
+    assert result.parity_max_abs_error == exported.parity_max_abs_error
+    assert result.onnx_path.exists()
 
 
 def _without(key: str):

@@ -241,6 +241,33 @@ def test_frontier_joins_the_undominated_points(cost: float, expected: float, sid
     assert frontier_at(cost, costs, spent) == (pytest.approx(expected), side)
 
 
+def test_a_frontier_keeps_the_cheapest_of_points_spending_the_same() -> None:
+    # (4, 3) spends no less than (2, 3): the frontier ends at cost 2, so cost 3 lies above it.
+    assert frontier_at(3.0, [1.0, 2.0, 4.0], [5.0, 3.0, 3.0]) == (3.0, 1)
+
+
+def _gap_of(spent: list[float] | np.ndarray, **kwargs) -> object:
+    """The gap of runs spending ``spent`` at cost 0 to a frontier of one point (0, 0)."""
+    n = len(spent)
+    flat = np.zeros((1, n))
+    return frontier_gap_ci(spent, np.zeros(n), flat, flat, keyed_rng(0, "g"), **kwargs)[0]
+
+
+def test_a_frontier_gap_resamples_every_seed() -> None:
+    # Two seeds: replicates (0, 0), (0, 10) and (10, 10), the first and last 1 in 4 each.
+    gap = _gap_of([0.0, 10.0])
+    assert (gap.point, gap.low, gap.high) == (5.0, 0.0, 10.0)
+    wide = _gap_of(np.arange(20.0))  # replicates of 20 seeds each, drawn from all 20
+    assert wide.point == 9.5 and wide.low < 8.5 and wide.high > 10.5
+    assert wide.high - wide.low < 8.0
+
+
+def test_a_frontier_gap_draws_10000_replicates_by_default() -> None:
+    spent = np.random.default_rng(3).normal(2.0, 1.0, size=10)
+    assert _gap_of(spent) == _gap_of(spent, reps=10_000)
+    assert _gap_of(spent) != _gap_of(spent, reps=10_001)
+
+
 def test_frontier_gap_is_paired_by_seed_and_bounded_outside_the_range() -> None:
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 0.3, size=8)  # what the seeds share: cancels when paired
@@ -252,5 +279,9 @@ def test_frontier_gap_is_paired_by_seed_and_bounded_outside_the_range() -> None:
     assert above.low > 0.0
     dearer, side = frontier_gap_ci(1.0 + noise, [5.0] * 8, frontier, costs, keyed_rng(0, "g"))
     assert dearer.point == pytest.approx(-1.0) and side == 1  # a lower bound: inconclusive
-    with pytest.raises(ValueError, match="one run per seed"):
+    message = (
+        r"frontier points must be finite \(n_points, 8\) arrays, one run per seed of the "
+        r"controller, got \(2, 4\)$"
+    )
+    with pytest.raises(ValueError, match=message):
         frontier_gap_ci([1.0] * 8, [2.0] * 8, frontier[:, :4], costs[:, :4], keyed_rng(0, "g"))
