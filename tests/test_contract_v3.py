@@ -88,9 +88,8 @@ def test_roles_are_normalised_by_their_measured_capacity() -> None:
     assert cheap_rps > strong_rps  # one 1B replica serves more than two 8B ones
     share = _features(env, obs, "pool.cheap.")["pool.cheap.capacity_share"]
     assert share == pytest.approx(cheap_rps / strong_rps, rel=1e-6)
-    queued = [
-        _features(env, env.step(env.action_space.sample())[0], "pool.strong.") for _ in range(20)
-    ]
+    neutral = env.action_contract.encode(env.knob_values)
+    queued = [_features(env, env.step(neutral)[0], "pool.strong.") for _ in range(20)]
     # the queue in seconds at the strong tier's capacity, as log1p
     assert any(q["pool.strong.queue_s"] > 0 for q in queued)
     alone = cheap_tier_alone(REFERENCE_FLEET.config)
