@@ -708,13 +708,15 @@ class ObservationContract:
         per_slo = np.empty((len(self.slo_names), n_windows + 2))
         # fmax maps NaN (a window without requests: nothing spent) to 0.
         per_slo[:, :n_windows] = np.log2(1.0 + np.fmax(burn_rates, 0.0))
-        per_slo[:, n_windows] = np.nan_to_num(budget_remaining, nan=1.0)
+        # np.where, not np.nan_to_num (5x its cost on arrays this small); infinities are
+        # clipped below as nan_to_num's largest floats would be.
+        per_slo[:, n_windows] = np.where(np.isnan(budget_remaining), 1.0, budget_remaining)
         per_slo[:, n_windows + 1] = alert_levels
         rest = [signals.pools[p][f] for p in self.pools for f in self.pool_features]
         rest += [signals.fleet[f] for f in FLEET_FEATURES]
         rest += [knob_units[k] for k in self.knob_names]
         obs = np.concatenate([per_slo.reshape(-1), np.array(rest, dtype=np.float64)])
-        return np.clip(np.nan_to_num(obs, nan=0.0), *self._bounds).astype(np.float32)
+        return np.clip(np.where(np.isnan(obs), 0.0, obs), *self._bounds).astype(np.float32)
 
     def to_dict(self) -> dict:
         data = {

@@ -329,3 +329,17 @@ def test_tampered_feature_names_are_refused_in_so_many_words() -> None:
     data["feature_names"] = data["feature_names"][:-1]
     with pytest.raises(ValueError, match="^observation contract: feature_names do not match its"):
         ObservationContract.from_dict(data)
+
+
+@pytest.mark.parametrize(("value", "edge"), [(math.inf, "high"), (-math.inf, "low")])
+def test_infinite_values_are_observed_at_the_edge_of_their_range(value, edge) -> None:
+    contract = ObservationContract(slo_names=("ttft",), windows=("5m",))
+    signals = _signals(contract)
+    signals.fleet["load_per_capacity"] = value
+    knobs = {k: 0.0 for k in contract.knob_names}
+    obs = contract.build(np.array([[0.0]]), np.array([value]), np.array([0.0]), signals, knobs)
+    low, high = contract.bounds()
+    bound = high if edge == "high" else low
+    for name in ("slo.ttft.budget_remaining", "fleet.load_per_capacity"):
+        i = contract.feature_names.index(name)
+        assert obs[i] == bound[i]
