@@ -262,10 +262,45 @@ def test_a_frontier_gap_resamples_every_seed() -> None:
     assert wide.high - wide.low < 8.0
 
 
-def test_a_frontier_gap_draws_10000_replicates_by_default() -> None:
-    spent = np.random.default_rng(3).normal(2.0, 1.0, size=10)
-    assert _gap_of(spent) == _gap_of(spent, reps=10_000)
-    assert _gap_of(spent) != _gap_of(spent, reps=10_001)
+def _runs(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(2.0, 1.0, size=(3, 10))
+
+
+#: Each bootstrap with the replicates it draws by default (the docstrings' and the report's).
+DEFAULT_REPS = {
+    "bootstrap_ci": (10_000, lambda rng, **kw: bootstrap_ci(_runs(0), rng, **kw)),
+    "paired_difference_ci": (
+        10_000,
+        lambda rng, **kw: paired_difference_ci(_runs(0), _runs(1), rng, **kw),
+    ),
+    "probability_of_improvement_ci": (
+        10_000,
+        lambda rng, **kw: probability_of_improvement_ci(_runs(0), _runs(1), rng, **kw),
+    ),
+    "performance_profile_ci": (
+        2_000,
+        lambda rng, **kw: performance_profile_ci(_runs(0), [1.0, 2.0], rng, **kw),
+    ),
+    "frontier_gap_ci": (
+        10_000,
+        lambda rng, **kw: frontier_gap_ci(
+            _runs(0)[0], np.zeros(10), np.zeros((1, 10)), np.zeros((1, 10)), rng, **kw
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_REPS))
+def test_each_bootstrap_draws_its_documented_replicates_by_default(name: str) -> None:
+    """Told by what the draws leave of the generator: the same as with the documented number,
+    not one replicate more."""
+    reps, interval = DEFAULT_REPS[name]
+    by_default, documented, one_more = (keyed_rng(0, name) for _ in range(3))
+    interval(by_default)
+    interval(documented, reps=reps)
+    interval(one_more, reps=reps + 1)
+    after = by_default.random()
+    assert after == documented.random() and after != one_more.random()
 
 
 def test_frontier_gap_is_paired_by_seed_and_bounded_outside_the_range() -> None:
