@@ -5,8 +5,8 @@ Queries go as a POST form, as Prometheus's API documentation advises for large q
 sidecar's selectors name every replica it reads, and a fleet of a thousand replicas makes a
 query string longer than what a proxy in front of Prometheus accepts in a URL (8 KB is a common
 limit) and, at tens of thousands, than Prometheus's own limit on a request's headers (1 MB).
-Prometheus, Thanos, Mimir and VictoriaMetrics all answer ``/api/v1/query`` and
-``/api/v1/query_range`` by POST.
+Prometheus documents ``/api/v1/query`` and ``/api/v1/query_range`` by POST, and Thanos's query
+API takes them so too.
 """
 
 from __future__ import annotations
