@@ -205,7 +205,7 @@ def test_a_chunk_reports_the_time_spent_collecting_rollouts() -> None:
 @pytest.mark.slow
 def test_rollout_workers_repeat_their_run_and_its_episodes() -> None:
     first, second = _learned(workers=2), _learned(workers=2)
-    assert first[2] == second[2] == "SubprocVecEnv"
+    assert first[2] == second[2] == "WorkerVecEnv"
     np.testing.assert_array_equal(first[1], second[1])
     assert first[0]["episodes"] == second[0]["episodes"] == 8
     # The environments step through the episodes one worker would see.

@@ -278,10 +278,10 @@ class Preset(_Strict):
         An elastic preset (``env_kwargs.elastic: true``) draws elastic scenarios only, a fixed
         one fixed-fleet scenarios only (the policy's contract is one or the other).
     workers:
-        CPUs one trial collects its rollouts on (Tune reserves them on one node). Above 1, each
-        of the ``ppo.n_envs`` environments steps in a process of its own (SB3's
-        ``SubprocVecEnv``) while the learner keeps one torch thread; it must divide
-        ``ppo.n_envs`` so that the environments spread evenly over the CPUs.
+        CPUs one trial collects its rollouts on (Tune reserves them on one node). Above 1, the
+        ``ppo.n_envs`` environments step in that many worker processes, an equal group in each
+        (:class:`training.vec_env.WorkerVecEnv`), while the learner keeps one torch thread; it
+        must divide ``ppo.n_envs``.
     """
 
     name: str

@@ -9,6 +9,7 @@ environment with ``LLMFleetEnv(scenario=run["scenarios"], **run["env_kwargs"])``
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -19,12 +20,13 @@ import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from envs.contract import ActionContract, neutral_knob_values
 from envs.fleet_env import LLMFleetEnv
 from training.callbacks import BudgetMetricsCallback, EpisodeBudgetStats, RolloutTimer
 from training.config import PPOConfig, Preset
+from training.vec_env import WorkerVecEnv
 
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
@@ -38,6 +40,15 @@ _TRAINING_ENTROPY = 0x6275_6467_6574
 def make_training_env(scenarios: list[str], env_kwargs: dict[str, Any]) -> gym.Env:
     """A fleet environment drawing from ``scenarios`` at each reset, counting exhaustions."""
     return EpisodeBudgetStats(LLMFleetEnv(scenario=list(scenarios), **env_kwargs))
+
+
+def own_cores(workers: int) -> list[int] | None:
+    """The cores to pin ``workers`` rollout workers to: this process's cores when there are
+    exactly that many (the trial has the machine, or its slice of it, to itself), else ``None``
+    (other trials share the cores; pinning every trial's first worker to the same core would
+    stack them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores if len(cores) == workers else None
 
 
 def env_seed(seed: int, timesteps: int) -> int:
@@ -103,12 +114,16 @@ class PPOLearner:
 
     @staticmethod
     def _vec_env(preset: Preset, n_envs: int, seed: int, timesteps: int) -> VecEnv:
-        """The ``n_envs`` environments: in this process for one worker, else each in a
-        subprocess. Both seed environment ``i`` alike, so they step through the same episodes."""
+        """The ``n_envs`` environments: in this process for one worker, else spread over
+        ``preset.workers`` processes. Both seed environment ``i`` alike, so they step through
+        the same episodes."""
         make = partial(make_training_env, preset.scenarios, preset.env_kwargs.as_kwargs())
-        vec_env_cls = SubprocVecEnv if preset.workers > 1 else DummyVecEnv
+        seed = env_seed(seed, timesteps)
+        if preset.workers == 1:
+            return make_vec_env(make, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+        workers = {"workers": preset.workers, "cpus": own_cores(preset.workers)}
         return make_vec_env(
-            make, n_envs=n_envs, seed=env_seed(seed, timesteps), vec_env_cls=vec_env_cls
+            make, n_envs=n_envs, seed=seed, vec_env_cls=WorkerVecEnv, vec_env_kwargs=workers
         )
 
     @classmethod
