@@ -1,12 +1,17 @@
 """Rollout workers that each step a group of environments.
 
 SB3's ``SubprocVecEnv`` gives every environment a process of its own and exchanges one message
-pair per environment and step. On a machine with as many cores as workers that lockstep is
-what stops collection from scaling: ``perf train`` measured 1.17x with two workers on two cores
-(issue 15), the learner and four environment processes waking each other through pipes many
-times per step. :class:`WorkerVecEnv` starts one process per CPU instead, each stepping its
-share of the environments in a ``DummyVecEnv``, so a step costs one message pair per worker
-and a worker's environments run back to back on its core.
+pair per environment and step. :class:`WorkerVecEnv` starts one process per CPU instead, each
+stepping its share of the environments in a ``DummyVecEnv``: a step costs one message pair
+per worker, and a worker's environments run back to back on its core.
+
+When the workers have the machine to themselves, each is pinned to a core of its own. Left to
+the scheduler, a worker woken by the learner's message tends to run on the learner's core (the
+kernel's wake-affine placement) and preempts it before it has sent the other workers theirs.
+On this 2-core machine, one learner outside Ray (``scripts/time_workers.py``, quick preset, two
+repeats): one worker 254-265 PPO steps/s, two workers 371-390 pinned, 286-319 unpinned. Inside
+a Ray trial (``perf train``) two workers gained 1.08-1.17x, as ``SubprocVecEnv`` did
+(1.14-1.25x): Ray's own processes share the two cores.
 
 Each environment is built and seeded exactly as in a ``DummyVecEnv`` of all of them, so the
 trajectories do not depend on the number of workers (tested).
