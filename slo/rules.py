@@ -14,7 +14,8 @@ Fairness SLIs are judged per slice by a ``budgetpilot:fairness_violation:bool`` 
 error ratio over a window is the mean of that judgement (sliding slices evaluated at each rule
 evaluation, where the engine uses disjoint ones). As with Sloth, the period ratio is the mean of
 the shortest window's ratios, while the engine divides period counts: they agree under steady
-traffic.
+traffic. Unlike Sloth's, a window without events has no error ratio (not NaN, 0/0): one idle
+5 minutes would otherwise make the period's mean NaN, the budget unknown, for a whole period.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ class _SLORules:
     def _promql_sli(self) -> str | None:
         sli = self.slo.sli
         if sli.events is not None:
-            return f"({sli.events.error_query})\n/\n({sli.events.total_query})"
+            return f"({sli.events.error_query})\n/\n(({sli.events.total_query}) > 0)"
         if sli.raw is not None:
             return f"({sli.raw.error_ratio_query})"
         return None
@@ -245,7 +246,7 @@ class _SLORules:
             return _WINDOW_TEMPLATE.sub(window, promql)
         source = metric_source(self.slo, self.spec, self.mapping)
         bad, total = _bad_and_total(source, self.slo, self.mapping, _summed_rate(window))
-        return f"(\n  {bad}\n)\n/\n(\n  {total}\n)"
+        return f"(\n  {bad}\n)\n/\n(\n  {total}\n  > 0\n)"
 
     def _fairness_exprs(self) -> tuple[str, str]:
         """Per-tenant attainment of the base SLI over a slice (tenants with enough requests),

@@ -207,6 +207,32 @@ def test_promtool_unit_tests_fire_the_page_only_when_both_windows_burn(tmp_path,
 
 
 @needs_promtool
+def test_an_idle_window_leaves_the_period_ratio_a_number(tmp_path):
+    """Ten idle minutes (no first tokens: 0/0 in the 5m window), then 1% of first tokens late:
+    the period's error ratio is the busy windows' 1%, where Sloth's rules keep NaN (no data)
+    for the whole 30-day period."""
+    text, _ = render_rules(load_spec(TTFT_SPEC))
+    (tmp_path / "rules.yaml").write_text(text)
+    labels = 'owner="serving", sloth_id="llm-ttft-1s", sloth_service="llm", sloth_slo="ttft-1s"'
+    test = {
+        "interval": "1m",
+        "input_series": ttft_series("0x10 0+99x50", "0x10 0+100x50"),
+        "promql_expr_test": [
+            {
+                "eval_time": "60m",
+                "expr": 'abs(slo:sli_error:ratio_rate30d{sloth_slo="ttft-1s"} - 0.01) < bool 1e-9',
+                "exp_samples": [{"labels": f'{{{labels}, sloth_window="30d"}}', "value": 1}],
+            },
+            {"eval_time": "5m", "expr": 'slo:sli_error:ratio_rate5m{sloth_slo="ttft-1s"}'},
+        ],
+    }
+    unit = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [test]}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(unit, sort_keys=False))
+    result = promtool("test", "rules", "test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
 def test_promtool_catches_a_wrong_expectation(tmp_path):
     """The unit test above can fail: expecting no page on a 50x burn is refused."""
     text, _ = render_rules(load_spec(TTFT_SPEC))
