@@ -396,8 +396,20 @@ def sidecar_config(policy: Path, base_url: str, endpoints: int, **extra: Any) ->
         "engines": engines,
         "counters": [{"name": "router", "url": f"{base_url}/router/metrics"}],
         "signals": {"arrivals": "budgetpilot:arrivals_total"},
+        "fleet_capacity": benchmark_capacity(endpoints),
         **extra,
     }
+
+
+def benchmark_capacity(endpoints: int) -> dict[str, float]:
+    """The ``fleet_capacity`` of :func:`sidecar_config`'s fleet (a policy of observation
+    contract v3 observes load relative to it): the reference fleet's per strong replica times
+    ``endpoints - 1`` strong replicas, and its cheap replica's."""
+    from envs.scenarios import REFERENCE_FLEET
+
+    strong, cheap = REFERENCE_FLEET.role_capacity_rps
+    per_replica = strong / REFERENCE_FLEET.role_replicas()["strong"][1]
+    return {"strong": per_replica * max(endpoints - 1, 1), "cheap": cheap}
 
 
 def _measure(config_path: Path, cycles: int, decisions: int) -> dict[str, Any]:

@@ -361,10 +361,11 @@ def training_envelope(env: LLMFleetEnv, fleet_names: tuple[str, ...]) -> Envelop
 
 def training_fleet_names(env_kwargs: Mapping[str, Any]) -> tuple[str, ...]:
     """The names of the fleets a run's environments drew from (``fleets``, or ``fleet``; file
-    stems), ``reference`` for the environments' own."""
+    stems, each once: a fleet listed twice is drawn twice as often), ``reference`` for the
+    environments' own."""
     kwargs = env_kwargs
     paths = kwargs.get("fleets") or ([kwargs["fleet"]] if kwargs.get("fleet") else [])
-    return tuple(Path(p).stem for p in paths) or ("reference",)
+    return tuple(dict.fromkeys(Path(p).stem for p in paths)) or ("reference",)
 
 
 def _provenance(

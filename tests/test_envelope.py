@@ -67,6 +67,7 @@ def test_a_role_no_training_fleet_has_is_outside_the_envelope() -> None:
         ({"fleet": None}, ("reference",)),
         ({"fleet": SINGLE_TIER}, ("single-tier",)),
         ({"fleets": [SINGLE_TIER, "fleets/fleet-64.yaml"]}, ("single-tier", "fleet-64")),
+        ({"fleets": ["reference", "reference", SINGLE_TIER]}, ("reference", "single-tier")),
     ],
 )
 def test_a_runs_training_fleets_are_named_by_their_files(env_kwargs, names) -> None:
@@ -114,7 +115,7 @@ def test_a_fleet_outside_the_envelope_is_described_by_what_differs(facts, differ
 
 def test_an_old_manifest_is_taken_as_the_reference_fleets_with_a_warning() -> None:
     with pytest.warns(EnvelopeAssumedWarning, match="reference fleet"):
-        manifest = read_manifest(ZOO / "ppo-standard.onnx")
+        manifest = read_manifest(ZOO / "ppo-standard-v2.onnx")
     envelope = manifest.envelope
     assert envelope.assumed
     assert envelope.roles == {"strong": (2, 2), "cheap": (1, 1)}
@@ -137,7 +138,7 @@ def test_an_old_manifest_is_taken_as_the_reference_fleets_with_a_warning() -> No
 )
 def test_a_bad_envelope_is_refused_naming_its_field(edit, field: str) -> None:
     with pytest.warns(EnvelopeAssumedWarning):
-        data = read_manifest(ZOO / "ppo-standard.onnx").to_dict()
+        data = read_manifest(ZOO / "ppo-standard-v2.onnx").to_dict()
     envelope = replace(ENVELOPE, spec_digest=data["spec_hash"]).to_dict()
     envelope["roles"]["strong"] = {"min_replicas": 2, "max_replicas": 2}
     edit(envelope)

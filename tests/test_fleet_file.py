@@ -479,12 +479,18 @@ def test_bench_on_a_fleet_file_runs_fitting_controllers_and_says_untuned(tmp_pat
     assert len(result.warnings) == 1 and f"--fleet {SINGLE_TIER}" in result.warnings[0]
 
 
-def test_bench_refuses_a_policy_or_parameters_of_another_fleet(tmp_path):
+@pytest.mark.parametrize(
+    ("policy", "fleet", "match"),
+    [
+        ("ppo-standard-v2", SINGLE_TIER, "observation contract"),  # v2: two pools, its fleet's
+        ("ppo-standard", str(EXAMPLE_FLEETS_DIR / "fleet-64.yaml"), "outside its envelope"),
+    ],
+)
+def test_bench_refuses_a_policy_or_parameters_of_another_fleet(policy, fleet, match):
     from eval.bench import TUNED_DIR, BenchConfig, plan_runs, resolve_controllers
 
-    policy = BenchConfig(resolve_controllers(["ppo-standard"]), ("steady",), fleet=SINGLE_TIER)
-    with pytest.raises(ValueError, match="observation contract"):
-        plan_runs(policy)
+    with pytest.raises(ValueError, match=match):
+        plan_runs(BenchConfig(resolve_controllers([policy]), ("steady",), fleet=fleet))
     tuned = BenchConfig(
         resolve_controllers(["pid"]), ("steady",), tuned_dir=TUNED_DIR, fleet=SINGLE_TIER
     )

@@ -247,7 +247,7 @@ def test_the_guard_hands_over_out_of_distribution_and_back_after_calm_steps() ->
     from eval.bench import BenchEnv, RunSpec, resolve_controllers, run_episode
 
     (spec,) = resolve_controllers(["ppo-standard+guard"])
-    env = BenchEnv("steady", **SHORT)
+    env = BenchEnv("steady", contract=spec.contract_version, **SHORT)
     guard = spec.build(control_context(env), None)
     obs, _ = env.reset(seed=0)
     assert not guard.out_of_distribution(obs)

@@ -253,14 +253,18 @@ def test_results_json_carries_the_headline_and_the_report_says_which_reading_is_
 
 
 @pytest.mark.slow
-def test_cells_on_a_fleet_of_another_contract_are_listed_with_the_reason() -> None:
-    single_tier = next(f for f in EXAMPLE_FLEETS if f.endswith("single-tier.yaml"))
+@pytest.mark.parametrize(
+    ("policy", "fleet", "reason"),
+    [
+        ("ppo-standard-v2", "single-tier.yaml", "observation contract"),
+        ("ppo-standard", "fleet-64.yaml", "outside its envelope"),
+    ],
+)
+def test_cells_a_policy_cannot_govern_are_listed_with_the_reason(policy, fleet, reason) -> None:
+    fleet = next(f for f in EXAMPLE_FLEETS if f.endswith(fleet))
     config = BenchConfig(
-        resolve_controllers(["ppo-standard", "pid"]),
-        ("steady", "mixed"),
-        (0,),
-        grid_fleets=(single_tier,),
+        resolve_controllers([policy, "pid"]), ("steady", "mixed"), (0,), grid_fleets=(fleet,)
     )
     (cell,) = cells_not_run(config)  # held-out scenarios only, policies only
-    assert cell["scenario"] == "mixed" and cell["fleet"] == single_tier
-    assert "observation contract" in cell["reason"]
+    assert cell["scenario"] == "mixed" and cell["fleet"] == fleet
+    assert reason in cell["reason"]

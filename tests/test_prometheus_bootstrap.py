@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from envs.twin import EngineTwin
-from policies.sidecar.config import load_config, twin_settings
+from policies.sidecar.config import load_twin_config
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.prometheus import PrometheusAPI, bootstrap_budgets
 from slo import BudgetEngine
@@ -102,14 +102,14 @@ def test_fresh_sidecar_starts_with_the_true_budget(prometheus_server, tmp_path):
         overrides = {
             "policy": str(ZOO_POLICY),
             "port": 0,
-            **twin_settings(twin.url),
             "actuators": {},
             "prometheus": {"url": server.url, "read": False},
             "state": {"directory": str(tmp_path / "state")},
         }
-        sidecar = Sidecar(load_config(None, overrides), clock=lambda: end)
+        config = load_twin_config(None, overrides, twin.url)
+        sidecar = Sidecar(config, clock=lambda: end)
         sidecar.close()  # saves the bootstrapped state
-        restarted = Sidecar(load_config(None, overrides), clock=lambda: end + 30.0)
+        restarted = Sidecar(config, clock=lambda: end + 30.0)
         restarted.close()
     finally:
         twin.close()

@@ -23,7 +23,7 @@ import yaml
 
 from envs.twin import EngineTwin
 from eval.perf_sidecar import PageServer
-from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
+from policies.sidecar.config import SidecarConfigError, load_config, load_twin_config
 from policies.sidecar.loop import Sidecar
 from policies.sidecar.prometheus import PrometheusAPI
 from slo.prometheus_server import free_port, scrape_configs
@@ -64,7 +64,7 @@ def wait_until_read(server, wall: float, what: str) -> None:
 
 
 def sidecar_config(twin: EngineTwin, tmp_path: Path, prometheus: dict | None, **extra):
-    settings = twin_settings(twin.url)
+    settings = {}
     if prometheus is not None:
         settings["actuators"] = {}  # the twin is actuated by the sidecar that scrapes it
         settings["prometheus"] = {
@@ -73,9 +73,10 @@ def sidecar_config(twin: EngineTwin, tmp_path: Path, prometheus: dict | None, **
             "settle_s": SETTLE_S,
             **prometheus,
         }
-    return load_config(
+    return load_twin_config(
         None,
         {"policy": str(ZOO_POLICY), "port": 0, "interval_s": INTERVAL_S, **settings, **extra},
+        twin.url,
     )
 
 
@@ -328,10 +329,9 @@ def test_a_history_prometheus_cannot_give_leaves_the_budgets_fresh(answer, tmp_p
         overrides = {
             "policy": str(ZOO_POLICY),
             "port": 0,
-            **twin_settings(twin.url),
             "prometheus": {"url": url, "read": False},
         }
-        sidecar = Sidecar(load_config(None, overrides))
+        sidecar = Sidecar(load_twin_config(None, overrides, twin.url))
         sidecar.close()
     finally:
         proxy.close()

@@ -18,7 +18,7 @@ from eval.perf_sidecar import linear_policy
 from policies.sidecar.config import (
     SidecarConfigError,
     load_config,
-    twin_capacity,
+    load_twin_config,
     twin_settings,
 )
 from policies.sidecar.loop import Sidecar
@@ -46,12 +46,8 @@ def v3_policy(tmp_path_factory) -> Path:
 
 def _config(twin: EngineTwin, policy: Path, **extra):
     entries = {"policy": str(policy), "port": 0, "interval_s": INTERVAL_S}
-    settings = twin_settings(twin.url) | {
-        "engines": [],
-        "discovery": {"url": f"{twin.url}/engines"},
-    }
-    config = load_config(None, entries | settings | extra)
-    return config.model_copy(update={"fleet_capacity": twin_capacity(config, twin.url)})
+    discovery = {"engines": [], "discovery": {"url": f"{twin.url}/engines"}}
+    return load_twin_config(None, entries | discovery | extra, twin.url)
 
 
 @pytest.mark.slow

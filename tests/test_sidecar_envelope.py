@@ -14,7 +14,10 @@ import yaml
 from envs.paths import EXAMPLE_FLEETS_DIR
 from envs.twin import EngineTwin
 from eval.perf_sidecar import fleet_contracts, linear_policy
-from policies.sidecar.config import SidecarConfigError, load_config, twin_settings
+from policies.sidecar.config import (
+    SidecarConfigError,
+    load_twin_config,
+)
 from policies.sidecar.loop import Sidecar
 from tests.test_sidecar_nodata import http, served
 
@@ -25,9 +28,9 @@ INTERVAL_S = 30.0
 
 
 def _config(twin: EngineTwin, policy: Path, tmp_path: Path, discovery: bool, **extra):
-    settings = twin_settings(twin.url)
+    settings = {}
     if discovery:
-        settings |= {"engines": [], "discovery": {"url": f"{twin.url}/engines"}}
+        settings = {"engines": [], "discovery": {"url": f"{twin.url}/engines"}}
     entries = {
         "policy": str(policy),
         "port": 0,
@@ -35,7 +38,7 @@ def _config(twin: EngineTwin, policy: Path, tmp_path: Path, discovery: bool, **e
         "audit_log": str(tmp_path / "audit" / "decisions.jsonl"),
         "state": {"directory": str(tmp_path / "state")},
     }
-    return load_config(None, entries | settings | extra)
+    return load_twin_config(None, entries | settings | extra, twin.url)
 
 
 def _reference_fleet_with(directory: Path, pool: int, **changes) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from envs.twin import EngineTwin
 from eval.perf_sidecar import fleet_contracts, linear_policy
 from policies.runtime import load_policy
-from policies.sidecar.config import load_config, twin_settings
+from policies.sidecar.config import load_config, load_twin_config, twin_settings
 from policies.sidecar.loop import Sidecar
 from slo.engine import BudgetEngine
 
@@ -56,8 +56,7 @@ def closed_loop(request, tmp_path_factory):
     twin = EngineTwin("steady", seed=11, speed=0.0, mapping=mapping)
     twin.start()
     audit = tmp / "audit.jsonl"
-    settings = twin_settings(twin.url)
-    config = load_config(
+    config = load_twin_config(
         None,
         {
             "policy": str(policy_path),
@@ -66,8 +65,8 @@ def closed_loop(request, tmp_path_factory):
             "audit_log": str(audit),
             "guardrails": {"max_step": 0.5},
             "mapping": mapping,
-            **settings,
         },
+        twin.url,
     )
     sidecar = Sidecar(config)
     reference = BudgetEngine(twin.spec)  # the same budgets, fed request events directly

@@ -128,7 +128,8 @@ class EnvKwargs(_Strict):
     fleets: list[str] | None = Field(
         None,
         min_length=1,
-        description="fleet files drawn from at each episode (contract 3), instead of fleet",
+        description="fleet files drawn from at each episode (contract 3), instead of fleet; one "
+        "listed twice is drawn twice as often",
     )
     contract: Literal[2, 3] = Field(
         3,

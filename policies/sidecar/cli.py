@@ -98,13 +98,7 @@ def sidecar(
     decides each pool's desired replicas (config sections discovery and scaling; see
     example.yaml; against the twin, --policy P --twin URL needs no config)."""
     from policies.runtime import PolicyFileError, PolicyMismatchError, load_policy
-    from policies.sidecar.config import (
-        SidecarConfigError,
-        load_config,
-        twin_capacity,
-        twin_scaling,
-        twin_settings,
-    )
+    from policies.sidecar.config import SidecarConfigError, load_config, load_twin_config
 
     options = {
         "policy": policy,
@@ -123,23 +117,18 @@ def sidecar(
     if state_dir is not None:
         overrides["state"] = {"directory": state_dir}
     try:
-        if twin is not None:
-            if policy is not None:
-                load_policy(policy)  # a bad policy is reported as such, not as a twin problem
-            overrides.update(twin_settings(twin))
+        if twin is not None and policy is not None:
+            load_policy(policy)  # a bad policy is reported as such, not as a twin problem
         if engine:
             overrides["engines"] = [_key_values(e, "--engine") for e in engine]
         if counters:
             overrides["counters"] = [
                 {"name": f"counters-{i}", "url": url} for i, url in enumerate(counters)
             ]
-        settings = load_config(config, overrides)
-        scaling = {} if twin is None else twin_scaling(settings, twin)
-        if scaling:  # an elastic policy, no scaling configured: the twin's pools
-            settings = load_config(config, {**overrides, "scaling": scaling})
-        capacity = {} if twin is None else twin_capacity(settings, twin)
-        if capacity:  # a v3 policy, no capacity configured: the twin's
-            settings = settings.model_copy(update={"fleet_capacity": capacity})
+        if twin is None:
+            settings = load_config(config, overrides)
+        else:
+            settings = load_twin_config(config, overrides, twin)
         if twin is not None and settings.audit_log is None and not (check or once):
             settings = settings.model_copy(update={"audit_log": TWIN_AUDIT_LOG})
         _configure_logging(settings.log_level)

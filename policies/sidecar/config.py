@@ -658,6 +658,30 @@ def twin_settings(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     }
 
 
+def load_twin_config(
+    path: str | Path | None, overrides: Mapping[str, Any], url: str
+) -> SidecarConfig:
+    """A config governing the engine twin at ``url``: :func:`twin_settings` under ``overrides``
+    (and the file at ``path``), plus what the policy needs that the config lacks: the twin's
+    pools as ``scaling`` (:func:`twin_scaling`) and its ``fleet_capacity``
+    (:func:`twin_capacity`).
+
+    Raises
+    ------
+    SidecarConfigError
+        The twin cannot be reached, or the config is invalid.
+    """
+    overrides = twin_settings(url) | dict(overrides)
+    config = load_config(path, overrides)
+    scaling = twin_scaling(config, url)
+    if scaling:
+        config = load_config(path, {**overrides, "scaling": scaling})
+    capacity = twin_capacity(config, url)
+    if capacity:
+        config = config.model_copy(update={"fleet_capacity": capacity})
+    return config
+
+
 def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """The ``scaling`` entries an elastic policy needs against the engine twin at ``url``, when
     ``config`` has none (else, or for a policy that does not scale: empty, the config wins).
