@@ -109,6 +109,32 @@ def test_a_v3_policy_without_the_fleets_capacity_is_refused(v3_policy) -> None:
         twin.close()
 
 
+@pytest.mark.parametrize(
+    ("capacity", "code", "says"),
+    [
+        ("strong=15.2,cheap=43.2", 0, '"mode": "policy"'),
+        (None, 2, "--fleet-capacity strong=RPS,cheap=RPS"),
+        ("strong=15.2,cheap=fast", 2, "fleet_capacity.cheap"),
+        ("strong=15.2,fast=43.2", 2, "fleet_capacity.fast"),
+        ("strong", 2, "--fleet-capacity 'strong': expected comma-separated key=value pairs"),
+    ],
+)
+def test_the_fleets_capacity_is_given_on_the_command_line(v3_policy, capacity, code, says):
+    with EngineTwin("steady", seed=11, speed=0.0) as twin:
+        twin.start()
+        engines = [
+            f"name={e['name']},url={e['metrics_url']},pool={e['pool']},"
+            f"max_num_seqs={e['max_num_seqs']}"
+            for e in twin.engines()
+        ]
+        args = ["sidecar", "--policy", str(v3_policy), "--counters", f"{twin.url}/router/metrics"]
+        args += [flag for e in engines for flag in ("--engine", e)]
+        args += [] if capacity is None else ["--fleet-capacity", capacity]
+        result = CliRunner().invoke(app, [*args, "--once"])
+    assert result.exit_code == code, result.output
+    assert says in result.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("fleet", "code", "says"),

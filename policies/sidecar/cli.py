@@ -50,6 +50,14 @@ def sidecar(
     counters: Annotated[
         list[str] | None, typer.Option(help="URL of a router's budgetpilot counters (repeatable).")
     ] = None,
+    fleet_capacity: Annotated[
+        str | None,
+        typer.Option(
+            help="Requests/s each role of the fleet serves saturated, 'strong=RPS,cheap=RPS': "
+            "a policy of observation contract v3 observes load relative to them (budgetpilot "
+            "simulate --fleet F --capacity measures a fleet file's; --twin reads the twin's)."
+        ),
+    ] = None,
     twin: Annotated[
         str | None,
         typer.Option(
@@ -121,6 +129,8 @@ def sidecar(
             load_policy(policy)  # a bad policy is reported as such, not as a twin problem
         if engine:
             overrides["engines"] = [_key_values(e, "--engine") for e in engine]
+        if fleet_capacity:
+            overrides["fleet_capacity"] = _key_values(fleet_capacity, "--fleet-capacity")
         if counters:
             overrides["counters"] = [
                 {"name": f"counters-{i}", "url": url} for i, url in enumerate(counters)

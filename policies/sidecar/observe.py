@@ -696,7 +696,8 @@ def _fleet_independent_problems(
         problems.append(
             f"fleet_capacity: the policy observes load and queues relative to each role's "
             f"capacity; give requests/s for {sorted(set(missing), key=ROLES.index)} "
-            "(budgetpilot simulate --fleet F --capacity measures a fleet file's)"
+            "(config fleet_capacity: or --fleet-capacity strong=RPS,cheap=RPS; budgetpilot "
+            "simulate --fleet F --capacity measures a fleet file's)"
         )
     return problems
 
