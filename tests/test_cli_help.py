@@ -83,7 +83,9 @@ def test_version():
     assert version() != "unknown"  # the package is installed (pip install -e)
 
 
-def test_shell_completion_script():
+def test_shell_completion_script(monkeypatch):
+    # Typer otherwise detects the shell from the process tree, which a detached run lacks.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     result = RUNNER.invoke(app, ["--show-completion", "bash"], prog_name="budgetpilot")
     assert result.exit_code == 0, result.output
     assert "_BUDGETPILOT_COMPLETE" in result.output
