@@ -92,13 +92,39 @@ def scaled_fleet(scenario: Scenario, replicas: int) -> Scenario:
     return replace(scenario, name=f"{scenario.name}-{replicas}-replicas", builder=build)
 
 
-def fleet_steps_per_s(replicas: int, steps: int, rounds: int = ROUNDS, seed: int = 1) -> float:
-    """Environment steps per CPU-second of the ``steady`` scenario on a fleet of ``replicas``
-    replicas (the fastest of ``rounds``)."""
+def fleet_seconds(
+    replicas: int, steps: int, rounds: int = ROUNDS, seed: int = 1
+) -> tuple[float, float]:
+    """CPU seconds per step of ``steady`` on a fleet of ``replicas`` replicas: the
+    environment's and the raw simulator's on the same draw (each the fastest of ``rounds``)."""
     env = _timed_env(DEFAULT_SCENARIO, steps)
     env.scenario = scaled_fleet(get_scenario(DEFAULT_SCENARIO), replicas)
     env.scenarios = (env.scenario,)
-    return steps / min(_env_seconds(env, steps, seed) for _ in range(rounds))
+    env_s, sim_s = _interleaved_seconds(env, steps, rounds, seed)
+    return env_s / steps, sim_s / steps
+
+
+def _interleaved_seconds(
+    env: LLMFleetEnv, steps: int, rounds: int, seed: int
+) -> tuple[float, float]:
+    """The fastest of ``rounds`` CPU times of ``steps`` steps of the environment and of the raw
+    simulator, their rounds interleaved so that both see the same machine."""
+    env_s = sim_s = float("inf")
+    for _ in range(rounds):
+        env_s = min(env_s, _env_seconds(env, steps, seed))
+        sim_s = min(sim_s, _sim_seconds(env, steps, seed))
+    return env_s, sim_s
+
+
+def reset_seconds(scenario: str, resets: int = 10) -> tuple[float, int]:
+    """CPU seconds of one reset (the scenario's draw, its fleet and the warm-up before the
+    first step), the mean over ``resets`` seeds; and the steps of the scenario's episodes."""
+    env = LLMFleetEnv(scenario)
+    env.reset(seed=0)
+    start = time.process_time()
+    for seed in range(1, resets + 1):
+        env.reset(seed=seed)
+    return (time.process_time() - start) / resets, env.max_steps
 
 
 def run(scenario: str = DEFAULT_SCENARIO, steps: int = 200, rounds: int = ROUNDS) -> dict:
@@ -106,8 +132,11 @@ def run(scenario: str = DEFAULT_SCENARIO, steps: int = 200, rounds: int = ROUNDS
 
     ``overhead_vs_sim`` is the environment's CPU time per step over the raw simulator's on the
     same draw, minus 1: what the budget engine, the observation, the reward and the knobs add.
-    The fleet-size figures step ``steady`` on the reference fleet scaled to 3, 16 and 64 replicas
-    (:func:`scaled_fleet`), with fewer steps the larger the fleet.
+    The fleet-size figures (``env_steps_per_s_<N>_replicas``, ``overhead_vs_sim_<N>_replicas``)
+    step ``steady`` on the reference fleet scaled to 3, 16 and 64 replicas
+    (:func:`scaled_fleet`), with fewer steps the larger the fleet. ``reset_ms`` is a reset's
+    CPU time (the draw and the warm-up before the first step), ``reset_share`` its share of an
+    episode's (reset plus steps): work every episode costs learning, none of it a step.
 
     Parameters
     ----------
@@ -123,10 +152,7 @@ def run(scenario: str = DEFAULT_SCENARIO, steps: int = 200, rounds: int = ROUNDS
     torch.set_num_threads(1)
     _env_seconds(_timed_env(scenario, 20), 20, seed=0)  # compile and warm caches
     env = _timed_env(scenario, steps)
-    env_s = sim_s = float("inf")
-    for _ in range(rounds):
-        env_s = min(env_s, _env_seconds(env, steps, seed=1))
-        sim_s = min(sim_s, _sim_seconds(env, steps, seed=1))
+    env_s, sim_s = _interleaved_seconds(env, steps, rounds, seed=1)
     figures = {
         "scenario": scenario,
         "clock": "process CPU time, fastest round",
@@ -137,7 +163,10 @@ def run(scenario: str = DEFAULT_SCENARIO, steps: int = 200, rounds: int = ROUNDS
     }
     for replicas in FLEET_SIZES:
         fleet_steps = max(10, steps * REFERENCE_REPLICAS // replicas)
-        figures[f"env_steps_per_s_{replicas}_replicas"] = fleet_steps_per_s(
-            replicas, fleet_steps, rounds
-        )
+        env_step, sim_step = fleet_seconds(replicas, fleet_steps, rounds)
+        figures[f"env_steps_per_s_{replicas}_replicas"] = 1.0 / env_step
+        figures[f"overhead_vs_sim_{replicas}_replicas"] = env_step / sim_step - 1.0
+    reset, episode_steps = reset_seconds(scenario)
+    figures["reset_ms"] = reset * 1e3
+    figures["reset_share"] = reset / (reset + episode_steps * env_s / steps)
     return figures

@@ -204,6 +204,9 @@ def test_perf_env_prints_its_figures_and_the_cost_of_larger_fleets() -> None:
     fleets = [figures[f"env_steps_per_s_{n}_replicas"] for n in (3, 16, 64)]
     # Every replica simulates its own requests: a larger fleet is slower to step.
     assert fleets[0] > fleets[2] > 0
+    # The environment's work is a step's own: a step costs more than its simulation alone.
+    assert all(figures[f"overhead_vs_sim_{n}_replicas"] > 0 for n in (3, 16, 64))
+    assert figures["reset_ms"] > 0 and 0 < figures["reset_share"] < 1
 
 
 @pytest.mark.parametrize("replicas", [3, 16, 64])

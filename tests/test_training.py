@@ -212,6 +212,19 @@ def test_rollout_workers_repeat_their_run_and_its_episodes() -> None:
     assert first[0]["mean_episode_reward"] == pytest.approx(-132.57867625, rel=1e-9)
 
 
+def test_ppo_cost_is_measured_on_the_preset_environments_spaces_and_episodes() -> None:
+    from training.learner import make_training_env
+    from training.perf import _NullFleetEnv, ppo_seconds_per_step
+
+    preset = load_preset("quick")
+    fleet = make_training_env(preset.scenarios, preset.env_kwargs.as_kwargs())
+    null = _NullFleetEnv(fleet.observation_space, fleet.action_space, fleet.unwrapped.max_steps)
+    null.reset(seed=0)
+    ends = [null.step(null.action_space.sample())[3] for _ in range(fleet.unwrapped.max_steps)]
+    assert ends.count(True) == 1 and ends[-1]
+    assert ppo_seconds_per_step(preset, rollouts=1) > 0
+
+
 class ScriptedBudgets(gym.Env):
     """Emits a fixed sequence of ``budget_remaining`` values (reset first, then one per step)."""
 

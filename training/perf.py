@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from training.config import load_preset
+import gymnasium as gym
+import numpy as np
+
+from training.config import Preset, load_preset
 from training.run import TrainRequest, run_training
 
 PRESET = "quick"
@@ -57,6 +62,57 @@ def _trial_speeds(
     return [TrialSpeed.from_results(d) for d in sorted(out.glob("seed*")) if d.is_dir()]
 
 
+class _NullFleetEnv(gym.Env):
+    """The spaces and episode length of a preset's environment, and no work: PPO on it costs
+    what PPO itself costs per step (policy forward, normalisation, buffer, update)."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, steps: int) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.steps = steps
+        self._zeros = np.zeros(observation_space.shape, dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._t = 0
+        return self._zeros.copy(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._t += 1
+        return self._zeros.copy(), -1.0, False, self._t >= self.steps, {}
+
+
+def ppo_seconds_per_step(preset: Preset, rollouts: int = 3) -> float:
+    """PPO's own CPU seconds per step with the preset's hyperparameters: learning on
+    :class:`_NullFleetEnv` (the fastest of ``rollouts`` rollout-and-update cycles, the first
+    one left out as warm-up)."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from training.learner import make_training_env
+
+    torch.set_num_threads(1)
+    env = make_training_env(preset.scenarios, preset.env_kwargs.as_kwargs())
+    null = {
+        "observation_space": env.observation_space,
+        "action_space": env.action_space,
+        "steps": env.unwrapped.max_steps,
+    }
+    ppo = preset.ppo
+    vec = make_vec_env(_NullFleetEnv, ppo.n_envs, env_kwargs=null, vec_env_cls=DummyVecEnv)
+    venv = VecNormalize(vec, **preset.vecnormalize.model_dump())
+    model = PPO("MlpPolicy", venv, seed=0, device="cpu", **ppo.sb3_kwargs())
+    model.learn(ppo.rollout_steps)
+    seconds = []
+    for _ in range(rollouts):
+        start = time.process_time()
+        model.learn(ppo.rollout_steps, reset_num_timesteps=False)
+        seconds.append(time.process_time() - start)
+    return min(seconds) / ppo.rollout_steps
+
+
 def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float | str]:
     """Measure the figures of ``budgetpilot perf train``.
 
@@ -68,7 +124,11 @@ def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float | str]:
     ``rollout_scaling_2_bound``, the end-to-end scaling two workers would reach if collection
     scaled perfectly and the update stayed as it is, ``1 / (u + (1 - u) / 2)``;
     ``learn_over_sim``, one trial's steps per CPU-second over the raw simulator's on the
-    preset's scenarios (what share of the simulation's speed learning keeps).
+    preset's scenarios (what share of the simulation's speed learning keeps);
+    ``ppo_ms_per_step``, PPO's own CPU time per step (:func:`ppo_seconds_per_step`), and
+    ``learn_over_sim_ceiling``, the ``learn_over_sim`` an environment costing nothing beyond its
+    simulator (no budget engine, observation or resets) would give: ``sim / (sim + ppo)`` in
+    time per step.
 
     Wall-clock efficiency also drops when other processes share the cores; ``cpu_efficiency``
     (steps per CPU-second of the two trials over one trial's) does not, and stays near 1 when
@@ -92,6 +152,7 @@ def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float | str]:
         pair = _trial_speeds(2, timesteps, Path(root), preset_name=preset)
         (two_workers,) = _trial_speeds(1, timesteps, Path(root), 2, preset)
     sim = sim_steps_per_cpu_s(recipe.scenarios, **recipe.env_kwargs.as_kwargs())
+    ppo = ppo_seconds_per_step(recipe)
     parallel = sum(t.steps_per_s for t in pair)
     update = single.update_share
     return {
@@ -111,4 +172,6 @@ def run(timesteps: int = 16384, preset: str = PRESET) -> dict[str, float | str]:
         "rollout_scaling_2_bound": 1.0 / (update + (1.0 - update) / 2.0),
         "sim_steps_per_cpu_s": sim,
         "learn_over_sim": single.steps_per_cpu_s / sim,
+        "ppo_ms_per_step": ppo * 1e3,
+        "learn_over_sim_ceiling": 1.0 / (1.0 + ppo * sim),
     }
