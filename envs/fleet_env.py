@@ -83,6 +83,14 @@ def _governed_fleets(
     return drawn
 
 
+def fleet_name(fleet: FleetArgument) -> str:
+    """The name ``info["fleet"]`` gives a fleet: a fleet file's stem, ``reference`` for the
+    reference fleet, ``custom`` for a configuration given as an object."""
+    if fleet is None:
+        return "reference"
+    return "custom" if isinstance(fleet, SimConfig) else Path(fleet).stem
+
+
 def sim_knobs(values: Mapping[str, float], fleet: GovernedFleet = REFERENCE_FLEET) -> Knobs:
     """The simulator's :class:`Knobs` for knob values of the :class:`ActionContract` on
     ``fleet`` (what the environment, the engine twin's control API and the sidecar's twin
@@ -290,7 +298,8 @@ class LLMFleetEnv(gym.Env):
       were; then fleet files (``fleet``), the observation contract v3 (``contract=3``) with
       fleets drawn per episode (``fleets``), the default contract staying v2 so that policies
       trained on it still load; then ``randomisation``, ``action_filter`` and the optional
-      reward terms, leaving the contracts and, with them off, the dynamics as they were.
+      reward terms, leaving the contracts and, with them off, the dynamics as they were;
+      then ``info["fleet"]``, the name of the episode's fleet.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -317,7 +326,8 @@ class LLMFleetEnv(gym.Env):
         if contract not in (2, 3):
             raise ValueError(f"contract must be 2 or 3 (the observation contract), got {contract}")
         self.fleets = _governed_fleets(fleet, fleets, contract)
-        self.fleet = self.fleets[0]
+        self.fleet_names = tuple(fleet_name(f) for f in (fleets or [fleet]))
+        self.fleet, self.fleet_name = self.fleets[0], self.fleet_names[0]
         if control_interval_s is None:
             control_interval_s = self.fleet.config.control_interval_s
         hours_ok = episode_hours is None or episode_hours > 0
@@ -391,7 +401,8 @@ class LLMFleetEnv(gym.Env):
         if len(self.scenarios) > 1:
             self.scenario = self.scenarios[int(self.np_random.integers(len(self.scenarios)))]
         if len(self.fleets) > 1:
-            self.fleet = self.fleets[int(self.np_random.integers(len(self.fleets)))]
+            drawn = int(self.np_random.integers(len(self.fleets)))
+            self.fleet, self.fleet_name = self.fleets[drawn], self.fleet_names[drawn]
         self.max_steps = self._episode_steps(self.scenario)
         self.setup: ScenarioSetup = self._build_scenario()
         if self.elastic:
@@ -679,6 +690,7 @@ class LLMFleetEnv(gym.Env):
             "knobs": dict(self.knob_values),
             "serving_cost": cost,
             "scenario": self.scenario.name,
+            "fleet": self.fleet_name,
             "scenario_parameters": dict(self.setup.parameters),
             "fixed_knobs": dict(self.fleet.fixed_knobs),
         }

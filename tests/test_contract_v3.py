@@ -109,9 +109,12 @@ def test_fleets_are_drawn_per_episode_from_the_seed() -> None:
         env = LLMFleetEnv("steady", fleets=[REFERENCE, SINGLE_TIER], contract=3, episode_hours=0.05)
         drawn = []
         for episode in range(6):
-            obs, _ = env.reset(seed=seed if episode == 0 else None)
+            obs, info = env.reset(seed=seed if episode == 0 else None)
             assert env.observation_space.contains(obs)
             drawn.append(env.fleet.config.pools[0].name)
+            # The info names the fleet drawn (its file's stem), at reset and at every step.
+            name = {"strong": "reference", "main": "single-tier"}[drawn[-1]]
+            assert info["fleet"] == env.step(env.action_space.sample())[4]["fleet"] == name
         return drawn
 
     first = fleets_drawn(7)

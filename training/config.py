@@ -283,6 +283,10 @@ class Preset(_Strict):
         ``ppo.n_envs`` environments step in that many worker processes, an equal group in each
         (:class:`training.vec_env.WorkerVecEnv`), while the learner keeps one torch thread; it
         must divide ``ppo.n_envs``.
+    fleet_reward_scale:
+        Divide rewards by each fleet's own return scale before ``VecNormalize``
+        (:class:`training.reward_scale.VecFleetRewardScale`): for presets drawing several fleets,
+        so that the fleet whose episodes cost most does not dominate the others.
     """
 
     name: str
@@ -294,6 +298,7 @@ class Preset(_Strict):
     env_kwargs: EnvKwargs = Field(default_factory=EnvKwargs)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     vecnormalize: VecNormalizeConfig = Field(default_factory=VecNormalizeConfig)
+    fleet_reward_scale: bool = False
     search: SearchConfig | None = None
 
     @field_validator("scenarios")

@@ -26,6 +26,7 @@ from envs.contract import ActionContract, neutral_knob_values
 from envs.fleet_env import LLMFleetEnv
 from training.callbacks import BudgetMetricsCallback, EpisodeBudgetStats, RolloutTimer
 from training.config import PPOConfig, Preset
+from training.reward_scale import VecFleetRewardScale
 from training.vec_env import WorkerVecEnv
 
 MODEL_FILE = "model.zip"
@@ -113,18 +114,20 @@ class PPOLearner:
         model.set_logger(configure(str(log_dir) if log_dir else None, formats))
 
     @staticmethod
-    def _vec_env(preset: Preset, n_envs: int, seed: int, timesteps: int) -> VecEnv:
-        """The ``n_envs`` environments: in this process for one worker, else spread over
+    def _vec_env(preset: Preset, ppo: PPOConfig, seed: int, timesteps: int) -> VecEnv:
+        """The ``ppo.n_envs`` environments: in this process for one worker, else spread over
         ``preset.workers`` processes. Both seed environment ``i`` alike, so they step through
-        the same episodes."""
+        the same episodes. Their rewards are scaled per fleet when the preset says so."""
         make = partial(make_training_env, preset.scenarios, preset.env_kwargs.as_kwargs())
         seed = env_seed(seed, timesteps)
         if preset.workers == 1:
-            return make_vec_env(make, n_envs=n_envs, seed=seed, vec_env_cls=DummyVecEnv)
-        workers = {"workers": preset.workers, "cpus": own_cores(preset.workers)}
-        return make_vec_env(
-            make, n_envs=n_envs, seed=seed, vec_env_cls=WorkerVecEnv, vec_env_kwargs=workers
-        )
+            vec = make_vec_env(make, n_envs=ppo.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+        else:
+            workers = {"workers": preset.workers, "cpus": own_cores(preset.workers)}
+            vec = make_vec_env(
+                make, ppo.n_envs, seed=seed, vec_env_cls=WorkerVecEnv, vec_env_kwargs=workers
+            )
+        return VecFleetRewardScale(vec, ppo.gamma) if preset.fleet_reward_scale else vec
 
     @classmethod
     def create(
@@ -137,7 +140,7 @@ class PPOLearner:
     ) -> PPOLearner:
         """A new learner; ``ppo`` overrides the preset's hyperparameters (a search sample)."""
         ppo = ppo or preset.ppo
-        vec = cls._vec_env(preset, ppo.n_envs, seed, 0)
+        vec = cls._vec_env(preset, ppo, seed, 0)
         venv = VecNormalize(vec, **preset.vecnormalize.model_dump())
         model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **ppo.sb3_kwargs())
         start_at_neutral(model, vec.get_attr("action_contract", indices=0)[0])
@@ -156,7 +159,9 @@ class PPOLearner:
         timestep count and the running episode means."""
         run = json.loads((checkpoint / RUN_FILE).read_text())
         ppo = PPOConfig.model_validate(run["ppo"])
-        vec = cls._vec_env(preset, ppo.n_envs, seed, run["timesteps"])
+        vec = cls._vec_env(preset, ppo, seed, run["timesteps"])
+        if isinstance(vec, VecFleetRewardScale):
+            vec.load_state(run["fleet_reward_scale"])
         venv = VecNormalize.load(str(checkpoint / VECNORMALIZE_FILE), vec)
         model = PPO.load(checkpoint / MODEL_FILE, env=venv, device="cpu")
         learner = cls(preset, ppo, seed, model, commit, log_dir)
@@ -208,6 +213,9 @@ class PPOLearner:
             "ppo": self.ppo.model_dump(),
             "episode_window": self.callback.state(),
         }
+        scale = self.model.get_env().venv
+        if isinstance(scale, VecFleetRewardScale):
+            run["fleet_reward_scale"] = scale.state()
         (directory / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
 
     def close(self) -> None:
