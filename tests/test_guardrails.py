@@ -22,6 +22,7 @@ from envs.contract import (
     KnobSpec,
     ObservationContract,
     elastic_knobs,
+    fleet_independent_contract,
     next_desired_replicas,
     replica_change_toward,
     replicas_knob_name,
@@ -218,6 +219,38 @@ def test_scaling_that_does_not_fit_the_contract_is_refused_naming_the_field(scal
     settings = {pool: value for pool, value in settings.items() if value is not None}
     with pytest.raises(ValueError, match=re.escape(message)):
         ReplicaGuardrails(ELASTIC, settings)
+
+
+ELASTIC_V3 = fleet_independent_contract(("ttft",), ("5m",), (), "", scales=True)
+TIERED_ROLES = {"big": "strong", "fast": "cheap", "spare": "cheap"}
+
+
+def test_a_v3_roles_knob_moves_each_of_its_pools_within_the_pools_own_bounds():
+    scaling = {
+        "big": ScalingSettings(deployment="b", max_replicas=4),
+        "fast": ScalingSettings(deployment="f", max_replicas=8, max_step=2),
+        "spare": ScalingSettings(deployment="s", max_replicas=2),
+    }
+    replicas = ReplicaGuardrails(ELASTIC_V3, scaling, TIERED_ROLES)
+    desired = {"big": 2, "fast": 4, "spare": 2}
+    knobs = {STRONG: 0.5, "cheap_replicas_change": 0.5}
+    counts, published, interventions = replicas.apply(desired, knobs)
+    # Every pool of the cheap role grows by its knob, each up to its own max_replicas (the
+    # cap of a v3 policy's pool), which needs no intervention.
+    assert counts == {"big": 3, "fast": 6, "spare": 2}
+    assert interventions == []
+    assert published == knobs  # a knob of two pools keeps the policy's value
+    # The observation sees each role's sums.
+    assert replicas.by_contract_pool(counts) == [3.0, 8.0]
+
+
+def test_v3_scaling_must_name_the_listed_pools():
+    scaling = {"big": ScalingSettings(deployment="b", max_replicas=4)}
+    with pytest.raises(ValueError, match=r"scaling.fast: the policy scales pool 'fast'"):
+        ReplicaGuardrails(ELASTIC_V3, scaling, TIERED_ROLES)
+    scaling |= {"gpu": ScalingSettings(deployment="g", max_replicas=1)}
+    with pytest.raises(ValueError, match=r"scaling.gpu: not a pool of the listed engines' pools"):
+        ReplicaGuardrails(ELASTIC_V3, scaling, {"big": "strong"})
 
 
 # ------------------------------------------------------------------------------------------------

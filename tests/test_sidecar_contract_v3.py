@@ -151,3 +151,49 @@ def test_the_sidecar_command_takes_the_twins_fleet(v3_policy, fleet, code, says)
         result = CliRunner().invoke(app, args)
     assert result.exit_code == code, result.output
     assert says in result.output
+
+
+@pytest.fixture(scope="module")
+def elastic_v3_policy(tmp_path_factory) -> Path:
+    """A linear elastic policy of contract v3 that keeps the setting knobs neutral and grows
+    the strong role (its replica knob's bias 1, beyond the dead band) while shrinking the cheap
+    one (-1)."""
+    from envs.contract import neutral_knob_values, replicas_knob_name
+
+    env = LLMFleetEnv("short-flash-crowd", elastic=True, contract=3)
+    action = env.action_contract
+    bias = np.arctanh(np.clip(action.encode(neutral_knob_values(action.names)), -0.995, 0.995))
+    bias[action.names.index(replicas_knob_name("strong"))] = 1.0
+    bias[action.names.index(replicas_knob_name("cheap"))] = -1.0
+    envelope = training_envelope(env, ("reference",))
+    path = tmp_path_factory.mktemp("v3-elastic") / "linear-v3-elastic.onnx"
+    contracts = (env.observation_contract, action, env.slo_spec)
+    return linear_policy(path, *contracts, bias=bias, scale=0.0, envelope=envelope)
+
+
+@pytest.mark.slow
+def test_an_elastic_v3_policy_scales_each_pool_by_its_roles_knob(elastic_v3_policy) -> None:
+    with EngineTwin("short-flash-crowd", seed=3, speed=0.0) as twin:
+        twin.start()
+        sidecar = Sidecar(_config(twin, elastic_v3_policy))
+        caps = twin.replicas_state()["max_replicas"]
+        # Scaling from the twin: every pool, keyed by its own name, capped by the twin.
+        assert {p: b.max_replicas for p, b in sidecar.scaling.bounds.items()} == caps
+        published = []
+        try:
+            for _ in range(CYCLES):
+                decision = sidecar.cycle(twin.now)
+                published.append(decision.desired_replicas)
+                assert decision.mode == "policy" and decision.actuated == {"twin": "ok"}
+                assert twin.sim.desired_replicas == decision.desired_replicas
+                counts = twin.replicas_state()["replicas"]
+                features = decision.observation.signals.pools
+                for pool, role in (("strong", "strong"), ("cheap", "cheap")):
+                    # The role's replicas relative to its pools' caps, as the environment's.
+                    serving = counts[pool]["serving"] / caps[pool]
+                    assert features[role]["replicas_serving"] == pytest.approx(serving)
+                twin.step(INTERVAL_S)
+        finally:
+            sidecar.close()
+        assert published[-1]["strong"] > published[0]["strong"]
+        assert published[-1]["cheap"] <= published[0]["cheap"]

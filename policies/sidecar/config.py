@@ -686,9 +686,9 @@ def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dic
     """The ``scaling`` entries an elastic policy needs against the engine twin at ``url``, when
     ``config`` has none (else, or for a policy that does not scale: empty, the config wins).
 
-    Per pool of the policy's contract that the twin runs (``GET /v1/replicas``): deployment =
-    the pool's name, ``min_replicas`` 1, ``max_replicas`` the policy contract's cap (at most
-    the twin's, which refuses more), ``max_step`` 1.
+    Per pool the twin runs (``GET /v1/replicas``) that the policy scales (a v2 contract's pools;
+    under v3, every pool): deployment = the pool's name, ``min_replicas`` 1, ``max_replicas``
+    the twin's cap (at most the v2 contract's, the twin refusing more), ``max_step`` 1.
 
     Raises
     ------
@@ -702,7 +702,6 @@ def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dic
     contract = read_manifest(config.policy).observation_contract
     if config.scaling or not contract.elastic:
         return {}
-    caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
     base = url.rstrip("/")
     try:
         twin_caps = _get_json(f"{base}/v1/replicas", timeout_s)["max_replicas"]
@@ -710,11 +709,16 @@ def twin_scaling(config: SidecarConfig, url: str, timeout_s: float = 5.0) -> dic
         fixed = exc.code == HTTPStatus.CONFLICT
         why = "runs a fixed fleet (its pools do not scale)" if fixed else f"HTTP {exc.code}"
         raise SidecarConfigError(
-            f"twin {url}: {why}; the policy scales pools (max_replicas {caps}): run the twin "
-            "on an elastic scenario or with --elastic, or the sidecar with a config"
+            f"twin {url}: {why}; the policy scales pools ({contract.version}: "
+            f"{list(contract.pools)}): run the twin on an elastic scenario or with --elastic, or "
+            "the sidecar with a config"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SidecarConfigError(f"twin {url}: cannot read its replicas: {exc}") from None
+    if contract.by_role:
+        caps = dict(twin_caps)
+    else:
+        caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
     return {
         pool: {
             "deployment": pool,

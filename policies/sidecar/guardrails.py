@@ -220,38 +220,60 @@ class ReplicaBounds:
 class ReplicaGuardrails:
     """Desired replicas per pool from the replica knobs, within the ``scaling`` bounds.
 
+    Under observation contract v2 each contract pool is a pool of the fleet with its own
+    replica knob and the contract's cap. Under v3 the contract's pools are roles: every pool of
+    the fleet (each ``scaling`` entry) moves by its role's knob, as the environment scales each
+    simulated pool, capped by its own ``max_replicas``; the observation sees each role's sums
+    (:meth:`by_contract_pool`).
+
     Parameters
     ----------
     contract:
-        The policy's observation contract (its pools and their ``max_replicas`` caps); an
+        The policy's observation contract (its pools and, v2, their ``max_replicas`` caps); an
         elastic one.
     scaling:
         Per pool, ``min_replicas``, ``max_replicas`` (at most the cap) and ``max_step``.
+    roles:
+        Under v3, the role of each pool of the fleet (from its engines' tiers).
 
     Raises
     ------
     ValueError
-        A contract pool without scaling settings, a pool the contract does not know, a
-        ``max_replicas`` above the cap (each named by its field).
+        A contract pool (v2) or a listed pool (v3) without scaling settings, a pool the contract
+        or the listing does not know, a ``max_replicas`` above the cap (each named by its field).
     """
 
     def __init__(
-        self, contract: ObservationContract, scaling: Mapping[str, ScalingSettings]
+        self,
+        contract: ObservationContract,
+        scaling: Mapping[str, ScalingSettings],
+        roles: Mapping[str, str] | None = None,
     ) -> None:
+        self.contract = contract
+        if contract.by_role:
+            self.roles = dict(roles or {})
+            caps = {}  # a v3 policy's cap on a pool is the pool's own max_replicas
+            where = "the listed engines' pools"
+        else:
+            self.roles = {pool: pool for pool in contract.pools}
+            caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
+            where = "the policy's contract"
         problems = [
-            f"scaling.{pool}: not a pool of the policy's contract {list(contract.pools)}"
+            f"scaling.{pool}: not a pool of {where} {list(self.roles)}"
             for pool in scaling
-            if pool not in contract.pools
+            if pool not in self.roles
         ]
         self.bounds: dict[str, ReplicaBounds] = {}
-        for pool, cap in zip(contract.pools, contract.max_replicas, strict=True):
+        for pool in self.roles:
             settings = scaling.get(pool)
             if settings is None:
                 problems.append(
                     f"scaling.{pool}: the policy scales pool {pool!r}; give its deployment, "
                     "min_replicas, max_replicas and max_step"
                 )
-            elif settings.max_replicas > cap:
+                continue
+            cap = caps.get(pool, settings.max_replicas)
+            if settings.max_replicas > cap:
                 problems.append(
                     f"scaling.{pool}.max_replicas: {settings.max_replicas} exceeds the policy's "
                     f"max_replicas {cap} for the pool"
@@ -262,6 +284,18 @@ class ReplicaGuardrails:
                 )
         if problems:
             raise ValueError("\n  ".join(problems))
+
+    def knob(self, pool: str) -> str:
+        """The replica knob that moves ``pool``: its own (v2), its role's (v3)."""
+        return replicas_knob_name(self.roles[pool])
+
+    def by_contract_pool(self, desired: Mapping[str, int]) -> list[float]:
+        """Desired replicas per pool of the contract, in its order: the pools' own (v2), each
+        role's sum over its pools (v3; 0 for a role the fleet lacks)."""
+        return [
+            float(sum(n for pool, n in desired.items() if self.roles.get(pool) == contract_pool))
+            for contract_pool in self.contract.pools
+        ]
 
     def apply(
         self, desired: Mapping[str, int], knobs: Mapping[str, float]
@@ -284,7 +318,7 @@ class ReplicaGuardrails:
         counts: dict[str, int] = {}
         interventions: list[Intervention] = []
         for pool, b in self.bounds.items():
-            knob, current = replicas_knob_name(pool), int(desired[pool])
+            knob, current = self.knob(pool), int(desired[pool])
             count = proposed = next_desired_replicas(current, float(values[knob]), b.cap)
             limits = (
                 ("replica_step", current - b.max_step, current + b.max_step),
@@ -295,7 +329,8 @@ class ReplicaGuardrails:
                 if guarded != count:
                     interventions.append(Intervention(knob, guardrail, count, guarded))
                     count = guarded
-            if count != proposed:
+            # A knob that moves several pools (v3) keeps the policy's value.
+            if count != proposed and list(self.roles.values()).count(self.roles[pool]) == 1:
                 values[knob] = replica_change_toward(current, count)
             counts[pool] = count
         return counts, values, interventions

@@ -19,8 +19,8 @@ repeats it at multiples of the interval until stopped. The decision mode follows
 
 In shadow mode every decision is made and recorded but no actuator is called.
 
-An elastic policy (its observation contract has ``max_replicas``) also decides the desired
-replicas of every pool: its replica knobs move the desired replicas in force through
+An elastic policy (its observation contract has replica knobs) also decides the desired
+replicas of every pool (under contract v3, every pool of the fleet by its role's knob): its replica knobs move the desired replicas in force through
 :class:`~policies.sidecar.guardrails.ReplicaGuardrails` (``scaling``: at most ``max_step``
 replicas per interval, within ``[min_replicas, max_replicas]``); holding, the kill switch and a
 fallback that does not scale keep them. They start at the listing's desired replicas (or the
@@ -65,7 +65,12 @@ from policies.sidecar.discovery import (
     Listing,
     scraped_endpoints,
 )
-from policies.sidecar.envelope import describe, knobs_without_counterpart, outside_envelope
+from policies.sidecar.envelope import (
+    describe,
+    engine_role,
+    knobs_without_counterpart,
+    outside_envelope,
+)
 from policies.sidecar.fallback import build_baseline
 from policies.sidecar.guardrails import (
     Guardrails,
@@ -265,7 +270,7 @@ class Sidecar:
             self.observer = self._observer(load_spec(dict(manifest.spec)), engines)
             self._check_action_contract()
             self.guardrails = Guardrails(self.action_contract, config.guardrails)
-            self.scaling = self._replica_guardrails()
+            self.scaling = self._replica_guardrails(engines)
             self.in_force = self._knob_values(config.initial_knobs, "initial_knobs")
             self.kill_knobs = self._knob_values(config.kill_knobs, "kill_knobs")
             self.fallback = self._fallback()
@@ -358,9 +363,10 @@ class Sidecar:
             config.stale_after_s,
             config.missing_data.min_coverage,
             config.fleet_capacity,
+            {pool: s.max_replicas for pool, s in config.scaling.items()},
         )
 
-    def _replica_guardrails(self) -> ReplicaGuardrails | None:
+    def _replica_guardrails(self, engines: Sequence[Engine]) -> ReplicaGuardrails | None:
         """The scaling bounds of an elastic policy (``None`` for a fixed one), after checking
         that the config can observe and scale its pools."""
         contract, config = self.observation_contract, self.config
@@ -370,31 +376,32 @@ class Sidecar:
                 if given:
                     raise ValueError(
                         f"{section}: the policy does not scale pools (its observation contract "
-                        f"has no max_replicas): remove {section}"
+                        f"{contract.version} is a fixed fleet's): remove {section}"
                     )
             return None
-        caps = dict(zip(contract.pools, contract.max_replicas, strict=True))
+        scaled = f"the policy scales pools ({contract.version}: {list(contract.pools)})"
         if self._listing is None:
             raise ValueError(
-                f"the policy scales pools (max_replicas {caps}) and observes each replica's "
-                "lifecycle (provisioning, serving, draining), which a fixed engines list does "
-                "not give: configure discovery (a listing of the engines with their state or "
-                "Kubernetes Pod), e.g. the engine twin's /engines"
+                f"{scaled} and observes each replica's lifecycle (provisioning, serving, "
+                "draining), which a fixed engines list does not give: configure discovery (a "
+                "listing of the engines with their state or Kubernetes Pod), e.g. the engine "
+                "twin's /engines"
             )
         if not self._listing.reports_lifecycle:
             raise ValueError(
                 f"discovery {config.discovery.url}: the listing does not give every engine's "
-                f"lifecycle (a state or a Kubernetes Pod); the policy scales pools "
-                f"(max_replicas {caps}) and observes replicas provisioning, serving, draining"
+                f"lifecycle (a state or a Kubernetes Pod); {scaled} and observes replicas "
+                "provisioning, serving, draining"
             )
-        return ReplicaGuardrails(contract, config.scaling)
+        roles = {e.pool: engine_role(e) for e in engines}
+        return ReplicaGuardrails(contract, config.scaling, roles)
 
     def _listed_desired(self, engines: Sequence[Engine], listing: Listing | None) -> dict[str, int]:
         """Desired replicas per pool as the listing gives them, else the replicas provisioning
         and serving (empty for a fixed policy)."""
         if self.scaling is None or listing is None:
             return {}
-        pools = self.observation_contract.pools
+        pools = list(self.scaling.bounds)
         if all(pool in listing.desired for pool in pools):
             return {pool: listing.desired[pool] for pool in pools}
         active = (ReplicaLifecycle.PROVISIONING, ReplicaLifecycle.SERVING)
@@ -556,9 +563,7 @@ class Sidecar:
         """Observe and decide (no actuation): the mode, the proposal, the guardrails."""
         start = time.perf_counter()
         knob_units = {k.name: k.to_unit(self.in_force[k.name]) for k in self.action_contract.knobs}
-        desired = (
-            [self.desired[p] for p in self.observation_contract.pools] if self.desired else None
-        )
+        desired = self.scaling.by_contract_pool(self.desired) if self.desired else None
         observation = self.observer.observe(now, knob_units, desired)
         if self._first_cycle is None:
             self._first_cycle = now

@@ -199,17 +199,28 @@ def contract_pool(contract: ObservationContract, engine: Engine) -> str:
     return engine_role(engine) if contract.by_role else engine.pool
 
 
-def fleet_shape(engines: Sequence[Engine], capacity: Mapping[str, float]) -> FleetShape | None:
-    """The :class:`~envs.contract.FleetShape` of a fixed fleet of ``engines`` for a v3
-    observation: the roles' capacities as configured (``fleet_capacity``), their replicas as
-    listed (``None`` without the strong role's capacity)."""
+def fleet_shape(
+    engines: Sequence[Engine],
+    capacity: Mapping[str, float],
+    pool_max_replicas: Mapping[str, int] | None = None,
+) -> FleetShape | None:
+    """The :class:`~envs.contract.FleetShape` of the fleet of ``engines`` for a v3
+    observation: the roles' capacities as configured (``fleet_capacity``); their most replicas
+    the sums of their pools' ``pool_max_replicas`` (an elastic fleet's ``scaling`` caps), else
+    their replicas as listed (``None`` without the strong role's capacity)."""
     if "strong" not in capacity:
         return None
-    roles = [engine_role(e) for e in engines]
+    if pool_max_replicas:
+        role_of = {e.pool: engine_role(e) for e in engines}
+        caps = [(role_of.get(pool), cap) for pool, cap in pool_max_replicas.items()]
+        most = tuple(sum(cap for role, cap in caps if role == r) for r in ROLES)
+    else:
+        roles = [engine_role(e) for e in engines]
+        most = tuple(roles.count(r) for r in ROLES)
     return FleetShape(
         capacity_rps=capacity["strong"],
         role_capacity_rps=tuple(float(capacity.get(r, 0.0)) for r in ROLES),
-        role_max_replicas=tuple(roles.count(r) for r in ROLES),
+        role_max_replicas=most,
     )
 
 
@@ -340,6 +351,9 @@ class Observer:
     fleet_capacity:
         Requests/s each role serves saturated (a v3 contract observes load and queues
         relative to them; see :func:`fleet_shape`).
+    pool_max_replicas:
+        Most replicas of each pool of an elastic fleet (its ``scaling`` caps): a v3 contract
+        observes each role's replicas relative to their sum.
 
     Raises
     ------
@@ -359,9 +373,11 @@ class Observer:
         stale_after_s: float,
         min_coverage: float = 0.9,
         fleet_capacity: Mapping[str, float] | None = None,
+        pool_max_replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.contract = contract
         self.fleet_capacity = dict(fleet_capacity or {})
+        self.pool_max_replicas = dict(pool_max_replicas or {})
         # The sidecar has seen nothing before it started (a restored state brings its history).
         self.engine = BudgetEngine(spec, history_covered=False, min_coverage=min_coverage)
         self.feed = MetricsFeed(self.engine, mapping)
@@ -397,9 +413,7 @@ class Observer:
         self._signal_only = signals - read_by_feed - {None}
         self._window_index = [self.engine.windows.index(w) for w in contract.windows]
         self._needs_counters = any(not s.exact_from_engine for s in self.feed.sources)
-        self.tracker = FleetSignalTracker(
-            contract, interval_s, fleet_shape(self.engines, self.fleet_capacity)
-        )
+        self.tracker = FleetSignalTracker(contract, interval_s, self._fleet_shape(self.engines))
         self.replicas = _Replicas.of(contract, self.engines, None)
         self._engine_index = {e.name: i for i, e in enumerate(self.engines)}
         self._listed = {e.name for e in self.engines}  # the names listed now
@@ -466,8 +480,11 @@ class Observer:
         self.engines = known
         self._engine_index = {e.name: i for i, e in enumerate(known)}
         if self.contract.by_role:  # the roles' replicas changed
-            self.tracker.shape = fleet_shape(known, self.fleet_capacity)
+            self.tracker.shape = self._fleet_shape(known)
         return problems
+
+    def _fleet_shape(self, engines: Sequence[Engine]) -> FleetShape | None:
+        return fleet_shape(engines, self.fleet_capacity, self.pool_max_replicas)
 
     def parse(self, endpoint: str, text: str) -> list[Sample]:
         """Read one endpoint's page (thread-safe: called in the scraping threads)."""
@@ -682,14 +699,8 @@ def _feed_problems(report: ScrapeReport) -> list[Problem]:
 def _fleet_independent_problems(
     contract: ObservationContract, engines: Sequence[Engine], capacity: Mapping[str, float]
 ) -> list[str]:
-    """What a v3 contract needs beyond v2's: the capacity of every role the fleet has, and a
-    fixed fleet (this sidecar does not follow v3 replica caps yet)."""
+    """What a v3 contract needs beyond v2's: the capacity of every role the fleet has."""
     problems = []
-    if contract.elastic:
-        problems.append(
-            f"the policy scales pools under {contract.version!r}, which this sidecar does not "
-            "run yet (elastic policies: observation contract v2)"
-        )
     roles = sorted({engine_role(e) for e in engines} & set(ROLES), key=ROLES.index)
     missing = [r for r in ("strong", *roles) if r not in capacity]
     if missing:
