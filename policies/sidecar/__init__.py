@@ -8,8 +8,9 @@ the pools' Deployments, a webhook, the engine twin's control API). It serves its
 its own health over HTTP.
 
 An elastic policy (its manifest's observation contract has replica knobs) also scales the
-pools (under contract v3, each pool by its role's knob): the engines then come from a discovery listing with each replica's lifecycle
-(provisioning, serving, draining: the engine twin's ``/engines`` or Kubernetes Pods), and the
+pools (under contract v3, each pool by its role's knob): the engines then come from a discovery
+listing with each replica's lifecycle (provisioning, serving, draining: the engine twin's
+``/engines`` or Kubernetes Pods), and the
 sidecar decides the desired replicas of each pool within the ``scaling`` bounds, published as
 the ``budgetpilot_sidecar_desired_replicas`` gauge (for KEDA or an HPA on external metrics), as
 ``Deployment`` scale manifests, in the webhook's JSON and to the twin's ``/v1/replicas``.

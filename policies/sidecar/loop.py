@@ -20,7 +20,8 @@ repeats it at multiples of the interval until stopped. The decision mode follows
 In shadow mode every decision is made and recorded but no actuator is called.
 
 An elastic policy (its observation contract has replica knobs) also decides the desired
-replicas of every pool (under contract v3, every pool of the fleet by its role's knob): its replica knobs move the desired replicas in force through
+replicas of every pool (under contract v3, every pool of the fleet by its role's knob): its
+replica knobs move the desired replicas in force through
 :class:`~policies.sidecar.guardrails.ReplicaGuardrails` (``scaling``: at most ``max_step``
 replicas per interval, within ``[min_replicas, max_replicas]``); holding, the kill switch and a
 fallback that does not scale keep them. They start at the listing's desired replicas (or the
