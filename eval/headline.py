@@ -311,7 +311,8 @@ def render_grid(document: dict[str, Any]) -> str:
             f"scenario x fleet, in two readings side by side. {READINGS}\n\n"
             + _table(header, rows)
             + f"\n\nPass fraction over the cells judged: {fractions}. "
-            + f"{len(section['cells'])} cells judged, {len(section['cells_not_run'])} not run. "
+            + f"{len(section['cells'])} cells run ({_judged(section['cells'])} with a rival to "
+            + f"judge against), {len(section['cells_not_run'])} not run. "
             + "Budget exhaustion where a rival had none: "
             + ("none." if section["exhaustion_free_where_a_rival_is"] else "yes (see cells).")
             + (
@@ -321,6 +322,10 @@ def render_grid(document: dict[str, Any]) -> str:
             )
         )
     return "\n\n".join(parts)
+
+
+def _judged(cells: Sequence[dict[str, Any]]) -> int:
+    return sum(any(c.get(reading) is not None for reading in TARGETS) for c in cells)
 
 
 def _fraction_text(value: float | None) -> str:

@@ -639,10 +639,16 @@ def _headline(document: dict) -> str:
     if not held_out:
         return "## Headline\n\nNo held-out scenario was benchmarked: the headline test needs them."
     if not analysis["headline"]:
+        if any(c["policy_path"] for c in document["config"]["controllers"]):
+            return (
+                "## Headline\n\nNo baseline was benchmarked, so the headline test (each "
+                "policy against the best baseline of each held-out scenario) was not run: "
+                "benchmark the policy with baselines (`--policies NAME`) to judge it."
+            )
         rows = [
             [
                 s,
-                analysis["scenarios"][s]["best_baseline"] or "n/a",
+                analysis["scenarios"][s]["best_baseline"],
                 _show_interval(_best_stats(analysis, s)[PRIMARY], spent),
                 _show_interval(
                     _best_stats(analysis, s)["cost_gpu_hours"], METRICS["cost_gpu_hours"]

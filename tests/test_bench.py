@@ -302,3 +302,19 @@ def test_cli_writes_the_report_and_says_where(tmp_path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "No held-out scenario was benchmarked" in text
     assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["scenario"] == "steady"
+
+
+def test_a_policy_benchmarked_alone_gets_its_report(tiny_config, tiny_result, tmp_path) -> None:
+    from eval.report import write_report
+
+    (policy,) = [c for c in tiny_config.controllers if c.policy_path is not None]
+    alone = BenchResult(
+        replace(tiny_config, controllers=(policy,)),
+        [r for r in tiny_result.runs if r.controller == policy.name],
+    )
+    text = write_report(alone, tmp_path).read_text()
+    assert "No baseline was benchmarked, so the headline test" in text
+    assert "1 cells run (0 with a rival to judge against)" in text
+    assert "### mixed (held-out)" in text and (tmp_path / "cost_vs_budget.png").exists()
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["analysis"]["scenarios"]["mixed"]["best_baseline"] is None
