@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from agents import tuning
 from agents.tuning import candidate_params, tune
 from envs.paths import EXAMPLE_FLEETS_DIR
-from envs.scenarios import TraceTraffic
+from envs.scenarios import TraceTraffic, register_trace_scenario
 from envs.sim.capacity import CACHE_ENV
 from eval.bench import (
     BenchConfig,
@@ -106,7 +106,8 @@ def test_the_cache_key_follows_the_budget_and_the_traces_content(tmp_path):
     keys = []
     for text in ("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,5\n1,20,5\n", "...\n0,10,5\n"):
         trace.write_text(text.replace("...", "TIMESTAMP,ContextTokens,GeneratedTokens"))
-        name = user_trace_scenario(TraceTraffic(str(trace)))
+        # Registered without measuring the fleet's capacity for it (the key does not need it).
+        name = register_trace_scenario(TraceTraffic(str(trace)))
         keys.append(tuning_cache_path("pid", name, contract, BUDGET))
     assert keys[0] != keys[1]
 
