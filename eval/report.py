@@ -639,7 +639,7 @@ def _headline(document: dict) -> str:
     if not held_out:
         return "## Headline\n\nNo held-out scenario was benchmarked: the headline test needs them."
     if not analysis["headline"]:
-        if any(c["policy_path"] for c in document["config"]["controllers"]):
+        if _policy_names(document):
             return (
                 "## Headline\n\nNo baseline was benchmarked, so the headline test (each "
                 "policy against the best baseline of each held-out scenario) was not run: "
@@ -860,9 +860,14 @@ def scenario_paragraph(scenario: str, section: dict, policies: Sequence[str]) ->
     return text
 
 
+def _policy_names(document: dict) -> list[str]:
+    """The benchmarked controllers that are learned policies."""
+    return [c["name"] for c in document["config"]["controllers"] if c["policy_path"]]
+
+
 def _scenario_sections(document: dict, plots: dict) -> str:
     analysis = document["analysis"]
-    policies = [c["name"] for c in document["config"]["controllers"] if c["policy_path"]]
+    policies = _policy_names(document)
     parts = []
     for scenario, section in analysis["scenarios"].items():
         rows = [
